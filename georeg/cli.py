@@ -1,0 +1,574 @@
+"""The ``georeg`` command line: thin commands over the storage API.
+
+Every command returns plain data from the core and renders it as text, or as
+JSON with ``--json``.  Errors are :class:`storage.errors.GeoregError`s, printed
+in the user's terms with an exit code that says what kind of problem it was
+(see ``docs/cli.md``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from georeg import render
+from storage.errors import GeoregError, InvalidInput
+from storage.jobs import Job
+from storage.registry import Registry
+
+ORIGIN = "cli"
+err_console = Console(stderr=True)
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 error, 2 bad input, 3 set-up problem, 4 not found, "
+    "5 conflict (duplicate, cycle, published version), 6 integrity findings (check), "
+    "130 cancelled."
+)
+
+
+def emit(ctx_json: bool, data: Any, text: Callable[[Any], str] | None = None) -> None:
+    if ctx_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    elif text is not None:
+        click.echo(text(data))
+    else:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
+    """A subcommand with ``--json`` and translation of our errors into exit codes."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except GeoregError as error:
+                if kwargs.get("as_json"):
+                    click.echo(json.dumps(error.to_dict(), ensure_ascii=False), err=True)
+                else:
+                    err_console.print(f"[bold red]Error:[/] {error.message}", highlight=False)
+                sys.exit(error.exit_code)
+
+        run = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(
+            run
+        )
+        return group.command(name, **kw)(run)
+
+    return wrap
+
+
+def open_registry(reg: str) -> Registry:
+    return Registry.open(reg)
+
+
+def run_job(job: Job[Any], as_json: bool) -> Any:
+    """Run a job with a progress bar on the terminal (not with --json); Ctrl-C cancels."""
+    if as_json or not sys.stderr.isatty():
+        return job.run()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task(job.title, total=None)
+        job.on_progress(
+            lambda p: bar.update(task, completed=p.done, total=p.total, description=p.message
+                                 or job.title)
+        )
+        job.start()
+        try:
+            while job.is_running():
+                job._thread.join(0.1)  # type: ignore[union-attr]
+        except KeyboardInterrupt:
+            job.cancel()
+        return job.finalize()
+
+
+REG = click.argument("reg", metavar="REG")
+SOURCE = click.option("--source", "-s", required=True, help="Data source name.")
+VERSION = click.option(
+    "--version", "-v", "number", type=int, default=None,
+    help="Version number (default: the source's default version, else its newest).",
+)
+
+
+@click.group(
+    help="Georeg: versioned org-unit registries in a GeoPackage, SpatiaLite or PostGIS.\n\n"
+    "REG is a registry file (*.gpkg, *.sqlite) or a postgresql:// URL "
+    "(add ?schema=NAME for a schema other than public).\n\n" + EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="georeg", prog_name="georeg")
+def main() -> None:
+    pass
+
+
+# --- registry -------------------------------------------------------------------------
+
+
+@command(main, "init")
+@REG
+@click.option("--force", is_flag=True, help="Replace an existing file (or schema) at REG.")
+def init_cmd(reg: str, force: bool, as_json: bool) -> None:
+    """Create an empty registry at REG."""
+    with Registry.create(reg, overwrite=force) as registry:
+        data = {"registry": registry.location.display(), "backend": registry.backend.value,
+                "schema_revision": registry.schema_revision()}
+    emit(as_json, data, lambda d: f"Created {d['backend']} registry {d['registry']}.")
+
+
+@command(main, "demo")
+@REG
+@click.option("--force", is_flag=True, help="Replace an existing file (or schema) at REG.")
+@click.option("--source", "source", default="Sierra Leone (DHIS2 demo)", show_default=True,
+              help="Name of the data source to create.")
+def demo_cmd(reg: str, force: bool, source: str, as_json: bool) -> None:
+    """Build the Sierra Leone demo registry (DHIS2 demo data, bundled) at REG."""
+    from sync.dhis2_json import Dhis2ImportJob, read_payload
+
+    data_dir = Path(__file__).parent / "demo_data" / "sierra-leone"
+    payload = read_payload(sorted(data_dir.glob("*.json")))
+    with Registry.create(reg, overwrite=force) as registry:
+        job = Dhis2ImportJob(registry, payload, source=source,
+                             description="Sierra Leone DHIS2 demo (2.41), bundled with Georeg",
+                             origin=ORIGIN)
+        result = run_job(job, as_json)
+        from storage.versions import publish_version
+
+        publish_version(registry, source, result["version"]["number"], make_default=True,
+                        origin=ORIGIN)
+        result["version"]["status"] = "published"
+        result["registry"] = registry.location.display()
+    emit(as_json, result, render.import_result)
+
+
+@command(main, "sources")
+@REG
+def sources_cmd(reg: str, as_json: bool) -> None:
+    """List the data sources of a registry."""
+    from storage.versions import list_sources
+
+    with open_registry(reg) as registry:
+        emit(as_json, list_sources(registry), render.sources)
+
+
+@click.group("source", help="Manage data sources.")
+def source_group() -> None:
+    pass
+
+
+main.add_command(source_group)
+
+
+@command(source_group, "add")
+@REG
+@click.argument("name")
+@click.option("--description", default=None)
+def source_add_cmd(reg: str, name: str, description: str | None, as_json: bool) -> None:
+    """Add a data source named NAME."""
+    from storage.versions import create_source
+
+    with open_registry(reg) as registry:
+        emit(as_json, create_source(registry, name, description=description, origin=ORIGIN),
+             lambda d: f"Added source {d['name']!r}.")
+
+
+@command(main, "versions")
+@REG
+@SOURCE
+def versions_cmd(reg: str, source: str, as_json: bool) -> None:
+    """List the versions of a source."""
+    from storage.versions import list_versions
+
+    with open_registry(reg) as registry:
+        emit(as_json, list_versions(registry, source), render.versions)
+
+
+@click.group("version", help="Create, publish and choose versions.")
+def version_group() -> None:
+    pass
+
+
+main.add_command(version_group)
+
+
+@command(version_group, "new")
+@REG
+@SOURCE
+@click.option("--from", "from_number", type=int, default=None,
+              help="Copy this version into the new draft (default: an empty draft).")
+@click.option("--description", default=None)
+def version_new_cmd(reg: str, source: str, from_number: int | None, description: str | None,
+                    as_json: bool) -> None:
+    """Make a new draft version of a source, empty or copied from --from N."""
+    from storage.versions import create_version
+
+    with open_registry(reg) as registry:
+        data = create_version(registry, source, copy_from=from_number, description=description,
+                              origin=ORIGIN)
+    emit(as_json, data, render.version_created)
+
+
+@command(version_group, "publish")
+@REG
+@SOURCE
+@click.option("--version", "-v", "number", type=int, required=True)
+@click.option("--default", "make_default", is_flag=True,
+              help="Also make it the version the server serves.")
+def version_publish_cmd(reg: str, source: str, number: int, make_default: bool,
+                        as_json: bool) -> None:
+    """Publish a version: from then on it can never change."""
+    from storage.versions import publish_version
+
+    with open_registry(reg) as registry:
+        data = publish_version(registry, source, number, make_default=make_default, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"Published {d['label']}; it is now read-only.")
+
+
+@command(version_group, "default")
+@REG
+@SOURCE
+@click.option("--version", "-v", "number", type=int, required=True)
+def version_default_cmd(reg: str, source: str, number: int, as_json: bool) -> None:
+    """Make a version the source's default (the one served and used when none is named)."""
+    from storage.versions import set_default_version
+
+    with open_registry(reg) as registry:
+        data = set_default_version(registry, source, number, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"{d['label']} is now the default version.")
+
+
+@command(version_group, "delete")
+@REG
+@SOURCE
+@click.option("--version", "-v", "number", type=int, required=True)
+def version_delete_cmd(reg: str, source: str, number: int, as_json: bool) -> None:
+    """Delete a draft version (published versions cannot be deleted)."""
+    from storage.versions import delete_version
+
+    with open_registry(reg) as registry:
+        delete_version(registry, source, number, origin=ORIGIN)
+    emit(as_json, {"deleted": number, "source": source},
+         lambda d: f"Deleted draft version {number} of {source!r}.")
+
+
+# --- tree -------------------------------------------------------------------------------
+
+
+@command(main, "tree")
+@REG
+@SOURCE
+@VERSION
+@click.option("--max-depth", type=int, default=None,
+              help="Show this many levels (default: all levels).")
+@click.option("--root", "root", default=None, help="Start at this unit (uuid or ref).")
+def tree_cmd(reg: str, source: str, number: int | None, max_depth: int | None,
+             root: str | None, as_json: bool) -> None:
+    """Show the tree with the number of units below each node, and counts per level."""
+    from storage.tree import counts, tree_summary
+
+    with open_registry(reg) as registry:
+        data = tree_summary(registry, source, number, max_depth=max_depth, root=root)
+        data["counts"] = counts(registry, source, number)
+    emit(as_json, data, render.tree)
+
+
+# --- units ------------------------------------------------------------------------------
+
+
+@click.group("unit", help="Add, edit, move, close and delete org units (in a draft version).")
+def unit_group() -> None:
+    pass
+
+
+main.add_command(unit_group)
+
+UNIT = click.argument("unit", metavar="UNIT")
+
+
+def _point(lon: float | None, lat: float | None) -> Any:
+    if lon is None and lat is None:
+        return None
+    if lon is None or lat is None:
+        raise InvalidInput("Give both --lon and --lat for a location.")
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise InvalidInput(f"--lon {lon} --lat {lat} is not a longitude/latitude in degrees.")
+    from shapely import Point
+
+    return Point(lon, lat)
+
+
+def _territory(path: str | None) -> Any:
+    if path is None:
+        return None
+    from sync.geojson_geometry import read_single_geometry
+
+    return read_single_geometry(Path(path))
+
+
+def _edits(**options: Any) -> dict[str, Any]:
+    values = {k: v for k, v in options.items() if v is not None and v != ()}
+    if "aliases" in values:
+        values["aliases"] = list(values["aliases"])
+    return values
+
+
+@command(unit_group, "show")
+@REG
+@SOURCE
+@VERSION
+@UNIT
+def unit_show_cmd(reg: str, source: str, number: int | None, unit: str, as_json: bool) -> None:
+    """Show one unit (by uuid or source ref)."""
+    from storage.units import get_unit
+
+    with open_registry(reg) as registry:
+        emit(as_json, get_unit(registry, source, unit, number), render.unit)
+
+
+@command(unit_group, "add")
+@REG
+@SOURCE
+@VERSION
+@click.option("--name", required=True)
+@click.option("--parent", default=None, help="Parent unit (uuid or ref); none makes a root.")
+@click.option("--type", "type_", default=None, help="Org-unit type name.")
+@click.option("--code", default=None)
+@click.option("--ref", "source_ref", default=None, help="External id (e.g. DHIS2 uid).")
+@click.option("--lon", type=float, default=None)
+@click.option("--lat", type=float, default=None)
+@click.option("--territory", default=None, help="GeoJSON file with the territory polygon.")
+@click.option("--opening-date", default=None)
+@click.option("--status", "validation_status", type=click.Choice(["new", "valid", "rejected"]),
+              default=None)
+def unit_add_cmd(reg: str, source: str, number: int | None, name: str, parent: str | None,
+                 type_: str | None, code: str | None, source_ref: str | None, lon: float | None,
+                 lat: float | None, territory: str | None, opening_date: str | None,
+                 validation_status: str | None, as_json: bool) -> None:
+    """Add a unit to a draft version."""
+    from storage.units import add_unit
+
+    with open_registry(reg) as registry:
+        data = add_unit(registry, source, number=number, name=name, parent=parent,
+                        location=_point(lon, lat), territory=_territory(territory),
+                        origin=ORIGIN,
+                        **_edits(type=type_, code=code, source_ref=source_ref,
+                                 opening_date=opening_date, validation_status=validation_status))
+    emit(as_json, data, lambda d: f"Added {d['name']!r} (uuid {d['uuid']}).")
+
+
+@command(unit_group, "edit")
+@REG
+@SOURCE
+@VERSION
+@UNIT
+@click.option("--name", default=None)
+@click.option("--type", "type_", default=None)
+@click.option("--code", default=None)
+@click.option("--ref", "source_ref", default=None)
+@click.option("--opening-date", default=None)
+@click.option("--closed-date", default=None)
+@click.option("--status", "validation_status", type=click.Choice(["new", "valid", "rejected"]),
+              default=None)
+@click.option("--alias", "aliases", multiple=True, help="Alternative name (repeat for several).")
+def unit_edit_cmd(reg: str, source: str, number: int | None, unit: str, name: str | None,
+                  type_: str | None, code: str | None, source_ref: str | None,
+                  opening_date: str | None, closed_date: str | None,
+                  validation_status: str | None, aliases: tuple[str, ...], as_json: bool) -> None:
+    """Change a unit's attributes."""
+    from storage.units import edit_unit
+
+    with open_registry(reg) as registry:
+        data = edit_unit(registry, source, unit, number=number, origin=ORIGIN,
+                         **_edits(name=name, type=type_, code=code, source_ref=source_ref,
+                                  opening_date=opening_date, closed_date=closed_date,
+                                  validation_status=validation_status, aliases=aliases))
+    emit(as_json, data, lambda d: f"Updated {d['name']!r}.")
+
+
+@command(unit_group, "move")
+@REG
+@SOURCE
+@VERSION
+@UNIT
+@click.option("--parent", default=None, help="New parent (uuid or ref).")
+@click.option("--root", "to_root", is_flag=True, help="Make the unit a root.")
+def unit_move_cmd(reg: str, source: str, number: int | None, unit: str, parent: str | None,
+                  to_root: bool, as_json: bool) -> None:
+    """Move a unit and its whole subtree under another parent."""
+    from storage.units import move_unit
+
+    if bool(parent) == to_root:
+        raise InvalidInput("Give either --parent UNIT or --root.")
+    with open_registry(reg) as registry:
+        data = move_unit(registry, source, unit, parent, number=number, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"Moved {d['name']!r} under {d['parent_name'] or '(root)'}.")
+
+
+@command(unit_group, "close")
+@REG
+@SOURCE
+@VERSION
+@UNIT
+@click.option("--date", "closed_date", default=None, help="Closing date (default: today).")
+def unit_close_cmd(reg: str, source: str, number: int | None, unit: str,
+                   closed_date: str | None, as_json: bool) -> None:
+    """Close a unit: it stays in the tree with a closed date."""
+    from storage.units import close_unit
+
+    with open_registry(reg) as registry:
+        data = close_unit(registry, source, unit, closed_date, number=number, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"Closed {d['name']!r} on {d['closed_date']}.")
+
+
+@command(unit_group, "delete")
+@REG
+@SOURCE
+@VERSION
+@UNIT
+@click.option("--recursive", is_flag=True, help="Also delete every unit below it.")
+def unit_delete_cmd(reg: str, source: str, number: int | None, unit: str, recursive: bool,
+                    as_json: bool) -> None:
+    """Delete a unit (prefer 'unit close' for units that really existed)."""
+    from storage.units import delete_unit
+
+    with open_registry(reg) as registry:
+        data = delete_unit(registry, source, unit, number=number, recursive=recursive,
+                           origin=ORIGIN)
+    emit(as_json, data, lambda d: f"Deleted {d['deleted']} unit(s) from {d['name']!r} down.")
+
+
+@command(unit_group, "geometry")
+@REG
+@SOURCE
+@VERSION
+@UNIT
+@click.option("--lon", type=float, default=None)
+@click.option("--lat", type=float, default=None)
+@click.option("--clear-location", is_flag=True)
+@click.option("--territory", default=None, help="GeoJSON file with the territory polygon.")
+@click.option("--clear-territory", is_flag=True)
+def unit_geometry_cmd(reg: str, source: str, number: int | None, unit: str, lon: float | None,
+                      lat: float | None, clear_location: bool, territory: str | None,
+                      clear_territory: bool, as_json: bool) -> None:
+    """Set or clear a unit's point location and territory."""
+    from storage.units import set_geometry
+
+    changes: dict[str, Any] = {}
+    if clear_location:
+        changes["location"] = None
+    elif lon is not None or lat is not None:
+        changes["location"] = _point(lon, lat)
+    if clear_territory:
+        changes["territory"] = None
+    elif territory:
+        changes["territory"] = _territory(territory)
+    if not changes:
+        raise InvalidInput("Nothing to change: give --lon/--lat, --territory or a --clear option.")
+    with open_registry(reg) as registry:
+        data = set_geometry(registry, source, unit, number=number, origin=ORIGIN, **changes)
+    emit(as_json, data, render.unit)
+
+
+@command(unit_group, "group")
+@REG
+@SOURCE
+@VERSION
+@UNIT
+@click.option("--add", "add_to", default=None, help="Group (ref or name) to add the unit to.")
+@click.option("--remove", "remove_from", default=None, help="Group to take the unit out of.")
+def unit_group_cmd(reg: str, source: str, number: int | None, unit: str, add_to: str | None,
+                   remove_from: str | None, as_json: bool) -> None:
+    """Add a unit to a group, or remove it from one."""
+    from storage.units import set_group_membership
+
+    if bool(add_to) == bool(remove_from):
+        raise InvalidInput("Give either --add GROUP or --remove GROUP.")
+    with open_registry(reg) as registry:
+        data = set_group_membership(registry, source, unit, add_to or remove_from or "",
+                                    bool(add_to), number=number, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"{d['name']!r} groups: {', '.join(d['groups']) or '(none)'}.")
+
+
+# --- history and checks ---------------------------------------------------------------
+
+
+@command(main, "history")
+@REG
+@click.option("--unit", default=None, help="Only this unit (uuid; a ref works with --source).")
+@click.option("--source", "-s", default=None, help="Only changes in this source's version.")
+@VERSION
+@click.option("--limit", type=int, default=50, show_default=True)
+def history_cmd(reg: str, unit: str | None, source: str | None, number: int | None, limit: int,
+                as_json: bool) -> None:
+    """Show the change log, newest first: what changed, before and after, who and from where."""
+    from storage.audit import history
+
+    with open_registry(reg) as registry:
+        data = history(registry, unit=unit, source=source, number=number, limit=limit)
+    emit(as_json, data, render.history)
+
+
+@command(main, "check")
+@REG
+@SOURCE
+@VERSION
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON report to this file.")
+def check_cmd(reg: str, source: str, number: int | None, out: str | None, as_json: bool) -> None:
+    """Run the integrity checks on a version; exit code 6 when there are errors."""
+    from storage.checks import run_checks
+
+    with open_registry(reg) as registry:
+        report = run_checks(registry, source, number)
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    emit(as_json, report, render.check_report)
+    if any(f["severity"] == "error" for f in report["findings"]):
+        sys.exit(6)
+
+
+# --- import -----------------------------------------------------------------------------
+
+
+@command(main, "import")
+@REG
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@SOURCE
+@click.option("--format", "fmt", type=click.Choice(["dhis2-json"]), default="dhis2-json",
+              show_default=True, help="Input format.")
+@click.option("--description", default=None, help="Description of the new version.")
+def import_cmd(reg: str, files: tuple[str, ...], source: str, fmt: str,
+               description: str | None, as_json: bool) -> None:
+    """Import FILES into a new draft version of SOURCE (created if needed).
+
+    dhis2-json: responses of /api/organisationUnits (all pages),
+    /api/organisationUnitLevels or /api/filledOrganisationUnitLevels and
+    /api/organisationUnitGroups (with organisationUnits), in any order.
+    """
+    from sync.dhis2_json import Dhis2ImportJob, read_payload
+
+    payload = read_payload([Path(f) for f in files])
+    with open_registry(reg) as registry:
+        job = Dhis2ImportJob(registry, payload, source=source, description=description,
+                             origin=ORIGIN)
+        result = run_job(job, as_json)
+    emit(as_json, result, render.import_result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

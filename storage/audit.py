@@ -1,0 +1,126 @@
+"""Read the change log: who changed what, when, from where, with before and after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from storage import geometry
+from storage.registry import Registry, json_value
+from storage.versions import resolve_version
+
+GEOMETRY_KEYS = ("location", "territory")
+
+
+def _geom_text(reg: Registry, value: Any) -> str | None:
+    if not value:
+        return None
+    geom = geometry.decode_audit_hex(reg.backend, value)
+    return geom.wkt if geom is not None else None
+
+
+def _unit_label(conn: Connection, version_id: int | None, key: Any) -> str | None:
+    """A parent as people know it: 'Bo [O6uvpzGd5pu]' rather than its internal key."""
+    if key is None:
+        return None
+    row = conn.execute(
+        text("SELECT name, source_ref FROM org_unit WHERE version_id = :v AND unit_key = :k"),
+        {"v": version_id, "k": key},
+    ).first()
+    if row is None:
+        return f"unit #{key}"
+    return f"{row[0]} [{row[1]}]" if row[1] else str(row[0])
+
+
+def _type_label(conn: Connection, type_id: Any) -> str | None:
+    if type_id is None:
+        return None
+    name = conn.execute(
+        text("SELECT name FROM org_unit_type WHERE fid = :t"), {"t": type_id}
+    ).scalar()
+    return name or f"type #{type_id}"
+
+
+def changed_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """{field: [before, after]} for the fields that differ."""
+    before, after = before or {}, after or {}
+    keys = [k for k in {**before, **after} if k not in ("uuid", "unit_key")]
+    return {k: [before.get(k), after.get(k)] for k in keys if before.get(k) != after.get(k)}
+
+
+def history(
+    reg: Registry,
+    *,
+    unit: str | None = None,
+    source: str | None = None,
+    number: int | None = None,
+    limit: int = 100,
+    since_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first.  ``unit`` is a uuid (or, with ``source``, a source ref)."""
+    where = ["1 = 1"]
+    params: dict[str, Any] = {"limit": limit}
+    with reg.read() as conn:
+        if source is not None:
+            version = resolve_version(conn, source, number)
+            where.append("c.version_id = :v")
+            params["v"] = version.id
+            if unit is not None:
+                row = conn.execute(
+                    text("SELECT uuid FROM org_unit WHERE version_id = :v AND "
+                         "(uuid = :u OR source_ref = :u)"),
+                    {"v": version.id, "u": unit},
+                ).first()
+                unit = row[0] if row else unit
+        if unit is not None:
+            where.append("c.unit_uuid = :u")
+            params["u"] = unit
+        if since_id is not None:
+            where.append("c.fid > :since")
+            params["since"] = since_id
+        rows = conn.execute(
+            text(
+                "SELECT c.fid, c.at, c.version_id, s.name AS source, v.number, c.entity, c.op, "
+                "c.unit_uuid, c.before, c.after, c.origin, c.author, c.operation "
+                "FROM change_log c LEFT JOIN source_version v ON v.fid = c.version_id "
+                "LEFT JOIN data_source s ON s.fid = v.source_id "
+                f"WHERE {' AND '.join(where)} ORDER BY c.fid DESC LIMIT :limit"
+            ),
+            params,
+        ).all()
+        out = []
+        for r in rows:
+            before, after = json_value(r.before), json_value(r.after)
+            for snap in (before, after):
+                if isinstance(snap, dict):
+                    for key in GEOMETRY_KEYS:
+                        if key in snap:
+                            snap[key] = _geom_text(reg, snap[key])
+            name = (after or {}).get("name") or (before or {}).get("name")
+            changes = (
+                changed_fields(before, after) if r.entity != "version" else (after or {})
+            )
+            if "parent_key" in changes:
+                changes["parent"] = [
+                    _unit_label(conn, r.version_id, key) for key in changes.pop("parent_key")
+                ]
+            if "type_id" in changes:
+                changes["type"] = [_type_label(conn, key) for key in changes.pop("type_id")]
+            out.append(
+                {
+                    "id": r.fid,
+                    "at": r.at,
+                    "source": r.source,
+                    "version": r.number,
+                    "entity": r.entity,
+                    "op": r.op,
+                    "unit_uuid": r.unit_uuid,
+                    "name": name,
+                    "changes": changes,
+                    "origin": r.origin,
+                    "author": r.author,
+                    "operation": r.operation,
+                }
+            )
+    return out

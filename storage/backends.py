@@ -1,0 +1,142 @@
+"""Pick the storage backend from the registry location, once, in one factory.
+
+``*.gpkg`` → OGC GeoPackage (the default), ``*.sqlite`` → SpatiaLite,
+``postgresql://…`` → PostGIS.  All connection set-up lives in ``connect``
+listeners so every connection of an engine behaves the same.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import Engine, create_engine, event
+
+from storage.errors import InvalidInput, SetupError
+
+BUSY_TIMEOUT_MS = 30_000
+SPATIALITE_HELP = (
+    "Georeg needs the SpatiaLite extension and a Python that may load SQLite extensions. "
+    "On Debian: 'apt-get install libsqlite3-mod-spatialite' and run Georeg from the "
+    "virtualenv built on /usr/bin/python3 ('make setup' does both). Python builds made "
+    "without --enable-loadable-sqlite-extensions (pyenv's default) cannot load it."
+)
+
+
+class Backend(enum.Enum):
+    GEOPACKAGE = "gpkg"
+    SPATIALITE = "spatialite"
+    POSTGIS = "postgis"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self is not Backend.POSTGIS
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a registry lives: a file path or a PostgreSQL URL (+ schema)."""
+
+    backend: Backend
+    path: Path | None = None
+    url: str | None = None
+    schema: str = "public"
+
+    @classmethod
+    def parse(cls, location: str | Path) -> Location:
+        text = str(location)
+        if re.match(r"^postgres(ql)?(\+\w+)?://", text):
+            parts = urlsplit(text)
+            query = dict(parse_qsl(parts.query))
+            schema = query.pop("schema", "public")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):
+                raise InvalidInput(f"Schema name {schema!r} is not a plain SQL identifier.")
+            scheme = "postgresql+psycopg"
+            url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
+            return cls(Backend.POSTGIS, url=url, schema=schema)
+        path = Path(text)
+        suffix = path.suffix.lower()
+        if suffix == ".gpkg":
+            return cls(Backend.GEOPACKAGE, path=path)
+        if suffix in (".sqlite", ".spatialite", ".db"):
+            return cls(Backend.SPATIALITE, path=path)
+        raise InvalidInput(
+            f"Cannot tell the registry kind from {text!r}: use a path ending in .gpkg "
+            "(GeoPackage), .sqlite (SpatiaLite) or a postgresql:// URL."
+        )
+
+    def display(self) -> str:
+        """The location with any password removed, safe to print."""
+        if self.path is not None:
+            return str(self.path)
+        parts = urlsplit(self.url or "")
+        netloc = parts.netloc
+        if "@" in netloc:
+            creds, host = netloc.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            netloc = f"{user}@{host}"
+        shown = urlunsplit(("postgresql", netloc, parts.path, parts.query, ""))
+        return shown + ("" if self.schema == "public" else f" (schema {self.schema})")
+
+
+def load_spatialite(dbapi_conn: sqlite3.Connection) -> None:
+    """Load mod_spatialite or explain how to get it."""
+    if not hasattr(dbapi_conn, "enable_load_extension"):
+        raise SetupError(SPATIALITE_HELP)
+    try:
+        dbapi_conn.enable_load_extension(True)
+        dbapi_conn.load_extension("mod_spatialite")
+        dbapi_conn.enable_load_extension(False)
+    except (sqlite3.OperationalError, AttributeError) as exc:
+        raise SetupError(f"{SPATIALITE_HELP} (SQLite said: {exc})") from exc
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    load_spatialite(dbapi_conn)
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA recursive_triggers = OFF")
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # pysqlite runs in autocommit mode (isolation_level=None); we emit BEGIN
+    # ourselves so DDL is transactional and writers take the lock up front.
+    write = conn.get_execution_options().get("georeg_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def make_engine(location: Location) -> Engine:
+    """One engine per registry location, configured for its backend."""
+    if location.backend is Backend.POSTGIS:
+        assert location.url is not None
+        schema = location.schema
+        engine = create_engine(location.url, pool_pre_ping=True, future=True)
+
+        @event.listens_for(engine, "connect")
+        def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
+            with dbapi_conn.cursor() as cur:
+                cur.execute(f'SET search_path TO "{schema}", public')
+            dbapi_conn.commit()
+
+        engine.dialect.georeg_backend = Backend.POSTGIS  # type: ignore[attr-defined]
+        return engine
+
+    assert location.path is not None
+    engine = create_engine(
+        f"sqlite:///{location.path}",
+        connect_args={"isolation_level": None, "check_same_thread": False},
+        future=True,
+    )
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    engine.dialect.georeg_backend = location.backend  # type: ignore[attr-defined]
+    return engine

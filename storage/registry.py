@@ -1,0 +1,243 @@
+"""Open, create and write to a registry: one place for transactions and edit context.
+
+Every write goes through :meth:`Registry.write`, which takes the write lock up
+front (SQLite ``BEGIN IMMEDIATE``), tells the database triggers who is writing
+(origin, author, operation) so the change log can say so, and translates
+database errors into :mod:`storage.errors`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, exc, text
+
+from storage.backends import Backend, Location, make_engine
+from storage.errors import (
+    ConflictError,
+    GeoregError,
+    InvalidInput,
+    RegistryNotFound,
+    from_database_error,
+)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "georeg_schema_version"
+
+
+def _alembic_config(conn: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def translate_db_error(error: BaseException) -> GeoregError:
+    """A database error → the user's terms."""
+    ours = from_database_error(error)
+    if ours is not None:
+        return ours
+    msg = str(getattr(error, "orig", error)).strip().splitlines()[0]
+    low = msg.lower()
+    if "unique" in low and "source_ref" in low:
+        return ConflictError(f"Another unit in this version already has that source ref ({msg}).")
+    if "unique" in low or "duplicate key" in low:
+        return ConflictError(f"That would duplicate an existing record ({msg}).")
+    if "foreign key" in low:
+        return ConflictError(
+            f"That would leave a reference pointing at nothing, such as a unit whose parent "
+            f"does not exist ({msg})."
+        )
+    if "not null" in low or "check constraint" in low or "violates check" in low:
+        return InvalidInput(f"A required value is missing or not allowed ({msg}).")
+    return GeoregError(f"The database refused the change: {msg}")
+
+
+class Registry:
+    """A registry file or database: the entry point of the storage API."""
+
+    def __init__(self, location: Location, engine: Engine) -> None:
+        self.location = location
+        self.engine = engine
+
+    # --- opening -------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        return self.location.backend
+
+    @classmethod
+    def create(cls, location: str | Path, *, overwrite: bool = False) -> Registry:
+        loc = Location.parse(location)
+        if loc.path is not None:
+            if loc.path.exists():
+                if not overwrite:
+                    raise ConflictError(
+                        f"{loc.path} already exists. Choose another name, or pass --force "
+                        "to replace it."
+                    )
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(str(loc.path) + suffix).unlink(missing_ok=True)
+            loc.path.parent.mkdir(parents=True, exist_ok=True)
+        reg = cls(loc, make_engine(loc))
+        if loc.backend is Backend.POSTGIS:
+            with reg.engine.begin() as conn:
+                if overwrite:
+                    conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{loc.schema}" CASCADE')
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{loc.schema}"')
+                if reg._current_revision(conn) is not None:
+                    raise ConflictError(f"{loc.display()} already holds a registry.")
+        reg.upgrade()
+        return reg
+
+    @classmethod
+    def open(cls, location: str | Path, *, upgrade: bool = True) -> Registry:
+        loc = Location.parse(location)
+        if loc.path is not None and not loc.path.exists():
+            raise RegistryNotFound(
+                f"No registry at {loc.path}. Create one with 'georeg init {loc.path}' "
+                "(or 'georeg demo' for the Sierra Leone demo)."
+            )
+        reg = cls(loc, make_engine(loc))
+        try:
+            with reg.engine.connect() as conn:
+                current = reg._current_revision(conn)
+        except exc.DBAPIError as error:
+            reg.close()
+            raise RegistryNotFound(
+                f"{loc.display()} could not be opened as a registry: {error.orig}"
+            ) from error
+        if current is None:
+            reg.close()
+            raise RegistryNotFound(
+                f"{loc.display()} is not a Georeg registry (no schema version). "
+                "Import it into a registry with 'georeg import' instead."
+            )
+        if upgrade and current != head_revision():
+            reg.upgrade()
+        return reg
+
+    def _current_revision(self, conn: Connection) -> str | None:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (in one transaction)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(georeg_write=True)
+            with conn.begin():
+                command.upgrade(_alembic_config(conn), "head")
+
+    def schema_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return self._current_revision(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- transactions ----------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(
+        self,
+        *,
+        origin: str = "api",
+        author: str | None = None,
+        operation: str | None = None,
+        audit: bool = True,
+    ) -> Iterator[Connection]:
+        """One unit of work: all of it lands, or none of it does."""
+        author = author if author is not None else _default_author()
+        operation = operation or uuidlib.uuid4().hex
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(georeg_write=True)
+                with conn.begin():
+                    self._set_context(conn, origin, author, operation, audit)
+                    yield conn
+                    self._clear_context(conn)
+        except exc.DBAPIError as error:
+            raise translate_db_error(error) from error
+
+    def _set_context(
+        self, conn: Connection, origin: str, author: str | None, operation: str, audit: bool
+    ) -> None:
+        if self.backend is Backend.POSTGIS:
+            conn.execute(
+                text(
+                    "SELECT set_config('georeg.origin', :o, true), "
+                    "set_config('georeg.author', :a, true), "
+                    "set_config('georeg.operation', :op, true), "
+                    "set_config('georeg.audit', :au, true)"
+                ),
+                {"o": origin, "a": author or "", "op": operation, "au": "1" if audit else "0"},
+            )
+        else:
+            conn.execute(
+                text(
+                    "INSERT OR REPLACE INTO edit_context (fid, origin, author, operation, audit) "
+                    "VALUES (1, :o, :a, :op, :au)"
+                ),
+                {"o": origin, "a": author, "op": operation, "au": 1 if audit else 0},
+            )
+
+    def set_audit(self, conn: Connection, enabled: bool) -> None:
+        """Switch per-row audit triggers off for a set-based load (and back on)."""
+        if self.backend is Backend.POSTGIS:
+            conn.execute(
+                text("SELECT set_config('georeg.audit', :au, true)"), {"au": "1" if enabled else "0"}
+            )
+        else:
+            conn.execute(
+                text("UPDATE edit_context SET audit = :au WHERE fid = 1"), {"au": 1 if enabled else 0}
+            )
+
+    def _clear_context(self, conn: Connection) -> None:
+        if self.backend is not Backend.POSTGIS:
+            conn.execute(text("DELETE FROM edit_context WHERE fid = 1"))
+
+
+def _default_author() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name is not an error
+        return None
+
+
+def json_value(value: Any) -> Any:
+    """JSON columns come back as text from SQLite and as objects from PostgreSQL."""
+    if value is None or isinstance(value, (dict, list)):
+        return value
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value

@@ -1,0 +1,486 @@
+"""Edit organisation units one at a time: add, edit, rename, move, close, delete,
+geometry and group membership.
+
+Each function is one transaction; the database triggers write the change log
+(with the origin and author given here), keep subtree paths right on a move and
+refuse edits of published versions.  Units are addressed by uuid or source_ref.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any
+
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import Connection, text
+
+from storage import geometry
+from storage.bulk import VALIDATION_STATUSES, parse_date
+from storage.errors import ConflictError, CycleError, InvalidInput, NotFound
+from storage.registry import Registry, json_value
+from storage.versions import VersionRef, require_draft, resolve_version
+
+EDITABLE_FIELDS = (
+    "name",
+    "code",
+    "source_ref",
+    "type",
+    "validation_status",
+    "opening_date",
+    "closed_date",
+    "aliases",
+    "extra_fields",
+)
+
+
+@dataclass(frozen=True)
+class UnitHandle:
+    """A unit found in one version."""
+
+    fid: int
+    unit_key: int
+    uuid: str
+    name: str
+    path: str
+    depth: int
+    parent_key: int | None
+
+
+def unit_columns(backend: Any, alias: str = "u") -> str:
+    loc = geometry.select_sql(backend, f"{alias}.location")
+    return (
+        f"{alias}.fid, {alias}.uuid, {alias}.unit_key, {alias}.source_ref, {alias}.name, "
+        f"{alias}.code, {alias}.parent_key, {alias}.path, {alias}.depth, "
+        f"{alias}.validation_status, {alias}.opening_date, {alias}.closed_date, "
+        f"{alias}.aliases, {alias}.extra_fields, {loc} AS location, t.name AS type_name, "
+        f"p.uuid AS parent_uuid, p.name AS parent_name, p.source_ref AS parent_ref"
+    )
+
+
+def unit_joins(alias: str = "u") -> str:
+    return (
+        f"LEFT JOIN org_unit_type t ON t.fid = {alias}.type_id "
+        f"LEFT JOIN org_unit p ON p.version_id = {alias}.version_id "
+        f"AND p.unit_key = {alias}.parent_key"
+    )
+
+
+def row_to_dict(backend: Any, row: Any, *, with_geometry: bool = True) -> dict[str, Any]:
+    """A unit row → the plain dict every front end renders."""
+    loc = geometry.decode(backend, row.location) if with_geometry else None
+    opening = row.opening_date
+    closed = row.closed_date
+    return {
+        "uuid": row.uuid,
+        "source_ref": row.source_ref,
+        "name": row.name,
+        "code": row.code,
+        "type": row.type_name,
+        "depth": row.depth,
+        "path": row.path,
+        "parent_uuid": row.parent_uuid,
+        "parent_ref": row.parent_ref,
+        "parent_name": row.parent_name,
+        "validation_status": row.validation_status,
+        "opening_date": opening.isoformat() if isinstance(opening, dt.date) else opening,
+        "closed_date": closed.isoformat() if isinstance(closed, dt.date) else closed,
+        "aliases": json_value(row.aliases) or [],
+        "extra_fields": json_value(row.extra_fields) or {},
+        "location": [loc.x, loc.y] if loc is not None else None,
+    }
+
+
+def find_unit(conn: Connection, version: VersionRef, ident: str) -> UnitHandle:
+    """By uuid first, then by source_ref; the error names the version searched."""
+    ident = (ident or "").strip()
+    row = conn.execute(
+        text(
+            "SELECT fid, unit_key, uuid, name, path, depth, parent_key FROM org_unit "
+            "WHERE version_id = :v AND (uuid = :i OR source_ref = :i) "
+            "ORDER BY CASE WHEN uuid = :i THEN 0 ELSE 1 END LIMIT 1"
+        ),
+        {"v": version.id, "i": ident},
+    ).first()
+    if row is None:
+        raise NotFound(f"No unit with uuid or ref {ident!r} in {version.label}.")
+    return UnitHandle(*row)
+
+
+def get_unit(reg: Registry, source: str, ident: str, number: int | None = None) -> dict[str, Any]:
+    with reg.read() as conn:
+        version = resolve_version(conn, source, number)
+        handle = find_unit(conn, version, ident)
+        return _unit_dict(reg, conn, handle.fid)
+
+
+def _unit_dict(reg: Registry, conn: Connection, fid: int) -> dict[str, Any]:
+    row = conn.execute(
+        text(f"SELECT {unit_columns(reg.backend)} FROM org_unit u {unit_joins()} WHERE u.fid = :f"),
+        {"f": fid},
+    ).one()
+    data = row_to_dict(reg.backend, row)
+    ter = conn.execute(
+        text(
+            f"SELECT {geometry.select_sql(reg.backend, 'territory')} FROM org_unit_territory "
+            "WHERE unit_fid = :f"
+        ),
+        {"f": fid},
+    ).scalar()
+    territory = geometry.decode(reg.backend, ter)
+    data["has_territory"] = territory is not None
+    data["territory_area_deg2"] = territory.area if territory is not None else None
+    data["groups"] = [
+        r[0]
+        for r in conn.execute(
+            text(
+                "SELECT g.name FROM group_membership m JOIN org_unit_group g ON "
+                "g.version_id = m.version_id AND g.group_key = m.group_key "
+                "JOIN org_unit u ON u.version_id = m.version_id AND u.unit_key = m.unit_key "
+                "WHERE u.fid = :f ORDER BY g.name"
+            ),
+            {"f": fid},
+        )
+    ]
+    return data
+
+
+def _type_id(conn: Connection, type_name: str | None, where: str) -> int | None:
+    if type_name is None or type_name == "":
+        return None
+    row = conn.execute(
+        text("SELECT fid FROM org_unit_type WHERE name = :n"), {"n": type_name.strip()}
+    ).first()
+    if row is None:
+        names = [r[0] for r in conn.execute(text("SELECT name FROM org_unit_type ORDER BY depth"))]
+        raise InvalidInput(
+            f"{where}: field 'type': no org-unit type named {type_name!r}"
+            + (f" (types: {', '.join(names)})." if names else ".")
+        )
+    return int(row[0])
+
+
+def _check_values(values: dict[str, Any], where: str) -> None:
+    unknown = set(values) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise InvalidInput(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
+            f"editable fields are {', '.join(EDITABLE_FIELDS)}."
+        )
+    if "name" in values and not (values["name"] or "").strip():
+        raise InvalidInput(f"{where}: field 'name' cannot be empty.")
+    if "validation_status" in values and values["validation_status"] not in VALIDATION_STATUSES:
+        raise InvalidInput(
+            f"{where}: field 'validation_status' must be one of {', '.join(VALIDATION_STATUSES)}."
+        )
+
+
+def _db_values(conn: Connection, values: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "type":
+            out["type_id"] = _type_id(conn, value, where)
+        elif key in ("opening_date", "closed_date"):
+            out[key] = parse_date(value, f"{where}: field '{key}'")
+        elif key == "aliases":
+            out[key] = json.dumps(list(value), ensure_ascii=False) if value else None
+        elif key == "extra_fields":
+            out[key] = json.dumps(dict(value), ensure_ascii=False) if value else None
+        elif key == "name":
+            out[key] = value.strip()
+        else:
+            out[key] = value if value != "" else None
+    return out
+
+
+def _check_dates(conn: Connection, fid: int, where: str) -> None:
+    row = conn.execute(
+        text("SELECT opening_date, closed_date FROM org_unit WHERE fid = :f"), {"f": fid}
+    ).one()
+    if row[0] and row[1] and str(row[1]) < str(row[0]):
+        raise InvalidInput(
+            f"{where}: closed_date {row[1]} is before opening_date {row[0]}."
+        )
+
+
+def add_unit(
+    reg: Registry,
+    source: str,
+    *,
+    name: str,
+    number: int | None = None,
+    parent: str | None = None,
+    location: BaseGeometry | None = None,
+    territory: BaseGeometry | None = None,
+    origin: str = "api",
+    author: str | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    """Add one unit under ``parent`` (uuid or ref; none makes a root)."""
+    where = f"New unit {name!r}"
+    _check_values({"name": name, **values}, where)
+    with reg.write(origin=origin, author=author) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        parent_handle = find_unit(conn, version, parent) if parent else None
+        cols = _db_values(conn, {"name": name, **values}, where)
+        if cols.get("source_ref"):
+            clash = conn.execute(
+                text("SELECT name FROM org_unit WHERE version_id = :v AND source_ref = :r"),
+                {"v": version.id, "r": cols["source_ref"]},
+            ).first()
+            if clash:
+                raise ConflictError(
+                    f"{where}: field 'source_ref': {cols['source_ref']!r} is already used by "
+                    f"{clash[0]!r} in {version.label}."
+                )
+        if location is not None and location.geom_type != "Point":
+            raise InvalidInput(f"{where}: field 'location' must be a point.")
+        cols.update(
+            version_id=version.id,
+            uuid=str(uuidlib.uuid4()),
+            parent_key=parent_handle.unit_key if parent_handle else None,
+            location=geometry.encode(reg.backend, location),
+        )
+        names = ", ".join(cols)
+        binds = ", ".join(
+            geometry.bind_sql(reg.backend, k) if k == "location" else f":{k}" for k in cols
+        )
+        fid = conn.execute(
+            text(f"INSERT INTO org_unit ({names}) VALUES ({binds}) RETURNING fid"), cols
+        ).scalar_one()
+        _check_dates(conn, fid, where)
+        if territory is not None:
+            _set_territory(reg, conn, fid, territory)
+        return _unit_dict(reg, conn, fid)
+
+
+def edit_unit(
+    reg: Registry,
+    source: str,
+    ident: str,
+    *,
+    number: int | None = None,
+    origin: str = "api",
+    author: str | None = None,
+    **values: Any,
+) -> dict[str, Any]:
+    """Change attributes of one unit (name, code, type, dates, status, aliases …)."""
+    where = f"Unit {ident!r}"
+    _check_values(values, where)
+    if not values:
+        raise InvalidInput(f"{where}: nothing to change (give at least one field).")
+    with reg.write(origin=origin, author=author) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        handle = find_unit(conn, version, ident)
+        cols = _db_values(conn, values, where)
+        sets = ", ".join(f"{k} = :{k}" for k in cols)
+        conn.execute(text(f"UPDATE org_unit SET {sets} WHERE fid = :fid"), cols | {"fid": handle.fid})
+        _check_dates(conn, handle.fid, where)
+        return _unit_dict(reg, conn, handle.fid)
+
+
+def rename_unit(reg: Registry, source: str, ident: str, new_name: str, **kw: Any) -> dict[str, Any]:
+    return edit_unit(reg, source, ident, name=new_name, **kw)
+
+
+def close_unit(
+    reg: Registry, source: str, ident: str, closed_date: str | dt.date | None = None, **kw: Any
+) -> dict[str, Any]:
+    """Close a unit (keeps it, with a closed date: what DHIS2 and Iaso expect)."""
+    return edit_unit(
+        reg, source, ident, closed_date=closed_date or dt.date.today().isoformat(), **kw
+    )
+
+
+def move_unit(
+    reg: Registry,
+    source: str,
+    ident: str,
+    new_parent: str | None,
+    *,
+    number: int | None = None,
+    origin: str = "api",
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Move a unit (and its whole subtree) under another parent; None makes it a root."""
+    with reg.write(origin=origin, author=author) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        handle = find_unit(conn, version, ident)
+        target = find_unit(conn, version, new_parent) if new_parent else None
+        if target is not None and (
+            target.unit_key == handle.unit_key or target.path.startswith(handle.path)
+        ):
+            raise CycleError(
+                f"Cannot move {handle.name!r} under {target.name!r}: "
+                f"{target.name!r} is {'the unit itself' if target.fid == handle.fid else 'inside its subtree'}."
+            )
+        conn.execute(
+            text("UPDATE org_unit SET parent_key = :p WHERE fid = :f"),
+            {"p": target.unit_key if target else None, "f": handle.fid},
+        )
+        return _unit_dict(reg, conn, handle.fid)
+
+
+def delete_unit(
+    reg: Registry,
+    source: str,
+    ident: str,
+    *,
+    number: int | None = None,
+    recursive: bool = False,
+    origin: str = "api",
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Delete a unit; with children, only when ``recursive`` (the whole subtree goes)."""
+    with reg.write(origin=origin, author=author) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        handle = find_unit(conn, version, ident)
+        upper = handle.path[:-1] + "0"
+        params = {"v": version.id, "lo": handle.path, "hi": upper}
+        count = conn.execute(
+            text("SELECT count(*) FROM org_unit WHERE version_id = :v AND path >= :lo AND path < :hi"),
+            params,
+        ).scalar_one()
+        if count > 1 and not recursive:
+            raise ConflictError(
+                f"{handle.name!r} has {count - 1} units below it. Move them first, close the unit "
+                "instead, or delete the whole subtree with --recursive."
+            )
+        conn.execute(
+            text("DELETE FROM org_unit WHERE version_id = :v AND path >= :lo AND path < :hi"),
+            params,
+        )
+        return {"deleted": count, "uuid": handle.uuid, "name": handle.name}
+
+
+def _set_territory(reg: Registry, conn: Connection, fid: int, territory: BaseGeometry | None) -> None:
+    if territory is None:
+        conn.execute(text("DELETE FROM org_unit_territory WHERE unit_fid = :f"), {"f": fid})
+        return
+    blob = geometry.encode(reg.backend, geometry.as_multipolygon(territory))
+    bind = geometry.bind_sql(reg.backend, "g")
+    updated = conn.execute(
+        text(f"UPDATE org_unit_territory SET territory = {bind} WHERE unit_fid = :f"),
+        {"g": blob, "f": fid},
+    ).rowcount
+    if not updated:
+        conn.execute(
+            text(f"INSERT INTO org_unit_territory (territory, unit_fid) VALUES ({bind}, :f)"),
+            {"g": blob, "f": fid},
+        )
+
+
+_UNSET: Any = object()
+
+
+def set_geometry(
+    reg: Registry,
+    source: str,
+    ident: str,
+    *,
+    number: int | None = None,
+    location: BaseGeometry | None = _UNSET,
+    territory: BaseGeometry | None = _UNSET,
+    origin: str = "api",
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Set or clear (pass None) a unit's point location and/or territory."""
+    with reg.write(origin=origin, author=author) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        handle = find_unit(conn, version, ident)
+        if location is not _UNSET:
+            if location is not None and location.geom_type != "Point":
+                raise InvalidInput(f"Unit {ident!r}: field 'location' must be a point.")
+            conn.execute(
+                text(
+                    f"UPDATE org_unit SET location = {geometry.bind_sql(reg.backend, 'g')} "
+                    "WHERE fid = :f"
+                ),
+                {"g": geometry.encode(reg.backend, location), "f": handle.fid},
+            )
+        if territory is not _UNSET:
+            _set_territory(reg, conn, handle.fid, territory)
+        return _unit_dict(reg, conn, handle.fid)
+
+
+def _group_key(conn: Connection, version: VersionRef, group: str) -> int:
+    row = conn.execute(
+        text(
+            "SELECT group_key FROM org_unit_group WHERE version_id = :v AND "
+            "(source_ref = :g OR name = :g) ORDER BY CASE WHEN source_ref = :g THEN 0 ELSE 1 END"
+        ),
+        {"v": version.id, "g": group},
+    ).first()
+    if row is None:
+        raise NotFound(f"No group {group!r} (by ref or name) in {version.label}.")
+    return int(row[0])
+
+
+def add_group(
+    reg: Registry, source: str, name: str, *, number: int | None = None,
+    source_ref: str | None = None, origin: str = "api",
+) -> dict[str, Any]:
+    if not (name or "").strip():
+        raise InvalidInput("A group needs a name (field 'name' is empty).")
+    with reg.write(origin=origin) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        fid = conn.execute(
+            text(
+                "INSERT INTO org_unit_group (version_id, source_ref, name) VALUES (:v, :r, :n) "
+                "RETURNING fid"
+            ),
+            {"v": version.id, "r": source_ref, "n": name.strip()},
+        ).scalar_one()
+        return {"id": fid, "name": name.strip(), "source_ref": source_ref}
+
+
+def set_group_membership(
+    reg: Registry,
+    source: str,
+    ident: str,
+    group: str,
+    member: bool,
+    *,
+    number: int | None = None,
+    origin: str = "api",
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Add a unit to a group (member=True) or take it out (member=False)."""
+    with reg.write(origin=origin, author=author) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        handle = find_unit(conn, version, ident)
+        key = _group_key(conn, version, group)
+        params = {"v": version.id, "g": key, "u": handle.unit_key}
+        exists = conn.execute(
+            text(
+                "SELECT 1 FROM group_membership WHERE version_id = :v AND group_key = :g "
+                "AND unit_key = :u"
+            ),
+            params,
+        ).first()
+        if member and not exists:
+            conn.execute(
+                text(
+                    "INSERT INTO group_membership (version_id, group_key, unit_key) "
+                    "VALUES (:v, :g, :u)"
+                ),
+                params,
+            )
+        elif not member and exists:
+            conn.execute(
+                text(
+                    "DELETE FROM group_membership WHERE version_id = :v AND group_key = :g "
+                    "AND unit_key = :u"
+                ),
+                params,
+            )
+        return _unit_dict(reg, conn, handle.fid)

@@ -1,0 +1,375 @@
+"""Data sources and their versions: create, copy to a new draft, publish, default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from storage import audit_sql
+from storage.backends import Backend
+from storage.errors import ConflictError, InvalidInput, NotFound, PublishedVersionError
+from storage.registry import Registry
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A resolved version: what every other module takes to address units."""
+
+    id: int
+    source_id: int
+    source: str
+    number: int
+    status: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} v{self.number}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"label": self.label}
+
+
+def _source_row(conn: Connection, source: str | int) -> Any:
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        row = conn.execute(
+            text("SELECT fid, name, default_version_id FROM data_source WHERE fid = :s OR name = :n"),
+            {"s": int(source), "n": str(source)},
+        ).first()
+    else:
+        row = conn.execute(
+            text("SELECT fid, name, default_version_id FROM data_source WHERE name = :n"),
+            {"n": source},
+        ).first()
+    if row is None:
+        names = [r[0] for r in conn.execute(text("SELECT name FROM data_source ORDER BY name"))]
+        hint = f" Sources here: {', '.join(names)}." if names else " This registry has no source yet."
+        raise NotFound(f"No data source named {source!r}.{hint}")
+    return row
+
+
+def resolve_version(conn: Connection, source: str | int, number: int | None = None) -> VersionRef:
+    """``source`` + ``number`` → version; no number means the default, else the newest."""
+    src = _source_row(conn, source)
+    if number is None:
+        row = conn.execute(
+            text(
+                "SELECT fid, number, status FROM source_version WHERE source_id = :s "
+                "ORDER BY CASE WHEN fid = :d THEN 0 ELSE 1 END, number DESC LIMIT 1"
+            ),
+            {"s": src.fid, "d": src.default_version_id or -1},
+        ).first()
+        if row is None:
+            raise NotFound(
+                f"Source {src.name!r} has no version yet. Create one with "
+                f"'georeg version new REG --source \"{src.name}\"'."
+            )
+    else:
+        row = conn.execute(
+            text("SELECT fid, number, status FROM source_version WHERE source_id = :s AND number = :n"),
+            {"s": src.fid, "n": number},
+        ).first()
+        if row is None:
+            raise NotFound(f"Source {src.name!r} has no version {number}.")
+    return VersionRef(row.fid, src.fid, src.name, row.number, row.status)
+
+
+def version_by_id(conn: Connection, version_id: int) -> VersionRef:
+    row = conn.execute(
+        text(
+            "SELECT v.fid, v.source_id, s.name, v.number, v.status FROM source_version v "
+            "JOIN data_source s ON s.fid = v.source_id WHERE v.fid = :v"
+        ),
+        {"v": version_id},
+    ).first()
+    if row is None:
+        raise NotFound(f"No version with id {version_id}.")
+    return VersionRef(row[0], row[1], row[2], row[3], row[4])
+
+
+def require_draft(version: VersionRef) -> None:
+    """Refuse early, with the command that fixes it, before the database would."""
+    if version.status == "published":
+        raise _published(version)
+
+
+def _published(version: VersionRef) -> PublishedVersionError:
+    return PublishedVersionError(
+        f"{version.label} is published and read-only. Make a new draft to edit it: "
+        f"georeg version new REG --source \"{version.source}\" --from {version.number}"
+    )
+
+
+def create_source(
+    reg: Registry, name: str, *, description: str | None = None, origin: str = "api"
+) -> dict[str, Any]:
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("A data source needs a name (field 'name' is empty).")
+    with reg.write(origin=origin) as conn:
+        exists = conn.execute(text("SELECT 1 FROM data_source WHERE name = :n"), {"n": name}).first()
+        if exists:
+            raise ConflictError(f"A data source named {name!r} already exists.")
+        fid = conn.execute(
+            text("INSERT INTO data_source (name, description) VALUES (:n, :d) RETURNING fid"),
+            {"n": name, "d": description},
+        ).scalar_one()
+    return {"id": fid, "name": name, "description": description}
+
+
+def ensure_source(conn: Connection, name: str, description: str | None = None) -> int:
+    row = conn.execute(text("SELECT fid FROM data_source WHERE name = :n"), {"n": name}).first()
+    if row:
+        return int(row[0])
+    return int(
+        conn.execute(
+            text("INSERT INTO data_source (name, description) VALUES (:n, :d) RETURNING fid"),
+            {"n": name, "d": description},
+        ).scalar_one()
+    )
+
+
+def list_sources(reg: Registry) -> list[dict[str, Any]]:
+    with reg.read() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT s.fid, s.name, s.description, s.default_version_id, "
+                "(SELECT count(*) FROM source_version v WHERE v.source_id = s.fid) AS versions, "
+                "(SELECT number FROM source_version v WHERE v.fid = s.default_version_id) AS dflt, "
+                "(SELECT max(number) FROM source_version v WHERE v.source_id = s.fid) AS latest "
+                "FROM data_source s ORDER BY s.name"
+            )
+        ).all()
+    return [
+        {
+            "id": r.fid,
+            "name": r.name,
+            "description": r.description,
+            "versions": r.versions,
+            "default_version": r.dflt,
+            "latest_version": r.latest,
+        }
+        for r in rows
+    ]
+
+
+def insert_version(
+    conn: Connection,
+    source_id: int,
+    *,
+    description: str | None = None,
+    copied_from_id: int | None = None,
+    author: str | None = None,
+) -> int:
+    """Add the next-numbered draft version of a source; returns its id."""
+    if author is None:
+        author = _author(conn)
+    number = conn.execute(
+        text("SELECT COALESCE(max(number), 0) + 1 FROM source_version WHERE source_id = :s"),
+        {"s": source_id},
+    ).scalar_one()
+    return int(
+        conn.execute(
+            text(
+                "INSERT INTO source_version (source_id, number, description, copied_from_id, "
+                "created_by) VALUES (:s, :n, :d, :c, :a) RETURNING fid"
+            ),
+            {"s": source_id, "n": number, "d": description, "c": copied_from_id, "a": author},
+        ).scalar_one()
+    )
+
+
+def create_version(
+    reg: Registry,
+    source: str,
+    *,
+    copy_from: int | None = None,
+    description: str | None = None,
+    origin: str = "api",
+    create_source_if_missing: bool = False,
+) -> dict[str, Any]:
+    """A new draft: empty, or a copy of version ``copy_from`` made in SQL."""
+    with reg.write(origin=origin, audit=False) as conn:
+        if create_source_if_missing:
+            ensure_source(conn, source)
+        src = _source_row(conn, source)
+        base = resolve_version(conn, source, copy_from) if copy_from is not None else None
+        vid = insert_version(
+            conn, src.fid, description=description, copied_from_id=base.id if base else None
+        )
+        counts = copy_version_content(reg, conn, base.id, vid) if base else {"units": 0}
+        _log_version(conn, vid, "create", {"copied_from": base.number if base else None} | counts)
+        version = version_by_id(conn, vid)
+    return version.to_dict() | {"copied_from": base.number if base else None, **counts}
+
+
+def _author(conn: Connection, reg: Registry | None = None) -> str | None:
+    """The author of the current write transaction (set by Registry.write)."""
+    if conn.dialect.name == "sqlite":
+        return conn.execute(text("SELECT author FROM edit_context WHERE fid = 1")).scalar()
+    return conn.execute(text("SELECT NULLIF(current_setting('georeg.author', true), '')")).scalar()
+
+
+def _log_version(conn: Connection, version_id: int, op: str, after: dict[str, Any]) -> None:
+    """One change-log entry for a whole-version operation (copy, publish …)."""
+    sqlite = conn.dialect.name == "sqlite"
+    join, ctx = audit_sql.context_columns(Backend.GEOPACKAGE if sqlite else Backend.POSTGIS)
+    value = ":after" if sqlite else "CAST(:after AS jsonb)"
+    conn.execute(
+        text(
+            "INSERT INTO change_log (version_id, entity, op, after, origin, author, operation) "
+            f"SELECT :v, 'version', :op, {value}, {ctx}{' FROM (SELECT 1) one' if not sqlite else ''}"
+            f"{' FROM (SELECT 1) one' + join if sqlite else ''}"
+        ),
+        {"v": version_id, "op": op, "after": json.dumps(after)},
+    )
+
+
+_UNIT_COPY_COLUMNS = (
+    "location, unit_key, uuid, source_ref, name, code, type_id, parent_key, path, depth, "
+    "validation_status, opening_date, closed_date, aliases, extra_fields"
+)
+
+
+def copy_version_content(
+    reg: Registry, conn: Connection, from_id: int, to_id: int
+) -> dict[str, int]:
+    """Copy units, territories, groups and memberships set-wise: no row leaves SQL.
+
+    Stable keys (unit_key, group_key, set_key) and paths are kept, so nothing is remapped
+    but the territories' link to their unit's new row id.
+    """
+    p = {"src": from_id, "dst": to_id}
+    units = conn.execute(
+        text(
+            f"INSERT INTO org_unit (version_id, {_UNIT_COPY_COLUMNS}) "
+            f"SELECT :dst, {_UNIT_COPY_COLUMNS} FROM org_unit WHERE version_id = :src"
+        ),
+        p,
+    ).rowcount
+    territories = conn.execute(
+        text(
+            "INSERT INTO org_unit_territory (territory, unit_fid, version_id, name) "
+            "SELECT t.territory, n.fid, :dst, t.name FROM org_unit_territory t "
+            "JOIN org_unit o ON o.fid = t.unit_fid "
+            "JOIN org_unit n ON n.version_id = :dst AND n.unit_key = o.unit_key "
+            "WHERE o.version_id = :src"
+        ),
+        p,
+    ).rowcount
+    groups = conn.execute(
+        text(
+            "INSERT INTO org_unit_group (version_id, group_key, source_ref, name, short_name, code) "
+            "SELECT :dst, group_key, source_ref, name, short_name, code FROM org_unit_group "
+            "WHERE version_id = :src"
+        ),
+        p,
+    ).rowcount
+    members = conn.execute(
+        text(
+            "INSERT INTO group_membership (version_id, group_key, unit_key) "
+            "SELECT :dst, group_key, unit_key FROM group_membership WHERE version_id = :src"
+        ),
+        p,
+    ).rowcount
+    conn.execute(
+        text(
+            "INSERT INTO group_set (version_id, set_key, source_ref, name, short_name, belonging, "
+            "compulsory) SELECT :dst, set_key, source_ref, name, short_name, belonging, compulsory "
+            "FROM group_set WHERE version_id = :src"
+        ),
+        p,
+    )
+    conn.execute(
+        text(
+            "INSERT INTO group_set_member (version_id, set_key, group_key) "
+            "SELECT :dst, set_key, group_key FROM group_set_member WHERE version_id = :src"
+        ),
+        p,
+    )
+    return {"units": units, "territories": territories, "groups": groups, "memberships": members}
+
+
+def publish_version(
+    reg: Registry, source: str, number: int, *, make_default: bool = False, origin: str = "api"
+) -> dict[str, Any]:
+    with reg.write(origin=origin) as conn:
+        version = resolve_version(conn, source, number)
+        if version.status == "published":
+            raise _published(version)
+        conn.execute(
+            text(
+                "UPDATE source_version SET status = 'published', published_at = "
+                + (
+                    "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+                    if conn.dialect.name == "sqlite"
+                    else "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+                )
+                + ", published_by = :a WHERE fid = :v"
+            ),
+            {"v": version.id, "a": _author(conn)},
+        )
+        if make_default:
+            conn.execute(
+                text("UPDATE data_source SET default_version_id = :v WHERE fid = :s"),
+                {"v": version.id, "s": version.source_id},
+            )
+        _log_version(conn, version.id, "publish", {"number": number, "default": make_default})
+        return version_by_id(conn, version.id).to_dict()
+
+
+def set_default_version(
+    reg: Registry, source: str, number: int, *, origin: str = "api"
+) -> dict[str, Any]:
+    with reg.write(origin=origin) as conn:
+        version = resolve_version(conn, source, number)
+        conn.execute(
+            text("UPDATE data_source SET default_version_id = :v WHERE fid = :s"),
+            {"v": version.id, "s": version.source_id},
+        )
+        _log_version(conn, version.id, "set_default", {"number": number})
+        return version.to_dict() | {"default": True}
+
+
+def list_versions(reg: Registry, source: str) -> list[dict[str, Any]]:
+    with reg.read() as conn:
+        src = _source_row(conn, source)
+        rows = conn.execute(
+            text(
+                "SELECT v.fid, v.number, v.status, v.description, v.created_at, v.created_by, "
+                "v.published_at, v.copied_from_id, "
+                "(SELECT count(*) FROM org_unit u WHERE u.version_id = v.fid) AS units "
+                "FROM source_version v WHERE v.source_id = :s ORDER BY v.number"
+            ),
+            {"s": src.fid},
+        ).all()
+    return [
+        {
+            "id": r.fid,
+            "number": r.number,
+            "status": r.status,
+            "default": r.fid == src.default_version_id,
+            "description": r.description,
+            "units": r.units,
+            "created_at": r.created_at,
+            "created_by": r.created_by,
+            "published_at": r.published_at,
+        }
+        for r in rows
+    ]
+
+
+def delete_version(reg: Registry, source: str, number: int, *, origin: str = "api") -> None:
+    """Delete a draft version (a published one is refused by the database itself)."""
+    with reg.write(origin=origin, audit=False) as conn:
+        version = resolve_version(conn, source, number)
+        if version.status == "published":
+            raise _published(version)
+        conn.execute(
+            text("UPDATE data_source SET default_version_id = NULL WHERE default_version_id = :v"),
+            {"v": version.id},
+        )
+        conn.execute(text("DELETE FROM source_version WHERE fid = :v"), {"v": version.id})
+        _log_version(conn, version.id, "delete", {"number": number})

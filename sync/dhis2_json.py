@@ -1,0 +1,222 @@
+"""Import organisation units, levels and groups as DHIS2's Web API returns them.
+
+Input is the JSON of ``/api/organisationUnits`` (one or more pages, as saved
+from the API or read by the DHIS2 client), ``/api/filledOrganisationUnitLevels``
+or ``/api/organisationUnitLevels``, and ``/api/organisationUnitGroups`` with
+``organisationUnits``.  Levels become org-unit types, DHIS2 uids become
+``source_ref``, points become locations and polygons territories.  The whole
+import is one transaction: a bad page leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage import geometry
+from storage.bulk import BulkLoader, LoadStats, UnitRecord
+from storage.errors import InvalidInput
+from storage.jobs import Job
+from storage.registry import Registry
+from storage.versions import ensure_source, insert_version, version_by_id
+
+
+@dataclass
+class Dhis2Payload:
+    """The DHIS2 documents of one import, already parsed."""
+
+    unit_pages: list[tuple[str, dict[str, Any]]]
+    levels: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    group_sets: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total_units(self) -> int:
+        return sum(len(page.get("organisationUnits", [])) for _, page in self.unit_pages)
+
+
+def load_json_file(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8-sig") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: file not found.") from None
+    except json.JSONDecodeError as error:
+        raise InvalidInput(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})."
+        ) from None
+
+
+def classify(doc: Any, name: str) -> str:
+    """Which DHIS2 document is this? units | levels | groups | group_sets."""
+    if isinstance(doc, list):
+        if all(isinstance(x, dict) and "level" in x and "name" in x for x in doc):
+            return "levels"
+    elif isinstance(doc, dict):
+        for key, kind in (
+            ("organisationUnits", "units"),
+            ("organisationUnitLevels", "levels"),
+            ("organisationUnitGroups", "groups"),
+            ("organisationUnitGroupSets", "group_sets"),
+        ):
+            if isinstance(doc.get(key), list):
+                return kind
+    raise InvalidInput(
+        f"{name}: not a DHIS2 organisationUnits, organisationUnitLevels, organisationUnitGroups "
+        "or organisationUnitGroupSets response."
+    )
+
+
+def read_payload(paths: Sequence[Path]) -> Dhis2Payload:
+    """Read and sort DHIS2 JSON files by what they contain (any order, any names)."""
+    payload = Dhis2Payload(unit_pages=[])
+    for path in paths:
+        doc = load_json_file(path)
+        kind = classify(doc, str(path))
+        if kind == "units":
+            payload.unit_pages.append((path.name, doc))
+        elif kind == "levels":
+            payload.levels.extend(doc if isinstance(doc, list) else doc["organisationUnitLevels"])
+        elif kind == "groups":
+            payload.groups.extend(doc["organisationUnitGroups"])
+        else:
+            payload.group_sets.extend(doc["organisationUnitGroupSets"])
+    if not payload.unit_pages:
+        raise InvalidInput("No organisationUnits page among the files given.")
+    payload.unit_pages.sort(key=lambda item: (item[1].get("pager") or {}).get("page", 0))
+    return payload
+
+
+def _parent_ref(unit: dict[str, Any], where: str) -> str | None:
+    parent = unit.get("parent")
+    if isinstance(parent, dict) and parent.get("id"):
+        return str(parent["id"])
+    path = unit.get("path")
+    if isinstance(path, str) and path.strip("/"):
+        parts = path.strip("/").split("/")
+        if parts[-1] != unit.get("id"):
+            raise InvalidInput(f"{where}: field 'path' {path!r} does not end with its id.")
+        return parts[-2] if len(parts) > 1 else None
+    level = unit.get("level")
+    if level not in (None, 1):
+        raise InvalidInput(f"{where}: a level-{level} unit needs 'parent' or 'path'.")
+    return None
+
+
+def unit_records(payload: Dhis2Payload, level_names: dict[int, str]) -> Iterator[UnitRecord]:
+    for page_name, page in payload.unit_pages:
+        units = page.get("organisationUnits")
+        for i, unit in enumerate(units or [], start=1):
+            where = f"{page_name}, organisationUnits item {i}"
+            if not isinstance(unit, dict):
+                raise InvalidInput(f"{where}: expected an object, got {type(unit).__name__}.")
+            uid = unit.get("id")
+            if not isinstance(uid, str) or not uid.strip():
+                raise InvalidInput(f"{where}: field 'id' is missing or empty.")
+            where = f"{where} (id {uid})"
+            name = unit.get("name")
+            if not isinstance(name, str) or not name.strip():
+                raise InvalidInput(f"{where}: field 'name' is missing or empty.")
+            level = unit.get("level")
+            if level is None and isinstance(unit.get("path"), str):
+                level = len(unit["path"].strip("/").split("/"))
+            try:
+                geom = geometry.from_geojson(unit.get("geometry"))
+            except Exception as error:  # shapely raises several kinds
+                raise InvalidInput(f"{where}: field 'geometry' is not valid GeoJSON ({error}).")
+            location, territory = geometry.split_location_territory(geom)
+            extra = {
+                k: unit[k]
+                for k in ("shortName", "description", "url", "contactPerson", "phoneNumber")
+                if unit.get(k)
+            }
+            yield UnitRecord(
+                name=name.strip(),
+                source_ref=uid.strip(),
+                parent_ref=_parent_ref(unit, where),
+                type_name=level_names.get(level) if isinstance(level, int) else None,
+                code=unit.get("code"),
+                opening_date=unit.get("openingDate"),
+                closed_date=unit.get("closedDate"),
+                location=location,
+                territory=territory,
+                extra_fields=extra or None,
+                where=where,
+            )
+
+
+class Dhis2ImportJob(Job[dict[str, Any]]):
+    """Import DHIS2 JSON into a new draft version of a source."""
+
+    title = "DHIS2 import"
+
+    def __init__(
+        self,
+        reg: Registry,
+        payload: Dhis2Payload,
+        *,
+        source: str,
+        description: str | None = None,
+        origin: str = "dhis2_import",
+    ) -> None:
+        super().__init__()
+        self.reg = reg
+        self.payload = payload
+        self.source = source
+        self.description = description
+        self.origin = origin
+
+    def execute(self) -> dict[str, Any]:
+        payload = self.payload
+        total = payload.total_units
+        self.report(0, total, "Reading organisation units")
+        with self.reg.write(origin=self.origin, operation=None) as conn:
+            source_id = ensure_source(conn, self.source)
+            version_id = insert_version(
+                conn, source_id, description=self.description or "Imported from DHIS2 JSON"
+            )
+            loader = BulkLoader(
+                self.reg, conn, version_id, progress=lambda n: self.report(n, total, "Loading units")
+            )
+            level_names: dict[int, str] = {}
+            for lvl in sorted(payload.levels, key=lambda x: x.get("level", 0)):
+                if not isinstance(lvl.get("level"), int) or not str(lvl.get("name", "")).strip():
+                    raise InvalidInput(
+                        f"organisationUnitLevels: each level needs 'level' (a number) and 'name'; "
+                        f"got {json.dumps(lvl)[:120]}."
+                    )
+                level_names[lvl["level"]] = str(lvl["name"]).strip()
+                loader.add_type(level_names[lvl["level"]], depth=lvl["level"])
+            if not level_names:  # no levels document: name the types by level
+                for _, page in payload.unit_pages:
+                    for unit in page.get("organisationUnits") or []:
+                        if isinstance(unit, dict) and isinstance(unit.get("level"), int):
+                            level_names.setdefault(unit["level"], f"Level {unit['level']}")
+                for lvl_no, lvl_name in sorted(level_names.items()):
+                    loader.add_type(lvl_name, depth=lvl_no)
+            loader.add_units(unit_records(payload, level_names))
+            self.report(total, total, "Linking groups")
+            for i, grp in enumerate(payload.groups, start=1):
+                if not isinstance(grp, dict) or not grp.get("id"):
+                    raise InvalidInput(f"organisationUnitGroups item {i}: field 'id' is missing.")
+                loader.add_group(grp["id"], grp.get("name") or "", grp.get("shortName"),
+                                 grp.get("code"))
+                members = grp.get("organisationUnits") or []
+                loader.add_memberships(
+                    (grp["id"], m["id"]) for m in members if isinstance(m, dict) and m.get("id")
+                )
+            self.report(total, total, "Building the tree")
+            stats: LoadStats = loader.finish()
+            self.check_cancelled()
+            version = version_by_id(conn, version_id)
+        return {"version": version.to_dict(), **stats.to_dict()}
+
+
+def import_dhis2_files(
+    reg: Registry, paths: Sequence[Path], *, source: str, description: str | None = None
+) -> dict[str, Any]:
+    """Convenience for scripts: read the files and run the import job."""
+    return Dhis2ImportJob(reg, read_payload(paths), source=source, description=description).run()

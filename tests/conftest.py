@@ -1,0 +1,80 @@
+"""Shared fixtures: a fresh registry on every backend, the demo data, the PostGIS cluster.
+
+Every storage test that takes ``registry`` runs three times: on a GeoPackage
+file, a SpatiaLite file and a PostGIS schema of its own in a throwaway cluster
+on 127.0.0.1 (started once per session, stopped at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from storage.registry import Registry  # noqa: E402
+
+DEMO_DATA = ROOT / "georeg" / "demo_data" / "sierra-leone"
+DEMO_FILES = sorted(DEMO_DATA.glob("*.json"))
+BACKENDS = [
+    pytest.param("gpkg", id="gpkg"),
+    pytest.param("spatialite", id="spatialite"),
+    pytest.param("postgis", id="postgis", marks=pytest.mark.postgis),
+]
+
+
+@pytest.fixture(scope="session")
+def postgis_url() -> Iterator[str]:
+    from tests.pg_cluster import throwaway_postgis
+
+    with throwaway_postgis() as url:
+        yield url
+
+
+def location_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "gpkg":
+        return str(tmp_path / "registry.gpkg")
+    if backend == "spatialite":
+        return str(tmp_path / "registry.sqlite")
+    url = request.getfixturevalue("postgis_url")
+    return f"{url}?schema=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def location(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return location_for(backend, tmp_path, request)
+
+
+@pytest.fixture
+def registry(location: str) -> Iterator[Registry]:
+    reg = Registry.create(location)
+    yield reg
+    _drop(reg)
+
+
+@pytest.fixture
+def demo(registry: Registry) -> Registry:
+    """The Sierra Leone demo imported as version 1 of source 'SL' (a draft)."""
+    from sync.dhis2_json import import_dhis2_files
+
+    import_dhis2_files(registry, DEMO_FILES, source="SL")
+    return registry
+
+
+def _drop(reg: Registry) -> None:
+    if reg.location.url is not None:
+        with reg.engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{reg.location.schema}" CASCADE')
+    reg.close()
