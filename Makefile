@@ -59,6 +59,10 @@ $(VENV_STAMP): $(APT_STAMP)
 	else \
 	  $(PYTHON_SYS) -m venv --system-site-packages $(VENV); \
 	fi
+	# Debian's python3-pyproj looks for proj.db under sys.prefix, i.e. the venv.
+	if [ -f /usr/share/proj/proj.db ] && [ ! -e $(VENV)/share/proj ]; then \
+	  mkdir -p $(VENV)/share && ln -sfn /usr/share/proj $(VENV)/share/proj; \
+	fi
 	touch $@
 
 # numpy rule: the venv may only hold a numpy of the same major version as the

@@ -175,6 +175,36 @@ class BulkLoader:
         ).scalar_one()
         return int(key)  # a new group's key is its fid (set by a trigger)
 
+    def add_group_set(
+        self, source_ref: str | None, name: str, group_refs: Iterable[str], *,
+        short_name: str | None = None, compulsory: bool = False, belonging: str = "multiple",
+    ) -> int:
+        """A group set whose groups (by source ref) must already be added."""
+        if not (name or "").strip():
+            raise InvalidInput(f"Group set {source_ref!r}: field 'name' is empty.")
+        fid = self.conn.execute(
+            text(
+                "INSERT INTO group_set (version_id, source_ref, name, short_name, belonging, "
+                "compulsory) VALUES (:v, :r, :n, :s, :b, :c) RETURNING fid"
+            ),
+            {"v": self.version_id, "r": source_ref, "n": name.strip(), "s": short_name,
+             "b": belonging, "c": compulsory},
+        ).scalar_one()
+        for ref in dict.fromkeys(group_refs):
+            added = self.conn.execute(
+                text(
+                    "INSERT INTO group_set_member (version_id, set_key, group_key) "
+                    "SELECT :v, s.set_key, g.group_key FROM group_set s JOIN org_unit_group g "
+                    "ON g.version_id = s.version_id AND g.source_ref = :g WHERE s.fid = :f"
+                ),
+                {"v": self.version_id, "g": ref, "f": fid},
+            ).rowcount
+            if not added:
+                self.stats.warnings.append(
+                    f"Group set {name!r}: group {ref!r} is not in this import; left out."
+                )
+        return int(fid)
+
     def add_memberships(self, pairs: Iterable[tuple[str, str]]) -> None:
         """(group source_ref, unit source_ref) pairs, resolved in ``finish``."""
         rows = [{"g": g, "u": u} for g, u in pairs]

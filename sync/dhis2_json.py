@@ -125,8 +125,10 @@ def unit_records(payload: Dhis2Payload, level_names: dict[int, str]) -> Iterator
                 level = len(unit["path"].strip("/").split("/"))
             try:
                 geom = geometry.from_geojson(unit.get("geometry"))
-            except Exception as error:  # shapely raises several kinds
-                raise InvalidInput(f"{where}: field 'geometry' is not valid GeoJSON ({error}).")
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+                raise InvalidInput(
+                    f"{where}: field 'geometry' is not valid GeoJSON ({error})."
+                ) from None
             location, territory = geometry.split_location_territory(geom)
             extra = {
                 k: unit[k]
@@ -207,6 +209,14 @@ class Dhis2ImportJob(Job[dict[str, Any]]):
                 members = grp.get("organisationUnits") or []
                 loader.add_memberships(
                     (grp["id"], m["id"]) for m in members if isinstance(m, dict) and m.get("id")
+                )
+            for i, gs in enumerate(payload.group_sets, start=1):
+                if not isinstance(gs, dict) or not gs.get("id"):
+                    raise InvalidInput(f"organisationUnitGroupSets item {i}: field 'id' is missing.")
+                loader.add_group_set(
+                    gs["id"], gs.get("name") or "",
+                    [g["id"] for g in gs.get("organisationUnitGroups") or [] if g.get("id")],
+                    short_name=gs.get("shortName"), compulsory=bool(gs.get("compulsory")),
                 )
             self.report(total, total, "Building the tree")
             stats: LoadStats = loader.finish()

@@ -24,6 +24,13 @@ def test_demo_import_builds_the_whole_tree(demo: Registry) -> None:
     assert [lv["territories"] for lv in c["levels"]] == [0, 13, 152, 0]
     assert [lv["points"] for lv in c["levels"]] == [0, 0, 0, 601]
     assert [t["type"] for t in c["types"]] == ["National", "District", "Chiefdom", "Facility"]
+    with demo.read() as conn:
+        sets = conn.execute(text(
+            "SELECT s.name, count(m.fid) FROM group_set s LEFT JOIN group_set_member m "
+            "ON m.version_id = s.version_id AND m.set_key = s.set_key GROUP BY s.name "
+            "ORDER BY s.name")).all()
+    assert [tuple(r) for r in sets] == [("Area", 4), ("Facility Ownership", 4),
+                                        ("Facility Type", 5), ("Location Rural/Urban", 2)]
     summary = tree.tree_summary(demo, "SL", max_depth=2)
     assert summary["nodes"][0]["name"] == "Sierra Leone"
     assert summary["nodes"][0]["units_below"] == 1331

@@ -1,0 +1,106 @@
+"""Opening registries: backends from the location, schema migrations, WAL, clear set-up errors."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+from sqlalchemy.orm import Session
+
+from storage import models
+from storage.backends import Backend, Location, load_spatialite
+from storage.errors import InvalidInput, RegistryNotFound, SetupError
+from storage.registry import Registry, head_revision
+from sync.dhis2_json import import_dhis2_files
+from tests.conftest import DEMO_FILES
+
+
+def test_backend_is_picked_from_the_location() -> None:
+    assert Location.parse("a/b.gpkg").backend is Backend.GEOPACKAGE
+    assert Location.parse("b.SQLITE").backend is Backend.SPATIALITE
+    pg = Location.parse("postgresql://me:secret@db:5432/reg?schema=district")
+    assert pg.backend is Backend.POSTGIS and pg.schema == "district"
+    assert "secret" not in pg.display() and pg.display().startswith("postgresql://me@db:5432/reg")
+    with pytest.raises(InvalidInput, match=r"\.gpkg"):
+        Location.parse("registry.csv")
+    with pytest.raises(InvalidInput, match="identifier"):
+        Location.parse("postgresql://db/reg?schema=a;drop")
+
+
+def test_models_match_the_migrated_schema(registry: Registry) -> None:
+    """The typed models describe exactly the tables the migrations made, on every backend."""
+    inspector = inspect(registry.engine)
+    for table in models.Base.metadata.sorted_tables:
+        real = {c["name"] for c in inspector.get_columns(table.name)}
+        assert real == {c.name for c in table.columns}, table.name
+    assert registry.schema_revision() == head_revision()
+
+
+def test_typed_queries_work_on_every_backend(demo: Registry) -> None:
+    with Session(demo.engine) as session:
+        districts = session.scalars(
+            select(models.OrgUnit.name).join(models.OrgUnitType,
+                                             models.OrgUnitType.fid == models.OrgUnit.type_id)
+            .where(models.OrgUnitType.name == "District").order_by(models.OrgUnit.name)
+        ).all()
+        assert len(districts) == 13 and districts[0] == "Bo"
+        version = session.scalars(select(models.SourceVersion)).one()
+        assert version.status == "draft" and version.number == 1
+
+
+def test_opening_something_that_is_not_a_registry(tmp_path: Path) -> None:
+    with pytest.raises(RegistryNotFound, match="georeg init"):
+        Registry.open(tmp_path / "none.gpkg")
+    plain = tmp_path / "plain.gpkg"
+    sqlite3.connect(plain).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(RegistryNotFound, match="not a Georeg registry"):
+        Registry.open(plain)
+
+
+def test_a_python_that_cannot_load_extensions_is_told_how_to_fix_it() -> None:
+    class NoExtensions:  # what sqlite3.connect() returns on builds without extension loading
+        pass
+
+    with pytest.raises(SetupError, match="libsqlite3-mod-spatialite.*/usr/bin/python3"):
+        load_spatialite(NoExtensions())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".sqlite"])
+def test_file_is_shared_by_a_reader_and_a_writer(tmp_path: Path, suffix: str) -> None:
+    """WAL: the server reads while the desktop app writes, and the writer does not wait."""
+    demo = Registry.create(tmp_path / f"reg{suffix}")
+    import_dhis2_files(demo, DEMO_FILES, source="SL")
+    assert demo.location.path is not None
+    with demo.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    other = Registry.open(demo.location.path)
+    try:
+        with other.read() as reader:
+            count = reader.execute(text("SELECT count(*) FROM org_unit")).scalar()
+            done = threading.Event()
+
+            def write() -> None:
+                with demo.write() as conn:
+                    conn.execute(text("UPDATE org_unit SET code = 'X' WHERE depth = 1"))
+                done.set()
+
+            worker = threading.Thread(target=write)
+            worker.start()
+            worker.join(10)
+            assert done.is_set()
+            assert reader.execute(text("SELECT count(*) FROM org_unit")).scalar() == count
+    finally:
+        other.close()
+        demo.close()
+
+
+def test_creating_twice_is_refused_without_force(tmp_path: Path) -> None:
+    path = tmp_path / "r.gpkg"
+    Registry.create(path).close()
+    with pytest.raises(Exception, match="already exists"):
+        Registry.create(path)
+    Registry.create(path, overwrite=True).close()
