@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,7 +29,7 @@ from rich.progress import (
 from georeg import render
 from storage.errors import GeoregError, InvalidInput
 from storage.jobs import Job
-from storage.registry import Registry
+from storage.registry import Registry, translate_db_error
 
 ORIGIN = "cli"
 err_console = Console(stderr=True)
@@ -56,7 +57,14 @@ def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[...,
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn(*args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                except DBAPIError as db_error:
+                    raise translate_db_error(db_error) from db_error
+                except OSError as os_error:
+                    raise GeoregError(
+                        f"{os_error.strerror or os_error}: {os_error.filename or ''}".strip(": ")
+                    ) from os_error
             except GeoregError as error:
                 if kwargs.get("as_json"):
                     click.echo(json.dumps(error.to_dict(), ensure_ascii=False), err=True)

@@ -68,14 +68,16 @@ def _as_owner(cmd: list[str]) -> list[str]:
     """Wrap cmd so it runs as the ``postgres`` OS user when we are root."""
     if os.geteuid() != 0:
         return cmd
-    runuser = shutil.which("runuser") or ("/usr/sbin/runuser" if os.path.exists("/usr/sbin/runuser") else None)
+    runuser = shutil.which("runuser")
+    if runuser is None and os.path.exists("/usr/sbin/runuser"):
+        runuser = "/usr/sbin/runuser"
     if runuser:
         return [runuser, "-u", SUPERUSER, "--", *cmd]
     return ["su", SUPERUSER, "-s", "/bin/sh", "-c", shlex.join(cmd)]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 120) -> None:
-    r = subprocess.run(cmd, cwd=cwd, env=_clean_env(), stdin=subprocess.DEVNULL,
+    r = subprocess.run(cmd, check=False, cwd=cwd, env=_clean_env(), stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise PostgresUnavailable(
@@ -105,7 +107,8 @@ def _wait_ready(bindir: Path, proc: subprocess.Popen, port: int, tmp: Path) -> b
             return False
         r = subprocess.run([str(bindir / "pg_isready"), "-q", "-h", HOST, "-p", str(port),
                             "-U", SUPERUSER, "-d", "postgres", "-t", "2"],
-                           cwd=tmp, env=_clean_env(), stdin=subprocess.DEVNULL)
+                           check=False, cwd=tmp, env=_clean_env(),
+                           stdin=subprocess.DEVNULL)
         if r.returncode == 0:
             return True
         time.sleep(0.2)
@@ -117,8 +120,8 @@ def _stop(bindir: Path, data: Path, proc: subprocess.Popen, tmp: Path) -> None:
         with contextlib.suppress(Exception):
             subprocess.run(_as_owner([str(bindir / "pg_ctl"), "stop", "-D", str(data),
                                       "-m", "fast", "-w", "-t", "30"]),
-                           cwd=tmp, env=_clean_env(), stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=60)
+                           check=False, cwd=tmp, env=_clean_env(),
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -113,3 +113,11 @@ def test_installed_command_and_help(reg: str) -> None:
     shown = subprocess.run([*cmd, "unit", "show", reg, "--source", SOURCE, "O6uvpzGd5pu"],
                            capture_output=True, text=True, env=env)
     assert shown.returncode == 0 and "name: Bo" in shown.stdout
+
+
+def test_docs_cli_md_matches_the_help() -> None:
+    """docs/cli.md's reference is --help; regenerate with `python -m georeg.cli_docs --write`."""
+    from georeg import cli_docs
+
+    current = cli_docs.DOC.read_text(encoding="utf-8")
+    assert current == cli_docs.render(current)
