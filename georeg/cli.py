@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.exc import DBAPIError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,6 +24,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from sqlalchemy.exc import DBAPIError
 
 from georeg import render
 from storage.errors import GeoregError, InvalidInput

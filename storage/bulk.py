@@ -279,18 +279,18 @@ class BulkLoader:
         if not batch:
             return
         fids = self._next_fids(len(batch))
-        rows = [self._row(rec, fid) for rec, fid in zip(batch, fids)]
+        rows = [self._row(rec, fid) for rec, fid in zip(batch, fids, strict=True)]
         locations = geometry.encode_many(self.backend, [r.location for r in batch])
         territories = geometry.encode_many(
             self.backend,
             [geometry.as_multipolygon(r.territory) if r.territory is not None else None
              for r in batch],
         )
-        for row, loc in zip(rows, locations):
+        for row, loc in zip(rows, locations, strict=True):
             row["location"] = loc
         ter_rows = [
             {"territory": ter, "fid": row["fid"], "version_id": self.version_id, "name": row["name"]}
-            for row, ter in zip(rows, territories)
+            for row, ter in zip(rows, territories, strict=True)
             if ter is not None
         ]
         savepoint = self.conn.begin_nested()

@@ -63,10 +63,10 @@ def subtree_rows(conn: Connection, version: VersionRef, path: str,
                  columns: str = "fid, uuid, name, depth") -> list[Any]:
     """The raw, fast subtree read (one index range scan) used by the API below."""
     lo, hi = subtree_bounds(path)
-    return conn.execute(
+    return list(conn.execute(
         text(f"SELECT {columns} FROM org_unit WHERE version_id = :v AND path >= :lo AND path < :hi"),
         {"v": version.id, "lo": lo, "hi": hi},
-    ).all()
+    ))
 
 
 def subtree(reg: Registry, source: str, ident: str, number: int | None = None, *,

@@ -16,7 +16,7 @@ depends_on = None
 
 def upgrade() -> None:
     bind = op.get_bind()
-    schema_0001.create(bind, bind.dialect.georeg_backend.value)
+    schema_0001.create(bind, bind.dialect.georeg_backend.value)  # type: ignore[attr-defined]
 
 
 def downgrade() -> None:
