@@ -123,3 +123,63 @@ def test_qgis_loads_every_spatial_layer(demo_gpkg: Path, tmp_path: Path) -> None
         ["org_unit", "True", "Point", "1332", "Point"],
         ["org_unit_territory", "True", "MultiPolygon", "165", "MultiPolygon"],
     ]
+
+
+def test_plain_sql_on_the_file_is_audited_and_published_versions_refuse_it(
+    demo_gpkg: Path,
+) -> None:
+    """A SQL console (sqlite3 with SpatiaLite loaded, as DB Browser or QGIS's DB Manager)."""
+    import sqlite3
+
+    from storage.backends import load_spatialite
+
+    conn = sqlite3.connect(demo_gpkg)
+    load_spatialite(conn)
+    conn.execute("UPDATE org_unit SET code = 'BO-01' WHERE source_ref = 'O6uvpzGd5pu'")
+    conn.commit()
+    with Registry.open(demo_gpkg) as reg:
+        entry = history(reg, limit=1)[0]
+        assert entry["changes"] == {"code": [None, "BO-01"]} and entry["origin"] == "external"
+        publish_version(reg, "SL", 1)
+    with pytest.raises(sqlite3.IntegrityError, match="published and read-only"):
+        conn.execute("UPDATE org_unit SET code = 'BO-02' WHERE source_ref = 'O6uvpzGd5pu'")
+    with pytest.raises(sqlite3.IntegrityError, match="published"):
+        conn.execute("UPDATE source_version SET status = 'draft'")
+    conn.close()
+
+
+@pytest.mark.postgis
+def test_gdal_on_a_postgis_registry_is_audited_and_guarded(postgis_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from osgeo import ogr
+
+    location = f"{postgis_url}?schema=gdal_edit"
+    with Registry.create(location, overwrite=True) as reg:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+    url = urlsplit(postgis_url)
+    ogr.UseExceptions()
+    dsn = (f"PG:host={url.hostname} port={url.port} dbname={url.path.lstrip('/')} "
+           f"user={url.username} active_schema=gdal_edit")
+    ds = ogr.Open(dsn, update=1)
+    layer = ds.GetLayerByName("org_unit")
+    layer.SetAttributeFilter("source_ref = 'O6uvpzGd5pu'")
+    feature = layer.GetNextFeature()
+    feature.SetField("name", "Bo (via GDAL)")
+    layer.SetFeature(feature)
+    ds = None
+    with Registry.open(location) as reg:
+        entry = history(reg, limit=1)[0]
+        assert entry["changes"]["name"] == ["Bo", "Bo (via GDAL)"]
+        assert entry["origin"] == "external"
+        publish_version(reg, "SL", 1)
+    ds = ogr.Open(dsn, update=1)
+    layer = ds.GetLayerByName("org_unit")
+    feature = layer.GetNextFeature()
+    feature.SetField("name", "nope")
+    with pytest.raises(RuntimeError, match="published and read-only"):
+        layer.SetFeature(feature)
+    ds = None
+    with Registry.open(location) as reg:
+        with reg.engine.begin() as conn:
+            conn.exec_driver_sql('DROP SCHEMA "gdal_edit" CASCADE')
