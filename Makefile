@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 DEMO        ?= demo.gpkg
 DEMO_SOURCE ?= Sierra Leone (DHIS2 demo)
 PYTEST_ARGS ?=
-BENCH       ?= benchmarks/run.py
+BENCH       ?= benchmarks/run_all.py
 BENCH_ARGS  ?=
 
 # root runs apt directly; anyone else goes through sudo when it exists.
