@@ -89,7 +89,7 @@ def row_to_dict(backend: Any, row: Any, *, with_geometry: bool = True) -> dict[s
         "closed_date": closed.isoformat() if isinstance(closed, dt.date) else closed,
         "aliases": json_value(row.aliases) or [],
         "extra_fields": json_value(row.extra_fields) or {},
-        "location": [loc.x, loc.y] if loc is not None else None,
+        "location": [loc.x, loc.y] if loc is not None and not loc.is_empty else None,
     }
 
 
@@ -195,6 +195,18 @@ def _db_values(conn: Connection, values: dict[str, Any], where: str) -> dict[str
     return out
 
 
+def _check_point(location: BaseGeometry | None, where: str) -> None:
+    if location is None:
+        return
+    if location.geom_type != "Point" or location.is_empty:
+        raise InvalidInput(f"{where}: field 'location' must be a point with coordinates.")
+    if not (-180 <= location.x <= 180 and -90 <= location.y <= 90):
+        raise InvalidInput(
+            f"{where}: field 'location' ({location.x}, {location.y}) is not a longitude/latitude "
+            "in degrees (EPSG:4326)."
+        )
+
+
 def _check_dates(conn: Connection, fid: int, where: str) -> None:
     row = conn.execute(
         text("SELECT opening_date, closed_date FROM org_unit WHERE fid = :f"), {"f": fid}
@@ -236,8 +248,7 @@ def add_unit(
                     f"{where}: field 'source_ref': {cols['source_ref']!r} is already used by "
                     f"{clash[0]!r} in {version.label}."
                 )
-        if location is not None and location.geom_type != "Point":
-            raise InvalidInput(f"{where}: field 'location' must be a point.")
+        _check_point(location, where)
         cols.update(
             version_id=version.id,
             uuid=str(uuidlib.uuid4()),
@@ -396,8 +407,7 @@ def set_geometry(
         require_draft(version)
         handle = find_unit(conn, version, ident)
         if location is not _UNSET:
-            if location is not None and location.geom_type != "Point":
-                raise InvalidInput(f"Unit {ident!r}: field 'location' must be a point.")
+            _check_point(location, f"Unit {ident!r}")
             conn.execute(
                 text(
                     f"UPDATE org_unit SET location = {geometry.bind_sql(reg.backend, 'g')} "
