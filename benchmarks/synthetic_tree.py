@@ -68,7 +68,8 @@ _FACILITY_KINDS = (
 _UID_FIRST = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _UID_REST = _UID_FIRST + "0123456789"
 _UID_SPACE = len(_UID_FIRST) * len(_UID_REST) ** 10
-_UID_MULT = 6_364_136_223_846_793_005 % _UID_SPACE  # odd, no factor 13 or 31: a bijection
+_UID_MULT = 6_364_136_223_846_793_005  # coprime with _UID_SPACE: index → uid is a bijection
+assert math.gcd(_UID_MULT, _UID_SPACE) == 1
 _FIRST_DAY = dt.date(1970, 1, 1).toordinal()
 _LAST_DAY = dt.date(2023, 12, 31).toordinal()
 
@@ -182,11 +183,11 @@ class _Generator:
         return f"{self.place_name()} {kind}"
 
     def opening(self, after: int) -> int:
-        return self.rng.randint(after, max(after, _LAST_DAY - 365))
+        """An opening day (ordinal) on or after the parent's."""
+        lo = max(after, _FIRST_DAY)
+        return lo + int((max(lo, _LAST_DAY - 365) - lo) * self.rng.random() ** 3)
 
-    def new_unit(
-        self, name: str, parent: SynthUnit | None, level: int, opened: int
-    ) -> SynthUnit:
+    def new_unit(self, name: str, parent: SynthUnit | None, level: int, opened: int) -> SynthUnit:
         self.counter += 1
         return SynthUnit(
             ref=self.uid(self.counter),
@@ -265,32 +266,30 @@ class _Generator:
 
     def units(self) -> Iterator[SynthUnit]:
         p = self.plan
-        country = self.new_unit("Republic of " + self.word(), None, 1, dt.date(1961, 4, 27).toordinal())
+        c_open = dt.date(1961, 4, 27).toordinal()
+        country = self.new_unit("Republic of " + self.word(), None, 1, c_open)
         country.ring, inner = self.territory(COUNTRY_RECT)
         yield country
-        c_open = dt.date.fromisoformat(country.opening_date).toordinal()
         area_no = 0
         for r_rect in self.grid(inner, p.regions):
-            region = self.new_unit(f"{self.place_name()} Region", country, 2, self.opening(c_open))
+            r_open = self.opening(c_open)
+            region = self.new_unit(f"{self.place_name()} Region", country, 2, r_open)
             region.ring, r_inner = self.territory(r_rect)
             yield region
-            r_open = dt.date.fromisoformat(region.opening_date).toordinal()
             for d_rect in self.grid(r_inner, p.districts_per_region):
-                district = self.new_unit(
-                    f"{self.place_name()} District", region, 3, self.opening(r_open)
-                )
+                d_open = self.opening(r_open)
+                district = self.new_unit(f"{self.place_name()} District", region, 3, d_open)
                 district.ring, d_inner = self.territory(d_rect)
                 yield district
-                d_open = dt.date.fromisoformat(district.opening_date).toordinal()
                 for a_rect in self.grid(d_inner, p.areas_per_district):
-                    area = self.new_unit(
-                        f"{self.place_name()} Health Area", district, 4, self.opening(d_open)
-                    )
+                    a_open = self.opening(d_open)
+                    area = self.new_unit(f"{self.place_name()} Health Area", district, 4, a_open)
                     area.ring, a_inner = self.territory(a_rect)
                     yield area
-                    a_open = max(d_open, _FIRST_DAY)
                     for _ in range(self.facility_counts[area_no]):
-                        facility = self.new_unit(self.facility_name(), area, 5, self.opening(a_open))
+                        facility = self.new_unit(
+                            self.facility_name(), area, 5, self.opening(a_open)
+                        )
                         facility.point = self.point_in(a_inner)
                         yield facility
                     area_no += 1

@@ -43,6 +43,8 @@ class UnitRecord:
     territory: BaseGeometry | None = None
     validation_status: str = "valid"
     uuid: str | None = None
+    #: refs of the groups the unit belongs to (groups added with ``add_group``)
+    groups: list[str] | None = None
     #: where the record came from, for messages: "organisationUnits page 2, item 17"
     where: str = ""
 
@@ -136,6 +138,9 @@ class BulkLoader:
             f"INSERT INTO org_unit_territory (territory, unit_fid, version_id, name) "
             f"VALUES ({ter}, :fid, :version_id, :name)"
         )
+        self._member_sql = text(
+            "INSERT INTO georeg_load_member (group_ref, unit_ref) VALUES (:g, :u)"
+        )
         self._stage_sql = text(
             "INSERT INTO georeg_load (fid, unit_key, ref, parent_ref, src) "
             "VALUES (:fid, :fid, :source_ref, :parent_ref, :src)"
@@ -209,9 +214,7 @@ class BulkLoader:
         """(group source_ref, unit source_ref) pairs, resolved in ``finish``."""
         rows = [{"g": g, "u": u} for g, u in pairs]
         if rows:
-            self.conn.execute(
-                text("INSERT INTO georeg_load_member (group_ref, unit_ref) VALUES (:g, :u)"), rows
-            )
+            self.conn.execute(self._member_sql, rows)
 
     # --- units ---------------------------------------------------------------------
 
@@ -293,8 +296,15 @@ class BulkLoader:
             for row, ter in zip(rows, territories, strict=True)
             if ter is not None
         ]
+        members = [
+            {"g": g, "u": rec.source_ref}
+            for rec in batch if rec.groups and rec.source_ref
+            for g in rec.groups
+        ]
         savepoint = self.conn.begin_nested()
         try:
+            if members:
+                self.conn.execute(self._member_sql, members)
             self.conn.execute(self._stage_sql, rows)
             self.conn.execute(self._unit_sql, rows)
             if ter_rows:

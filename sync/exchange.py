@@ -1,0 +1,180 @@
+"""What every file format reads into and writes from.
+
+A format *reader* turns a file into an :class:`ImportPayload` — types, groups
+and a **stream** of :class:`~storage.bulk.UnitRecord` — without touching the
+registry; the import job (:mod:`sync.importing`) validates the records, writes
+them in one transaction and reports per row.  A format *writer* takes a
+:class:`VersionData` read from the registry by :func:`read_version` and writes
+a file.  Readers and writers never talk to each other: everything goes through
+these plain structures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import text
+
+from storage import geometry
+from storage.bulk import UnitRecord
+from storage.registry import Registry, json_value
+from storage.versions import VersionRef, resolve_version
+
+
+@dataclass
+class TypeDef:
+    name: str
+    depth: int | None = None
+    short_name: str | None = None
+
+
+@dataclass
+class GroupDef:
+    ref: str
+    name: str
+    short_name: str | None = None
+    code: str | None = None
+
+
+@dataclass
+class ReadOptions:
+    """Options a user gives on the command line; each reader uses those it knows."""
+
+    mapping: dict[str, Any] | None = None  # column mapping for generic vector files
+    layer: str | None = None  # one layer of a multi-layer file
+    crs: str | None = None  # CRS of a file that has none (e.g. "EPSG:32628")
+    fix_geometry: bool = False  # repair invalid polygons instead of rejecting the row
+    encoding: str | None = None  # text files: utf-8, utf-8-sig, latin-1 (default: detect)
+    delimiter: str | None = None  # CSV: "," or ";" (default: detect)
+    iaso_headers: bool = False  # CSV/XLSX: Iaso's French column headers
+    parent_by_location: bool = False  # vector files, one per level: parent by territory
+    data_dict: str | None = None  # tree-importer CSV: path of the data dictionary JSON
+
+
+@dataclass
+class ImportPayload:
+    """What a reader found in a file.  ``units`` may be a generator (streamed)."""
+
+    units: Iterable[UnitRecord]
+    types: list[TypeDef] = field(default_factory=list)
+    groups: list[GroupDef] = field(default_factory=list)
+    #: (group ref, unit ref) pairs, besides each record's own ``groups``
+    memberships: Iterable[tuple[str, str]] = ()
+    warnings: list[str] = field(default_factory=list)
+    #: how many units to expect, for the progress bar (None: unknown)
+    total: int | None = None
+    description: str = ""
+
+
+@dataclass
+class ExportUnit:
+    """One unit as writers see it: refs instead of internal keys, shapely geometry."""
+
+    uuid: str
+    ref: str  # source_ref, or "iaso:<uuid>" style internal ref when the unit has none
+    source_ref: str | None
+    name: str
+    parent_ref: str | None
+    type: str | None
+    depth: int
+    code: str | None
+    opening_date: str | None
+    closed_date: str | None
+    validation_status: str
+    aliases: list[str]
+    extra_fields: dict[str, Any]
+    location: BaseGeometry | None
+    territory: BaseGeometry | None
+    groups: list[str]  # group refs
+    ancestors: list[str]  # names from the root down to the parent
+
+
+@dataclass
+class VersionData:
+    version: VersionRef
+    types: list[TypeDef]
+    groups: list[GroupDef]
+    units: Iterator[ExportUnit]
+    count: int
+
+
+def internal_ref(uuid: str) -> str:
+    """The ref written for a unit that has no external id (Iaso writes ``iaso:<pk>``)."""
+    return f"georeg:{uuid}"
+
+
+def read_version(reg: Registry, source: str, number: int | None = None,
+                 *, batch: int = 5000) -> VersionData:
+    """Everything a writer needs from one version; units stream in path order."""
+    b = reg.backend
+    with reg.read() as conn:
+        version = resolve_version(conn, source, number)
+        types = [TypeDef(r[0], r[1], r[2]) for r in conn.execute(text(
+            "SELECT DISTINCT t.name, t.depth, t.short_name FROM org_unit_type t JOIN org_unit u "
+            "ON u.type_id = t.fid WHERE u.version_id = :v ORDER BY t.depth, t.name"),
+            {"v": version.id})]
+        group_rows = conn.execute(text(
+            "SELECT group_key, source_ref, name, short_name, code FROM org_unit_group "
+            "WHERE version_id = :v ORDER BY name"), {"v": version.id}).all()
+        count = conn.execute(text("SELECT count(*) FROM org_unit WHERE version_id = :v"),
+                             {"v": version.id}).scalar_one()
+    group_ref = {r[0]: (r[1] or f"group:{r[0]}") for r in group_rows}
+    groups = [GroupDef(group_ref[r[0]], r[2], r[3], r[4]) for r in group_rows]
+
+    def units() -> Iterator[ExportUnit]:
+        names: dict[int, tuple[str, str]] = {}  # unit_key -> (name, ref) of units seen so far
+        last_path = ""
+        while True:
+            with reg.read() as conn:
+                rows = conn.execute(text(
+                    "SELECT u.uuid, u.source_ref, u.name, u.unit_key, u.parent_key, u.path, "
+                    "u.depth, t.name, u.code, u.opening_date, u.closed_date, "
+                    "u.validation_status, u.aliases, u.extra_fields, "
+                    f"{geometry.select_sql(b, 'u.location')}, "
+                    f"{geometry.select_sql(b, 'te.territory')} "
+                    "FROM org_unit u LEFT JOIN org_unit_type t ON t.fid = u.type_id "
+                    "LEFT JOIN org_unit_territory te ON te.unit_fid = u.fid "
+                    "WHERE u.version_id = :v AND u.path > :after ORDER BY u.path LIMIT :n"),
+                    {"v": version.id, "after": last_path, "n": batch}).all()
+                keys = [r[3] for r in rows]
+                members: dict[int, list[str]] = {}
+                if keys:
+                    for m in conn.execute(text(
+                        "SELECT unit_key, group_key FROM group_membership WHERE version_id = :v "
+                        "AND unit_key IN (" + ", ".join(str(int(k)) for k in keys) + ")"),
+                            {"v": version.id}):
+                        members.setdefault(m[0], []).append(group_ref[m[1]])
+            if not rows:
+                return
+            for r in rows:
+                ref = r[1] or internal_ref(r[0])
+                names[r[3]] = (r[2], ref)
+                path_keys = [int(k) for k in r[5].strip("/").split("/")[:-1]]
+                parent = names.get(r[4]) if r[4] is not None else None
+                yield ExportUnit(
+                    uuid=r[0], ref=ref, source_ref=r[1], name=r[2],
+                    parent_ref=parent[1] if parent else None, type=r[7], depth=r[6],
+                    code=r[8], opening_date=_iso(r[9]), closed_date=_iso(r[10]),
+                    validation_status=r[11], aliases=json_value(r[12]) or [],
+                    extra_fields=json_value(r[13]) or {},
+                    location=geometry.decode(b, r[14]), territory=geometry.decode(b, r[15]),
+                    groups=sorted(members.get(r[3], [])),
+                    ancestors=[names[k][0] for k in path_keys if k in names],
+                )
+            last_path = rows[-1][5]
+
+    return VersionData(version, types, groups, units(), int(count))
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
