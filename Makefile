@@ -22,7 +22,8 @@ APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # (postgresql-15-postgis-3 on 12, postgresql-17-postgis-3 on 13) and the `postgis`
 # package only Recommends it, so it is added explicitly below.
 APT_PACKAGES := libsqlite3-mod-spatialite gdal-bin python3-gdal postgresql postgis \
-                python3-qgis qgis-providers xvfb python3-venv python3-pip sqlite3
+                python3-qgis qgis-providers xvfb python3-venv python3-pip sqlite3 \
+                python3-pyproj python3-dev build-essential libgdal-dev libgeos-dev
 
 APT_STAMP   := $(VENV)/.stamp-apt
 VENV_STAMP  := $(VENV)/.stamp-venv
@@ -65,6 +66,13 @@ $(VENV_STAMP): $(APT_STAMP)
 	fi
 	touch $@
 
+# One GEOS, one PROJ, one GDAL and one SQLite per process: SpatiaLite (loaded by
+# SQLite with RTLD_GLOBAL), Debian's GDAL and QGIS use the system libraries, so the
+# Python packages must too.  Wheels that bundle their own copies (shapely, pyogrio,
+# pyproj) crash at exit or call the wrong GEOS when mixed with them.  So shapely and
+# pyogrio are built from source against the system libraries, and pyproj is Debian's.
+NO_BINARY := shapely,pyogrio
+
 # numpy rule: the venv may only hold a numpy of the same major version as the
 # system numpy that Debian's GDAL/QGIS/scipy bindings were compiled against, and
 # not older than it (numpy's C ABI is forward compatible within a major series
@@ -75,13 +83,15 @@ $(CONSTRAINTS): $(VENV_STAMP)
 	  echo "numpy>=$$v,<$$(( $${v%%.*} + 1 ))" > $@; \
 	else \
 	  : > $@; \
-	fi
+	fi; \
+	p=$$($(PYTHON_SYS) -c 'import pyproj; print(pyproj.__version__)'); \
+	echo "pyproj==$$p" >> $@
 	echo "pip constraints: $$(cat $@)"
 
 # --- 3. the project itself --------------------------------------------------
 $(PIP_STAMP): $(VENV_STAMP) $(CONSTRAINTS) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) --no-binary $(NO_BINARY) -e '.[dev]'
 	$(PY) -c 'from osgeo import gdal, ogr, gdal_array; import numpy, shapely, pyogrio; \
 	          print("gdal", gdal.__version__, "numpy", numpy.__version__, "shapely", shapely.__version__)'
 	QT_QPA_PLATFORM=offscreen $(PY) -c 'from qgis.core import Qgis; print("qgis", Qgis.QGIS_VERSION)'

@@ -146,14 +146,15 @@ def init_cmd(reg: str, force: bool, as_json: bool) -> None:
               help="Name of the data source to create.")
 def demo_cmd(reg: str, force: bool, source: str, as_json: bool) -> None:
     """Build the Sierra Leone demo registry (DHIS2 demo data, bundled) at REG."""
-    from sync.dhis2_json import Dhis2ImportJob, read_payload
+    from sync.dhis2_json import read_files
+    from sync.importing import ImportJob
 
     data_dir = Path(__file__).parent / "demo_data" / "sierra-leone"
-    payload = read_payload(sorted(data_dir.glob("*.json")))
+    payload = read_files(sorted(data_dir.glob("*.json")))
     with Registry.create(reg, overwrite=force) as registry:
-        job = Dhis2ImportJob(registry, payload, source=source,
-                             description="Sierra Leone DHIS2 demo (2.41), bundled with Georeg",
-                             origin=ORIGIN)
+        job = ImportJob(registry, payload, source=source,
+                        description="Sierra Leone DHIS2 demo (2.41), bundled with Georeg",
+                        origin=ORIGIN)
         result = run_job(job, as_json)
         from storage.versions import publish_version
 
@@ -553,29 +554,129 @@ def check_cmd(reg: str, source: str, number: int | None, out: str | None, as_jso
 # --- import -----------------------------------------------------------------------------
 
 
+FORMAT_CHOICE = click.Choice(["iaso-gpkg", "geojson", "csv", "xlsx", "tree-csv", "vector",
+                              "dhis2-json"])
+
+
+def _read_options(**kw: Any) -> Any:
+    from sync.exchange import ReadOptions
+
+    mapping = kw.pop("mapping", None)
+    if mapping:
+        try:
+            kw["mapping"] = json.loads(Path(mapping).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise InvalidInput(f"--mapping {mapping}: not a readable JSON object ({error}).") \
+                from None
+        if not isinstance(kw["mapping"], dict):
+            raise InvalidInput(f"--mapping {mapping}: expected a JSON object.")
+    return ReadOptions(**kw)
+
+
 @command(main, "import")
 @REG
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @SOURCE
-@click.option("--format", "fmt", type=click.Choice(["dhis2-json"]), default="dhis2-json",
-              show_default=True, help="Input format.")
-@click.option("--description", default=None, help="Description of the new version.")
-def import_cmd(reg: str, files: tuple[str, ...], source: str, fmt: str,
-               description: str | None, as_json: bool) -> None:
-    """Import FILES into a new draft version of SOURCE (created if needed).
+@click.option("--version", "-v", "number", type=int, default=None,
+              help="Upsert into this existing draft version (default: a new draft version).")
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default=None,
+              help="Input format (default: recognised from the file).")
+@click.option("--mapping", default=None, help="JSON file mapping our fields to the file's columns.")
+@click.option("--layer", default=None, help="Layer (or sheet) to read.")
+@click.option("--crs", default=None, help="CRS of a file that has none, e.g. EPSG:32628.")
+@click.option("--fix-geometry", is_flag=True, help="Repair invalid polygons instead of refusing.")
+@click.option("--encoding", default=None, help="Text encoding (default: detected).")
+@click.option("--delimiter", default=None, help="CSV delimiter (default: detected).")
+@click.option("--iaso-headers", is_flag=True, help="CSV/XLSX with Iaso's French headers.")
+@click.option("--parent-by-location", is_flag=True,
+              help="One file per level, top first: parents found by territory.")
+@click.option("--data-dict", default=None, help="Data dictionary JSON of a tree-importer CSV.")
+@click.option("--set-status", type=click.Choice(["new", "valid", "rejected"]), default=None,
+              help="Set the validation status of every imported unit (default: keep).")
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows, report the others.")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the full per-row report (JSON) to this file.")
+@click.option("--description", default=None, help="Description of a new version.")
+def import_cmd(reg: str, files: tuple[str, ...], source: str, number: int | None,
+               fmt: str | None, mapping: str | None, layer: str | None, crs: str | None,
+               fix_geometry: bool, encoding: str | None, delimiter: str | None,
+               iaso_headers: bool, parent_by_location: bool, data_dict: str | None,
+               set_status: str | None, skip_invalid: bool, dry_run: bool,
+               report_path: str | None, description: str | None, as_json: bool) -> None:
+    """Import FILES into SOURCE: a new draft version, or an upsert by ref into --version N.
 
-    dhis2-json: responses of /api/organisationUnits (all pages),
-    /api/organisationUnitLevels or /api/filledOrganisationUnitLevels and
-    /api/organisationUnitGroups (with organisationUnits), in any order.
+    Formats: iaso-gpkg, geojson, csv, xlsx, tree-csv, vector (anything GDAL reads) and
+    dhis2-json (pages of /api/organisationUnits, levels, groups, group sets). Every row
+    is checked first; a bad row refuses the whole import (nothing is written) unless
+    --skip-invalid. See docs/formats.md.
     """
-    from sync.dhis2_json import Dhis2ImportJob, read_payload
+    from sync import formats
+    from sync.importing import ImportJob
 
-    payload = read_payload([Path(f) for f in files])
+    paths = [Path(f) for f in files]
+    for path in paths:
+        if not path.exists():
+            raise InvalidInput(f"{path}: file not found.")
+    name = fmt or formats.detect(paths[0], data_dict=data_dict)
+    opts = _read_options(mapping=mapping, layer=layer, crs=crs, fix_geometry=fix_geometry,
+                         encoding=encoding, delimiter=delimiter, iaso_headers=iaso_headers,
+                         parent_by_location=parent_by_location, data_dict=data_dict)
+    reader = formats.module(name)
+    if len(paths) > 1:
+        if not hasattr(reader, "read_files"):
+            raise InvalidInput(f"The {name} format reads one file at a time.")
+        payload = reader.read_files(paths, opts)
+    else:
+        payload = reader.read_file(paths[0], opts)
     with open_registry(reg) as registry:
-        job = Dhis2ImportJob(registry, payload, source=source, description=description,
-                             origin=ORIGIN)
-        result = run_job(job, as_json)
+        job = ImportJob(registry, payload, source=source, number=number, dry_run=dry_run,
+                        set_status=set_status, skip_invalid=skip_invalid,
+                        fix_geometry=fix_geometry, description=description, origin=ORIGIN)
+        try:
+            result = run_job(job, as_json)
+        except InvalidInput as error:
+            if report_path and error.details.get("rejected"):
+                Path(report_path).write_text(json.dumps(error.details, indent=2,
+                                                        ensure_ascii=False, default=str))
+            raise
+    result["format"] = name
+    if report_path:
+        Path(report_path).write_text(json.dumps(result, indent=2, ensure_ascii=False,
+                                                default=str))
     emit(as_json, result, render.import_result)
+
+
+@command(main, "export")
+@REG
+@click.argument("out", type=click.Path(dir_okay=False))
+@SOURCE
+@VERSION
+@click.option("--format", "fmt", type=FORMAT_CHOICE, default=None,
+              help="Output format (default: from OUT's extension).")
+@click.option("--iaso-headers", is_flag=True, help="CSV/XLSX with Iaso's French headers.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def export_cmd(reg: str, out: str, source: str, number: int | None, fmt: str | None,
+               iaso_headers: bool, force: bool, as_json: bool) -> None:
+    """Export a version to OUT (iaso-gpkg, geojson, csv, xlsx or any GDAL vector format)."""
+    from sync import formats
+    from sync.exchange import ReadOptions, read_version
+
+    path = Path(out)
+    if path.exists() and not force:
+        raise InvalidInput(f"{path} already exists; pass --force to replace it.")
+    name = fmt or formats.detect(path, for_export=True)
+    writer = formats.module(name)
+    if not hasattr(writer, "write_file"):
+        raise InvalidInput(f"Georeg reads {name} but does not write it.")
+    if path.exists():
+        path.unlink()
+    with open_registry(reg) as registry:
+        data = read_version(registry, source, number)
+        summary = writer.write_file(data, path, ReadOptions(iaso_headers=iaso_headers))
+    result = {"format": name, "file": str(path), "version": data.version.label,
+              "units": data.count, **{k: v for k, v in summary.items() if k not in ("file",)}}
+    emit(as_json, result, render.export_result)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,15 +44,37 @@ def version_created(d: dict[str, Any]) -> str:
 
 def import_result(d: dict[str, Any]) -> str:
     v = d["version"]
+    verb = "Would import" if d.get("dry_run") else "Imported"
     lines = [
-        f"Imported into {v['label']} ({v['status']}): {d['units']} units, "
-        f"{d['locations']} points, {d['territories']} territories, {d['groups']} groups, "
-        f"{d['memberships']} group memberships, {d['types']} new types."
+        f"{verb} into {v['label']} ({v['status']}): {d['created']} created, "
+        f"{d['updated']} updated, {d['unchanged']} unchanged, {d['rejected']} rejected."
     ]
-    lines += [f"warning: {w}" for w in d.get("warnings", [])]
+    loaded = d.get("loaded") or {}
+    if loaded:
+        lines.append(
+            f"  {loaded['locations']} points, {loaded['territories']} territories, "
+            f"{loaded['groups']} groups, {loaded['memberships']} group memberships, "
+            f"{loaded['types']} new types."
+        )
+    for row in d.get("rows", [])[:50]:
+        detail = row.get("message") or ", ".join(
+            f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in (row.get("changes") or {}).items()
+        )
+        lines.append(f"  {row['status']:>8} {row['name']!s} [{row['ref']}] {detail}")
+    if len(d.get("rows", [])) > 50:
+        lines.append(f"  … {len(d['rows']) - 50} more rows (use --json or --report).")
+    lines += [f"warning: {w}" for w in d.get("warnings", [])[:50]]
+    if len(d.get("warnings", [])) > 50:
+        lines.append(f"… {len(d['warnings']) - 50} more warnings (use --json or --report).")
+    if d.get("dry_run"):
+        lines.append("Dry run: nothing was written.")
     if d.get("registry"):
         lines.append(f"Registry: {d['registry']}")
     return "\n".join(lines)
+
+
+def export_result(d: dict[str, Any]) -> str:
+    return f"Exported {d['units']} units of {d['version']} to {d['file']} ({d['format']})."
 
 
 def tree(d: dict[str, Any]) -> str:

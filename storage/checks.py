@@ -670,5 +670,7 @@ def _metres(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         dx = (b[:, 0] - a[:, 0]) * np.cos(lat)
         dy = b[:, 1] - a[:, 1]
         return np.hypot(dx, dy) * METRES_PER_DEGREE
-    _az1, _az2, dist = Geod(ellps="WGS84").inv(a[:, 0], a[:, 1], b[:, 0], b[:, 1])
+    cols = [np.asarray(c, dtype=float).tolist() for c in (a[:, 0], a[:, 1], b[:, 0], b[:, 1])]
+    _az1, _az2, dist = Geod(ellps="WGS84").inv(*cols)
+    dist = np.asarray(dist, dtype=float)
     return np.where(np.isfinite(dist), dist, math.nan)

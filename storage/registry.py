@@ -174,17 +174,31 @@ class Registry:
         author: str | None = None,
         operation: str | None = None,
         audit: bool = True,
+        dry_run: bool = False,
     ) -> Iterator[Connection]:
-        """One unit of work: all of it lands, or none of it does."""
+        """One unit of work: all of it lands, or none of it does.
+
+        With ``dry_run`` the work runs to the end (so every check and trigger has its
+        say) and is then rolled back: nothing is written.
+        """
         author = author if author is not None else _default_author()
         operation = operation or uuidlib.uuid4().hex
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(georeg_write=True)
-                with conn.begin():
+                transaction = conn.begin()
+                try:
                     self._set_context(conn, origin, author, operation, audit)
                     yield conn
-                    self._clear_context(conn)
+                    if dry_run:
+                        transaction.rollback()
+                    else:
+                        self._clear_context(conn)
+                        transaction.commit()
+                except BaseException:
+                    if transaction.is_active:
+                        transaction.rollback()
+                    raise
         except exc.DBAPIError as error:
             raise translate_db_error(error) from error
 

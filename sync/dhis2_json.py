@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from storage import geometry
-from storage.bulk import BulkLoader, LoadStats, UnitRecord
+from storage.bulk import UnitRecord
 from storage.errors import InvalidInput
-from storage.jobs import Job
 from storage.registry import Registry
-from storage.versions import ensure_source, insert_version, version_by_id
+from sync.exchange import GroupDef, GroupSetDef, ImportPayload, ReadOptions, TypeDef
+from sync.importing import ImportJob
 
 
 @dataclass
@@ -150,83 +150,70 @@ def unit_records(payload: Dhis2Payload, level_names: dict[int, str]) -> Iterator
             )
 
 
-class Dhis2ImportJob(Job[dict[str, Any]]):
-    """Import DHIS2 JSON into a new draft version of a source."""
-
-    title = "DHIS2 import"
-
-    def __init__(
-        self,
-        reg: Registry,
-        payload: Dhis2Payload,
-        *,
-        source: str,
-        description: str | None = None,
-        origin: str = "dhis2_import",
-    ) -> None:
-        super().__init__()
-        self.reg = reg
-        self.payload = payload
-        self.source = source
-        self.description = description
-        self.origin = origin
-
-    def execute(self) -> dict[str, Any]:
-        payload = self.payload
-        total = payload.total_units
-        self.report(0, total, "Reading organisation units")
-        with self.reg.write(origin=self.origin, operation=None) as conn:
-            source_id = ensure_source(conn, self.source)
-            version_id = insert_version(
-                conn, source_id, description=self.description or "Imported from DHIS2 JSON"
+def level_names(payload: Dhis2Payload) -> dict[int, str]:
+    """DHIS2 levels → type names (``Level N`` when no levels document was given)."""
+    names: dict[int, str] = {}
+    for lvl in payload.levels:
+        if not isinstance(lvl.get("level"), int) or not str(lvl.get("name", "")).strip():
+            raise InvalidInput(
+                "organisationUnitLevels: each level needs 'level' (a number) and 'name'; "
+                f"got {json.dumps(lvl)[:120]}."
             )
-            loader = BulkLoader(
-                self.reg, conn, version_id, progress=lambda n: self.report(n, total, "Loading units")
-            )
-            level_names: dict[int, str] = {}
-            for lvl in sorted(payload.levels, key=lambda x: x.get("level", 0)):
-                if not isinstance(lvl.get("level"), int) or not str(lvl.get("name", "")).strip():
-                    raise InvalidInput(
-                        f"organisationUnitLevels: each level needs 'level' (a number) and 'name'; "
-                        f"got {json.dumps(lvl)[:120]}."
-                    )
-                level_names[lvl["level"]] = str(lvl["name"]).strip()
-                loader.add_type(level_names[lvl["level"]], depth=lvl["level"])
-            if not level_names:  # no levels document: name the types by level
-                for _, page in payload.unit_pages:
-                    for unit in page.get("organisationUnits") or []:
-                        if isinstance(unit, dict) and isinstance(unit.get("level"), int):
-                            level_names.setdefault(unit["level"], f"Level {unit['level']}")
-                for lvl_no, lvl_name in sorted(level_names.items()):
-                    loader.add_type(lvl_name, depth=lvl_no)
-            loader.add_units(unit_records(payload, level_names))
-            self.report(total, total, "Linking groups")
-            for i, grp in enumerate(payload.groups, start=1):
-                if not isinstance(grp, dict) or not grp.get("id"):
-                    raise InvalidInput(f"organisationUnitGroups item {i}: field 'id' is missing.")
-                loader.add_group(grp["id"], grp.get("name") or "", grp.get("shortName"),
-                                 grp.get("code"))
-                members = grp.get("organisationUnits") or []
-                loader.add_memberships(
-                    (grp["id"], m["id"]) for m in members if isinstance(m, dict) and m.get("id")
-                )
-            for i, gs in enumerate(payload.group_sets, start=1):
-                if not isinstance(gs, dict) or not gs.get("id"):
-                    raise InvalidInput(f"organisationUnitGroupSets item {i}: field 'id' is missing.")
-                loader.add_group_set(
-                    gs["id"], gs.get("name") or "",
-                    [g["id"] for g in gs.get("organisationUnitGroups") or [] if g.get("id")],
-                    short_name=gs.get("shortName"), compulsory=bool(gs.get("compulsory")),
-                )
-            self.report(total, total, "Building the tree")
-            stats: LoadStats = loader.finish()
-            self.check_cancelled()
-            version = version_by_id(conn, version_id)
-        return {"version": version.to_dict(), **stats.to_dict()}
+        names[lvl["level"]] = str(lvl["name"]).strip()
+    if not names:
+        for _, page in payload.unit_pages:
+            for unit in page.get("organisationUnits") or []:
+                if isinstance(unit, dict) and isinstance(unit.get("level"), int):
+                    names.setdefault(unit["level"], f"Level {unit['level']}")
+    return dict(sorted(names.items()))
+
+
+def to_import_payload(payload: Dhis2Payload) -> ImportPayload:
+    """The DHIS2 documents as the format-neutral payload every import takes."""
+    names = level_names(payload)
+    groups: list[GroupDef] = []
+    members: list[tuple[str, str]] = []
+    for i, grp in enumerate(payload.groups, start=1):
+        if not isinstance(grp, dict) or not grp.get("id"):
+            raise InvalidInput(f"organisationUnitGroups item {i}: field 'id' is missing.")
+        groups.append(GroupDef(grp["id"], grp.get("name") or "", grp.get("shortName"),
+                               grp.get("code")))
+        members.extend((grp["id"], m["id"]) for m in grp.get("organisationUnits") or []
+                       if isinstance(m, dict) and m.get("id"))
+    sets = []
+    for i, gs in enumerate(payload.group_sets, start=1):
+        if not isinstance(gs, dict) or not gs.get("id"):
+            raise InvalidInput(f"organisationUnitGroupSets item {i}: field 'id' is missing.")
+        sets.append(GroupSetDef(
+            gs["id"], gs.get("name") or "",
+            [g["id"] for g in gs.get("organisationUnitGroups") or [] if g.get("id")],
+            short_name=gs.get("shortName"), compulsory=bool(gs.get("compulsory")),
+        ))
+    return ImportPayload(
+        units=unit_records(payload, names),
+        types=[TypeDef(name, depth) for depth, name in names.items()],
+        groups=groups,
+        group_sets=sets,
+        memberships=members,
+        total=payload.total_units,
+        description="Imported from DHIS2 JSON",
+        invalid_geometry="keep",
+    )
+
+
+def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
+    """Format entry point: one DHIS2 JSON file (use ``read_files`` for several)."""
+    return read_files([path])
+
+
+def read_files(paths: Sequence[Path], opts: ReadOptions | None = None) -> ImportPayload:
+    return to_import_payload(read_payload(paths))
 
 
 def import_dhis2_files(
-    reg: Registry, paths: Sequence[Path], *, source: str, description: str | None = None
+    reg: Registry, paths: Sequence[Path], *, source: str, description: str | None = None,
+    origin: str = "dhis2_import",
 ) -> dict[str, Any]:
-    """Convenience for scripts: read the files and run the import job."""
-    return Dhis2ImportJob(reg, read_payload(paths), source=source, description=description).run()
+    """Convenience for scripts: read the files and import them as a new draft version."""
+    return ImportJob(reg, read_files(paths), source=source, description=description,
+                     origin=origin).run()

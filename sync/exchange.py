@@ -41,6 +41,15 @@ class GroupDef:
 
 
 @dataclass
+class GroupSetDef:
+    ref: str
+    name: str
+    group_refs: list[str]
+    short_name: str | None = None
+    compulsory: bool = False
+
+
+@dataclass
 class ReadOptions:
     """Options a user gives on the command line; each reader uses those it knows."""
 
@@ -62,12 +71,16 @@ class ImportPayload:
     units: Iterable[UnitRecord]
     types: list[TypeDef] = field(default_factory=list)
     groups: list[GroupDef] = field(default_factory=list)
+    group_sets: list[GroupSetDef] = field(default_factory=list)
     #: (group ref, unit ref) pairs, besides each record's own ``groups``
     memberships: Iterable[tuple[str, str]] = ()
     warnings: list[str] = field(default_factory=list)
     #: how many units to expect, for the progress bar (None: unknown)
     total: int | None = None
     description: str = ""
+    #: invalid polygons: "reject" the row (files), or "keep" them as the source has them
+    #: and warn (mirrors of an upstream such as DHIS2, which must stay faithful to it)
+    invalid_geometry: str = "reject"
 
 
 @dataclass

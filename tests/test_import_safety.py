@@ -85,7 +85,8 @@ def test_bad_dhis2_input_is_refused_and_changes_nothing(
     bad = tmp_path / "bad.json"
     bad.write_text(content if isinstance(content, str) else json.dumps(content))
     before = snapshot(location)
-    result = runner.invoke(main, ["import", location, str(bad), str(LEVELS), "--source", "SL"])
+    result = runner.invoke(main, ["import", location, str(bad), str(LEVELS), "--source", "SL",
+                                  "--format", "dhis2-json"])
     assert result.exit_code == exit_code, result.output
     import re
 

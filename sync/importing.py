@@ -1,0 +1,482 @@
+"""The import job every format shares: validate, write in one transaction, report per row.
+
+Two ways in:
+
+* **a new draft version** (no version given): records stream through the
+  :class:`~storage.bulk.BulkLoader` — the fast path, built for 100k+ units;
+* **an existing draft version**: an *upsert by source ref* — each row is
+  created, updated (only the fields that differ; validation status is kept
+  unless the user sets it) or left unchanged, and the report says which.
+
+Every row is validated first (name, coordinates, geometry, dates); problems are
+collected for the whole file so the user sees them all at once, and then the
+import is refused and nothing is written (``skip_invalid`` imports the good
+rows instead).  ``dry_run`` runs everything and rolls it back: the report shows
+exactly what would change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+from shapely.validation import explain_validity
+from sqlalchemy import Connection, text
+
+from storage import geometry
+from storage.bulk import VALIDATION_STATUSES, BulkLoader, UnitRecord, parse_date
+from storage.errors import CycleError, GeoregError, InvalidInput
+from storage.jobs import Job
+from storage.registry import Registry, json_value
+from storage.versions import (
+    VersionRef,
+    ensure_source,
+    insert_version,
+    require_draft,
+    resolve_version,
+    version_by_id,
+)
+from sync.exchange import ImportPayload
+
+MAX_LISTED = 1000  # rows listed in a report (counts are always complete)
+
+
+@dataclass
+class ImportReport:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: what a new version holds (points, territories, groups …), from the bulk loader
+    loaded: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, status: str, rec: UnitRecord, **extra: Any) -> None:
+        setattr(self, status, getattr(self, status) + 1)
+        if status != "unchanged" and len(self.rows) < MAX_LISTED:
+            self.rows.append({"status": status, "where": rec.where, "ref": rec.source_ref,
+                              "name": rec.name, **extra})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged,
+                "rejected": self.rejected, "rows": self.rows, "warnings": self.warnings,
+                "loaded": self.loaded}
+
+
+# --- validation --------------------------------------------------------------------
+
+
+def _clean_territory(geom: BaseGeometry, where: str, fix: bool,
+                     warnings: list[str] | None) -> BaseGeometry:
+    geom = geometry.as_multipolygon(geom)
+    if geom.is_empty:
+        raise InvalidInput(f"{where}: field 'territory' is an empty polygon.")
+    if not geom.is_valid:
+        if not fix and warnings is not None:
+            warnings.append(f"{where}: field 'territory' is not a valid polygon "
+                            f"({explain_validity(geom)}); kept as the source has it.")
+            return geom
+        if not fix:
+            raise InvalidInput(
+                f"{where}: field 'territory' is not a valid polygon ({explain_validity(geom)}); "
+                "fix it, or import with --fix-geometry to repair it."
+            )
+        fixed = geometry.as_multipolygon(shapely.make_valid(geom))
+        if fixed is None or fixed.is_empty:
+            raise InvalidInput(f"{where}: field 'territory' could not be repaired.")
+        return fixed
+    return geom
+
+
+def validate(rec: UnitRecord, *, fix_geometry: bool = False,
+             keep_invalid: list[str] | None = None) -> UnitRecord:
+    """Check and normalise one record; raise InvalidInput naming the row and field.
+
+    ``keep_invalid``: a list to collect warnings in, keeping invalid polygons as they
+    are (for faithful mirrors of an upstream); None rejects them.
+    """
+    where = rec.where or f"unit {rec.source_ref or rec.name!r}"
+    if not isinstance(rec.name, str) or not rec.name.strip():
+        raise InvalidInput(f"{where}: field 'name' is missing or empty.")
+    rec.name = rec.name.strip()
+    if rec.source_ref is not None:
+        rec.source_ref = str(rec.source_ref).strip() or None
+    if rec.parent_ref is not None:
+        rec.parent_ref = str(rec.parent_ref).strip() or None
+    if rec.validation_status not in VALIDATION_STATUSES:
+        raise InvalidInput(f"{where}: field 'validation_status' is {rec.validation_status!r}; "
+                           f"expected one of {', '.join(VALIDATION_STATUSES)}.")
+    loc = rec.location
+    if loc is not None:
+        if loc.geom_type != "Point" or loc.is_empty:
+            raise InvalidInput(f"{where}: field 'location' must be a point with coordinates.")
+        x, y = loc.x, loc.y
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InvalidInput(f"{where}: field 'location' has no usable coordinates.")
+        if not -90 <= y <= 90:
+            raise InvalidInput(f"{where}: field 'latitude' is {y:g}; a latitude must be within "
+                               "-90..90 degrees (are longitude and latitude swapped?).")
+        if not -180 <= x <= 180:
+            raise InvalidInput(f"{where}: field 'longitude' is {x:g}; a longitude must be within "
+                               "-180..180 degrees.")
+    if rec.territory is not None:
+        rec.territory = _clean_territory(rec.territory, where, fix_geometry, keep_invalid)
+    rec.opening_date = parse_date(rec.opening_date, f"{where}: field 'opening_date'")
+    rec.closed_date = parse_date(rec.closed_date, f"{where}: field 'closed_date'")
+    return rec
+
+
+class _Validated:
+    """Wraps the record stream: valid records flow on, rejected ones are reported."""
+
+    def __init__(self, records: Iterable[UnitRecord], report: ImportReport, *,
+                 fix_geometry: bool, job: Job[Any] | None, total: int | None) -> None:
+        self.records = records
+        self.report = report
+        self.fix_geometry = fix_geometry
+        self.job = job
+        self.total = total
+        self.seen = 0
+        keep = job is not None and getattr(job, "payload", None) is not None and \
+            job.payload.invalid_geometry == "keep"  # type: ignore[attr-defined]
+        self.keep: list[str] | None = report.warnings if keep else None
+
+    def __iter__(self) -> Iterator[UnitRecord]:
+        for rec in self.records:
+            self.seen += 1
+            if self.job is not None and self.seen % 1000 == 0:
+                self.job.report(self.seen, self.total, "Importing units")
+            try:
+                yield validate(rec, fix_geometry=self.fix_geometry, keep_invalid=self.keep)
+            except InvalidInput as error:
+                self.report.add("rejected", rec, message=error.message)
+
+
+# --- the job -------------------------------------------------------------------------
+
+
+class ImportJob(Job[dict[str, Any]]):
+    """Import a payload into a new draft version, or upsert it into an existing draft."""
+
+    title = "Import"
+
+    def __init__(self, reg: Registry, payload: ImportPayload, *, source: str,
+                 number: int | None = None, dry_run: bool = False,
+                 set_status: str | None = None, skip_invalid: bool = False,
+                 fix_geometry: bool = False, description: str | None = None,
+                 origin: str = "import", author: str | None = None) -> None:
+        super().__init__()
+        if set_status is not None and set_status not in VALIDATION_STATUSES:
+            raise InvalidInput(f"--set-status must be one of {', '.join(VALIDATION_STATUSES)}.")
+        self.reg, self.payload, self.source, self.number = reg, payload, source, number
+        self.dry_run, self.set_status, self.skip_invalid = dry_run, set_status, skip_invalid
+        self.fix_geometry, self.description = fix_geometry, description
+        self.origin, self.author = origin, author
+
+    def execute(self) -> dict[str, Any]:
+        report = ImportReport(warnings=list(self.payload.warnings))
+        self.report(0, self.payload.total, "Reading")
+        with self.reg.write(origin=self.origin, author=self.author, dry_run=self.dry_run) as conn:
+            if self.number is None:
+                version = self._into_new_version(conn, report)
+            else:
+                version = resolve_version(conn, self.source, self.number)
+                require_draft(version)
+                _Upsert(self, conn, version, report).run()
+            if report.rejected and not self.skip_invalid:
+                raise _rejection_error(report)
+            self.check_cancelled()
+            version = version_by_id(conn, version.id)
+        result = {"version": version.to_dict(), "dry_run": self.dry_run, **report.to_dict()}
+        if self.dry_run:
+            result["version"]["note"] = "dry run: nothing was written"
+        return result
+
+    def _into_new_version(self, conn: Connection, report: ImportReport) -> VersionRef:
+        source_id = ensure_source(conn, self.source)
+        version_id = insert_version(conn, source_id, description=self.description
+                                    or self.payload.description or None)
+        loader = BulkLoader(self.reg, conn, version_id)
+        for t in self.payload.types:
+            loader.add_type(t.name, t.depth, t.short_name)
+        for g in self.payload.groups:
+            loader.add_group(g.ref, g.name, g.short_name, g.code)
+        for gs in self.payload.group_sets:
+            loader.add_group_set(gs.ref, gs.name, gs.group_refs, short_name=gs.short_name,
+                                 compulsory=gs.compulsory)
+        records = _Validated(self.payload.units, report, fix_geometry=self.fix_geometry,
+                             job=self, total=self.payload.total)
+        if self.set_status:
+            records = _with_status(records, self.set_status)  # type: ignore[assignment]
+        loader.add_units(records)
+        loader.add_memberships(self.payload.memberships)
+        if report.rejected and not self.skip_invalid:
+            raise _rejection_error(report)
+        stats = loader.finish()
+        report.created = stats.units
+        report.warnings.extend(stats.warnings)
+        report.loaded = {k: v for k, v in stats.to_dict().items() if k != "warnings"}
+        return version_by_id(conn, version_id)
+
+
+def _with_status(records: Iterable[UnitRecord], status: str) -> Iterator[UnitRecord]:
+    for rec in records:
+        rec.validation_status = status
+        yield rec
+
+
+def _rejection_error(report: ImportReport) -> InvalidInput:
+    rejected = [r for r in report.rows if r["status"] == "rejected"]
+    shown = "\n".join(f"  - {r['message']}" for r in rejected[:10])
+    more = f"\n  … and {report.rejected - 10} more." if report.rejected > 10 else ""
+    return InvalidInput(
+        f"{report.rejected} row(s) rejected; nothing was imported:\n{shown}{more}\n"
+        "Fix the file, or import the other rows with --skip-invalid.",
+        rejected=rejected,
+    )
+
+
+def import_payload(reg: Registry, payload: ImportPayload, *, source: str,
+                   number: int | None = None, **options: Any) -> dict[str, Any]:
+    """Convenience for scripts and tests: run the import job synchronously."""
+    return ImportJob(reg, payload, source=source, number=number, **options).run()
+
+
+# --- upsert into an existing draft -----------------------------------------------------
+
+_COMPARED = ("name", "code", "opening_date", "closed_date", "aliases", "extra_fields")
+
+
+class _Upsert:
+    def __init__(self, job: ImportJob, conn: Connection, version: VersionRef,
+                 report: ImportReport) -> None:
+        self.job, self.conn, self.version, self.report = job, conn, version, report
+        self.backend = job.reg.backend
+        self.types = {r[1]: r[0] for r in conn.execute(text("SELECT fid, name FROM org_unit_type"))}
+
+    def _existing(self) -> dict[str, dict[str, Any]]:
+        b = self.backend
+        rows = self.conn.execute(text(
+            "SELECT u.fid, u.unit_key, u.source_ref, u.name, u.code, u.type_id, u.parent_key, "
+            "u.opening_date, u.closed_date, u.aliases, u.extra_fields, u.validation_status, "
+            f"{geometry.select_sql(b, 'u.location')}, {geometry.select_sql(b, 't.territory')} "
+            "FROM org_unit u LEFT JOIN org_unit_territory t ON t.unit_fid = u.fid "
+            "WHERE u.version_id = :v"), {"v": self.version.id}).all()
+        out = {}
+        for r in rows:
+            if r[2] is None:
+                continue
+            out[r[2]] = {
+                "fid": r[0], "unit_key": r[1], "name": r[3], "code": r[4], "type_id": r[5],
+                "parent_key": r[6], "opening_date": _iso(r[7]), "closed_date": _iso(r[8]),
+                "aliases": json_value(r[9]), "extra_fields": json_value(r[10]),
+                "validation_status": r[11], "location": geometry.decode(b, r[12]),
+                "territory": geometry.decode(b, r[13]),
+            }
+        return out
+
+    def _type_id(self, rec: UnitRecord) -> int | None:
+        if not rec.type_name:
+            return None
+        name = rec.type_name.strip()
+        if name not in self.types:
+            depth = next((t.depth for t in self.job.payload.types if t.name == name), None)
+            self.types[name] = int(self.conn.execute(text(
+                "INSERT INTO org_unit_type (name, depth) VALUES (:n, :d) RETURNING fid"),
+                {"n": name, "d": depth}).scalar_one())
+        return self.types[name]
+
+    def run(self) -> None:
+        job, conn, v = self.job, self.conn, self.version.id
+        existing = self._existing()
+        key_to_ref = {e["unit_key"]: ref for ref, e in existing.items()}
+        groups = {r[1]: r[0] for r in conn.execute(text(
+            "SELECT group_key, source_ref FROM org_unit_group WHERE version_id = :v"), {"v": v})}
+        for g in job.payload.groups:
+            if g.ref not in groups:
+                groups[g.ref] = int(conn.execute(text(
+                    "INSERT INTO org_unit_group (version_id, source_ref, name, short_name, code) "
+                    "VALUES (:v, :r, :n, :s, :c) RETURNING fid"),
+                    {"v": v, "r": g.ref, "n": g.name, "s": g.short_name, "c": g.code}
+                ).scalar_one())
+        if job.payload.group_sets:
+            self.report.warnings.append(
+                "Group sets are not updated when importing into an existing version.")
+        records = list(_Validated(job.payload.units, self.report, fix_geometry=job.fix_geometry,
+                                  job=job, total=job.payload.total))
+        seen: dict[str, str] = {}
+        incoming: list[UnitRecord] = []
+        for rec in records:
+            if rec.source_ref is None:
+                self.report.add("rejected", rec, message=f"{rec.where}: field 'ref' is empty; "
+                                "re-importing into a version matches units by ref.")
+                continue
+            if rec.source_ref in seen:
+                self.report.add("rejected", rec, message=f"{rec.where}: ref {rec.source_ref!r} "
+                                f"is used twice (also by {seen[rec.source_ref]}).")
+                continue
+            seen[rec.source_ref] = rec.where
+            incoming.append(rec)
+        known = set(existing) | set(seen)
+        for rec in incoming:
+            if rec.parent_ref is not None and rec.parent_ref not in known:
+                self.report.add("rejected", rec, message=f"{rec.where}: parent "
+                                f"{rec.parent_ref!r} is neither in the file nor in "
+                                f"{self.version.label}.")
+        if self.report.rejected and not job.skip_invalid:
+            return
+        rejected = {r["ref"] for r in self.report.rows if r["status"] == "rejected"}
+        incoming = [r for r in incoming if r.source_ref not in rejected]
+        keys = {ref: e["unit_key"] for ref, e in existing.items()}
+        for rec in _parents_first(incoming, set(existing)):
+            if rec.source_ref in existing:
+                self._update(rec, existing[rec.source_ref], keys, key_to_ref)
+            else:
+                keys[rec.source_ref] = self._create(rec, keys)  # type: ignore[index]
+            if rec.groups is not None:
+                self._set_groups(rec, keys[rec.source_ref], groups)  # type: ignore[index]
+
+    def _create(self, rec: UnitRecord, keys: dict[str, int]) -> int:
+        b = self.backend
+        params = {
+            "v": self.version.id, "uuid": rec.uuid, "ref": rec.source_ref, "name": rec.name,
+            "code": rec.code, "type_id": self._type_id(rec),
+            "parent": keys.get(rec.parent_ref) if rec.parent_ref else None,
+            "status": self.job.set_status or "new", "od": rec.opening_date,
+            "cd": rec.closed_date, "aliases": _json(rec.aliases),
+            "extra": _json(rec.extra_fields), "loc": geometry.encode(b, rec.location),
+        }
+        row = self.conn.execute(text(
+            "INSERT INTO org_unit (version_id, uuid, source_ref, name, code, type_id, parent_key, "
+            "validation_status, opening_date, closed_date, aliases, extra_fields, location) "
+            f"VALUES (:v, :uuid, :ref, :name, :code, :type_id, :parent, :status, :od, :cd, "
+            f":aliases, :extra, {geometry.bind_sql(b, 'loc')}) RETURNING fid"), params).scalar_one()
+        if rec.territory is not None:
+            self.conn.execute(text(
+                f"INSERT INTO org_unit_territory (territory, unit_fid) VALUES "
+                f"({geometry.bind_sql(b, 'g')}, :f)"),
+                {"g": geometry.encode(b, rec.territory), "f": row})
+        key = self.conn.execute(text("SELECT unit_key FROM org_unit WHERE fid = :f"),
+                                {"f": row}).scalar_one()
+        self.report.add("created", rec)
+        return int(key)
+
+    def _update(self, rec: UnitRecord, old: dict[str, Any], keys: dict[str, int],
+                key_to_ref: dict[int, str]) -> None:
+        b = self.backend
+        new: dict[str, Any] = {"name": rec.name, "code": rec.code,
+                               "opening_date": rec.opening_date, "closed_date": rec.closed_date,
+                               "aliases": rec.aliases or None, "extra_fields": rec.extra_fields
+                               or None}
+        changes: dict[str, list[Any]] = {}
+        sets: dict[str, Any] = {}
+        for f in _COMPARED:
+            value = new[f]
+            if value is None and f != "name":
+                continue  # absent in the file: keep what the registry has
+            if value != old[f]:
+                changes[f] = [old[f], value]
+                sets[f] = _json(value) if f in ("aliases", "extra_fields") else value
+        type_id = self._type_id(rec)
+        if type_id is not None and type_id != old["type_id"]:
+            changes["type"] = [old["type_id"], rec.type_name]
+            sets["type_id"] = type_id
+        parent_key = keys.get(rec.parent_ref) if rec.parent_ref else None
+        if parent_key != old["parent_key"]:
+            changes["parent_ref"] = [key_to_ref.get(old["parent_key"]), rec.parent_ref]
+            sets["parent_key"] = parent_key
+        if self.job.set_status and self.job.set_status != old["validation_status"]:
+            changes["validation_status"] = [old["validation_status"], self.job.set_status]
+            sets["validation_status"] = self.job.set_status
+        if rec.location is not None and not _same(rec.location, old["location"]):
+            changes["location"] = [_wkt(old["location"]), rec.location.wkt]
+            sets["location"] = geometry.encode(b, rec.location)
+        if sets:
+            assigns = ", ".join(
+                f"{k} = {geometry.bind_sql(b, k)}" if k == "location" else f"{k} = :{k}"
+                for k in sets)
+            self.conn.execute(text(f"UPDATE org_unit SET {assigns} WHERE fid = :fid"),
+                              sets | {"fid": old["fid"]})
+        if rec.territory is not None and not _same(rec.territory, old["territory"]):
+            changes["territory"] = [_wkt(old["territory"]), "(new polygon)"]
+            blob = geometry.encode(b, rec.territory)
+            bind = geometry.bind_sql(b, "g")
+            done = self.conn.execute(text(
+                f"UPDATE org_unit_territory SET territory = {bind} WHERE unit_fid = :f"),
+                {"g": blob, "f": old["fid"]}).rowcount
+            if not done:
+                self.conn.execute(text(
+                    f"INSERT INTO org_unit_territory (territory, unit_fid) VALUES ({bind}, :f)"),
+                    {"g": blob, "f": old["fid"]})
+        self.report.add("updated" if changes else "unchanged", rec, changes=changes)
+
+    def _set_groups(self, rec: UnitRecord, unit_key: int, groups: dict[str, int]) -> None:
+        wanted = {groups[g] for g in rec.groups or [] if g in groups}
+        missing = [g for g in rec.groups or [] if g not in groups]
+        if missing:
+            self.report.warnings.append(f"{rec.where}: unknown group(s) {', '.join(missing)}.")
+        p = {"v": self.version.id, "u": unit_key}
+        have = {r[0] for r in self.conn.execute(text(
+            "SELECT group_key FROM group_membership WHERE version_id = :v AND unit_key = :u"), p)}
+        for g in wanted - have:
+            self.conn.execute(text("INSERT INTO group_membership (version_id, group_key, unit_key)"
+                                   " VALUES (:v, :g, :u)"), p | {"g": g})
+        for g in have - wanted:
+            self.conn.execute(text("DELETE FROM group_membership WHERE version_id = :v AND "
+                                   "group_key = :g AND unit_key = :u"), p | {"g": g})
+
+
+def _parents_first(records: list[UnitRecord], existing: set[str]) -> list[UnitRecord]:
+    """Order so every new parent comes before its children; a loop is an error."""
+    by_ref = {r.source_ref: r for r in records}
+    state: dict[str, int] = {}
+    out: list[UnitRecord] = []
+    for start in records:
+        stack = [start]
+        while stack:
+            rec = stack[-1]
+            ref = rec.source_ref or ""
+            if state.get(ref) == 2:
+                stack.pop()
+                continue
+            state[ref] = 1
+            parent = by_ref.get(rec.parent_ref or "")
+            if parent is not None and state.get(parent.source_ref or "") != 2:
+                if state.get(parent.source_ref or "") == 1:
+                    raise CycleError(f"{rec.where}: the parent refs form a cycle through "
+                                     f"{rec.source_ref!r} and {parent.source_ref!r}.")
+                stack.append(parent)
+                continue
+            state[ref] = 2
+            out.append(rec)
+            stack.pop()
+    return out
+
+
+def _same(a: BaseGeometry | None, b: BaseGeometry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(shapely.equals_exact(shapely.normalize(a), shapely.normalize(b), 1e-12))
+
+
+def _wkt(g: BaseGeometry | None) -> str | None:
+    return None if g is None else g.wkt
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value, ensure_ascii=False) if value else None
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+__all__ = ["GeoregError", "ImportJob", "ImportReport", "import_payload", "validate"]
