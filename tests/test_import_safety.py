@@ -105,7 +105,7 @@ def test_a_good_import_after_a_bad_one_still_works(location: str, tmp_path: Path
     ok = runner.invoke(main, ["import", location, *files, "--source", "SL", "--json"])
     assert ok.exit_code == 0, ok.output
     data = json.loads(ok.output)
-    assert data["version"]["number"] == 1 and data["units"] == 1332
+    assert data["version"]["number"] == 1 and data["created"] == 1332 and data["rejected"] == 0
 
 
 def big_page(n: int) -> dict[str, Any]:
