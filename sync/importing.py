@@ -136,16 +136,15 @@ class _Validated:
     """Wraps the record stream: valid records flow on, rejected ones are reported."""
 
     def __init__(self, records: Iterable[UnitRecord], report: ImportReport, *,
-                 fix_geometry: bool, job: Job[Any] | None, total: int | None) -> None:
+                 fix_geometry: bool, keep_invalid: bool, job: Job[Any] | None,
+                 total: int | None) -> None:
         self.records = records
         self.report = report
         self.fix_geometry = fix_geometry
         self.job = job
         self.total = total
         self.seen = 0
-        keep = job is not None and getattr(job, "payload", None) is not None and \
-            job.payload.invalid_geometry == "keep"  # type: ignore[attr-defined]
-        self.keep: list[str] | None = report.warnings if keep else None
+        self.keep: list[str] | None = report.warnings if keep_invalid else None
 
     def __iter__(self) -> Iterator[UnitRecord]:
         for rec in self.records:
@@ -211,7 +210,8 @@ class ImportJob(Job[dict[str, Any]]):
             loader.add_group_set(gs.ref, gs.name, gs.group_refs, short_name=gs.short_name,
                                  compulsory=gs.compulsory)
         records = _Validated(self.payload.units, report, fix_geometry=self.fix_geometry,
-                             job=self, total=self.payload.total)
+                             keep_invalid=self.payload.invalid_geometry == "keep", job=self,
+                             total=self.payload.total)
         if self.set_status:
             records = _with_status(records, self.set_status)  # type: ignore[assignment]
         loader.add_units(records)
@@ -309,7 +309,8 @@ class _Upsert:
             self.report.warnings.append(
                 "Group sets are not updated when importing into an existing version.")
         records = list(_Validated(job.payload.units, self.report, fix_geometry=job.fix_geometry,
-                                  job=job, total=job.payload.total))
+                                  keep_invalid=job.payload.invalid_geometry == "keep", job=job,
+                                  total=job.payload.total))
         seen: dict[str, str] = {}
         incoming: list[UnitRecord] = []
         for rec in records:
