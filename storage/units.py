@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +197,16 @@ def _db_values(conn: Connection, values: dict[str, Any], where: str) -> dict[str
     return out
 
 
+@contextmanager
+def _draft(reg: Registry, source: str, number: int | None, origin: str, author: str | None
+           ) -> Iterator[tuple[Connection, VersionRef]]:
+    """A write transaction on a draft version (a published one is refused up front)."""
+    with reg.write(origin=origin, author=author) as conn:
+        version = resolve_version(conn, source, number)
+        require_draft(version)
+        yield conn, version
+
+
 def _check_point(location: BaseGeometry | None, where: str) -> None:
     if location is None:
         return
@@ -233,9 +245,7 @@ def add_unit(
     """Add one unit under ``parent`` (uuid or ref; none makes a root)."""
     where = f"New unit {name!r}"
     _check_values({"name": name, **values}, where)
-    with reg.write(origin=origin, author=author) as conn:
-        version = resolve_version(conn, source, number)
-        require_draft(version)
+    with _draft(reg, source, number, origin, author) as (conn, version):
         parent_handle = find_unit(conn, version, parent) if parent else None
         cols = _db_values(conn, {"name": name, **values}, where)
         if cols.get("source_ref"):
@@ -264,7 +274,7 @@ def add_unit(
         ).scalar_one()
         _check_dates(conn, fid, where)
         if territory is not None:
-            _set_territory(reg, conn, fid, territory)
+            set_territory(reg, conn, fid, territory)
         return _unit_dict(reg, conn, fid)
 
 
@@ -283,9 +293,7 @@ def edit_unit(
     _check_values(values, where)
     if not values:
         raise InvalidInput(f"{where}: nothing to change (give at least one field).")
-    with reg.write(origin=origin, author=author) as conn:
-        version = resolve_version(conn, source, number)
-        require_draft(version)
+    with _draft(reg, source, number, origin, author) as (conn, version):
         handle = find_unit(conn, version, ident)
         cols = _db_values(conn, values, where)
         sets = ", ".join(f"{k} = :{k}" for k in cols)
@@ -318,9 +326,7 @@ def move_unit(
     author: str | None = None,
 ) -> dict[str, Any]:
     """Move a unit (and its whole subtree) under another parent; None makes it a root."""
-    with reg.write(origin=origin, author=author) as conn:
-        version = resolve_version(conn, source, number)
-        require_draft(version)
+    with _draft(reg, source, number, origin, author) as (conn, version):
         handle = find_unit(conn, version, ident)
         target = find_unit(conn, version, new_parent) if new_parent else None
         if target is not None and (
@@ -348,9 +354,7 @@ def delete_unit(
     author: str | None = None,
 ) -> dict[str, Any]:
     """Delete a unit; with children, only when ``recursive`` (the whole subtree goes)."""
-    with reg.write(origin=origin, author=author) as conn:
-        version = resolve_version(conn, source, number)
-        require_draft(version)
+    with _draft(reg, source, number, origin, author) as (conn, version):
         handle = find_unit(conn, version, ident)
         upper = handle.path[:-1] + "0"
         params = {"v": version.id, "lo": handle.path, "hi": upper}
@@ -370,7 +374,8 @@ def delete_unit(
         return {"deleted": count, "uuid": handle.uuid, "name": handle.name}
 
 
-def _set_territory(reg: Registry, conn: Connection, fid: int, territory: BaseGeometry | None) -> None:
+def set_territory(reg: Registry, conn: Connection, fid: int, territory: BaseGeometry | None) -> None:
+    """Set (insert or replace) or clear a unit's territory inside an open write."""
     if territory is None:
         conn.execute(text("DELETE FROM org_unit_territory WHERE unit_fid = :f"), {"f": fid})
         return
@@ -402,9 +407,7 @@ def set_geometry(
     author: str | None = None,
 ) -> dict[str, Any]:
     """Set or clear (pass None) a unit's point location and/or territory."""
-    with reg.write(origin=origin, author=author) as conn:
-        version = resolve_version(conn, source, number)
-        require_draft(version)
+    with _draft(reg, source, number, origin, author) as (conn, version):
         handle = find_unit(conn, version, ident)
         if location is not _UNSET:
             _check_point(location, f"Unit {ident!r}")
@@ -416,7 +419,7 @@ def set_geometry(
                 {"g": geometry.encode(reg.backend, location), "f": handle.fid},
             )
         if territory is not _UNSET:
-            _set_territory(reg, conn, handle.fid, territory)
+            set_territory(reg, conn, handle.fid, territory)
         return _unit_dict(reg, conn, handle.fid)
 
 
@@ -439,9 +442,7 @@ def add_group(
 ) -> dict[str, Any]:
     if not (name or "").strip():
         raise InvalidInput("A group needs a name (field 'name' is empty).")
-    with reg.write(origin=origin) as conn:
-        version = resolve_version(conn, source, number)
-        require_draft(version)
+    with _draft(reg, source, number, origin, None) as (conn, version):
         fid = conn.execute(
             text(
                 "INSERT INTO org_unit_group (version_id, source_ref, name) VALUES (:v, :r, :n) "
@@ -464,9 +465,7 @@ def set_group_membership(
     author: str | None = None,
 ) -> dict[str, Any]:
     """Add a unit to a group (member=True) or take it out (member=False)."""
-    with reg.write(origin=origin, author=author) as conn:
-        version = resolve_version(conn, source, number)
-        require_draft(version)
+    with _draft(reg, source, number, origin, author) as (conn, version):
         handle = find_unit(conn, version, ident)
         key = _group_key(conn, version, group)
         params = {"v": version.id, "g": key, "u": handle.unit_key}

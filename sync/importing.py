@@ -33,6 +33,7 @@ from storage.bulk import VALIDATION_STATUSES, BulkLoader, UnitRecord, parse_date
 from storage.errors import CycleError, GeoregError, InvalidInput
 from storage.jobs import Job
 from storage.registry import Registry, json_value
+from storage.units import set_territory
 from storage.versions import (
     VersionRef,
     ensure_source,
@@ -359,10 +360,7 @@ class _Upsert:
             f"VALUES (:v, :uuid, :ref, :name, :code, :type_id, :parent, :status, :od, :cd, "
             f":aliases, :extra, {geometry.bind_sql(b, 'loc')}) RETURNING fid"), params).scalar_one()
         if rec.territory is not None:
-            self.conn.execute(text(
-                f"INSERT INTO org_unit_territory (territory, unit_fid) VALUES "
-                f"({geometry.bind_sql(b, 'g')}, :f)"),
-                {"g": geometry.encode(b, rec.territory), "f": row})
+            set_territory(self.job.reg, self.conn, row, rec.territory)
         key = self.conn.execute(text("SELECT unit_key FROM org_unit WHERE fid = :f"),
                                 {"f": row}).scalar_one()
         self.report.add("created", rec)
@@ -406,15 +404,7 @@ class _Upsert:
                               sets | {"fid": old["fid"]})
         if rec.territory is not None and not _same(rec.territory, old["territory"]):
             changes["territory"] = [_wkt(old["territory"]), "(new polygon)"]
-            blob = geometry.encode(b, rec.territory)
-            bind = geometry.bind_sql(b, "g")
-            done = self.conn.execute(text(
-                f"UPDATE org_unit_territory SET territory = {bind} WHERE unit_fid = :f"),
-                {"g": blob, "f": old["fid"]}).rowcount
-            if not done:
-                self.conn.execute(text(
-                    f"INSERT INTO org_unit_territory (territory, unit_fid) VALUES ({bind}, :f)"),
-                    {"g": blob, "f": old["fid"]})
+            set_territory(self.job.reg, self.conn, old["fid"], rec.territory)
         self.report.add("updated" if changes else "unchanged", rec, changes=changes)
 
     def _set_groups(self, rec: UnitRecord, unit_key: int, groups: dict[str, int]) -> None:
