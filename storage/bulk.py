@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import shapely
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Connection, exc, text
 
@@ -24,6 +26,7 @@ from storage.errors import CycleError, InvalidInput
 from storage.registry import Registry, translate_db_error
 
 VALIDATION_STATUSES = ("new", "valid", "rejected")
+PLACED_CACHE = 250_000  # units whose tree position is remembered during a load
 
 
 @dataclass
@@ -113,7 +116,24 @@ class BulkLoader:
             r.name: r.fid for r in conn.execute(text("SELECT fid, name FROM org_unit_type"))
         }
         self._batch: list[UnitRecord] = []
+        #: ref -> (key, path, depth) of units already placed in the tree: a child whose
+        #: parent came first gets its path at insert time (bounded: the rest is placed
+        #: by the recursive query in ``finish``)
+        self._placed: dict[str, tuple[int, str, int]] = {}
         reg.set_audit(conn, False)
+        #: GeoPackage: the per-row triggers are dropped for the load and re-created, from
+        #: their own saved SQL, in ``finish`` — inside this transaction, so no other
+        #: connection ever sees them missing and a failure restores them.  What they do
+        #: is done set-wise instead: keys, paths, audit, R-tree (filled from Python).
+        self._suspended: list[tuple[str, str]] = []
+        if self.backend is Backend.GEOPACKAGE:
+            self._suspended = [
+                (r[0], r[1]) for r in conn.exec_driver_sql(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN "
+                    "('org_unit', 'org_unit_territory')")
+            ]
+            for name, _sql in self._suspended:
+                conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
         temp = "TEMP TABLE" if self.backend.is_sqlite else "TEMP TABLE"
         on_commit = "" if self.backend.is_sqlite else " ON COMMIT DROP"
         conn.exec_driver_sql("DROP TABLE IF EXISTS georeg_load")
@@ -131,12 +151,13 @@ class BulkLoader:
             "INSERT INTO org_unit (fid, location, version_id, unit_key, uuid, source_ref, name, "
             "code, type_id, parent_key, path, depth, validation_status, opening_date, "
             "closed_date, aliases, extra_fields) VALUES (:fid, "
-            f"{loc}, :version_id, :fid, :uuid, :source_ref, :name, :code, :type_id, NULL, NULL, 0, "
+            f"{loc}, :version_id, :fid, :uuid, :source_ref, :name, :code, :type_id, :parent_key, "
+            ":path, :depth, "
             ":validation_status, :opening_date, :closed_date, :aliases, :extra_fields)"
         )
         self._territory_sql = text(
-            f"INSERT INTO org_unit_territory (territory, unit_fid, version_id, name) "
-            f"VALUES ({ter}, :fid, :version_id, :name)"
+            f"INSERT INTO org_unit_territory (fid, territory, unit_fid, version_id, name) "
+            f"VALUES (:tfid, {ter}, :fid, :version_id, :name)"
         )
         self._member_sql = text(
             "INSERT INTO georeg_load_member (group_ref, unit_ref) VALUES (:g, :u)"
@@ -225,17 +246,20 @@ class BulkLoader:
                 self._flush()
         self._flush()
 
-    def _next_fids(self, n: int) -> list[int]:
+    def _next_fids(self, n: int, table: str = "org_unit") -> list[int]:
+        """Row ids for the next ``n`` rows (we hold the write lock, so nobody else takes them)."""
+        if n == 0:
+            return []
         if self.backend.is_sqlite:
             start = self.conn.execute(
                 text(
-                    "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'org_unit'),"
-                    " 0), COALESCE((SELECT max(fid) FROM org_unit), 0)) + 1"
+                    f"SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'),"
+                    f" 0), COALESCE((SELECT max(fid) FROM {table}), 0)) + 1"
                 )
             ).scalar_one()
             return list(range(int(start), int(start) + n))
         rows = self.conn.execute(
-            text("SELECT nextval('org_unit_fid_seq') FROM generate_series(1, :n)"), {"n": n}
+            text(f"SELECT nextval('{table}_fid_seq') FROM generate_series(1, :n)"), {"n": n}
         ).scalars()
         return [int(r) for r in rows]
 
@@ -258,8 +282,20 @@ class BulkLoader:
             raise InvalidInput(
                 f"{where}: field 'location' must be a point, not a {rec.location.geom_type}."
             )
+        parent_key, path, depth = None, None, 0
+        if rec.parent_ref is None:
+            path, depth = f"/{fid}/", 1
+        else:
+            known = self._placed.get(rec.parent_ref)
+            if known is not None:
+                parent_key, path, depth = known[0], f"{known[1]}{fid}/", known[2] + 1
+        if path is not None and rec.source_ref is not None and len(self._placed) < PLACED_CACHE:
+            self._placed[rec.source_ref] = (fid, path, depth)
         return {
             "fid": fid,
+            "parent_key": parent_key,
+            "path": path,
+            "depth": depth,
             "version_id": self.version_id,
             "uuid": rec.uuid or str(uuidlib.uuid4()),
             "source_ref": rec.source_ref,
@@ -301,23 +337,61 @@ class BulkLoader:
             for rec in batch if rec.groups and rec.source_ref
             for g in rec.groups
         ]
+        ter_fids = self._next_fids(len(ter_rows), "org_unit_territory")
+        for row, tfid in zip(ter_rows, ter_fids, strict=True):
+            row["tfid"] = tfid
         savepoint = self.conn.begin_nested()
         try:
             if members:
-                self.conn.execute(self._member_sql, members)
-            self.conn.execute(self._stage_sql, rows)
-            self.conn.execute(self._unit_sql, rows)
+                self._executemany(self._member_sql, members)
+            self._executemany(self._stage_sql, rows)
+            self._executemany(self._unit_sql, rows)
             if ter_rows:
-                self.conn.execute(self._territory_sql, ter_rows)
+                self._executemany(self._territory_sql, ter_rows)
+            if self._suspended:
+                self._fill_rtrees(batch, rows, ter_rows)
         except exc.IntegrityError as error:
             savepoint.rollback()
             raise self._explain_integrity(rows, error) from error
+        except sqlite3.IntegrityError as error:
+            savepoint.rollback()
+            raise self._explain_integrity(rows, exc.IntegrityError("", {}, error)) from error
         savepoint.commit()
         self.stats.units += len(rows)
         self.stats.locations += sum(1 for x in locations if x is not None)
         self.stats.territories += len(ter_rows)
         if self.progress:
             self.progress(self.stats.units)
+
+    def _executemany(self, sql: Any, rows: list[dict[str, Any]]) -> None:
+        """SQLite: straight to the driver (the hot path); PostgreSQL: through SQLAlchemy."""
+        if self.backend.is_sqlite:
+            cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cursor.executemany(str(sql), rows)
+            cursor.close()
+        else:
+            self.conn.execute(sql, rows)
+
+    def _fill_rtrees(self, batch: list[UnitRecord], rows: list[dict[str, Any]],
+                     ter_rows: list[dict[str, Any]]) -> None:
+        located = [(row["fid"], rec.location) for rec, row in zip(batch, rows, strict=True)
+                   if rec.location is not None and not rec.location.is_empty]
+        xs = shapely.get_x([g for _, g in located]).tolist() if located else []
+        ys = shapely.get_y([g for _, g in located]).tolist() if located else []
+        points = [(fid, x, x, y, y) for (fid, _), x, y in zip(located, xs, ys, strict=True)]
+        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.executemany('INSERT INTO "rtree_org_unit_location" VALUES (?, ?, ?, ?, ?)', points)
+        if ter_rows:
+            by_fid = {row["fid"]: rec for rec, row in zip(batch, rows, strict=True)}
+            boxes = []
+            for t in ter_rows:
+                geom = by_fid[t["fid"]].territory
+                if geom is not None and not geom.is_empty:
+                    x0, y0, x1, y1 = geom.bounds
+                    boxes.append((t["tfid"], x0, x1, y0, y1))
+            cursor.executemany(
+                'INSERT INTO "rtree_org_unit_territory_territory" VALUES (?, ?, ?, ?, ?)', boxes)
+        cursor.close()
 
     def _explain_integrity(self, rows: list[dict[str, Any]], error: exc.IntegrityError) -> Exception:
         refs = [r["source_ref"] for r in rows if r["source_ref"] is not None]
@@ -397,7 +471,7 @@ class BulkLoader:
         conn.execute(
             text(
                 "UPDATE org_unit SET parent_key = t.parent_key, path = t.path, depth = t.depth "
-                "FROM georeg_tree t WHERE org_unit.fid = t.fid"
+                "FROM georeg_tree t WHERE org_unit.fid = t.fid AND org_unit.path IS NULL"
             )
         )
         self.stats.memberships = conn.execute(
@@ -419,6 +493,9 @@ class BulkLoader:
             text("SELECT count(*) FROM org_unit_group WHERE version_id = :v"), v
         ).scalar_one()
         self._write_audit()
+        for _name, sql in self._suspended:
+            conn.exec_driver_sql(sql)
+        self._suspended = []
         self.reg.set_audit(conn, True)
         for name in ("georeg_load", "georeg_load_member", "georeg_tree"):
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
