@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from sqlalchemy import Connection, exc, text
 from storage import audit_sql, geometry
 from storage.backends import Backend
 from storage.errors import CycleError, InvalidInput
+from storage.ids import uuid7
 from storage.registry import Registry, translate_db_error
 
 VALIDATION_STATUSES = ("new", "valid", "rejected")
@@ -297,7 +297,7 @@ class BulkLoader:
             "path": path,
             "depth": depth,
             "version_id": self.version_id,
-            "uuid": rec.uuid or str(uuidlib.uuid4()),
+            "uuid": rec.uuid or uuid7(),
             "source_ref": rec.source_ref,
             "parent_ref": rec.parent_ref,
             "src": where,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from sqlalchemy import Connection, text
 from storage import geometry
 from storage.bulk import VALIDATION_STATUSES, parse_date
 from storage.errors import ConflictError, CycleError, InvalidInput, NotFound
+from storage.ids import uuid7
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef, require_draft, resolve_version
 
@@ -261,7 +261,7 @@ def add_unit(
         _check_point(location, where)
         cols.update(
             version_id=version.id,
-            uuid=str(uuidlib.uuid4()),
+            uuid=uuid7(),
             parent_key=parent_handle.unit_key if parent_handle else None,
             location=geometry.encode(reg.backend, location),
         )
