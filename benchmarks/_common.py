@@ -38,7 +38,7 @@ def remove_db(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def _generator_hash() -> str:
+def generator_hash() -> str:
     return hashlib.sha1(Path(synthetic_tree.__file__).read_bytes()).hexdigest()[:8]
 
 
@@ -48,7 +48,7 @@ def tree_geojson(out: Path, size: int, seed: int) -> tuple[Path, float | None]:
     Returns the path and the seconds spent writing it (None when reused).
     """
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"tree-{size}-s{seed}-{_generator_hash()}.geojson"
+    path = out / f"tree-{size}-s{seed}-{generator_hash()}.geojson"
     if path.exists():
         return path, None
     partial = path.with_suffix(".partial")

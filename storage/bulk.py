@@ -27,6 +27,7 @@ from storage.registry import Registry, translate_db_error
 
 VALIDATION_STATUSES = ("new", "valid", "rejected")
 PLACED_CACHE = 250_000  # units whose tree position is remembered during a load
+DEFER_INDEXES_BELOW = 20_000  # units already in the registry
 
 
 @dataclass
@@ -134,6 +135,19 @@ class BulkLoader:
             ]
             for name, _sql in self._suspended:
                 conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+        #: Into an (almost) empty registry, the secondary indexes are built once at the
+        #: end — a sort is much cheaper than maintaining them row by row.  With many units
+        #: already there, rebuilding would cost more than it saves, so they stay.
+        self._deferred_indexes: list[str] = []
+        if self.backend.is_sqlite:
+            existing = conn.exec_driver_sql("SELECT count(*) FROM org_unit").scalar_one()
+            if existing < DEFER_INDEXES_BELOW:
+                rows = conn.exec_driver_sql(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND "
+                    "tbl_name = 'org_unit' AND sql IS NOT NULL").all()
+                for name, sql in rows:
+                    conn.exec_driver_sql(f'DROP INDEX "{name}"')
+                    self._deferred_indexes.append(sql)
         temp = "TEMP TABLE" if self.backend.is_sqlite else "TEMP TABLE"
         on_commit = "" if self.backend.is_sqlite else " ON COMMIT DROP"
         conn.exec_driver_sql("DROP TABLE IF EXISTS georeg_load")
@@ -427,6 +441,9 @@ class BulkLoader:
     def finish(self) -> LoadStats:
         self._flush()
         conn, v = self.conn, {"v": self.version_id}
+        for sql in self._deferred_indexes:
+            conn.exec_driver_sql(sql)
+        self._deferred_indexes = []
         conn.exec_driver_sql("CREATE INDEX georeg_load_ref ON georeg_load (ref)")
         conn.exec_driver_sql("CREATE INDEX georeg_load_parent ON georeg_load (parent_ref)")
         orphans = conn.execute(

@@ -104,3 +104,19 @@ def test_creating_twice_is_refused_without_force(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="already exists"):
         Registry.create(path)
     Registry.create(path, overwrite=True).close()
+
+
+def test_a_bulk_load_leaves_every_rule_and_index_in_place(tmp_path: Path) -> None:
+    """The bulk loader suspends triggers and indexes inside its transaction: all come back."""
+    reg = Registry.create(tmp_path / "r.gpkg")
+    schema = "SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'index') " \
+             "ORDER BY type, name"
+    with reg.read() as conn:
+        before = conn.execute(text(schema)).all()
+    import_dhis2_files(reg, DEMO_FILES, source="SL")
+    with reg.read() as conn:
+        assert conn.execute(text(schema)).all() == before
+        assert conn.execute(text("SELECT count(*) FROM rtree_org_unit_location")).scalar() == 601
+        assert conn.execute(
+            text("SELECT count(*) FROM rtree_org_unit_territory_territory")).scalar() == 165
+    reg.close()

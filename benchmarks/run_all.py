@@ -1,0 +1,132 @@
+"""Run every benchmark with its default sizes and print one summary table.
+
+``make bench`` runs this file (``.venv/bin/python benchmarks/run_all.py``).  Each
+benchmark prints its own figures and its ratio against a baseline measured in
+the same run; the summary collects the ratios against the goals.  Results are
+also written as JSON under benchmarks/out/.
+
+    .venv/bin/python benchmarks/run_all.py [--backend gpkg|spatialite] [--quick]
+
+``--quick`` uses small sizes (20k import and new draft, subtree at 20k and 100k)
+for a smoke run of a minute or so; the figures in docs/benchmarks.md come from
+the default sizes (100k import and new draft, subtree at 100k and 1M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import _common as c
+import bench_import
+import bench_new_draft
+import bench_subtree
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--backend", choices=["gpkg", "spatialite"], default="gpkg")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=c.DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    size = 20_000 if args.quick else 100_000
+    subtree_sizes = [20_000, 100_000] if args.quick else [100_000, 1_000_000]
+    start = time.perf_counter()
+    env = c.environment()
+    print(f"environment: {env}\n")
+
+    imp = bench_import.run(
+        size, backend=args.backend, seed=args.seed, out=args.out, rss_size=size // 5
+    )
+    print()
+    draft = bench_new_draft.run(size, backend=args.backend, seed=args.seed, out=args.out)
+    print()
+    sub = bench_subtree.run(subtree_sizes, backend=args.backend, seed=args.seed, out=args.out)
+    elapsed = time.perf_counter() - start
+
+    rows: list[list[Any]] = [
+        [
+            f"import {size:,} units",
+            f"{imp['georeg']['seconds']:.2f} s",
+            f"ogr2ogr {imp['ogr2ogr']['seconds']:.2f} s",
+            f"{imp['ratio']:.2f}x",
+            f"<= {imp['goal']:g}x",
+            _met(imp["met"]),
+        ],
+        [
+            f"import peak RSS {size // 5:,} → {size:,}",
+            f"{imp['georeg']['rss_mib']:.0f} MiB",
+            f"{imp['rss_small']['rss_mib']:.0f} MiB" if imp["rss_small"] else "-",
+            f"{imp['georeg']['rss_mib'] / imp['rss_small']['rss_mib']:.2f}x"
+            if imp["rss_small"]
+            else "-",
+            "flat",
+            "",
+        ],
+        [
+            f"new draft of {size:,} units",
+            f"{draft['copy']:.2f} s",
+            f"import {draft['import']['seconds']:.2f} s",
+            f"{draft['ratio']:.2f}x",
+            f"<= {draft['goal']:g}x",
+            _met(draft["met"]),
+        ],
+    ]
+    for r in sub["sizes"]:
+        t = r["timings"]
+        rows.append(
+            [
+                f"subtree_rows, {r['size']:,} units",
+                f"{t['rows']['median_ms']:.2f} ms",
+                f"raw {t['raw_rows']['median_ms']:.2f} ms",
+                f"{r['ratio_rows']:.2f}x",
+                f"<= {sub['goal']:g}x",
+                _met(r["ratio_rows"] <= sub["goal"]),
+            ]
+        )
+        rows.append(
+            [
+                f"subtree(), {r['size']:,} units",
+                f"{t['api']['median_ms']:.2f} ms",
+                f"raw {t['raw_api']['median_ms']:.2f} ms",
+                f"{r['ratio_api']:.2f}x",
+                f"<= {sub['goal']:g}x",
+                _met(r["ratio_api"] <= sub["goal"]),
+            ]
+        )
+    if sub["flatness"]:
+        first, last = sub["sizes"][0]["size"], sub["sizes"][-1]["size"]
+        rows.append(
+            [
+                f"subtree() per row, {first:,} → {last:,} units",
+                f"{_us_per_row(sub['sizes'][-1]):.2f} us",
+                f"{_us_per_row(sub['sizes'][0]):.2f} us",
+                f"{sub['flatness']['api']:.2f}x",
+                "flat",
+                "",
+            ]
+        )
+    print(f"\n== summary ({args.backend}, {env['cpus']} CPUs, {elapsed / 60:.1f} min in all)")
+    print(c.table(["benchmark", "ours", "baseline (same run)", "ratio", "goal", ""], rows))
+    c.save_result(
+        args.out,
+        f"summary-{args.backend}",
+        {"environment": env, "import": imp, "new_draft": draft, "subtree": sub, "seconds": elapsed},
+    )
+    return 0
+
+
+def _us_per_row(r: dict[str, Any]) -> float:
+    return float(r["timings"]["api"]["median_ms"]) * 1e3 / r["district"]["subtree_units"]
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
