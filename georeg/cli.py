@@ -554,8 +554,13 @@ def check_cmd(reg: str, source: str, number: int | None, out: str | None, as_jso
 # --- import -----------------------------------------------------------------------------
 
 
-FORMAT_CHOICE = click.Choice(["iaso-gpkg", "geojson", "csv", "xlsx", "tree-csv", "vector",
-                              "dhis2-json"])
+def _format_choice() -> click.Choice:
+    from sync import formats
+
+    return click.Choice(formats.available())
+
+
+FORMAT_CHOICE = _format_choice()
 
 
 def _read_options(**kw: Any) -> Any:

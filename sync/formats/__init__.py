@@ -8,6 +8,7 @@ take several files at once (one per level, DHIS2 pages) also offer ``read_files`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -27,9 +28,16 @@ VECTOR_SUFFIXES = {".shp", ".zip", ".fgb", ".kml", ".kmz", ".gml", ".tab", ".mif
                    ".sqlite", ".parquet"}
 
 
+def available() -> list[str]:
+    """The formats this installation has (every module present)."""
+    return [name for name, (mod, _) in FORMATS.items() if importlib.util.find_spec(mod)]
+
+
 def module(name: str) -> ModuleType:
-    if name not in FORMATS:
-        raise InvalidInput(f"Unknown format {name!r}; formats: {', '.join(FORMATS)}.")
+    if name not in available():
+        raise InvalidInput(
+            f"Unknown or unavailable format {name!r}; formats here: {', '.join(available())}."
+        )
     return importlib.import_module(FORMATS[name][0])
 
 
