@@ -42,7 +42,7 @@ from storage.versions import (
     resolve_version,
     version_by_id,
 )
-from sync.exchange import ImportPayload
+from sync.exchange import ImportPayload, internal_ref
 
 MAX_LISTED = 1000  # rows listed in a report (counts are always complete)
 
@@ -265,21 +265,24 @@ class _Upsert:
         b = self.backend
         rows = self.conn.execute(text(
             "SELECT u.fid, u.unit_key, u.source_ref, u.name, u.code, u.type_id, u.parent_key, "
+            "u.uuid, "
             "u.opening_date, u.closed_date, u.aliases, u.extra_fields, u.validation_status, "
             f"{geometry.select_sql(b, 'u.location')}, {geometry.select_sql(b, 't.territory')} "
             "FROM org_unit u LEFT JOIN org_unit_territory t ON t.unit_fid = u.fid "
             "WHERE u.version_id = :v"), {"v": self.version.id}).all()
         out = {}
         for r in rows:
-            if r[2] is None:
-                continue
-            out[r[2]] = {
+            # A unit without an external ref is known to files by its internal ref, the
+            # one our exports write for it (georeg:<uuid>).
+            ref = r[2] if r[2] is not None else internal_ref(r[7])
+            out[ref] = {
                 "fid": r[0], "unit_key": r[1], "name": r[3], "code": r[4], "type_id": r[5],
-                "parent_key": r[6], "opening_date": _iso(r[7]), "closed_date": _iso(r[8]),
-                "aliases": json_value(r[9]), "extra_fields": json_value(r[10]),
-                "validation_status": r[11], "location": geometry.decode(b, r[12]),
-                "territory": geometry.decode(b, r[13]),
+                "parent_key": r[6], "uuid": r[7], "opening_date": _iso(r[8]),
+                "closed_date": _iso(r[9]), "aliases": json_value(r[10]),
+                "extra_fields": json_value(r[11]), "validation_status": r[12],
+                "location": geometry.decode(b, r[13]), "territory": geometry.decode(b, r[14]),
             }
+        self.uuids = {e["uuid"] for e in out.values()}
         return out
 
     def _type_id(self, rec: UnitRecord) -> int | None:
@@ -346,8 +349,9 @@ class _Upsert:
 
     def _create(self, rec: UnitRecord, keys: dict[str, int]) -> int:
         b = self.backend
+        uuid = rec.uuid if rec.uuid not in self.uuids else None  # never clash in a version
         params = {
-            "v": self.version.id, "uuid": rec.uuid, "ref": rec.source_ref, "name": rec.name,
+            "v": self.version.id, "uuid": uuid, "ref": rec.source_ref, "name": rec.name,
             "code": rec.code, "type_id": self._type_id(rec),
             "parent": keys.get(rec.parent_ref) if rec.parent_ref else None,
             "status": self.job.set_status or "new", "od": rec.opening_date,

@@ -157,3 +157,18 @@ def test_new_version_import_of_the_demo_keeps_the_invalid_dhis2_polygon(
     assert report["created"] == 1332 and report["loaded"]["territories"] == 165
     assert any("Sittia" in w or "g8DdBm7EmUt" in w for w in report["warnings"])
     assert (DEMO_DATA / "README.md").exists()
+
+
+def test_our_own_export_reimported_into_the_same_version_changes_nothing(
+        demo: Registry, tmp_path: Path) -> None:
+    """Units without a ref travel as georeg:<uuid> and are matched back by uuid."""
+    from sync.exchange import ReadOptions, read_version
+    from sync.formats import iaso_gpkg
+
+    units.add_unit(demo, "SL", name="No-ref CHP", parent=CHIEFDOM, type="Facility",
+                   location=Point(-11.8, 7.9))
+    out = tmp_path / "export.gpkg"
+    iaso_gpkg.write_file(read_version(demo, "SL"), out, ReadOptions())
+    report = import_payload(demo, iaso_gpkg.read_file(out, ReadOptions()), source="SL", number=1)
+    assert (report["created"], report["updated"], report["rejected"]) == (0, 0, 0)
+    assert report["unchanged"] == 1333
