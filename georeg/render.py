@@ -74,7 +74,9 @@ def import_result(d: dict[str, Any]) -> str:
 
 
 def export_result(d: dict[str, Any]) -> str:
-    return f"Exported {d['units']} units of {d['version']} to {d['file']} ({d['format']})."
+    lines = [f"Exported {d['units']} units of {d['version']} to {d['file']} ({d['format']})."]
+    lines += [f"warning: {w}" for w in d.get("warnings", [])]
+    return "\n".join(lines)
 
 
 def tree(d: dict[str, Any]) -> str:

@@ -181,6 +181,7 @@ class ImportJob(Job[dict[str, Any]]):
 
     def execute(self) -> dict[str, Any]:
         report = ImportReport(warnings=list(self.payload.warnings))
+        known = len(self.payload.warnings)  # readers may add more while the units stream
         self.report(0, self.payload.total, "Reading")
         with self.reg.write(origin=self.origin, author=self.author, dry_run=self.dry_run) as conn:
             if self.number is None:
@@ -189,6 +190,7 @@ class ImportJob(Job[dict[str, Any]]):
                 version = resolve_version(conn, self.source, self.number)
                 require_draft(version)
                 _Upsert(self, conn, version, report).run()
+            report.warnings.extend(self.payload.warnings[known:])
             if report.rejected and not self.skip_invalid:
                 raise _rejection_error(report)
             self.check_cancelled()
