@@ -668,14 +668,18 @@ def export_cmd(reg: str, out: str, source: str, number: int | None, fmt: str | N
     from sync.exchange import ReadOptions, read_version
 
     path = Path(out)
-    if path.exists() and not force:
-        raise InvalidInput(f"{path} already exists; pass --force to replace it.")
     name = fmt or formats.detect(path, for_export=True)
     writer = formats.module(name)
     if not hasattr(writer, "write_file"):
         raise InvalidInput(f"Georeg reads {name} but does not write it.")
-    if path.exists():
-        path.unlink()
+    targets = writer.output_paths(path) if hasattr(writer, "output_paths") else [path]
+    existing = [p for p in targets if Path(p).exists()]
+    if existing and not force:
+        raise InvalidInput(
+            f"{', '.join(str(p) for p in existing)} already exist(s); pass --force to replace."
+        )
+    for target in existing:
+        Path(target).unlink()
     with open_registry(reg) as registry:
         data = read_version(registry, source, number)
         summary = writer.write_file(data, path, ReadOptions(iaso_headers=iaso_headers))

@@ -1,0 +1,293 @@
+"""``georeg dhis2 …``: pull org units from DHIS2, push a version back, check a connection.
+
+Credentials are never command-line arguments (they would show in ``ps`` and in
+shell history) and never stored in the registry: the password or token is read
+from standard input (``--password-stdin``, ``--token-stdin``; prompted, hidden,
+on a terminal) or from the environment (``GEOREG_DHIS2_TOKEN``, or
+``GEOREG_DHIS2_PASSWORD`` with ``--user``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from georeg.cli import command, emit, open_registry, run_job
+from storage.errors import GeoregError, InvalidInput
+
+TOKEN_ENV = "GEOREG_DHIS2_TOKEN"
+PASSWORD_ENV = "GEOREG_DHIS2_PASSWORD"
+URL_ENV = "GEOREG_DHIS2_URL"
+
+dhis2_group = click.Group(
+    "dhis2",
+    help="Pull org units from DHIS2 into a version, push a version back to DHIS2.\n\n"
+    "Credentials: --user NAME with --password-stdin (or $GEOREG_DHIS2_PASSWORD), or a "
+    "personal access token with --token-stdin (or $GEOREG_DHIS2_TOKEN). They are never "
+    "stored in the registry. See docs/sync-dhis2.md.",
+)
+
+REG = click.argument("reg", metavar="REG")
+SOURCE = click.option("--source", "-s", required=True, help="Data source name.")
+
+
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--url", envvar=URL_ENV, required=True,
+                     help="DHIS2 base URL, e.g. https://dhis2.example.org (or $GEOREG_DHIS2_URL)."),
+        click.option("--user", "-u", default=None, help="DHIS2 user name (basic auth)."),
+        click.option("--password-stdin", is_flag=True,
+                     help="Read the password from standard input."),
+        click.option("--token-stdin", is_flag=True,
+                     help="Read a personal access token (DHIS2 2.37+) from standard input."),
+        click.option("--timeout", type=float, default=120.0, show_default=True,
+                     help="Seconds to wait for each answer."),
+        click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True,
+                     help="Retries (with backoff) after a network error, timeout or 5xx."),
+        click.option("--page-size", type=click.IntRange(1, 10000), default=1000,
+                     show_default=True, help="Org units per page when reading."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _read_secret(what: str) -> str:
+    stream = sys.stdin
+    if stream.isatty():
+        value = click.prompt(f"DHIS2 {what}", hide_input=True, err=True)
+    else:
+        value = stream.readline().rstrip("\r\n")
+    if not value:
+        raise InvalidInput(f"No {what} on standard input.")
+    return str(value)
+
+
+def make_client(url: str, user: str | None, password_stdin: bool, token_stdin: bool,
+                timeout: float, retries: int, page_size: int) -> Any:
+    from sync.dhis2_client import Dhis2Client
+
+    if password_stdin and token_stdin:
+        raise InvalidInput("Give --password-stdin or --token-stdin, not both.")
+    password = token = None
+    if token_stdin:
+        if user:
+            raise InvalidInput("A token needs no --user: give --user with --password-stdin.")
+        token = _read_secret("personal access token")
+    elif password_stdin:
+        if not user:
+            raise InvalidInput("--password-stdin needs --user NAME.")
+        password = _read_secret(f"password for {user}")
+    elif user:
+        password = os.environ.get(PASSWORD_ENV) or None
+        if password is None:
+            raise InvalidInput(f"No password for {user}: pass --password-stdin (and the "
+                               f"password on standard input) or set ${PASSWORD_ENV}.")
+    else:
+        token = os.environ.get(TOKEN_ENV) or None
+        if token is None:
+            raise InvalidInput(f"No DHIS2 credentials: give --user NAME --password-stdin, "
+                               f"--token-stdin, or set ${TOKEN_ENV}.")
+    return Dhis2Client(url, username=user, password=password, token=token,
+                       timeout=(min(10.0, timeout), timeout), retries=retries,
+                       page_size=page_size)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def render_pull(d: dict[str, Any]) -> str:
+    v = d["version"]
+    imp = d["import"]
+    lines = [f"Pulled {d['units']} org unit(s) from DHIS2 {d['dhis2']['version']} at "
+             f"{d['dhis2']['url']} into {v['label']} ({v['status']})"
+             + (f", changes since {d['since']}" if d["incremental"] else "") + "."]
+    if d["incremental"]:
+        lines.append(f"  created {imp['created']}, updated {imp['updated']}, unchanged "
+                     f"{imp['unchanged']}, rejected {imp['rejected']}")
+        gc = d.get("group_changes") or {}
+        if any(gc.values()):
+            lines.append(f"  groups: {gc['groups_created']} new, {gc['groups_renamed']} renamed; "
+                         f"memberships +{gc['members_added']} -{gc['members_removed']}")
+    else:
+        loaded = imp.get("loaded") or {}
+        lines.append(f"  {d['levels']} levels, {d['groups']} groups, {d['group_sets']} group "
+                     f"sets; {loaded.get('locations', '?')} points, "
+                     f"{loaded.get('territories', '?')} territories")
+    lines.append(f"  {d['requests']} HTTP request(s)")
+    for w in imp.get("warnings", [])[:10]:
+        lines.append(f"  warning: {w}")
+    if len(imp.get("warnings", [])) > 10:
+        lines.append(f"  … and {len(imp['warnings']) - 10} more warnings (use --json).")
+    return "\n".join(lines)
+
+
+def render_push(d: dict[str, Any]) -> str:
+    p = d["planned"]
+    v = d["version"]
+    head = ("Dry run (DHIS2 validated, nothing changed): " if d["dry_run"] else "Pushed ") + \
+        f"{v['label']} to DHIS2 {d['dhis2']['version']} at {d['dhis2']['url']}."
+    lines = [head,
+             f"  units: {p['create']} new, {p['update']} updated, {p['close']} closed, "
+             f"{p['delete']} deleted, {p['unchanged']} unchanged; groups: "
+             f"{p['groups_create']} new, {p['groups_update']} updated",
+             f"  {len([b for b in d['batches'] if 'objects' in b])} metadata batch(es), "
+             f"{d['requests']} HTTP request(s); DHIS2 counted {d['stats']['created']} created, "
+             f"{d['stats']['updated']} updated, {d['stats']['deleted']} deleted"]
+    if d.get("uids_stored"):
+        lines.append(f"  {d['uids_stored']} new DHIS2 uid(s) stored in the registry")
+    for note in d.get("notes", []):
+        lines.append(f"  note: {note}")
+    for c in d["changes"][:50]:
+        what = c["action"] + (" group" if c["kind"] == "group" else "")
+        detail = ""
+        if c.get("fields"):
+            detail = "; ".join(f"{k}: {_short(val)}" for k, val in c["fields"].items())
+        elif c.get("parent"):
+            detail = f"under {c['parent']}"
+        lines.append(f"    {what:<12} {c['name']} [{c['uid']}]" + (f"  {detail}" if detail else ""))
+    if len(d["changes"]) > 50:
+        lines.append(f"    … and {len(d['changes']) - 50} more (use --json or --report).")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 2 and not any(isinstance(x, list) for x in value):
+        return f"{value[0]} -> {value[1]}"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def _write_report(path: str | None, data: Any) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str),
+                              encoding="utf-8")
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@command(dhis2_group, "info")
+@connection_options
+def info_cmd(url: str, user: str | None, password_stdin: bool, token_stdin: bool,
+             timeout: float, retries: int, page_size: int, as_json: bool) -> None:
+    """Check the connection: DHIS2 version and who we are logged in as."""
+    with make_client(url, user, password_stdin, token_stdin, timeout, retries,
+                     page_size) as client:
+        info = client.system_info()
+        me = client.me()
+    data = {"url": client.base_url, "version": info.get("version"),
+            "revision": info.get("revision"), "system_name": info.get("systemName"),
+            "server_date": info.get("serverDate"), "user": me.get("username"),
+            "user_name": me.get("displayName"), "auth": client.auth_kind}
+    emit(as_json, data, lambda d: f"DHIS2 {d['version']} at {d['url']} "
+         f"({d['system_name'] or 'no name'}); logged in as {d['user']} ({d['auth']}).")
+
+
+@command(dhis2_group, "pull")
+@REG
+@SOURCE
+@connection_options
+@click.option("--since", default=None,
+              help="Only units DHIS2 changed after this date/time (ISO 8601), or 'last' for "
+                   "since the previous pull: upserted into the newest draft.")
+@click.option("--description", default=None, help="Description of the new version.")
+def pull_cmd(reg: str, source: str, url: str, user: str | None, password_stdin: bool,
+             token_stdin: bool, timeout: float, retries: int, page_size: int,
+             since: str | None, description: str | None, as_json: bool) -> None:
+    """Read DHIS2's org units, levels, groups and group sets into a new draft version.
+
+    Levels become types, DHIS2 uids become refs; points become locations and
+    polygons territories. With --since, only what changed upstream is upserted
+    into the newest draft (a new draft is made when the newest version is published).
+    """
+    from sync.dhis2_sync import Dhis2PullJob
+
+    with make_client(url, user, password_stdin, token_stdin, timeout, retries,
+                     page_size) as client, open_registry(reg) as registry:
+        job = Dhis2PullJob(registry, client, source, since=since, description=description)
+        result = run_job(job, as_json)
+    emit(as_json, result, render_pull)
+
+
+@command(dhis2_group, "push")
+@REG
+@SOURCE
+@click.option("--version", "-v", "number", type=int, required=True,
+              help="The version to push.")
+@connection_options
+@click.option("--dry-run", is_flag=True,
+              help="Let DHIS2 validate everything (importMode=VALIDATE); change nothing.")
+@click.option("--allow-delete", is_flag=True,
+              help="Delete units the version no longer has (default: close them).")
+@click.option("--close-date", default=None,
+              help="closedDate for units the version no longer has (default: today).")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=500, show_default=True,
+              help="Objects per /api/metadata request.")
+@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the full JSON report to this file.")
+def push_cmd(reg: str, source: str, number: int, url: str, user: str | None,
+             password_stdin: bool, token_stdin: bool, timeout: float, retries: int,
+             page_size: int, dry_run: bool, allow_delete: bool, close_date: str | None,
+             batch_size: int, report_path: str | None, as_json: bool) -> None:
+    """Send what differs between version N and DHIS2: new units (parents first),
+    changes, closures and group membership, in batches through /api/metadata.
+
+    New units get DHIS2 uids that are stored in the registry before anything is
+    sent, so running a failed push again never creates a unit twice. Exit code 5
+    when DHIS2 refuses something (each refusal is listed with the unit's name).
+    """
+    from sync.dhis2_sync import Dhis2PushJob
+
+    with make_client(url, user, password_stdin, token_stdin, timeout, retries,
+                     page_size) as client, open_registry(reg) as registry:
+        job = Dhis2PushJob(registry, client, source, number, dry_run=dry_run,
+                           allow_delete=allow_delete, batch_size=batch_size,
+                           close_date=close_date)
+        try:
+            result = run_job(job, as_json)
+        except GeoregError as error:
+            _write_report(report_path, error.details.get("report") or error.to_dict())
+            raise
+    _write_report(report_path, result)
+    emit(as_json, result, render_push)
+
+
+@command(dhis2_group, "history")
+@REG
+@SOURCE
+@click.option("--limit", type=int, default=20, show_default=True)
+def history_cmd(reg: str, source: str, limit: int, as_json: bool) -> None:
+    """The stored reports of earlier pushes of a source, newest first."""
+    from sync.dhis2_sync import push_history
+
+    with open_registry(reg) as registry:
+        rows = push_history(registry, source, limit=limit)
+
+    def text(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return f"No DHIS2 push of {source!r} recorded."
+        out = []
+        for r in rows:
+            rep = r["report"] or {}
+            p = rep.get("planned") or {}
+            out.append(f"#{r['id']} {r['at']} v{r['version']} {r['op']} by {r['author']}: "
+                       f"{p.get('create', 0)} new, {p.get('update', 0)} updated, "
+                       f"{p.get('close', 0)} closed, {p.get('delete', 0)} deleted"
+                       + ("" if rep.get("ok") else " — FAILED"))
+            for e in (rep.get("errors") or [])[:5]:
+                out.append(f"    {e}")
+            if rep.get("failure"):
+                out.append(f"    {rep['failure']}")
+        return "\n".join(out)
+
+    emit(as_json, rows, text)
+
+
+__all__ = ["dhis2_group", "make_client"]

@@ -1,0 +1,580 @@
+"""GeoJSON FeatureCollection (RFC 7946): one feature per unit, read and written as a stream.
+
+Each feature's ``properties``::
+
+    ref, name, parent_ref, level, type, code, opening_date, closed_date,
+    groups (list of group refs), uuid, aliases (list), validation_status,
+    extra_fields (object), location ([lon, lat] or null)
+
+**Geometry.** A unit's territory (``Polygon``/``MultiPolygon``) is the feature's
+geometry when it has one; otherwise its point (``Point``); ``null`` when it has
+neither.  A unit with *both* keeps the polygon as the geometry and its point in the
+``location`` property as ``[lon, lat]`` — QGIS, GDAL, Mapshaper and web maps all
+read a plain polygon layer, whereas a ``GeometryCollection`` is shown badly or not
+at all by most of them.  ``location`` is written only in that case (``null``
+otherwise): a point geometry moved in a GIS is never contradicted by a stale
+property.  On reading, a ``Point`` geometry is the location (a ``location``
+property is then ignored), a polygon the territory, and a ``GeometryCollection``
+of one point and polygons is accepted too.
+
+**Foreign members** (allowed by RFC 7946 §6.1), written before ``features`` so a
+streaming reader meets them first: ``"types": [{name, depth, short_name}]`` and
+``"groups": [{ref, name, short_name, code}]``.  Group refs named by features but
+absent from ``groups`` become groups named by their ref.  A legacy ``crs`` member
+(GeoJSON 2008) is honoured: coordinates are reprojected to EPSG:4326.
+
+A file written by Georeg (it carries a ``"georeg"`` member) is re-imported with
+its polygons as they are — an invalid polygon the registry kept from DHIS2 comes
+back with a warning instead of refusing the file; other files follow the usual
+rule (refused unless ``--fix-geometry``).
+
+**Reading** parses the file incrementally (``json.JSONDecoder.raw_decode`` over a
+sliding buffer): a first pass checks the structure and collects types, groups and
+the count; the units are then streamed in a second pass, so memory does not grow
+with the file.  Values that are wrong for one row (an empty name, latitude 200,
+an invalid polygon, a bad date) are passed on to the import job, which checks
+every row and reports them all together with the file and feature number; a file
+that is not JSON, not a FeatureCollection, or a feature that is not a feature, is
+refused here.  A GeoJSON with other column names: give ``--mapping`` (or
+``--parent-by-location``) and it is read by the generic vector reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+
+from storage import geometry
+from storage.bulk import UnitRecord
+from storage.errors import InvalidInput
+from sync.exchange import GroupDef, ImportPayload, ReadOptions, TypeDef, VersionData
+
+PROPERTIES = ("ref", "name", "parent_ref", "level", "type", "code", "opening_date",
+              "closed_date", "groups", "uuid", "aliases", "validation_status",
+              "extra_fields", "location")
+_WGS84 = CRS.from_epsg(4326)
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+# --- incremental JSON -------------------------------------------------------------------
+
+
+class _Syntax(Exception):
+    """The stream is not the JSON we expect; the caller re-parses for the exact position."""
+
+
+class _JsonStream:
+    """Just enough of a pull parser: the top-level object and the ``features`` array."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh, self.buf, self.pos, self.eof = fh, "", 0, False
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        pending = len(self.buf) - self.pos
+        data = self.fh.read(max(self.CHUNK, pending))  # doubles for one huge value
+        if not data:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos:] + data
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next non-blank character ('' at the end), not consumed."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def expect(self, char: str) -> None:
+        if self.peek() != char:
+            raise _Syntax(char)
+        self.pos += 1
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                obj, end = _DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError:
+                if self._fill():
+                    continue
+                raise _Syntax("value") from None
+            if end == len(self.buf) and self._fill():
+                continue  # a number cut by the buffer's end: read on and decode again
+            self.pos = end
+            return obj
+
+    def members(self) -> Iterator[tuple[str, Any]]:
+        """Top-level members; for ``features`` the value is an item iterator (consume it)."""
+        self.expect("{")
+        if self.peek() == "}":
+            self.pos += 1
+        else:
+            while True:
+                key = self.value()
+                if not isinstance(key, str):
+                    raise _Syntax("key")
+                self.expect(":")
+                if key == "features" and self.peek() == "[":
+                    yield key, _Items(self._items())
+                else:
+                    yield key, self.value()
+                char = self.peek()
+                self.pos += 1
+                if char == "}":
+                    break
+                if char != ",":
+                    raise _Syntax(",")
+        if self.peek() != "":
+            raise _Syntax("end")
+
+    def _items(self) -> Iterator[Any]:
+        self.expect("[")
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            char = self.peek()
+            self.pos += 1
+            if char == "]":
+                return
+            if char != ",":
+                raise _Syntax(",")
+
+
+class _Items:
+    """The ``features`` array, streamed."""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self.items = items
+
+
+#: ``header["features"]`` once the array has been streamed
+STREAMED: Any = object()
+
+
+def _open(path: Path) -> IO[str]:
+    try:
+        return path.open(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: file not found.") from None
+    except OSError as error:
+        raise InvalidInput(f"{path}: cannot be read ({error.strerror}).") from None
+
+
+def _syntax_error(path: Path) -> InvalidInput:
+    """The exact position of a JSON error, from the standard parser."""
+    try:
+        with path.open(encoding="utf-8-sig") as fh:
+            json.load(fh)
+    except json.JSONDecodeError as error:
+        return InvalidInput(
+            f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})."
+        )
+    except UnicodeDecodeError as error:
+        return InvalidInput(f"{path}: not UTF-8 text (byte {error.start}); GeoJSON is UTF-8.")
+    return InvalidInput(f"{path}: expected a GeoJSON FeatureCollection (a JSON object).")
+
+
+def _features(path: Path, header: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Stream the features of ``path``; the other members land in ``header``."""
+    with _open(path) as fh:
+        stream = _JsonStream(fh)
+        try:
+            for key, value in stream.members():
+                if isinstance(value, _Items):
+                    yield from value.items
+                    value = STREAMED
+                if header is not None:
+                    header[key] = value
+        except (_Syntax, UnicodeDecodeError):
+            raise _syntax_error(path) from None
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Scan:
+    """What the first pass learns about a file."""
+
+    header: dict[str, Any] = field(default_factory=dict)
+    count: int = 0
+    named: int = 0
+    keys: dict[str, None] = field(default_factory=dict)
+    type_depths: dict[str, set[int]] = field(default_factory=dict)
+    group_refs: dict[str, None] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str | None:
+    """A property as text: numbers become '12', blanks None."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _str_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(";")
+    if not isinstance(value, list):
+        value = [value]
+    return [t for t in (_text(v) for v in value) if t]
+
+
+def _feature_where(path: Path, i: int, props: dict[str, Any] | None) -> str:
+    ref = _text(props.get("ref")) if props else None
+    return f"{path.name}, feature {i}" + (f" (ref {ref})" if ref else "")
+
+
+def _check_feature(path: Path, i: int, feat: Any) -> dict[str, Any]:
+    if not isinstance(feat, dict) or feat.get("type") != "Feature":
+        got = feat.get("type") if isinstance(feat, dict) else type(feat).__name__
+        raise InvalidInput(f"{path.name}, feature {i}: expected a GeoJSON Feature, got {got!r}.")
+    props = feat.get("properties")
+    if props is None:
+        return {}
+    if not isinstance(props, dict):
+        raise InvalidInput(f"{path.name}, feature {i}: field 'properties' must be an object.")
+    return props
+
+
+def _scan(path: Path) -> _Scan:
+    scan = _Scan()
+    for i, feat in enumerate(_features(path, scan.header), start=1):
+        props = _check_feature(path, i, feat)
+        scan.count += 1
+        scan.keys.update(dict.fromkeys(props))
+        if _text(props.get("name")):
+            scan.named += 1
+        type_name = _text(props.get("type"))
+        if type_name:
+            depths = scan.type_depths.setdefault(type_name, set())
+            if isinstance(props.get("level"), int) and not isinstance(props["level"], bool):
+                depths.add(props["level"])
+        scan.group_refs.update(dict.fromkeys(_str_list(props.get("groups"))))
+    kind = scan.header.get("type")
+    if kind != "FeatureCollection":
+        raise InvalidInput(f"{path}: not a GeoJSON FeatureCollection (its member 'type' is "
+                           f"{kind!r}).")
+    if scan.header.get("features") is not STREAMED:
+        raise InvalidInput(f"{path}: member 'features' must be an array of features.")
+    if not scan.count:
+        raise InvalidInput(f"{path}: no features.")
+    if not scan.named:
+        shown = ", ".join(list(scan.keys)[:30]) or "none"
+        raise InvalidInput(
+            f"{path}: no feature has a 'name' property (properties here: {shown}). "
+            "For other column names give --mapping (see docs/formats.md)."
+        )
+    return scan
+
+
+def _transformer(path: Path, header: dict[str, Any], opts: ReadOptions) -> Transformer | None:
+    """Legacy ``crs`` member or --crs → a transformer to EPSG:4326 (None: already there)."""
+    given = opts.crs
+    if given is None:
+        crs = header.get("crs")
+        if not crs:
+            return None
+        given = ((crs.get("properties") or {}).get("name") if isinstance(crs, dict) else None)
+        if not given:
+            raise InvalidInput(f"{path}: member 'crs' is not a named CRS; remove it (GeoJSON "
+                               "is EPSG:4326) or give --crs.")
+    try:
+        source = CRS.from_user_input(given)
+    except CRSError:
+        raise InvalidInput(f"{path}: unknown CRS {given!r} (give e.g. --crs EPSG:32628).") \
+            from None
+    if source.equals(_WGS84, ignore_axis_order=True) or "CRS84" in str(given).upper():
+        return None
+    return Transformer.from_crs(source, _WGS84, always_xy=True)
+
+
+def _geometry(props: dict[str, Any], feat: dict[str, Any], where: str,
+              tr: Transformer | None) -> tuple[BaseGeometry | None, BaseGeometry | None]:
+    raw = feat.get("geometry")
+    try:
+        geom = geometry.from_geojson(raw)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+            shapely.errors.GEOSException) as error:
+        raise InvalidInput(f"{where}: field 'geometry' is not valid GeoJSON ({error}).") \
+            from None
+    location = territory = None
+    if geom is not None:
+        kind = geom.geom_type
+        if kind == "Point":
+            location = geom
+        elif kind == "MultiPoint" and len(geom.geoms) == 1:
+            location = geom.geoms[0]
+        elif kind in ("Polygon", "MultiPolygon"):
+            territory = geom
+        elif kind == "GeometryCollection":
+            points = [g for g in geom.geoms if g.geom_type == "Point"]
+            polys = [g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+            if len(points) > 1 or len(points) + len(polys) != len(geom.geoms):
+                raise InvalidInput(f"{where}: field 'geometry': a GeometryCollection may hold "
+                                   "one point and polygons only.")
+            location = points[0] if points else None
+            territory = geometry.as_multipolygon(geom) if polys else None
+        else:
+            raise InvalidInput(f"{where}: field 'geometry' is a {kind}; a unit takes a Point, "
+                               "a Polygon or a MultiPolygon.")
+    extra_point = props.get("location")
+    if location is None and extra_point is not None:
+        try:
+            if isinstance(extra_point, dict):
+                location = geometry.from_geojson(extra_point)
+            else:
+                x, y = (float(v) for v in extra_point)
+                location = shapely.Point(x, y)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+                shapely.errors.GEOSException):
+            raise InvalidInput(f"{where}: field 'location' must be [longitude, latitude]; got "
+                               f"{json.dumps(extra_point)[:80]}.") from None
+    if tr is not None:
+        location = _project(tr, location)
+        territory = _project(tr, territory)
+    return location, territory
+
+
+def _project(tr: Transformer, geom: BaseGeometry | None) -> BaseGeometry | None:
+    if geom is None or geom.is_empty:
+        return geom
+    return shapely.transform(geom, lambda xy: _xy(tr, xy))
+
+
+def _xy(tr: Transformer, xy: Any) -> Any:
+    x, y = tr.transform(xy[:, 0], xy[:, 1])
+    return np.column_stack([x, y])
+
+
+def _extra(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):  # GDAL and spreadsheets keep objects as JSON text
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidInput(f"{where}: field 'extra_fields' must be a JSON object.") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: field 'extra_fields' must be an object.")
+    return value or None
+
+
+def _records(path: Path, tr: Transformer | None) -> Iterator[UnitRecord]:
+    for i, feat in enumerate(_features(path), start=1):
+        props = _check_feature(path, i, feat)
+        where = _feature_where(path, i, props)
+        location, territory = _geometry(props, feat, where, tr)
+        name = props.get("name")
+        status = _text(props.get("validation_status"))
+        groups = _str_list(props.get("groups"))
+        aliases = _str_list(props.get("aliases"))
+        yield UnitRecord(
+            name=name.strip() if isinstance(name, str) else (_text(name) or ""),
+            source_ref=_text(props.get("ref")),
+            parent_ref=_text(props.get("parent_ref")),
+            type_name=_text(props.get("type")),
+            code=_text(props.get("code")),
+            opening_date=_text(props.get("opening_date")),
+            closed_date=_text(props.get("closed_date")),
+            aliases=aliases or None,
+            extra_fields=_extra(props.get("extra_fields"), where),
+            location=location,
+            territory=territory,
+            validation_status=status or "valid",
+            uuid=_text(props.get("uuid")),
+            groups=groups or None,
+            where=where,
+        )
+
+
+def _types(path: Path, scan: _Scan) -> list[TypeDef]:
+    types: dict[str, TypeDef] = {}
+    declared = scan.header.get("types") or []
+    if not isinstance(declared, list):
+        raise InvalidInput(f"{path}: member 'types' must be a list of {{name, depth}}.")
+    for i, t in enumerate(declared, start=1):
+        if not isinstance(t, dict) or not _text(t.get("name")):
+            raise InvalidInput(f"{path}: member 'types', item {i}: field 'name' is missing.")
+        depth = t.get("depth")
+        types[_text(t["name"]) or ""] = TypeDef(
+            _text(t["name"]) or "", depth if isinstance(depth, int) else None,
+            _text(t.get("short_name")))
+    for name, depths in scan.type_depths.items():
+        if name not in types:
+            types[name] = TypeDef(name, next(iter(depths)) if len(depths) == 1 else None)
+    return sorted(types.values(), key=lambda t: (t.depth is None, t.depth or 0, t.name))
+
+
+def _groups(path: Path, scan: _Scan, warnings: list[str]) -> list[GroupDef]:
+    groups: dict[str, GroupDef] = {}
+    declared = scan.header.get("groups") or []
+    if not isinstance(declared, list):
+        raise InvalidInput(f"{path}: member 'groups' must be a list of {{ref, name}}.")
+    for i, g in enumerate(declared, start=1):
+        ref = _text(g.get("ref")) if isinstance(g, dict) else None
+        if ref is None:
+            raise InvalidInput(f"{path}: member 'groups', item {i}: field 'ref' is missing.")
+        groups[ref] = GroupDef(ref, _text(g.get("name")) or ref, _text(g.get("short_name")),
+                               _text(g.get("code")))
+    undeclared = [r for r in scan.group_refs if r not in groups]
+    for ref in undeclared:
+        groups[ref] = GroupDef(ref, ref)
+    if undeclared and declared:
+        shown = ", ".join(undeclared[:10]) + (" …" if len(undeclared) > 10 else "")
+        warnings.append(f"{path.name}: group(s) {shown} are not in member 'groups'; "
+                        "named by their ref.")
+    return list(groups.values())
+
+
+def _delegate(opts: ReadOptions | None) -> bool:
+    return bool(opts and (opts.mapping or opts.parent_by_location))
+
+
+def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
+    """Read one FeatureCollection (see the module docstring for the properties)."""
+    opts = opts or ReadOptions()
+    if _delegate(opts):
+        from sync.formats import vector
+
+        return vector.read_file(path, opts)
+    path = Path(path)
+    scan = _scan(path)
+    tr = _transformer(path, scan.header, opts)
+    warnings: list[str] = []
+    return ImportPayload(
+        units=_records(path, tr),
+        types=_types(path, scan),
+        groups=_groups(path, scan, warnings),
+        warnings=warnings,
+        total=scan.count,
+        description=f"Imported from {path.name}",
+        # a Georeg export holds what a registry already accepted: keep it as it is (warned)
+        invalid_geometry="keep" if isinstance(scan.header.get("georeg"), dict) else "reject",
+    )
+
+
+def read_files(paths: Sequence[Path], opts: ReadOptions | None = None) -> ImportPayload:
+    """Several FeatureCollections as one import (or, with --parent-by-location or
+    --mapping, one file per level through the vector reader)."""
+    opts = opts or ReadOptions()
+    if _delegate(opts):
+        from sync.formats import vector
+
+        return vector.read_files(list(paths), opts)
+    payloads = [read_file(Path(p), opts) for p in paths]
+    types: dict[str, TypeDef] = {}
+    groups: dict[str, GroupDef] = {}
+    for p in payloads:
+        for t in p.types:
+            types.setdefault(t.name, t)
+        for g in p.groups:
+            if g.ref not in groups or groups[g.ref].name == g.ref:
+                groups[g.ref] = g
+    return ImportPayload(
+        units=(u for p in payloads for u in p.units),
+        types=list(types.values()),
+        groups=list(groups.values()),
+        warnings=[w for p in payloads for w in p.warnings],
+        total=sum(p.total or 0 for p in payloads),
+        description="Imported from " + ", ".join(Path(p).name for p in paths),
+        invalid_geometry="keep" if all(p.invalid_geometry == "keep" for p in payloads)
+        else "reject",
+    )
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _geojson(geom: BaseGeometry | None) -> Any:
+    if geom is None or geom.is_empty:
+        return None
+    return mapping(geom)
+
+
+def feature(u: Any) -> dict[str, Any]:
+    """One :class:`~sync.exchange.ExportUnit` as a GeoJSON feature (a dict)."""
+    both = u.territory is not None and u.location is not None and not u.location.is_empty
+    props = {
+        "ref": u.ref,
+        "name": u.name,
+        "parent_ref": u.parent_ref,
+        "level": u.depth,
+        "type": u.type,
+        "code": u.code,
+        "opening_date": u.opening_date,
+        "closed_date": u.closed_date,
+        "groups": list(u.groups),
+        "uuid": u.uuid,
+        "aliases": list(u.aliases),
+        "validation_status": u.validation_status,
+        "extra_fields": u.extra_fields or {},
+        "location": [u.location.x, u.location.y] if both else None,
+    }
+    geom = u.territory if u.territory is not None else u.location
+    return {"type": "Feature", "properties": props, "geometry": _geojson(geom)}
+
+
+def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) -> dict[str, Any]:
+    """Stream the version to ``out`` (written to ``out.part``, renamed when complete)."""
+    out = Path(out)
+    part = out.with_name(out.name + ".part")
+    header = {
+        "type": "FeatureCollection",
+        "name": data.version.label,
+        "georeg": {"source": data.version.source, "version": data.version.number},
+        "types": [{"name": t.name, "depth": t.depth, "short_name": t.short_name}
+                  for t in data.types],
+        "groups": [{"ref": g.ref, "name": g.name, "short_name": g.short_name, "code": g.code}
+                   for g in data.groups],
+    }
+    counts = {"features": 0, "locations": 0, "territories": 0}
+    try:
+        with part.open("w", encoding="utf-8", newline="\n") as fh:
+            fh.write(_json(header)[:-1] + ',\n"features":[\n')
+            for u in data.units:
+                if counts["features"]:
+                    fh.write(",\n")
+                fh.write(_json(feature(u)))
+                counts["features"] += 1
+                counts["locations"] += u.location is not None
+                counts["territories"] += u.territory is not None
+            fh.write("\n]}\n")
+        os.replace(part, out)
+    except OSError as error:
+        raise InvalidInput(f"{out}: cannot be written ({error.strerror or error}).") from None
+    finally:
+        if part.exists():
+            part.unlink()
+    return {"file": str(out), **counts}
