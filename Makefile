@@ -23,7 +23,8 @@ APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 # package only Recommends it, so it is added explicitly below.
 APT_PACKAGES := libsqlite3-mod-spatialite gdal-bin python3-gdal postgresql postgis \
                 python3-qgis qgis-providers xvfb python3-venv python3-pip sqlite3 \
-                python3-pyproj python3-dev build-essential libgdal-dev libgeos-dev
+                python3-pyproj python3-dev build-essential libgdal-dev libgeos-dev \
+                default-jdk-headless chromium chromium-driver
 
 APT_STAMP   := $(VENV)/.stamp-apt
 VENV_STAMP  := $(VENV)/.stamp-venv

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -69,7 +70,7 @@ def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[...,
                 if kwargs.get("as_json"):
                     click.echo(json.dumps(error.to_dict(), ensure_ascii=False), err=True)
                 else:
-                    err_console.print(f"[bold red]Error:[/] {error.message}", highlight=False)
+                    err_console.print(f"[bold red]Error:[/] {escape(error.message)}", highlight=False)
                 sys.exit(error.exit_code)
 
         run = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(
@@ -686,6 +687,27 @@ def export_cmd(reg: str, out: str, source: str, number: int | None, fmt: str | N
     result = {"format": name, "file": str(path), "version": data.version.label,
               "units": data.count, **{k: v for k, v in summary.items() if k not in ("file",)}}
     emit(as_json, result, render.export_result)
+
+
+def _register_command_modules() -> None:
+    """Add the command groups of every ``georeg/cli_*.py`` module (``COMMANDS`` list).
+
+    Each surface (sync, server, compare …) keeps its commands in its own module;
+    they import ``command`` from here, so they are loaded after this module.
+    """
+    import importlib
+    import pkgutil
+
+    package = Path(__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(package)]), key=lambda i: i.name):
+        if not info.name.startswith("cli_") or info.name == "cli_docs":
+            continue
+        module = importlib.import_module(f"georeg.{info.name}")
+        for cmd in getattr(module, "COMMANDS", []):
+            main.add_command(cmd)
+
+
+_register_command_modules()
 
 
 if __name__ == "__main__":  # pragma: no cover

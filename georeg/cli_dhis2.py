@@ -151,7 +151,7 @@ def render_push(d: dict[str, Any]) -> str:
             detail = "; ".join(f"{k}: {_short(val)}" for k, val in c["fields"].items())
         elif c.get("parent"):
             detail = f"under {c['parent']}"
-        lines.append(f"    {what:<12} {c['name']} [{c['uid']}]" + (f"  {detail}" if detail else ""))
+        lines.append(f"    {what:<12} {c['name']} ({c['uid']})" + (f"  {detail}" if detail else ""))
     if len(d["changes"]) > 50:
         lines.append(f"    … and {len(d['changes']) - 50} more (use --json or --report).")
     return "\n".join(lines)
@@ -291,3 +291,4 @@ def history_cmd(reg: str, source: str, limit: int, as_json: bool) -> None:
 
 
 __all__ = ["dhis2_group", "make_client"]
+COMMANDS = [dhis2_group]

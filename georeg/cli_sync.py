@@ -1,0 +1,397 @@
+"""``georeg sync …`` and ``georeg schedule …``: upstream sync and scheduled jobs.
+
+Registered in :mod:`georeg.cli` with ``main.add_command(sync_group)`` and
+``main.add_command(schedule_group)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from georeg.cli import ORIGIN, command, emit, open_registry, run_job
+from storage.errors import InvalidInput
+
+REG = click.argument("reg", metavar="REG")
+SECRETS = click.option(
+    "--secrets", "secrets_file", default=None, type=click.Path(dir_okay=False),
+    help="Secrets file (default: $GEOREG_SECRETS, REG.secrets.toml beside a registry file, "
+    "else ~/.config/georeg/secrets.toml).",
+)
+
+
+@click.group("sync", help="Sync the registry with upstream systems (a central PostGIS).")
+def sync_group() -> None:
+    pass
+
+
+@click.group("postgis", help="Push to and pull from a central PostGIS database.")
+def postgis_group() -> None:
+    pass
+
+
+sync_group.add_command(postgis_group)
+
+URL = click.option("--url", default=None,
+                   help="postgresql://user@host:port/database of the central database.")
+TARGET = click.option("--target", default=None,
+                      help="Name of a target in the secrets file (instead of --url).")
+SCHEMA = click.option("--schema", default=None,
+                      help="Schema of the central registry (default: the URL's ?schema= or public).")
+BATCH = click.option("--batch-size", type=int, default=2000, show_default=True,
+                     help="Units per committed batch.")
+
+
+def _central(reg: str, url: str | None, target: str | None, schema: str | None,
+             secrets_file: str | None) -> tuple[str, str | None]:
+    if bool(url) == bool(target):
+        raise InvalidInput("Give either --url postgresql://… or --target NAME.")
+    if url:
+        return url, schema
+    from sync.scheduler import get_target, secrets_path
+
+    entry = get_target(secrets_path(reg, secrets_file), target or "")
+    if not entry.get("url"):
+        raise InvalidInput(f"Target {target!r} in the secrets file has no 'url'.")
+    return str(entry["url"]), schema or entry.get("schema")
+
+
+def _sync_text(kind: str) -> Any:
+    def render(d: dict[str, Any]) -> str:
+        lines = []
+        if kind == "push":
+            lines.append(
+                f"Pushed to {d['target']}: {d['units_sent']} unit(s) sent "
+                f"({d['units_inserted']} new, {d['units_updated']} updated, {d['units_moved']} "
+                f"moved, {d['units_deleted']} deleted), {d['territories_changed']} territory "
+                f"change(s), {d['memberships_added']} membership(s) added, "
+                f"{d['memberships_removed']} removed, in {d['seconds']} s."
+            )
+            if d.get("resumed"):
+                lines.append("Resumed an interrupted push.")
+            if d.get("versions_created") or d.get("versions_published"):
+                lines.append(f"Versions: {d['versions_created']} created, "
+                             f"{d['versions_published']} published centrally.")
+        else:
+            lines.append(
+                f"Pulled from {d['target']}: {d['units_inserted']} new, {d['units_updated']} "
+                f"updated, {d['units_moved']} moved, {d['units_deleted']} deleted unit(s), "
+                f"{d['territories_changed']} territory change(s), in {d['seconds']} s."
+            )
+        if d["conflict_count"]:
+            lines.append(
+                f"{d['conflicting_units']} unit(s) changed on both sides — left as they are "
+                f"{'here and held back' if kind == 'push' else 'here'}:"
+            )
+            for c in d["conflicts"]:
+                lines.append(
+                    f"  {c['source']} v{c['version']} {c.get('name') or ''} [{c['uuid']}] "
+                    f"{c['field']}: here {c['local']!r}, central {c['central']!r}"
+                )
+            lines.append(
+                "Resolve by editing one side to match, or choose a side: "
+                "'sync postgis pull --prefer-central' or 'sync postgis push --prefer-local'."
+            )
+        for msg in d["refused"] + d["warnings"]:
+            lines.append(f"Note: {msg}")
+        return "\n".join(lines)
+
+    return render
+
+
+@command(postgis_group, "push")
+@REG
+@URL
+@TARGET
+@SCHEMA
+@BATCH
+@click.option("--prefer-local", is_flag=True,
+              help="Send units changed on both sides anyway (this registry wins).")
+@SECRETS
+def push_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
+             batch_size: int, prefer_local: bool, secrets_file: str | None,
+             as_json: bool) -> None:
+    """Push REG to the central PostGIS: everything the first time, then what changed.
+
+    The central schema is created if needed. An interrupted push continues where it
+    stopped. Units also changed centrally since the last pull are not overwritten:
+    they are listed as conflicts and held back.
+    """
+    from sync.postgis_sync import PushJob
+
+    central_url, central_schema = _central(reg, url, target, schema, secrets_file)
+    with open_registry(reg) as registry:
+        job = PushJob(registry, central_url, central_schema, batch_size=batch_size,
+                      prefer="local" if prefer_local else None)
+        result = run_job(job, as_json)
+    emit(as_json, result, _sync_text("push"))
+
+
+@command(postgis_group, "pull")
+@REG
+@URL
+@TARGET
+@SCHEMA
+@BATCH
+@click.option("--prefer-central", is_flag=True,
+              help="Take the central values of units changed on both sides.")
+@click.option("--source", "sources", multiple=True,
+              help="Only this data source (repeat for several; default: all sources there).")
+@SECRETS
+def pull_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
+             batch_size: int, prefer_central: bool, sources: tuple[str, ...],
+             secrets_file: str | None, as_json: bool) -> None:
+    """Bring back what changed in the central PostGIS since the last pull.
+
+    A unit changed on both sides is listed field by field and left unchanged here.
+    """
+    from sync.postgis_sync import PullJob
+
+    central_url, central_schema = _central(reg, url, target, schema, secrets_file)
+    with open_registry(reg) as registry:
+        job = PullJob(registry, central_url, central_schema, batch_size=batch_size,
+                      prefer="central" if prefer_central else None,
+                      sources=list(sources) or None)
+        result = run_job(job, as_json)
+    emit(as_json, result, _sync_text("pull"))
+
+
+@command(postgis_group, "status")
+@REG
+@URL
+@TARGET
+@SCHEMA
+@click.option("--compare", is_flag=True,
+              help="Also compare both sides table by table (checksums).")
+@SECRETS
+def status_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
+               compare: bool, secrets_file: str | None, as_json: bool) -> None:
+    """Show where the sync with the central PostGIS stands."""
+    from sync.postgis_sync import status
+
+    central_url, central_schema = _central(reg, url, target, schema, secrets_file)
+    with open_registry(reg) as registry:
+        data = status(registry, central_url, central_schema, compare=compare)
+
+    def render(d: dict[str, Any]) -> str:
+        lines = [
+            f"Target {d['target']}",
+            f"  pushed up to change {d['last_change_id']} of {d['local_change_log_top']} "
+            f"({d['unpushed_changes']} unit change(s) not pushed yet)"
+            if d["pushed_before"] else "  never pushed",
+            f"  pulled up to central change {d['last_pull_marker'] or '(never)'}",
+        ]
+        if d["held"]:
+            lines.append(f"  {len(d['held'])} unit(s) held back by conflicts")
+        if d["resuming"]:
+            lines.append("  an interrupted push will be resumed")
+        if "tables" in d:
+            for name, t in d["tables"].items():
+                mark = "=" if t["equal"] else "≠"
+                lines.append(f"  {name:<20} here {t['local']:>8}  central {t['central']:>8}  {mark}")
+            lines.append("  Both sides are equal." if d["equal"] else "  The sides differ.")
+        return "\n".join(lines)
+
+    emit(as_json, data, render)
+
+
+# --- schedule ------------------------------------------------------------------------------
+
+
+@click.group("schedule", help="Scheduled sync jobs stored in the registry, with a run history.")
+def schedule_group() -> None:
+    pass
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--option {pair!r}: expected KEY=VALUE.")
+        out[key.strip()] = int(value) if value.isdigit() else value
+    return out
+
+
+@command(schedule_group, "add")
+@REG
+@click.option("--job", "kind", required=True,
+              type=click.Choice(["postgis-push", "postgis-pull", "dhis2-pull", "dhis2-push"]),
+              help="What to run.")
+@click.option("--every", default=None, help="Interval: 30s, 15m, 1h, 1h30m, 1d.")
+@click.option("--cron", default=None, help="Crontab expression (UTC), e.g. '0 2 * * *'.")
+@click.option("--target", default=None,
+              help="Target name in the secrets file (where the URL and credentials are).")
+@click.option("--url", default=None,
+              help="Store this URL as --target in the secrets file (mode 0600), not in REG.")
+@click.option("--schema", default=None, help="Central schema (with --url).")
+@click.option("--user", default=None, help="DHIS2 user name (with --url; stored as secret).")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the DHIS2 password from standard input (stored as secret).")
+@click.option("--token-stdin", is_flag=True,
+              help="Read a DHIS2 personal access token from standard input (stored as secret).")
+@click.option("--name", default=None, help="Job name (default: JOB-TARGET).")
+@click.option("--option", "option_pairs", multiple=True, help="Job option KEY=VALUE (repeat).")
+@click.option("--retries", type=int, default=3, show_default=True,
+              help="Retries after a failed run.")
+@click.option("--retry-delay", type=float, default=30.0, show_default=True,
+              help="Seconds before the first retry; doubled each time.")
+@click.option("--retry-max", type=float, default=3600.0, show_default=True,
+              help="Longest wait between retries (seconds).")
+@SECRETS
+def schedule_add_cmd(reg: str, kind: str, every: str | None, cron: str | None,
+                     target: str | None, url: str | None, schema: str | None,
+                     user: str | None, password_stdin: bool, token_stdin: bool,
+                     name: str | None, option_pairs: tuple[str, ...], retries: int,
+                     retry_delay: float, retry_max: float, secrets_file: str | None,
+                     as_json: bool) -> None:
+    """Schedule a job: --every 1h or --cron "0 2 * * *".
+
+    Credentials never go into REG: the job names a --target of the secrets file.
+    Give --url once to write that target there (created with mode 0600).
+    """
+    from sync.scheduler import add_job, save_target, secrets_path
+
+    stored = None
+    if (user or password_stdin or token_stdin) and not url:
+        raise InvalidInput("--user, --password-stdin and --token-stdin go with --url.")
+    if url:
+        if not target:
+            raise InvalidInput("--url needs --target NAME: the name it is stored under.")
+        secret = sys.stdin.readline().strip() if (password_stdin or token_stdin) else None
+        stored = save_target(secrets_path(reg, secrets_file), target, {
+            "url": url, "schema": schema, "username": user,
+            "password": secret if password_stdin else None,
+            "token": secret if token_stdin else None})
+    options = _options(option_pairs)
+    if schema and not url:
+        options["schema"] = schema
+    with open_registry(reg) as registry:
+        data = add_job(registry, kind, every=every, cron=cron, target=target, name=name,
+                       options=options, max_retries=retries, retry_base_seconds=retry_delay,
+                       retry_max_seconds=retry_max, origin=ORIGIN)
+    data["secrets_file"] = str(stored) if stored else None
+
+    def render(d: dict[str, Any]) -> str:
+        text = f"Scheduled {d['name']!r} ({d['kind']}, {d['schedule']})."
+        if d["secrets_file"]:
+            text += f"\nTarget {d['target']!r} stored in {d['secrets_file']} (mode 0600)."
+        text += ("\nJobs run while 'georeg schedule serve REG' (or 'georeg serve') is running.")
+        return text
+
+    emit(as_json, data, render)
+
+
+@command(schedule_group, "list")
+@REG
+def schedule_list_cmd(reg: str, as_json: bool) -> None:
+    """List scheduled jobs with their last and next run."""
+    from sync.scheduler import list_jobs
+
+    with open_registry(reg) as registry:
+        data = list_jobs(registry)
+
+    def render(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "No scheduled jobs. Add one with 'georeg schedule add'."
+        lines = []
+        for j in rows:
+            last = j["last_run"]
+            last_text = (f"last {last['outcome']} at {last['started_at']}"
+                         + (f" (retry at {last['retry_at']})" if last.get("retry_at") else "")
+                         if last else "never run")
+            state = "" if j["enabled"] else " [disabled]"
+            lines.append(f"{j['name']}{state}: {j['kind']} → {j['target'] or '-'}, "
+                         f"{j['schedule']}; {last_text}; next {j['next_run'] or '-'}")
+        return "\n".join(lines)
+
+    emit(as_json, data, render)
+
+
+@command(schedule_group, "remove")
+@REG
+@click.argument("name")
+def schedule_remove_cmd(reg: str, name: str, as_json: bool) -> None:
+    """Remove a scheduled job (its run history is kept)."""
+    from sync.scheduler import remove_job
+
+    with open_registry(reg) as registry:
+        data = remove_job(registry, name, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"Removed job {d['removed']!r}.")
+
+
+@command(schedule_group, "enable")
+@REG
+@click.argument("name")
+@click.option("--off", is_flag=True, help="Disable instead.")
+def schedule_enable_cmd(reg: str, name: str, off: bool, as_json: bool) -> None:
+    """Enable (or with --off, disable) a scheduled job."""
+    from sync.scheduler import set_enabled
+
+    with open_registry(reg) as registry:
+        data = set_enabled(registry, name, not off, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"Job {d['name']!r} is {'enabled' if d['enabled'] else 'disabled'}.")
+
+
+def _run_text(r: dict[str, Any]) -> str:
+    figures = r.get("figures") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in figures.items()
+                      if isinstance(v, (int, float)) and v and k not in ("seconds",))
+    text = f"#{r.get('id', r.get('run_id'))} {r['outcome']}"
+    if r.get("attempt"):
+        text += f" (attempt {r['attempt']}, {r.get('triggered_by')})"
+    if r.get("started_at"):
+        text += f" at {r['started_at']}"
+    if shown:
+        text += f": {shown}"
+    if r.get("error"):
+        text += f"\n    error: {r['error']}"
+    if r.get("retry_at"):
+        text += f"\n    retry at {r['retry_at']}"
+    return text
+
+
+@command(schedule_group, "run-now")
+@REG
+@click.argument("name")
+@click.option("--retry", is_flag=True, help="Retry failures with the job's backoff.")
+@SECRETS
+def schedule_run_now_cmd(reg: str, name: str, retry: bool, secrets_file: str | None,
+                         as_json: bool) -> None:
+    """Run a scheduled job now, here; the run is recorded in the history."""
+    from sync.scheduler import run_now
+
+    with open_registry(reg) as registry:
+        results = [r.to_dict() for r in run_now(registry, name, retry=retry,
+                                                 secrets_file=secrets_file)]
+    emit(as_json, results, lambda rs: "\n".join(_run_text(r) for r in rs))
+    if results[-1]["outcome"] != "ok":
+        raise SystemExit(1)
+
+
+@command(schedule_group, "history")
+@REG
+@click.option("--job", "name", default=None, help="Only this job.")
+@click.option("--limit", type=int, default=20, show_default=True)
+def schedule_history_cmd(reg: str, name: str | None, limit: int, as_json: bool) -> None:
+    """Show past runs, newest first: outcome, figures, errors."""
+    from sync.scheduler import history
+
+    with open_registry(reg) as registry:
+        data = history(registry, name, limit)
+    emit(as_json, data, lambda rows: "\n".join(
+        f"{r['job']} " + _run_text(r) for r in rows) or "No runs yet.")
+
+
+@command(schedule_group, "serve")
+@REG
+@SECRETS
+def schedule_serve_cmd(reg: str, secrets_file: str | None, as_json: bool) -> None:
+    """Run the scheduled jobs of REG in the foreground until Ctrl-C."""
+    from sync.scheduler import run_scheduler
+
+    click.echo(f"Running the jobs of {reg}; Ctrl-C stops.", err=True)
+    run_scheduler(reg, secrets_file=secrets_file, block=True)
+COMMANDS = [sync_group, schedule_group]

@@ -1,0 +1,859 @@
+"""Pull org units from DHIS2 into a version, and push a version back to DHIS2.
+
+**Pull** reads levels, org units (with geometry, dates and codes), groups with
+their members and group sets through the Web API and imports them with the
+shared import job: a new draft version, or — with ``since`` — an upsert of the
+units DHIS2 changed after that moment into the newest draft (a new draft copied
+from the newest version when that one is published).
+
+**Push** works out what differs between a version and DHIS2's current state,
+matching units by ``source_ref`` = DHIS2 uid:
+
+* units DHIS2 does not have are created, parents first, with uids generated
+  here and **stored in the registry (committed) before anything is sent** — so
+  a push that dies half-way and is run again updates what landed instead of
+  creating it twice;
+* changed name, short name, code, parent, opening/closed date or geometry are
+  updated — from the full DHIS2 object (``fields=:owner``), since DHIS2
+  replaces an object with what it is sent;
+* units DHIS2 has below the version's roots but the version does not are
+  closed (``closedDate``), or deleted with ``allow_delete``;
+* group membership is set by sending whole group objects;
+
+all of it through ``/api/metadata`` in batches of at most 500 objects (atomic:
+a batch lands whole or not at all), ``importMode=VALIDATE`` for a dry run.
+DHIS2's import report comes back in the user's terms — which unit, which field,
+what DHIS2 said — and is stored in the change log (``entity = 'dhis2_push'``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import Connection, text
+
+from storage import audit_sql, geometry
+from storage.backends import Backend
+from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound
+from storage.jobs import Job, Progress
+from storage.registry import Registry, json_value
+from storage.versions import VersionRef, create_version
+from sync.dhis2_client import Dhis2Client, MetadataImportResult, ObjectError, generate_uid, is_uid
+from sync.dhis2_json import Dhis2Payload, to_import_payload
+from sync.exchange import ExportUnit, read_version
+from sync.importing import ImportJob
+
+UNIT_FIELDS = "id,name,shortName,code,level,path,parent[id],geometry,openingDate,closedDate"
+GROUP_FIELDS = "id,name,shortName,code,organisationUnits[id]"
+GROUP_SET_FIELDS = "id,name,shortName,code,compulsory,organisationUnitGroups[id]"
+#: what DHIS2's own CSV importer uses when a unit has no opening date
+DEFAULT_OPENING_DATE = "1970-01-01"
+BATCH_SIZE = 500
+ID_CHUNK = 200  # ids per ``filter=id:in:[…]`` request (keeps URLs short)
+MAX_LISTED = 1000
+SHORT_NAME_MAX = 50
+
+#: DHIS2 property → the field as the registry names it
+FIELD_NAMES = {"name": "name", "shortName": "short name (extra_fields.shortName)",
+               "code": "code", "parent": "parent", "openingDate": "opening_date",
+               "closedDate": "closed_date", "geometry": "location/territory",
+               "id": "DHIS2 uid (source_ref)", "organisationUnits": "group members"}
+
+
+def short_name(name: str) -> str:
+    """DHIS2 needs a shortName of at most 50 characters: the name, cut if it must be."""
+    return name.strip()[:SHORT_NAME_MAX].rstrip()
+
+
+def _day(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    return str(value)[:10]
+
+
+def _log(conn: Connection, version_id: int | None, entity: str, op: str,
+         rows: list[dict[str, Any]]) -> None:
+    """change_log rows written by hand (same style as storage.versions._log_version)."""
+    if not rows:
+        return
+    sqlite = conn.dialect.name == "sqlite"
+    join, ctx = audit_sql.context_columns(Backend.GEOPACKAGE if sqlite else Backend.POSTGIS)
+    value = ":after" if sqlite else "CAST(:after AS jsonb)"
+    conn.execute(text(
+        "INSERT INTO change_log (version_id, entity, op, unit_uuid, after, origin, author, "
+        f"operation) SELECT :v, :e, :op, :uu, {value}, {ctx} FROM (SELECT 1) one"
+        f"{join if sqlite else ''}"),
+        [{"v": version_id, "e": entity, "op": op, "uu": r.get("unit_uuid"),
+          "after": json.dumps(r["after"], ensure_ascii=False, default=str)} for r in rows])
+
+
+def _propagate(outer: Job[Any]) -> Any:
+    """A listener for an inner job: forwards progress, and a cancel of the outer job."""
+
+    def listener(p: Progress) -> None:
+        outer.report(p.done, p.total, p.message)
+
+    return listener
+
+
+# --- reading DHIS2 --------------------------------------------------------------------------
+
+
+def fetch_levels(client: Dhis2Client) -> list[dict[str, Any]]:
+    doc = client.get("filledOrganisationUnitLevels")
+    if isinstance(doc, dict):
+        doc = doc.get("organisationUnitLevels") or []
+    return [lvl for lvl in doc or [] if isinstance(lvl, dict)]
+
+
+def fetch_unit_pages(client: Dhis2Client, *, since: str | None = None,
+                     fields: str = UNIT_FIELDS) -> Iterator[tuple[int, dict[str, Any]]]:
+    filters = [f"lastUpdated:gt:{since}"] if since else None
+    yield from client.get_paged("organisationUnits", "organisationUnits", fields=fields,
+                                filters=filters)
+
+
+def fetch_by_ids(client: Dhis2Client, collection: str, ids: list[str], fields: str
+                 ) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(ids), ID_CHUNK):
+        chunk = ids[i : i + ID_CHUNK]
+        doc = client.get(collection, {"fields": fields, "filter": f"id:in:[{','.join(chunk)}]",
+                                      "paging": "false"})
+        for obj in (doc or {}).get(collection) or []:
+            out[obj["id"]] = obj
+    return out
+
+
+def parse_since(value: str) -> str:
+    """A date or date-time for ``filter=lastUpdated:gt:…`` (DHIS2 takes ISO 8601)."""
+    raw = (value or "").strip()
+    try:
+        if len(raw) == 10:
+            return dt.date.fromisoformat(raw).isoformat()
+        moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"--since {value!r} is not a date or date-time (e.g. 2024-05-01 or "
+                           "2024-05-01T10:00:00), nor 'last'.") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="milliseconds")
+
+
+# --- pull ---------------------------------------------------------------------------------------
+
+
+class Dhis2PullJob(Job[dict[str, Any]]):
+    """Read the org-unit tree from DHIS2 into a new draft version (or upsert with ``since``)."""
+
+    title = "DHIS2 pull"
+
+    def __init__(self, reg: Registry, client: Dhis2Client, source: str, *,
+                 since: str | None = None, description: str | None = None,
+                 origin: str = "dhis2_pull", author: str | None = None) -> None:
+        super().__init__()
+        self.reg, self.client, self.source = reg, client, source
+        self.since = since
+        self.description = description
+        self.origin, self.author = origin, author
+
+    def execute(self) -> dict[str, Any]:
+        client = self.client
+        start = client.request_count
+        info = client.system_info()
+        since = self._resolve_since()
+        self.report(0, None, "Reading DHIS2 levels")
+        levels = fetch_levels(client)
+        pages: list[tuple[str, dict[str, Any]]] = []
+        seen = 0
+        for page_no, doc in fetch_unit_pages(client, since=since):
+            pages.append((f"DHIS2 organisationUnits page {page_no}", doc))
+            seen += len(doc["organisationUnits"])
+            self.report(seen, (doc.get("pager") or {}).get("total"), "Reading DHIS2 org units")
+        self.report(seen, seen, "Reading DHIS2 groups")
+        groups = client.get_all("organisationUnitGroups", "organisationUnitGroups",
+                                fields=GROUP_FIELDS)
+        group_sets = client.get_all("organisationUnitGroupSets", "organisationUnitGroupSets",
+                                    fields=GROUP_SET_FIELDS)
+        docs = Dhis2Payload(unit_pages=pages, levels=levels, groups=groups,
+                            group_sets=group_sets)
+        if since is None and docs.total_units == 0:
+            raise NotFound(f"DHIS2 at {client.base_url} returned no org units: does the user "
+                           "see any (its data capture and view org units)?")
+        payload = to_import_payload(docs)
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        payload.description = self.description or (
+            f"Pulled from DHIS2 {info.get('version')} at {client.base_url} on {when}"
+            + (f" (changes since {since})" if since else ""))
+        number: int | None = self._target_draft() if since is not None else None
+        job = ImportJob(self.reg, payload, source=self.source, number=number,
+                        description=payload.description, origin=self.origin, author=self.author)
+        job.on_progress(_propagate(self))
+        result = job.run()
+        version = result["version"]
+        with self.reg.write(origin=self.origin, author=self.author) as conn:
+            group_changes = (_sync_groups(conn, version["id"], groups)
+                             if since is not None else None)
+            summary = {"url": client.base_url, "dhis2_version": info.get("version"),
+                       "server_date": info.get("serverDate"), "since": since,
+                       "incremental": since is not None, "units": docs.total_units,
+                       "groups": len(groups), "group_sets": len(group_sets)}
+            _log(conn, version["id"], "dhis2_pull", "pull", [{"after": summary}])
+        return {
+            "source": self.source, "version": version, "incremental": since is not None,
+            "since": since,
+            "dhis2": {"url": client.base_url, "version": info.get("version"),
+                      "server_date": info.get("serverDate")},
+            "units": docs.total_units, "levels": len(levels), "groups": len(groups),
+            "group_sets": len(group_sets), "group_changes": group_changes,
+            "requests": client.request_count - start,
+            "import": {k: result[k] for k in ("created", "updated", "unchanged", "rejected",
+                                              "rows", "warnings", "loaded")},
+        }
+
+    def _resolve_since(self) -> str | None:
+        if self.since is None:
+            return None
+        if str(self.since).strip().lower() != "last":
+            return parse_since(self.since)
+        with self.reg.read() as conn:
+            row = conn.execute(text(
+                "SELECT c.after FROM change_log c JOIN source_version v ON v.fid = c.version_id "
+                "JOIN data_source s ON s.fid = v.source_id WHERE s.name = :s "
+                "AND c.entity = 'dhis2_pull' ORDER BY c.fid DESC LIMIT 1"),
+                {"s": self.source}).first()
+        after = json_value(row[0]) if row else None
+        if not isinstance(after, dict) or not after.get("server_date"):
+            raise InvalidInput(f"--since last: no earlier DHIS2 pull of {self.source!r} is "
+                               "recorded. Do a full pull first (without --since), or give a date.")
+        return parse_since(str(after["server_date"]))
+
+    def _target_draft(self) -> int:
+        """The newest version if it is a draft, else a new draft copied from it."""
+        with self.reg.read() as conn:
+            newest = conn.execute(text(
+                "SELECT v.number, v.status FROM source_version v JOIN data_source s "
+                "ON s.fid = v.source_id WHERE s.name = :s ORDER BY v.number DESC LIMIT 1"),
+                {"s": self.source}).first()
+        if newest is None:
+            raise NotFound(f"--since needs a version of {self.source!r} to update; do a full "
+                           "pull first (without --since).")
+        if newest[1] == "draft":
+            return int(newest[0])
+        created = create_version(self.reg, self.source, copy_from=int(newest[0]),
+                                 description="Draft for an incremental DHIS2 pull",
+                                 origin=self.origin)
+        return int(created["number"])
+
+
+def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
+                 ) -> dict[str, int]:
+    """Incremental pull: groups (new, renamed) and their members as DHIS2 has them now."""
+    keys = {r[1]: int(r[0]) for r in conn.execute(text(
+        "SELECT group_key, source_ref FROM org_unit_group WHERE version_id = :v"),
+        {"v": version_id}) if r[1]}
+    names = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
+        "SELECT source_ref, name, short_name, code FROM org_unit_group WHERE version_id = :v"),
+        {"v": version_id})}
+    units = {r[0]: int(r[1]) for r in conn.execute(text(
+        "SELECT source_ref, unit_key FROM org_unit WHERE version_id = :v AND source_ref IS NOT "
+        "NULL"), {"v": version_id})}
+    out = {"groups_created": 0, "groups_renamed": 0, "members_added": 0, "members_removed": 0}
+    for g in groups:
+        gid = g.get("id")
+        if not gid:
+            continue
+        wanted = (g.get("name") or gid, g.get("shortName"), g.get("code"))
+        if gid not in keys:
+            conn.execute(text(
+                "INSERT INTO org_unit_group (version_id, source_ref, name, short_name, code) "
+                "VALUES (:v, :r, :n, :s, :c)"),
+                {"v": version_id, "r": gid, "n": wanted[0], "s": wanted[1], "c": wanted[2]})
+            keys[gid] = int(conn.execute(text(
+                "SELECT group_key FROM org_unit_group WHERE version_id = :v AND source_ref = :r"),
+                {"v": version_id, "r": gid}).scalar_one())
+            out["groups_created"] += 1
+        elif names.get(gid) != wanted:
+            conn.execute(text("UPDATE org_unit_group SET name = :n, short_name = :s, code = :c "
+                              "WHERE version_id = :v AND source_ref = :r"),
+                         {"v": version_id, "r": gid, "n": wanted[0], "s": wanted[1],
+                          "c": wanted[2]})
+            out["groups_renamed"] += 1
+        key = keys[gid]
+        want = {units[m["id"]] for m in g.get("organisationUnits") or []
+                if isinstance(m, dict) and m.get("id") in units}
+        have = {int(r[0]) for r in conn.execute(text(
+            "SELECT unit_key FROM group_membership WHERE version_id = :v AND group_key = :g"),
+            {"v": version_id, "g": key})}
+        add = [{"v": version_id, "g": key, "u": u} for u in sorted(want - have)]
+        remove = [{"v": version_id, "g": key, "u": u} for u in sorted(have - want)]
+        if add:
+            conn.execute(text("INSERT INTO group_membership (version_id, group_key, unit_key) "
+                              "VALUES (:v, :g, :u)"), add)
+        if remove:
+            conn.execute(text("DELETE FROM group_membership WHERE version_id = :v AND "
+                              "group_key = :g AND unit_key = :u"), remove)
+        out["members_added"] += len(add)
+        out["members_removed"] += len(remove)
+    return out
+
+
+def pull(reg: Registry, client: Dhis2Client, source: str, *, since: str | None = None,
+         **options: Any) -> dict[str, Any]:
+    """Pull the org-unit tree from DHIS2 (see :class:`Dhis2PullJob`)."""
+    return Dhis2PullJob(reg, client, source, since=since, **options).run()
+
+
+# --- push: the plan ---------------------------------------------------------------------------
+
+
+def geometry_of(unit: ExportUnit) -> BaseGeometry | None:
+    """DHIS2 keeps one geometry per unit: the territory when there is one, else the point."""
+    return unit.territory if unit.territory is not None else unit.location
+
+
+def to_geojson(geom: BaseGeometry | None) -> dict[str, Any] | None:
+    if geom is None:
+        return None
+    if geom.geom_type == "MultiPolygon" and len(geom.geoms) == 1:
+        geom = geom.geoms[0]
+    return dict(json.loads(shapely.to_geojson(geom)))
+
+
+def same_geometry(a: BaseGeometry | None, b: BaseGeometry | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    polygons = ("Polygon", "MultiPolygon")
+    if a.geom_type in polygons and b.geom_type in polygons:
+        a, b = geometry.as_multipolygon(a), geometry.as_multipolygon(b)
+    if a is None or b is None or a.geom_type != b.geom_type:
+        return False
+    return bool(shapely.equals_exact(shapely.normalize(a), shapely.normalize(b), 1e-9))
+
+
+@dataclass
+class _Target:
+    """One object to send, with what the user needs to recognise it in a report."""
+
+    collection: str  # organisationUnits | organisationUnitGroups
+    action: str  # create | update | close | delete
+    obj: dict[str, Any]
+    label: str
+
+
+@dataclass
+class _Plan:
+    creates: list[_Target] = field(default_factory=list)
+    updates: list[_Target] = field(default_factory=list)
+    groups: list[_Target] = field(default_factory=list)
+    deletes: list[_Target] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "create": 0, "update": 0, "close": 0, "delete": 0, "groups_create": 0,
+        "groups_update": 0, "unchanged": 0})
+    notes: list[str] = field(default_factory=list)
+
+    def note_change(self, change: dict[str, Any]) -> None:
+        if len(self.changes) < MAX_LISTED:
+            self.changes.append(change)
+
+
+class Dhis2PushJob(Job[dict[str, Any]]):
+    """Send what differs between a version and DHIS2 (see the module docstring)."""
+
+    title = "DHIS2 push"
+
+    def __init__(self, reg: Registry, client: Dhis2Client, source: str,
+                 number: int | None = None, *, dry_run: bool = False,
+                 allow_delete: bool = False, batch_size: int = BATCH_SIZE,
+                 close_date: str | None = None, origin: str = "dhis2_push",
+                 author: str | None = None) -> None:
+        super().__init__()
+        if not 1 <= batch_size <= 5000:
+            raise InvalidInput("--batch-size must be between 1 and 5000.")
+        self.reg, self.client, self.source, self.number = reg, client, source, number
+        self.dry_run, self.allow_delete, self.batch_size = dry_run, allow_delete, batch_size
+        self.close_date = _day(close_date) or dt.date.today().isoformat()
+        self.origin, self.author = origin, author
+
+    # --- the steps ------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        client = self.client
+        start = client.request_count
+        info = client.system_info()
+        self.report(0, None, "Reading the version")
+        data = read_version(self.reg, self.source, self.number)
+        version = data.version
+        units = list(data.units)
+        self._check_refs(version, units, data.groups)
+        self.report(0, None, "Reading DHIS2 org units")
+        remote: dict[str, dict[str, Any]] = {}
+        for _n, doc in fetch_unit_pages(client):
+            for u in doc["organisationUnits"]:
+                remote[u["id"]] = u
+        remote_groups = {g["id"]: g for g in client.get_all(
+            "organisationUnitGroups", "organisationUnitGroups", fields=":owner")}
+        uids, group_uids, stored = self._assign_uids(version, units, data.groups,
+                                                     set(remote) | set(remote_groups))
+        plan = self._plan(units, data.groups, uids, group_uids, remote, remote_groups)
+        report: dict[str, Any] = {
+            "source": self.source, "version": version.to_dict(), "dry_run": self.dry_run,
+            "dhis2": {"url": client.base_url, "version": info.get("version")},
+            "planned": plan.counts, "uids_stored": stored, "changes": plan.changes,
+            "notes": plan.notes, "batches": [], "errors": [],
+            "stats": {"created": 0, "updated": 0, "deleted": 0, "ignored": 0, "total": 0},
+        }
+        labels = {str(t.obj.get("id")): t.label for t in plan.creates + plan.updates + plan.groups
+                  + plan.deletes}
+        failure: GeoregError | None = None
+        try:
+            self._send(plan, report, labels)
+        except GeoregError as error:
+            failure = error
+        report["requests"] = client.request_count - start
+        report["ok"] = failure is None and not report["errors"]
+        if failure is not None:
+            report["failure"] = failure.message
+        if not self.dry_run:
+            self._store_report(version, report)
+        if failure is not None:
+            sent = sum(1 for b in report["batches"] if b.get("status") == "OK")
+            raise type(failure)(
+                f"DHIS2 push of {version.label} stopped after {sent} of "
+                f"{report.get('batch_count', 0)} batch(es): {failure.message}\n"
+                "The DHIS2 uids of new units were stored before sending: run the push again — "
+                "what already landed is updated, never created twice.", report=report,
+            ) from failure
+        if report["errors"]:
+            raise ConflictError(self._error_message(version, report), report=report)
+        return report
+
+    def _check_refs(self, version: VersionRef, units: list[ExportUnit],
+                    groups: list[Any]) -> None:
+        bad = [u for u in units if u.source_ref is not None and not is_uid(u.source_ref)]
+        bad_groups = [g for g in groups if not g.ref.startswith("group:") and not is_uid(g.ref)]
+        if bad or bad_groups:
+            shown = ", ".join([f"{u.name!r} (ref {u.source_ref})" for u in bad[:5]]
+                              + [f"group {g.name!r} (ref {g.ref})" for g in bad_groups[:5]])
+            raise InvalidInput(
+                f"{len(bad) + len(bad_groups)} unit(s)/group(s) of {version.label} have a ref "
+                f"that is not a DHIS2 uid (11 letters/digits, a letter first): {shown}. "
+                "Push a source that mirrors DHIS2 (pulled with 'georeg dhis2 pull'), or clear "
+                "those refs so that uids are generated.")
+
+    def _known_uids(self) -> tuple[dict[str, str], dict[int, str]]:
+        """uids given to units and groups of published versions of this source (change log)."""
+        units: dict[str, str] = {}
+        groups: dict[int, str] = {}
+        with self.reg.read() as conn:
+            for entity, uuid_, after in conn.execute(text(
+                    "SELECT entity, unit_uuid, after FROM change_log WHERE entity IN "
+                    "('dhis2_uid', 'dhis2_group_uid') ORDER BY fid")):
+                value = json_value(after) or {}
+                if value.get("source") != self.source or not is_uid(value.get("uid")):
+                    continue
+                if entity == "dhis2_uid" and uuid_:
+                    units[uuid_] = value["uid"]
+                elif entity == "dhis2_group_uid" and value.get("group_key") is not None:
+                    groups[int(value["group_key"])] = value["uid"]
+        return units, groups
+
+    def _assign_uids(self, version: VersionRef, units: list[ExportUnit], groups: list[Any],
+                     taken: set[str]) -> tuple[dict[str, str], dict[str, str], int]:
+        """ref → DHIS2 uid for every unit and group; new ones stored before anything is sent."""
+        known_units, known_groups = self._known_uids()
+        # uids of this version's units and groups; DHIS2's own uids on top for new ones
+        ours = {u.source_ref for u in units if u.source_ref} | {
+            g.ref for g in groups if not g.ref.startswith("group:")}
+
+        def fresh(known: str | None) -> str:
+            if known and known not in ours:  # given by an earlier push: DHIS2 may have it
+                ours.add(known)
+                return known
+            uid = generate_uid()
+            while uid in ours or uid in taken:
+                uid = generate_uid()
+            ours.add(uid)
+            return uid
+
+        uids: dict[str, str] = {}
+        new_units: dict[str, str] = {}  # uuid -> uid
+        for u in units:
+            if u.source_ref:
+                uids[u.ref] = u.source_ref
+            else:
+                uids[u.ref] = new_units[u.uuid] = fresh(known_units.get(u.uuid))
+        group_uids: dict[str, str] = {}
+        new_groups: dict[int, str] = {}  # group_key -> uid
+        for g in groups:
+            if g.ref.startswith("group:"):
+                key = int(g.ref.split(":", 1)[1])
+                group_uids[g.ref] = new_groups[key] = fresh(known_groups.get(key))
+            else:
+                group_uids[g.ref] = g.ref
+        if self.dry_run or not (new_units or new_groups):
+            return uids, group_uids, 0
+        # published versions cannot change: their uids go to the change log (by unit uuid)
+        unit_rows = [{"uuid": k, "uid": v} for k, v in new_units.items()
+                     if known_units.get(k) != v or version.status == "draft"]
+        group_rows = [{"key": k, "uid": v} for k, v in new_groups.items()
+                      if known_groups.get(k) != v or version.status == "draft"]
+        with self.reg.write(origin=self.origin, author=self.author) as conn:
+            if version.status == "draft":
+                if unit_rows:
+                    conn.execute(text(
+                        "UPDATE org_unit SET source_ref = :uid WHERE version_id = :v AND "
+                        "uuid = :uuid AND source_ref IS NULL"),
+                        [r | {"v": version.id} for r in unit_rows])
+                if group_rows:
+                    conn.execute(text(
+                        "UPDATE org_unit_group SET source_ref = :uid WHERE version_id = :v AND "
+                        "group_key = :key AND source_ref IS NULL"),
+                        [r | {"v": version.id} for r in group_rows])
+                stored_refs = {r[0]: r[1] for r in conn.execute(text(
+                    "SELECT uuid, source_ref FROM org_unit WHERE version_id = :v"),
+                    {"v": version.id})}
+                for u in units:  # a concurrent edit may have set a ref meanwhile: it wins
+                    if u.uuid in new_units and stored_refs.get(u.uuid):
+                        uids[u.ref] = stored_refs[u.uuid]
+            else:
+                _log(conn, version.id, "dhis2_uid", "assign",
+                     [{"unit_uuid": r["uuid"], "after": {"uid": r["uid"], "source": self.source}}
+                      for r in unit_rows])
+                _log(conn, version.id, "dhis2_group_uid", "assign",
+                     [{"after": {"uid": r["uid"], "group_key": r["key"], "source": self.source}}
+                      for r in group_rows])
+        return uids, group_uids, len(unit_rows) + len(group_rows)
+
+    # --- what differs -------------------------------------------------------------------------
+
+    def _plan(self, units: list[ExportUnit], groups: list[Any], uids: dict[str, str],
+              group_uids: dict[str, str], remote: dict[str, dict[str, Any]],
+              remote_groups: dict[str, dict[str, Any]]) -> _Plan:
+        plan = _Plan()
+        names = {uid: r.get("name") or uid for uid, r in remote.items()}
+        by_uid: dict[str, ExportUnit] = {}
+        for u in units:
+            by_uid[uids[u.ref]] = u
+            names[uids[u.ref]] = u.name
+        updates: dict[str, dict[str, Any]] = {}  # uid -> {dhis2 property: new value}
+        derived_opening = 0
+        for u in units:
+            uid = uids[u.ref]
+            label = self._label(u, uid)
+            parent = uids.get(u.parent_ref) if u.parent_ref else None
+            shape = geometry_of(u)
+            extra = u.extra_fields or {}
+            old = remote.get(uid)
+            if old is None:
+                obj: dict[str, Any] = {
+                    "id": uid, "name": u.name,
+                    "shortName": extra.get("shortName") or short_name(u.name),
+                    "openingDate": u.opening_date or DEFAULT_OPENING_DATE,
+                }
+                if not u.opening_date:
+                    derived_opening += 1
+                for key, value in (("code", u.code), ("closedDate", u.closed_date),
+                                   ("parent", {"id": parent} if parent else None),
+                                   ("geometry", to_geojson(shape))):
+                    if value is not None:
+                        obj[key] = value
+                for key in ("description", "url", "contactPerson", "phoneNumber"):
+                    if extra.get(key):
+                        obj[key] = extra[key]
+                plan.creates.append(_Target("organisationUnits", "create", obj, label))
+                plan.counts["create"] += 1
+                plan.note_change({"action": "create", "kind": "unit", "uid": uid,
+                                  "name": u.name, "where": " / ".join(u.ancestors),
+                                  "parent": names.get(parent) if parent else None})
+                continue
+            changes: dict[str, tuple[Any, Any]] = {}
+            # names are stored trimmed: spaces DHIS2 has around a name are not a change
+            same_name = u.name == (old.get("name") or "").strip()
+            if not same_name:
+                changes["name"] = (old.get("name"), u.name)
+            want_short = str(extra.get("shortName") or (
+                old.get("shortName") if same_name and old.get("shortName")
+                else short_name(u.name)))
+            if want_short.strip() != (old.get("shortName") or "").strip():
+                changes["shortName"] = (old.get("shortName"), want_short)
+            if (u.code or None) != (old.get("code") or None):
+                changes["code"] = (old.get("code"), u.code)
+            old_parent = (old.get("parent") or {}).get("id")
+            if parent is None and not u.parent_ref:
+                parent = old_parent  # a root of this version (a subtree) keeps its DHIS2 parent
+            if parent != old_parent:
+                changes["parent"] = (old_parent, parent)
+            if u.opening_date and u.opening_date != _day(old.get("openingDate")):
+                changes["openingDate"] = (_day(old.get("openingDate")), u.opening_date)
+            if _day(u.closed_date) != _day(old.get("closedDate")):
+                changes["closedDate"] = (_day(old.get("closedDate")), u.closed_date)
+            try:
+                old_shape = geometry.from_geojson(old.get("geometry"))
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+                old_shape = None
+            if not same_geometry(shape, old_shape):
+                changes["geometry"] = (old.get("geometry"), to_geojson(shape))
+            if not changes:
+                plan.counts["unchanged"] += 1
+                continue
+            updates[uid] = {k: v[1] for k, v in changes.items()}
+            plan.counts["update"] += 1
+            shown = {}
+            for k, (a, b) in changes.items():
+                if k == "parent":
+                    shown["parent"] = [names.get(a) if a else None, names.get(b) if b else None]
+                elif k == "geometry":
+                    shown["geometry"] = [_geom_kind(a), _geom_kind(b)]
+                else:
+                    shown[FIELD_NAMES.get(k, k)] = [a, b]
+            plan.note_change({"action": "update", "kind": "unit", "uid": uid, "name": u.name,
+                              "fields": shown})
+        if derived_opening:
+            plan.notes.append(f"{derived_opening} new unit(s) have no opening date; DHIS2 needs "
+                              f"one, so they are sent with {DEFAULT_OPENING_DATE} (DHIS2's "
+                              "default).")
+        # units DHIS2 has below our roots that the version no longer has: close (or delete)
+        roots = {uids[u.ref] for u in units if not u.parent_ref} & set(remote)
+        missing = [r for uid, r in remote.items() if uid not in by_uid
+                   and roots & set((r.get("path") or "").strip("/").split("/"))]
+        deleted: set[str] = set()
+        for r in missing:
+            uid = r["id"]
+            if self.allow_delete:
+                deleted.add(uid)
+                plan.counts["delete"] += 1
+                plan.note_change({"action": "delete", "kind": "unit", "uid": uid,
+                                  "name": r.get("name")})
+            elif not r.get("closedDate"):
+                updates[uid] = {"closedDate": self.close_date}
+                plan.counts["close"] += 1
+                plan.note_change({"action": "close", "kind": "unit", "uid": uid,
+                                  "name": r.get("name"), "closed_date": self.close_date})
+        if deleted:
+            order = sorted(deleted, key=lambda uid: -int(remote[uid].get("level") or 0))
+            plan.deletes = [_Target("organisationUnits", "delete", {"id": uid},
+                                    f"unit {names.get(uid)!r} (uid {uid})") for uid in order]
+        if updates:
+            owners = fetch_by_ids(self.client, "organisationUnits", sorted(updates), ":owner")
+            for uid, values in updates.items():
+                current = owners.get(uid)
+                if current is None:
+                    plan.notes.append(f"{names.get(uid)!r} (uid {uid}) disappeared from DHIS2 "
+                                      "during the push; not updated.")
+                    continue
+                obj = {k: v for k, v in current.items()
+                       if k not in ("path", "level", "href", "children", "ancestors",
+                                    "displayName", "displayShortName", "access")}
+                for key, value in values.items():
+                    if key == "parent":
+                        value = {"id": value} if value else None
+                    if value is None:
+                        obj.pop(key, None)
+                    else:
+                        obj[key] = value
+                unit = by_uid.get(uid)
+                label = self._label(unit, uid) if unit else f"unit {names.get(uid)!r} (uid {uid})"
+                action = "close" if uid not in by_uid else "update"
+                plan.updates.append(_Target("organisationUnits", action, obj, label))
+        self._plan_groups(plan, units, groups, uids, group_uids, remote_groups, deleted, names)
+        return plan
+
+    def _plan_groups(self, plan: _Plan, units: list[ExportUnit], groups: list[Any],
+                     uids: dict[str, str], group_uids: dict[str, str],
+                     remote_groups: dict[str, dict[str, Any]], deleted: set[str],
+                     names: dict[str, str]) -> None:
+        ours = set(uids.values())
+        members: dict[str, list[str]] = {g.ref: [] for g in groups}
+        for u in units:
+            for ref in u.groups:
+                members.setdefault(ref, []).append(uids[u.ref])
+        for g in groups:
+            gid = group_uids[g.ref]
+            want = members.get(g.ref, [])
+            old = remote_groups.get(gid)
+            if old is None:
+                obj: dict[str, Any] = {"id": gid, "name": g.name,
+                                       "shortName": g.short_name or short_name(g.name),
+                                       "organisationUnits": [{"id": m} for m in want]}
+                if g.code:
+                    obj["code"] = g.code
+                plan.groups.append(_Target("organisationUnitGroups", "create", obj,
+                                           f"group {g.name!r} (uid {gid})"))
+                plan.counts["groups_create"] += 1
+                plan.note_change({"action": "create", "kind": "group", "uid": gid,
+                                  "name": g.name, "members": len(want)})
+                continue
+            old_members = [str(m["id"]) for m in old.get("organisationUnits") or []
+                           if isinstance(m, dict) and m.get("id")]
+            want_set, old_set = set(want), set(old_members)
+            # members outside this version are DHIS2's business: kept as they are
+            new_members = [m for m in old_members
+                           if (m not in ours and m not in deleted) or m in want_set]
+            new_members += [m for m in want if m not in old_set]
+            changed: dict[str, Any] = {}
+            if set(new_members) != set(old_members):
+                added = sorted(set(new_members) - set(old_members))
+                removed = sorted(set(old_members) - set(new_members))
+                changed["added"] = [names.get(m, m) for m in added]
+                changed["removed"] = [names.get(m, m) for m in removed]
+            obj = {k: v for k, v in old.items()
+                   if k not in ("href", "displayName", "displayShortName", "access")}
+            for key, value in (("name", g.name), ("shortName", g.short_name),
+                               ("code", g.code)):
+                if value and value != old.get(key):
+                    changed[key] = [old.get(key), value]
+                    obj[key] = value
+            if not changed:
+                continue
+            obj["organisationUnits"] = [{"id": m} for m in new_members]
+            plan.groups.append(_Target("organisationUnitGroups", "update", obj,
+                                       f"group {g.name!r} (uid {gid})"))
+            plan.counts["groups_update"] += 1
+            plan.note_change({"action": "update", "kind": "group", "uid": gid, "name": g.name,
+                              "fields": changed})
+
+    def _label(self, unit: ExportUnit | None, uid: str) -> str:
+        if unit is None:
+            return f"unit (uid {uid})"
+        where = " / ".join(unit.ancestors)
+        return f"unit {unit.name!r} (uid {uid}" + (f", in {where})" if where else ")")
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    def _batches(self, targets: list[_Target]) -> list[list[_Target]]:
+        return [targets[i : i + self.batch_size] for i in range(0, len(targets), self.batch_size)]
+
+    def _send(self, plan: _Plan, report: dict[str, Any], labels: dict[str, str]) -> None:
+        client = self.client
+        mode = "VALIDATE" if self.dry_run else "COMMIT"
+        main = self._batches(plan.creates + plan.updates + plan.groups)
+        deletes = self._batches(plan.deletes)
+        total = len(main) + len(deletes)
+        report["batch_count"] = total
+        created_before: set[str] = set()
+        for n, (batch, strategy) in enumerate(
+                [(b, "CREATE_AND_UPDATE") for b in main] + [(b, "DELETE") for b in deletes],
+                start=1):
+            self.report(n - 1, total, f"Sending batch {n} of {total} to DHIS2")
+            payload: dict[str, list[dict[str, Any]]] = {}
+            for t in batch:
+                payload.setdefault(t.collection, []).append(t.obj)
+            result = client.import_metadata(payload, import_mode=mode,
+                                            import_strategy=strategy, atomic_mode="ALL")
+            errors = [e for e in result.errors
+                      if not (self.dry_run and _refers_to(e, created_before))]
+            entry = {"batch": n, "strategy": strategy, "objects": len(batch),
+                     "status": "OK" if not errors else "ERROR", "dhis2_status": result.status,
+                     "http_status": result.http_status, "envelope": result.envelope,
+                     "stats": result.stats}
+            report["batches"].append(entry)
+            for k in report["stats"]:
+                report["stats"][k] += result.stats.get(k, 0)
+            report["errors"].extend(self._user_errors(errors, batch, n, labels, result))
+            created_before.update(t.obj["id"] for t in batch if t.action == "create")
+            if errors and not self.dry_run:
+                for m in range(n + 1, total + 1):
+                    report["batches"].append({"batch": m, "status": "NOT SENT"})
+                break
+        self.report(total, total, "Done")
+
+    def _user_errors(self, errors: list[ObjectError], batch: list[_Target], n: int,
+                     labels: dict[str, str], result: MetadataImportResult
+                     ) -> list[dict[str, Any]]:
+        out = []
+        by_type: dict[str, list[_Target]] = {}
+        for t in batch:
+            by_type.setdefault(t.collection, []).append(t)
+        for e in errors:
+            target = None
+            if e.uid:
+                target = next((t for t in batch if t.obj.get("id") == e.uid), None)
+            if target is None and e.index is not None:
+                coll = ("organisationUnitGroups" if e.klass == "OrganisationUnitGroup"
+                        else "organisationUnits")
+                items = by_type.get(coll, [])
+                target = items[e.index] if 0 <= e.index < len(items) else None
+            label = (target.label if target else labels.get(e.uid or "")
+                     or (f"{e.klass} (uid {e.uid})" if e.uid else "the batch"))
+            what = FIELD_NAMES.get(e.property or "", e.property)
+            text_ = (f"{label}: {'field ' + repr(what) + ': ' if what else ''}DHIS2 says: "
+                     f"{e.message}" + (f" ({e.error_code})" if e.error_code else ""))
+            out.append({"batch": n, "uid": e.uid, "object": label, "kind": e.klass,
+                        "action": target.action if target else None, "field": what,
+                        "dhis2_property": e.property, "error_code": e.error_code,
+                        "dhis2_message": e.message, "message": text_})
+        if not errors and result.status == "ERROR" and not result.ok and not self.dry_run:
+            out.append({"batch": n, "uid": None, "object": "the batch", "message":
+                        f"DHIS2 reported status ERROR for batch {n} without saying why"
+                        f"{': ' + result.message if result.message else ''}."})
+        return out
+
+    def _error_message(self, version: VersionRef, report: dict[str, Any]) -> str:
+        errors = report["errors"]
+        head = (f"DHIS2 would refuse {len(errors)} change(s) of {version.label} (dry run: "
+                "nothing was changed):" if self.dry_run else
+                f"DHIS2 refused {len(errors)} change(s) of {version.label}; the batch holding "
+                "them was not imported (all or nothing) and later batches were not sent:")
+        lines = [f"  - {e['message']}" for e in errors[:15]]
+        if len(errors) > 15:
+            lines.append(f"  … and {len(errors) - 15} more (see the report: --json or --report).")
+        tail = "" if self.dry_run else (
+            "\nFix them in the version and push again: what already landed is not sent twice.")
+        return "\n".join([head, *lines]) + tail
+
+    def _store_report(self, version: VersionRef, report: dict[str, Any]) -> None:
+        summary = {k: report[k] for k in ("dhis2", "planned", "stats", "uids_stored",
+                                          "requests", "ok", "notes")}
+        summary["batches"] = report["batches"]
+        summary["errors"] = [e["message"] for e in report["errors"][:100]]
+        if report.get("failure"):
+            summary["failure"] = report["failure"]
+        with self.reg.write(origin=self.origin, author=self.author) as conn:
+            _log(conn, version.id, "dhis2_push", "push" if report["ok"] else "push_failed",
+                 [{"after": summary}])
+
+
+def _geom_kind(geojson: Any) -> str | None:
+    if not isinstance(geojson, dict):
+        return None
+    return f"{geojson.get('type')} (changed)"
+
+
+def _refers_to(error: ObjectError, uids: set[str]) -> bool:
+    """A dry run validates batch by batch: a reference to a unit an earlier batch would
+    create is not an error (it would exist by then)."""
+    if error.error_code not in ("E5002", "E4015") or not uids:
+        return False
+    text_ = f"{error.message} {error.value or ''}"
+    return any(uid in text_ for uid in uids)
+
+
+def push(reg: Registry, client: Dhis2Client, source: str, number: int | None = None, *,
+         dry_run: bool = False, allow_delete: bool = False, **options: Any) -> dict[str, Any]:
+    """Push a version to DHIS2 (see :class:`Dhis2PushJob`); raises ConflictError with the
+    report (``error.details['report']``) when DHIS2 refuses something."""
+    return Dhis2PushJob(reg, client, source, number, dry_run=dry_run,
+                        allow_delete=allow_delete, **options).run()
+
+
+def push_history(reg: Registry, source: str, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The stored push reports of a source, newest first."""
+    with reg.read() as conn:
+        rows = conn.execute(text(
+            "SELECT c.fid, c.at, v.number, c.op, c.after, c.author, c.origin FROM change_log c "
+            "JOIN source_version v ON v.fid = c.version_id JOIN data_source s "
+            "ON s.fid = v.source_id WHERE s.name = :s AND c.entity = 'dhis2_push' "
+            "ORDER BY c.fid DESC LIMIT :n"), {"s": source, "n": limit}).all()
+    return [{"id": r[0], "at": r[1], "version": r[2], "op": r[3], "report": json_value(r[4]),
+             "author": r[5], "origin": r[6]} for r in rows]
+
+
+__all__ = ["Dhis2PullJob", "Dhis2PushJob", "pull", "push", "push_history"]

@@ -1,0 +1,750 @@
+"""Scheduled sync jobs: stored in the registry, run by APScheduler in-process.
+
+Jobs live in the registry's ``schedule_job`` table (so the CLI, the server and the
+status page see one schedule) and every run lands in ``schedule_run`` with its
+outcome, figures and error.  A failed run is retried with exponential backoff,
+bounded by the job's ``max_retries`` and ``retry_max_seconds``.
+
+**Credentials are never stored in the registry** (people share registry files): a
+job names a *target* that is looked up in a secrets file, TOML, mode 0600 —
+
+* ``$GEOREG_SECRETS`` when set, else
+* ``<registry>.secrets.toml`` next to a registry file, when it exists, else
+* ``~/.config/georeg/secrets.toml``
+
+— and Georeg refuses to read one that group or others may read::
+
+    [targets.central]
+    url = "postgresql://georeg:secret@db.example.org/registry"
+    schema = "district_bo"
+
+Job kinds are one table, :data:`JOB_KINDS`: each names a runner
+``module:function`` called as ``runner(reg, secret, options) -> figures`` (imported
+when a job runs).  Adding a kind is one entry.  A DHIS2 target holds ``url`` and
+``token``, or ``username`` and ``password``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import os
+import re
+import stat
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import text
+
+from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound, SetupError
+from storage.registry import Registry, json_value
+
+SCHEDULER_ORIGIN = "scheduler"
+SECRETS_ENV = "GEOREG_SECRETS"
+HOME_SECRETS = Path("~/.config/georeg/secrets.toml")
+UTC = dt.UTC
+
+
+# --- job kinds ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of scheduled job: what runs it and what it needs."""
+
+    runner: str  # "module:function", imported when the job runs
+    description: str
+    needs_target: bool = True
+    #: option names the runner understands (others are refused when the job is added)
+    options: tuple[str, ...] = ()
+    #: options that must be given
+    required: tuple[str, ...] = ()
+
+
+JOB_KINDS: dict[str, JobKind] = {
+    "postgis-push": JobKind(
+        "sync.scheduler:postgis_push",
+        "Push the registry to a central PostGIS schema (only what changed).",
+        options=("schema", "batch_size", "prefer"),
+    ),
+    "postgis-pull": JobKind(
+        "sync.scheduler:postgis_pull",
+        "Pull the changes made in a central PostGIS schema.",
+        options=("schema", "batch_size", "prefer", "sources"),
+    ),
+    "dhis2-pull": JobKind(
+        "sync.scheduler:dhis2_pull",
+        "Pull org units from a DHIS2 server into a new version.",
+        options=("source", "since", "page_size"),
+        required=("source",),
+    ),
+    "dhis2-push": JobKind(
+        "sync.scheduler:dhis2_push",
+        "Push a version's differences to a DHIS2 server.",
+        options=("source", "version", "dry_run", "allow_delete", "page_size"),
+        required=("source",),
+    ),
+}
+
+Runner = Callable[[Registry, dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+def resolve_runner(kind: str) -> Runner:
+    spec = job_kind(kind)
+    module_name, _, func = spec.runner.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise SetupError(
+            f"The {kind} job needs {module_name.replace('.', '/')}.py, which this Georeg "
+            f"does not have ({error})."
+        ) from error
+    runner = getattr(module, func, None)
+    if runner is None:
+        raise SetupError(f"The {kind} job needs {spec.runner}, which does not exist.")
+    return runner  # type: ignore[no-any-return]
+
+
+def job_kind(kind: str) -> JobKind:
+    if kind not in JOB_KINDS:
+        raise InvalidInput(f"Unknown job {kind!r}; jobs: {', '.join(sorted(JOB_KINDS))}.")
+    return JOB_KINDS[kind]
+
+
+def postgis_push(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
+                 ) -> dict[str, Any]:
+    from sync.postgis_sync import push
+
+    url, schema = _postgis_target(secret, options)
+    return push(reg, url, schema, batch_size=int(options.get("batch_size") or 2000),
+                prefer=options.get("prefer"))
+
+
+def postgis_pull(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
+                 ) -> dict[str, Any]:
+    from sync.postgis_sync import pull
+
+    url, schema = _postgis_target(secret, options)
+    sources = options.get("sources")
+    return pull(reg, url, schema, batch_size=int(options.get("batch_size") or 2000),
+                prefer=options.get("prefer"),
+                sources=str(sources).split(",") if sources else None)
+
+
+def _dhis2_client(secret: dict[str, Any], options: dict[str, Any]) -> Any:
+    from sync.dhis2_client import Dhis2Client
+
+    if not secret.get("url"):
+        raise InvalidInput("The DHIS2 target in the secrets file has no 'url'.")
+    extra = {"page_size": int(options["page_size"])} if options.get("page_size") else {}
+    return Dhis2Client(
+        str(secret["url"]),
+        username=secret.get("username") or secret.get("user"),
+        password=secret.get("password"),
+        token=secret.get("token"),
+        **extra,
+    )
+
+
+def _flag(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def dhis2_pull(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
+               ) -> dict[str, Any]:
+    from sync import dhis2_sync
+
+    return dhis2_sync.pull(reg, _dhis2_client(secret, options), str(options["source"]),
+                           since=options.get("since") or None)
+
+
+def dhis2_push(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
+               ) -> dict[str, Any]:
+    from sync import dhis2_sync
+
+    version = options.get("version")
+    return dhis2_sync.push(reg, _dhis2_client(secret, options), str(options["source"]),
+                           int(version) if version not in (None, "") else None,
+                           dry_run=_flag(options.get("dry_run")),
+                           allow_delete=_flag(options.get("allow_delete")))
+
+
+def _postgis_target(secret: dict[str, Any], options: dict[str, Any]) -> tuple[str, str | None]:
+    url = secret.get("url")
+    if not url:
+        raise InvalidInput("The target in the secrets file has no 'url'.")
+    return str(url), options.get("schema") or secret.get("schema")
+
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+def secrets_path(registry: str | Path | None = None, explicit: str | Path | None = None
+                 ) -> Path:
+    """Where the secrets are: explicit, $GEOREG_SECRETS, next to the registry, or home."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(SECRETS_ENV):
+        return Path(os.environ[SECRETS_ENV]).expanduser()
+    if registry is not None and not str(registry).startswith("postgres"):
+        beside = Path(str(registry) + ".secrets.toml")
+        if beside.exists():
+            return beside
+    return HOME_SECRETS.expanduser()
+
+
+def load_secrets(path: Path) -> dict[str, Any]:
+    """The secrets file's contents; refused when others could read it."""
+    if not path.exists():
+        return {}
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SetupError(
+            f"{path} can be read by other users (mode {mode:o}); it holds credentials. "
+            f"Make it private with: chmod 600 {path}"
+        )
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"{path}: not valid TOML ({error}).") from None
+
+
+def get_target(path: Path, name: str) -> dict[str, Any]:
+    targets = load_secrets(path).get("targets", {})
+    if name not in targets:
+        raise NotFound(
+            f"No target {name!r} in {path}. Add it with 'georeg schedule add … --target "
+            f"{name} --url …' or write a [targets.{name}] table there (chmod 600)."
+        )
+    return dict(targets[name])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def save_target(path: Path, name: str, values: dict[str, Any]) -> Path:
+    """Add or replace ``[targets.NAME]``; the file is (re)written with mode 0600."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise InvalidInput(f"Target name {name!r}: use letters, digits, '-' and '_'.")
+    data = load_secrets(path)
+    targets = data.setdefault("targets", {})
+    targets[name] = {k: v for k, v in values.items() if v is not None}
+    lines = ["# Georeg secrets: credentials of sync targets. Keep private (chmod 600).", ""]
+    for key, value in data.items():
+        if key != "targets" and not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for tname, table in sorted(targets.items()):
+        lines.append(f"[targets.{tname}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, "\n".join(lines).encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+# --- job definitions ---------------------------------------------------------------------
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_interval(value: str | int) -> int:
+    """'90', '45s', '15m', '1h', '1h30m', '1d' → seconds."""
+    if isinstance(value, int):
+        seconds = value
+    else:
+        spec = value.strip().lower().replace(" ", "")
+        if spec.isdigit():
+            seconds = int(spec)
+        else:
+            parts = re.findall(r"(\d+)([smhdw])", spec)
+            if not parts or "".join(n + u for n, u in parts) != spec:
+                raise InvalidInput(
+                    f"--every {value!r}: expected a duration such as 30s, 15m, 1h, 1h30m or 1d."
+                )
+            seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise InvalidInput(f"--every {value!r}: the interval must be positive.")
+    return seconds
+
+
+def parse_cron(expr: str) -> CronTrigger:
+    try:
+        return CronTrigger.from_crontab(expr, timezone=UTC)
+    except ValueError as error:
+        raise InvalidInput(
+            f"--cron {expr!r}: not a crontab expression (minute hour day month weekday, "
+            f"e.g. '0 2 * * *'): {error}"
+        ) from None
+
+
+@dataclass
+class JobDef:
+    id: int
+    name: str
+    kind: str
+    target: str | None
+    every_seconds: int | None
+    cron: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    max_retries: int = 3
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 3600.0
+    created_at: str | None = None
+    created_by: str | None = None
+
+    def trigger(self) -> IntervalTrigger | CronTrigger:
+        if self.cron:
+            return parse_cron(self.cron)
+        return IntervalTrigger(seconds=int(self.every_seconds or 0), timezone=UTC)
+
+    def schedule_text(self) -> str:
+        return f"cron {self.cron}" if self.cron else f"every {_human(self.every_seconds or 0)}"
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1 = the first retry)."""
+        return float(min(self.retry_max_seconds,
+                         self.retry_base_seconds * (2 ** max(0, attempt - 1))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "target": self.target,
+            "schedule": self.schedule_text(), "every_seconds": self.every_seconds,
+            "cron": self.cron, "options": self.options, "enabled": self.enabled,
+            "max_retries": self.max_retries, "retry_base_seconds": self.retry_base_seconds,
+            "retry_max_seconds": self.retry_max_seconds, "created_at": self.created_at,
+            "created_by": self.created_by,
+        }
+
+
+def _human(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+_JOB_COLUMNS = (
+    "fid, name, kind, target, every_seconds, cron, options, enabled, max_retries, "
+    "retry_base_seconds, retry_max_seconds, created_at, created_by"
+)
+
+
+def _job(row: Any) -> JobDef:
+    return JobDef(
+        int(row.fid), row.name, row.kind, row.target, row.every_seconds, row.cron,
+        json_value(row.options) or {}, bool(row.enabled), int(row.max_retries),
+        float(row.retry_base_seconds), float(row.retry_max_seconds), row.created_at,
+        row.created_by,
+    )
+
+
+def add_job(
+    reg: Registry,
+    kind: str,
+    *,
+    every: str | int | None = None,
+    cron: str | None = None,
+    target: str | None = None,
+    name: str | None = None,
+    options: dict[str, Any] | None = None,
+    max_retries: int = 3,
+    retry_base_seconds: float = 30.0,
+    retry_max_seconds: float = 3600.0,
+    enabled: bool = True,
+    origin: str = "api",
+) -> dict[str, Any]:
+    """Store a job definition (never credentials: ``target`` names a secrets entry)."""
+    spec = job_kind(kind)
+    if (every is None) == (cron is None):
+        raise InvalidInput("Give either --every (e.g. 1h) or --cron (e.g. '0 2 * * *').")
+    every_seconds = parse_interval(every) if every is not None else None
+    if cron is not None:
+        parse_cron(cron)
+    if spec.needs_target and not target:
+        raise InvalidInput(f"The {kind} job needs --target NAME (an entry of the secrets file).")
+    options = dict(options or {})
+    for key, value in options.items():
+        if re.search(r"pass(word)?|token|secret", key, re.I) or (
+            isinstance(value, str) and re.search(r"://[^/@\s]+:[^/@\s]+@", value)
+        ):
+            raise InvalidInput(
+                f"Option {key!r} looks like a credential; credentials go in the secrets file, "
+                "never in the registry."
+            )
+    missing = [key for key in spec.required if options.get(key) in (None, "")]
+    if missing:
+        raise InvalidInput(
+            f"The {kind} job needs " + ", ".join(f"--option {k}=…" for k in missing) + "."
+        )
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise InvalidInput(
+            f"Option(s) {', '.join(sorted(unknown))} mean nothing to {kind}; it takes "
+            f"{', '.join(spec.options) or 'no options'}."
+        )
+    if max_retries < 0 or retry_base_seconds <= 0 or retry_max_seconds < retry_base_seconds:
+        raise InvalidInput("Retries: need retries ≥ 0 and 0 < retry delay ≤ maximum delay.")
+    name = name or (f"{kind}-{target}" if target else kind)
+    with reg.write(origin=origin, audit=False) as conn:
+        if conn.execute(text("SELECT 1 FROM schedule_job WHERE name = :n"), {"n": name}).first():
+            raise ConflictError(
+                f"A job named {name!r} already exists; remove it first or choose --name."
+            )
+        author = conn.execute(
+            text("SELECT author FROM edit_context WHERE fid = 1")
+            if conn.dialect.name == "sqlite"
+            else text("SELECT NULLIF(current_setting('georeg.author', true), '')")
+        ).scalar()
+        conn.execute(
+            text(
+                "INSERT INTO schedule_job (name, kind, target, every_seconds, cron, options, "
+                "enabled, max_retries, retry_base_seconds, retry_max_seconds, created_by) "
+                "VALUES (:n, :k, :t, :e, :c, :o, :en, :r, :rb, :rm, :by)"
+            ),
+            {"n": name, "k": kind, "t": target, "e": every_seconds, "c": cron,
+             "o": json.dumps(options), "en": enabled, "r": max_retries,
+             "rb": retry_base_seconds, "rm": retry_max_seconds, "by": author},
+        )
+    return get_job(reg, name).to_dict()
+
+
+def get_job(reg: Registry, name: str) -> JobDef:
+    with reg.read() as conn:
+        row = conn.execute(
+            text(f"SELECT {_JOB_COLUMNS} FROM schedule_job WHERE name = :n"), {"n": name}
+        ).first()
+        if row is None:
+            names = [r[0] for r in conn.execute(text("SELECT name FROM schedule_job ORDER BY name"))]
+    if row is None:
+        hint = f" Jobs: {', '.join(names)}." if names else " There are no jobs yet."
+        raise NotFound(f"No scheduled job named {name!r}.{hint}")
+    return _job(row)
+
+
+def jobs(reg: Registry) -> list[JobDef]:
+    with reg.read() as conn:
+        return [_job(r) for r in conn.execute(
+            text(f"SELECT {_JOB_COLUMNS} FROM schedule_job ORDER BY name")
+        )]
+
+
+def list_jobs(reg: Registry) -> list[dict[str, Any]]:
+    """Every job with its last run and (for enabled jobs) its next planned run."""
+    out = []
+    now = dt.datetime.now(UTC)
+    with reg.read() as conn:
+        last = {
+            r.job_name: r for r in conn.execute(text(
+                "SELECT r.job_name, r.started_at, r.outcome, r.attempt, r.error, r.retry_at "
+                "FROM schedule_run r WHERE r.fid IN (SELECT max(fid) FROM schedule_run "
+                "GROUP BY job_name)"
+            ))
+        }
+    for job in jobs(reg):
+        data = job.to_dict()
+        run = last.get(job.name)
+        data["last_run"] = (
+            {"started_at": run.started_at, "outcome": run.outcome, "attempt": run.attempt,
+             "error": run.error, "retry_at": run.retry_at} if run else None
+        )
+        nxt = None
+        if job.enabled:
+            if job.cron:
+                nxt = job.trigger().get_next_fire_time(None, now)
+            else:
+                nxt = now + dt.timedelta(seconds=job.every_seconds or 0)
+        data["next_run"] = _iso(nxt) if nxt else None
+        out.append(data)
+    return out
+
+
+def remove_job(reg: Registry, name: str, origin: str = "api") -> dict[str, Any]:
+    job = get_job(reg, name)
+    with reg.write(origin=origin, audit=False) as conn:
+        conn.execute(text("DELETE FROM schedule_job WHERE fid = :f"), {"f": job.id})
+    return {"removed": name, "kind": job.kind}
+
+
+def set_enabled(reg: Registry, name: str, enabled: bool, origin: str = "api") -> dict[str, Any]:
+    job = get_job(reg, name)
+    with reg.write(origin=origin, audit=False) as conn:
+        conn.execute(text("UPDATE schedule_job SET enabled = :e WHERE fid = :f"),
+                     {"e": enabled, "f": job.id})
+    return get_job(reg, name).to_dict()
+
+
+def history(reg: Registry, name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Runs, newest first."""
+    sql = ("SELECT fid, job_name, kind, triggered_by, attempt, started_at, ended_at, outcome, "
+           "figures, error, retry_at FROM schedule_run")
+    params: dict[str, Any] = {"l": limit}
+    if name:
+        sql += " WHERE job_name = :n"
+        params["n"] = name
+    sql += " ORDER BY fid DESC LIMIT :l"
+    with reg.read() as conn:
+        rows = conn.execute(text(sql), params).all()
+    return [
+        {"id": r.fid, "job": r.job_name, "kind": r.kind, "triggered_by": r.triggered_by,
+         "attempt": r.attempt, "started_at": r.started_at, "ended_at": r.ended_at,
+         "outcome": r.outcome, "figures": json_value(r.figures) or {}, "error": r.error,
+         "retry_at": r.retry_at}
+        for r in rows
+    ]
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    outcome: str
+    figures: dict[str, Any]
+    error: str | None
+    retry_in: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _figures(result: Any) -> dict[str, Any]:
+    """The figures worth keeping in the history (counts, not long lists)."""
+    if not isinstance(result, dict):
+        return {"result": result}
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, list):
+            out[key] = len(value) if key != "conflicts" else value[:20]
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[key] = value
+    return out
+
+
+def execute(
+    reg: Registry,
+    job: JobDef,
+    *,
+    attempt: int = 1,
+    triggered_by: str = "schedule",
+    secrets_file: str | Path | None = None,
+) -> RunResult:
+    """Run one job once and record the run (outcome, figures, error, planned retry)."""
+    started = dt.datetime.now(UTC)
+    with reg.write(origin=SCHEDULER_ORIGIN, audit=False) as conn:
+        run_id = int(conn.execute(
+            text(
+                "INSERT INTO schedule_run (job_id, job_name, kind, triggered_by, attempt, "
+                "started_at) VALUES (:j, :n, :k, :t, :a, :s) RETURNING fid"
+            ),
+            {"j": job.id, "n": job.name, "k": job.kind, "t": triggered_by, "a": attempt,
+             "s": _iso(started)},
+        ).scalar_one())
+    figures: dict[str, Any] = {}
+    error: str | None = None
+    try:
+        runner = resolve_runner(job.kind)
+        secret: dict[str, Any] = {}
+        if job.target:
+            location = reg.location.path or reg.location.url
+            secret = get_target(secrets_path(location, secrets_file), job.target)
+        figures = _figures(runner(reg, secret, dict(job.options)))
+        outcome = "ok"
+    except GeoregError as failure:
+        outcome, error = "failed", failure.message
+    except Exception as failure:  # noqa: BLE001 - any failure is recorded and retried
+        outcome, error = "failed", f"{type(failure).__name__}: {failure}"
+    retry_in = job.backoff(attempt) if outcome == "failed" and attempt <= job.max_retries else None
+    ended = dt.datetime.now(UTC)
+    with reg.write(origin=SCHEDULER_ORIGIN, audit=False) as conn:
+        conn.execute(
+            text(
+                "UPDATE schedule_run SET ended_at = :e, outcome = :o, figures = :f, error = :err, "
+                "retry_at = :r WHERE fid = :id"
+            ),
+            {"e": _iso(ended), "o": outcome, "f": json.dumps(figures, default=str),
+             "err": error, "id": run_id,
+             "r": _iso(ended + dt.timedelta(seconds=retry_in)) if retry_in is not None else None},
+        )
+    return RunResult(run_id, outcome, figures, error, retry_in)
+
+
+def run_now(
+    reg: Registry,
+    name: str,
+    *,
+    retry: bool = False,
+    secrets_file: str | Path | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[RunResult]:
+    """Run a job now, in this process; with ``retry``, retry failures with backoff."""
+    job = get_job(reg, name)
+    results = []
+    attempt = 1
+    while True:
+        result = execute(reg, job, attempt=attempt, triggered_by="run-now" if attempt == 1
+                         else "retry", secrets_file=secrets_file)
+        results.append(result)
+        if result.outcome == "ok" or not retry or result.retry_in is None:
+            return results
+        sleep(result.retry_in)
+        attempt += 1
+
+
+class Scheduler:
+    """The jobs of one registry, run by an APScheduler ``BackgroundScheduler``.
+
+    ``start()`` returns at once (the jobs run in worker threads): ``georeg serve`` keeps
+    one alive beside the web server; ``georeg schedule serve`` runs one in the
+    foreground.  Job definitions are re-read every ``reload_seconds``.
+    """
+
+    def __init__(self, location: str | Path, *, secrets_file: str | Path | None = None,
+                 reload_seconds: float = 30.0) -> None:
+        self.location = location
+        self.secrets_file = secrets_file
+        self.reload_seconds = reload_seconds
+        self.reg: Registry | None = None
+        self._aps = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+        )
+        self._locks: dict[str, threading.Lock] = {}
+        self._loaded: dict[str, tuple[Any, ...]] = {}
+
+    # life cycle
+    def start(self) -> Scheduler:
+        self.reg = Registry.open(self.location)
+        self.reload()
+        self._aps.add_job(self.reload, IntervalTrigger(seconds=self.reload_seconds, timezone=UTC),
+                          id="georeg:reload", replace_existing=True)
+        self._aps.start()
+        return self
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._aps.running:
+            self._aps.shutdown(wait=wait)
+        if self.reg is not None:
+            self.reg.close()
+
+    def __enter__(self) -> Scheduler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._aps.running)
+
+    def planned(self) -> dict[str, str | None]:
+        """Next run time of each scheduled job (and pending retries)."""
+        return {
+            job.id: _iso(job.next_run_time) if job.next_run_time else None
+            for job in self._aps.get_jobs() if job.id != "georeg:reload"
+        }
+
+    def reload(self) -> None:
+        """Bring the APScheduler jobs in line with the registry's ``schedule_job`` table."""
+        assert self.reg is not None
+        current = {j.name: j for j in jobs(self.reg) if j.enabled}
+        for name in set(self._loaded) - set(current):
+            self._remove(name)
+        for name, job in current.items():
+            signature = (job.kind, job.target, job.every_seconds, job.cron,
+                         json.dumps(job.options, sort_keys=True))
+            if self._loaded.get(name) == signature:
+                continue
+            self._locks.setdefault(name, threading.Lock())
+            self._aps.add_job(self._fire, job.trigger(), args=[name], id=f"job:{name}",
+                              name=name, replace_existing=True)
+            self._loaded[name] = signature
+
+    def _remove(self, name: str) -> None:
+        for prefix in ("job:", "retry:"):
+            if self._aps.get_job(prefix + name) is not None:
+                self._aps.remove_job(prefix + name)
+        self._loaded.pop(name, None)
+
+    # runs
+    def _fire(self, name: str, attempt: int = 1, triggered_by: str = "schedule",
+              failed_run: int | None = None) -> None:
+        assert self.reg is not None
+        lock = self._locks.setdefault(name, threading.Lock())
+        if not lock.acquire(blocking=False):
+            return  # the previous run of this job is still going
+        try:
+            try:
+                job = get_job(self.reg, name)
+            except NotFound:
+                return
+            if not job.enabled:
+                return
+            if failed_run is not None and self._succeeded_since(name, failed_run):
+                return  # a scheduled run already made up for the failure
+            result = execute(self.reg, job, attempt=attempt, triggered_by=triggered_by,
+                             secrets_file=self.secrets_file)
+            if result.outcome == "failed" and result.retry_in is not None:
+                when = dt.datetime.now(UTC) + dt.timedelta(seconds=result.retry_in)
+                self._aps.add_job(
+                    self._fire, DateTrigger(run_date=when, timezone=UTC), args=[name],
+                    kwargs={"attempt": attempt + 1, "triggered_by": "retry",
+                            "failed_run": result.run_id},
+                    id=f"retry:{name}", name=f"{name} (retry {attempt})", replace_existing=True,
+                )
+        finally:
+            lock.release()
+
+    def _succeeded_since(self, name: str, run_id: int) -> bool:
+        assert self.reg is not None
+        with self.reg.read() as conn:
+            return conn.execute(
+                text("SELECT 1 FROM schedule_run WHERE job_name = :n AND fid > :r "
+                     "AND outcome = 'ok'"),
+                {"n": name, "r": run_id},
+            ).first() is not None
+
+
+def run_scheduler(location: str | Path, *, secrets_file: str | Path | None = None,
+                  block: bool = True, reload_seconds: float = 30.0) -> Scheduler:
+    """Start the scheduler for a registry; with ``block``, until Ctrl-C."""
+    scheduler = Scheduler(location, secrets_file=secrets_file,
+                          reload_seconds=reload_seconds).start()
+    if not block:
+        return scheduler
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        scheduler.shutdown()
+    return scheduler

@@ -1,0 +1,321 @@
+"""Scheduled jobs: stored in the registry, run on time, retried with backoff, history kept;
+credentials only in a private secrets file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine
+
+from storage.backends import Location
+from storage.errors import ConflictError, InvalidInput, NotFound, SetupError
+from storage.registry import Registry
+from sync import scheduler
+from sync.dhis2_json import import_dhis2_files
+from sync.scheduler import (
+    JOB_KINDS,
+    JobKind,
+    Scheduler,
+    add_job,
+    get_job,
+    history,
+    list_jobs,
+    load_secrets,
+    parse_interval,
+    remove_job,
+    run_now,
+    save_target,
+)
+from tests.conftest import DEMO_FILES
+
+CALLS: list[dict[str, Any]] = []
+
+
+def fake_runner(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
+                ) -> dict[str, Any]:
+    """A job kind for tests: one entry in JOB_KINDS is all a new kind needs."""
+    CALLS.append({"secret": secret, "options": options})
+    if secret.get("fail"):
+        raise RuntimeError("injected failure")
+    return {"units_sent": 7, "conflicts": [], "target": secret.get("url")}
+
+
+@pytest.fixture
+def fake_kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    CALLS.clear()
+    monkeypatch.setitem(JOB_KINDS, "fake", JobKind("tests.test_scheduler:fake_runner",
+                                                   "test job", options=("level",)))
+    yield
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Iterator[Registry]:
+    with Registry.create(tmp_path / "district.gpkg") as registry:
+        yield registry
+
+
+@pytest.fixture
+def secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "secrets.toml"
+    monkeypatch.setenv(scheduler.SECRETS_ENV, str(path))
+    return path
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- definitions ---------------------------------------------------------------------------
+
+
+def test_intervals_and_crons() -> None:
+    assert parse_interval("1h") == 3600 and parse_interval("1h30m") == 5400
+    assert parse_interval("45s") == 45 and parse_interval("90") == 90 and parse_interval("1d") == 86400
+    for bad in ("", "1x", "h", "0", "1h 2"):
+        with pytest.raises(InvalidInput):
+            parse_interval(bad)
+    with pytest.raises(InvalidInput, match="crontab"):
+        scheduler.parse_cron("every night")
+    nxt = scheduler.parse_cron("0 2 * * *").get_next_fire_time(
+        None, dt.datetime(2024, 5, 1, 13, 0, tzinfo=dt.UTC))
+    assert nxt == dt.datetime(2024, 5, 2, 2, 0, tzinfo=dt.UTC)
+
+
+def test_jobs_are_stored_in_the_registry(reg: Registry, fake_kind: None) -> None:
+    job = add_job(reg, "postgis-push", every="1h", target="central")
+    assert job["name"] == "postgis-push-central" and job["schedule"] == "every 1h"
+    add_job(reg, "postgis-pull", cron="0 2 * * *", target="central", name="nightly-pull")
+    with pytest.raises(ConflictError):
+        add_job(reg, "postgis-push", every="2h", target="central")
+    with pytest.raises(InvalidInput, match="either --every"):
+        add_job(reg, "postgis-push", every="1h", cron="0 2 * * *", target="x", name="y")
+    with pytest.raises(InvalidInput, match="--target"):
+        add_job(reg, "postgis-push", every="1h", name="no-target")
+    with pytest.raises(InvalidInput, match="Unknown job"):
+        add_job(reg, "ftp-push", every="1h", target="x")
+    with pytest.raises(InvalidInput, match="credential"):
+        add_job(reg, "fake", every="1h", target="x", options={"password": "s3cret"})
+    with pytest.raises(InvalidInput, match="mean nothing"):
+        add_job(reg, "fake", every="1h", target="x", options={"colour": "red"})
+    listed = {j["name"]: j for j in list_jobs(reg)}
+    assert listed["nightly-pull"]["next_run"].endswith("T02:00:00.000Z")
+    assert listed["postgis-push-central"]["last_run"] is None
+    remove_job(reg, "nightly-pull")
+    with pytest.raises(NotFound, match="postgis-push-central"):
+        get_job(reg, "nightly-pull")
+    assert get_job(reg, "postgis-push-central").backoff(1) == 30
+    assert get_job(reg, "postgis-push-central").backoff(20) == 3600  # bounded
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+def test_secrets_file_is_private_and_the_registry_holds_no_credential(
+    tmp_path: Path, reg: Registry, secrets: Path
+) -> None:
+    save_target(secrets, "central", {"url": "postgresql://georeg:Pa55word@db/reg",
+                                     "schema": "bo"})
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert load_secrets(secrets)["targets"]["central"]["schema"] == "bo"
+    save_target(secrets, "dhis2", {"url": "https://play.dhis2.org", "token": "d2pat_x"})
+    assert set(load_secrets(secrets)["targets"]) == {"central", "dhis2"}
+    add_job(reg, "postgis-push", every="1h", target="central")
+    reg.close()
+    for path in tmp_path.glob("district.gpkg*"):
+        assert b"Pa55word" not in path.read_bytes()
+    os.chmod(secrets, 0o644)
+    with pytest.raises(SetupError, match="chmod 600"):
+        load_secrets(secrets)
+
+
+def test_secrets_beside_the_registry_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(scheduler.SECRETS_ENV, raising=False)
+    registry = tmp_path / "district.gpkg"
+    beside = Path(str(registry) + ".secrets.toml")
+    assert scheduler.secrets_path(registry) == scheduler.HOME_SECRETS.expanduser()
+    save_target(beside, "central", {"url": "postgresql://db/reg"})
+    assert scheduler.secrets_path(registry) == beside
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def test_run_now_records_outcome_figures_and_bounded_retries(
+    reg: Registry, secrets: Path, fake_kind: None
+) -> None:
+    save_target(secrets, "ok", {"url": "https://example.org"})
+    save_target(secrets, "bad", {"url": "https://example.org", "fail": True})
+    add_job(reg, "fake", every="1h", target="ok", options={"level": 2})
+    [result] = run_now(reg, "fake-ok")
+    assert result.outcome == "ok" and result.figures["units_sent"] == 7
+    assert CALLS[-1] == {"secret": {"url": "https://example.org"}, "options": {"level": 2}}
+    add_job(reg, "fake", every="1h", target="bad", max_retries=2, retry_base_seconds=0.5,
+            retry_max_seconds=0.75)
+    waits: list[float] = []
+    results = run_now(reg, "fake-bad", retry=True, sleep=waits.append)
+    assert [r.outcome for r in results] == ["failed"] * 3 and waits == [0.5, 0.75]
+    runs = history(reg, "fake-bad")
+    assert [(r["attempt"], r["outcome"]) for r in runs] == [(3, "failed"), (2, "failed"),
+                                                            (1, "failed")]
+    assert runs[0]["retry_at"] is None and runs[1]["retry_at"] is not None
+    assert "injected failure" in runs[0]["error"]
+
+
+def test_a_kind_whose_module_is_missing_fails_clearly(reg: Registry, secrets: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(JOB_KINDS, "later", JobKind("sync.not_written_yet:run", "x",
+                                                    needs_target=False))
+    add_job(reg, "later", every="1h", max_retries=0)
+    [result] = run_now(reg, "later")
+    assert result.outcome == "failed" and "sync/not_written_yet.py" in (result.error or "")
+
+
+def test_dhis2_jobs_build_the_client_from_the_secrets_file(
+    reg: Registry, secrets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dhis2_sync = pytest.importorskip("sync.dhis2_sync")
+    seen: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(dhis2_sync, "pull", lambda reg, client, source, since=None: (
+        seen.append(("pull", client.base_url, client.auth_kind, source, since))
+        or {"units": 1332}))
+    monkeypatch.setattr(dhis2_sync, "push", lambda reg, client, source, number, dry_run,
+                        allow_delete: (seen.append(("push", source, number, dry_run,
+                                                    allow_delete)) or {"created": 0}))
+    save_target(secrets, "play", {"url": "https://play.example.org/dhis", "token": "d2pat_x"})
+    with pytest.raises(InvalidInput, match="source"):
+        add_job(reg, "dhis2-pull", cron="0 3 * * *", target="play")
+    add_job(reg, "dhis2-pull", cron="0 3 * * *", target="play", options={"source": "SL"})
+    add_job(reg, "dhis2-push", every="1d", target="play",
+            options={"source": "SL", "version": "2", "dry_run": "true"})
+    assert run_now(reg, "dhis2-pull-play")[0].figures == {"units": 1332}
+    assert run_now(reg, "dhis2-push-play")[0].outcome == "ok"
+    assert seen[0][0] == "pull" and seen[0][2:] == ("token", "SL", None)
+    assert seen[1] == ("push", "SL", 2, True, False)
+
+
+@pytest.fixture
+def central(postgis_url: str) -> Iterator[tuple[str, str]]:
+    schema = f"central_{uuid.uuid4().hex[:10]}"
+    yield postgis_url, schema
+    engine = create_engine(Location.parse(postgis_url).url or "")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    engine.dispose()
+
+
+@pytest.mark.postgis
+def test_the_scheduler_runs_a_push_on_time_and_records_it(
+    tmp_path: Path, secrets: Path, central: tuple[str, str]
+) -> None:
+    path = tmp_path / "district.gpkg"
+    with Registry.create(path) as reg:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        save_target(secrets, "central", {"url": central[0], "schema": central[1]})
+        add_job(reg, "postgis-push", every=1, target="central")
+    started = dt.datetime.now(dt.UTC)
+    with Scheduler(path, reload_seconds=60) as sched:
+        assert "job:postgis-push-central" in sched.planned()
+        with Registry.open(path) as reg:
+
+            def two_runs_done() -> list[dict[str, Any]] | None:
+                done = [r for r in history(reg) if r["outcome"] != "running"]
+                return done[-2:] if len(done) >= 2 else None  # newest first
+
+            second, first = wait_for(two_runs_done)
+    assert first["outcome"] == "ok" and first["figures"]["units_inserted"] == 1332
+    assert second["outcome"] == "ok" and second["figures"]["units_sent"] == 0
+    assert first["triggered_by"] == "schedule" and first["attempt"] == 1
+    assert 0.5 <= (at(first["started_at"]) - started).total_seconds() <= 2.5
+    assert 0.5 <= (at(second["started_at"]) - at(first["started_at"])).total_seconds() <= 2.0
+
+
+@pytest.mark.postgis
+def test_the_scheduler_retries_after_a_failure(
+    tmp_path: Path, secrets: Path, central: tuple[str, str]
+) -> None:
+    path = tmp_path / "district.gpkg"
+    with Registry.create(path) as reg:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        # Injected failure: the target points at a port where nothing listens.
+        save_target(secrets, "central", {
+            "url": f"postgresql://postgres@127.0.0.1:{closed_port()}/georeg",
+            "schema": central[1]})
+        add_job(reg, "postgis-push", every=2, target="central", retry_base_seconds=0.8)
+    with Scheduler(path, reload_seconds=60), Registry.open(path) as reg:
+        failed = wait_for(lambda: next((r for r in history(reg) if r["outcome"] == "failed"),
+                                       None))
+        save_target(secrets, "central", {"url": central[0], "schema": central[1]})  # fixed
+        ok = wait_for(lambda: next((r for r in history(reg) if r["outcome"] == "ok"), None))
+    assert failed["attempt"] == 1 and "Cannot reach" in failed["error"]
+    assert failed["retry_at"] is not None
+    assert ok["triggered_by"] == "retry" and ok["attempt"] == 2
+    delay = (at(ok["started_at"]) - at(failed["ended_at"])).total_seconds()
+    assert 0.6 <= delay <= 2.0
+    assert ok["figures"]["units_inserted"] == 1332
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def test_cli_add_list_run_now_history_remove(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    from georeg.cli_sync import schedule_group
+
+    monkeypatch.delenv(scheduler.SECRETS_ENV, raising=False)
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    secrets_file = tmp_path / "private" / "secrets.toml"
+    url = f"postgresql://georeg:Pa55word@127.0.0.1:{closed_port()}/georeg"
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        out = runner.invoke(schedule_group, list(args))
+        return out
+
+    out = run("add", str(path), "--job", "postgis-push", "--every", "1h", "--target", "central",
+              "--url", url, "--schema", "bo", "--retries", "0",
+              "--secrets", str(secrets_file), "--json")
+    assert out.exit_code == 0, out.output
+    added = json.loads(out.output)
+    assert added["secrets_file"] == str(secrets_file)
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert b"Pa55word" not in path.read_bytes()
+    out = run("list", str(path))
+    assert "postgis-push-central: postgis-push → central, every 1h; never run" in out.output
+    out = run("run-now", str(path), "postgis-push-central", "--secrets", str(secrets_file))
+    assert out.exit_code == 1 and "failed" in out.output and "Cannot reach" in out.output
+    assert "Pa55word" not in out.output
+    out = run("history", str(path), "--json")
+    [entry] = json.loads(out.output)
+    assert entry["outcome"] == "failed" and entry["triggered_by"] == "run-now"
+    out = run("remove", str(path), "postgis-push-central")
+    assert out.exit_code == 0 and "Removed" in out.output
+    out = run("history", str(path))
+    assert "postgis-push-central" in out.output  # the history outlives the job
