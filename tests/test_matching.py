@@ -1,0 +1,297 @@
+"""Cross-source matching: names, blocking under parents, scores, assignment, splits and
+merges, review decisions kept across runs, the CLI and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from click.testing import CliRunner
+
+from storage.bulk import UnitRecord
+from storage.errors import InvalidInput, NotFound
+from storage.matching.assign import assign
+from storage.matching.config import load_config
+from storage.matching.job import MatchJob, match_versions, parse_side
+from storage.matching.normalise import Normaliser
+from storage.matching.review import decide, list_links, relink
+from storage.registry import Registry
+from sync.exchange import ImportPayload, TypeDef
+from sync.importing import import_payload
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPES = [TypeDef("District", 1), TypeDef("Facility", 2)]
+
+
+def _unit(ref: str, name: str, parent: str | None = None, lon: float | None = None,
+          lat: float | None = None, type_name: str = "Facility") -> UnitRecord:
+    loc = shapely.Point(lon, lat) if lon is not None else None
+    return UnitRecord(name=name, source_ref=ref, parent_ref=parent, location=loc,
+                      type_name=type_name if parent else "District")
+
+
+def _load(reg: Registry, source: str, units: list[UnitRecord]) -> None:
+    import_payload(reg, ImportPayload(units=units, types=list(TYPES)), source=source)
+
+
+# Two districts far apart, each with a facility called "Bandajuma" (no coordinates), so
+# only the parent can tell them apart; a split; a one-side-only unit.
+MINISTRY = [
+    _unit("A", "Bo District"), _unit("B", "Kenema District"),
+    _unit("a1", "Bandajuma MCHP", "A"), _unit("b1", "Bandajuma MCHP", "B"),
+    _unit("a2", "Ngolahun CHP", "A", -11.70, 7.90),
+    _unit("b2", "Kenema Govt Hospital", "B", -11.19, 7.88),
+    _unit("b3", "Tongo Field CHC", "B", -11.05, 8.20),
+    _unit("a3", "Only In Ministry MCHP", "A", -11.90, 7.70),
+]
+SURVEY = [
+    _unit("RA", "BO"), _unit("RB", "kenema"),
+    _unit("rb1", "Bandajuma Maternal and Child Health Post", "RB"),
+    _unit("ra1", "bandajuma mchp", "RA"),
+    _unit("ra2", "Ngolahun Community Health Post", "RA", -11.7004, 7.9003),
+    _unit("rb2", "Kenema Government Hospital", "RB", -11.1905, 7.8801),
+    _unit("rb2x", "Kenema Govt Hospital Maternity Annex", "RB", -11.1890, 7.8810),
+    _unit("rb3", "CHC Tongo Field", "RB", -11.0502, 8.2001),
+]
+
+
+@pytest.fixture
+def two_lists(registry: Registry) -> Registry:
+    _load(registry, "Ministry", MINISTRY)
+    _load(registry, "Survey", SURVEY)
+    return registry
+
+
+def _pairs(reg: Registry, run: int | None = None) -> dict[tuple[str, str], dict]:
+    return {(lk["left_ref"], lk["right_ref"]): lk for lk in list_links(reg, run)["links"]}
+
+
+# --- names --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Bandajuma Sinneh MCHP", "Maternal and Child Health Post Bandajuma Sinneh"),
+    ("Centre de Santé St-Joseph", "C.S. Saint Joseph"),
+    ("Poste de santé de Kalo", "PS KALO"),
+    ("Hôpital Général de Kinshasa", "hopital general kinshasa"),
+    ("ECOLE PRIMAIRE KIMPUANZA1", "E.P. Kimpuanza 1"),
+    ("COMPLEXE SCOLAIRE LA PAIX", "C/S DE LA PAIX"),
+    ("Kenema Govt. Hospital", "Kenema Government Hosp"),
+    ("BOBOKOLI ECOLE MATERNELLE", "bobokoli ecole amternelle"),  # misspelt type word
+])
+def test_names_that_are_the_same_normalise_to_the_same_core(a: str, b: str) -> None:
+    norm = Normaliser()
+    assert norm.normalise(a).core == norm.normalise(b).core
+    assert norm.normalise(a).types & norm.normalise(b).types
+
+
+def test_type_words_are_set_apart_per_language() -> None:
+    norm = Normaliser()
+    assert norm.normalise("Baoma (Koya) CHC").types == {"CHC"}
+    assert norm.normalise("Ngolahun CHP").types != norm.normalise("Ngolahun MCHP").types
+    assert norm.normalise("Maternité de Bukavu").types == {"MATERNITY"}
+    only_fr = Normaliser(load_config(None).__class__(languages=["fr"]))
+    assert only_fr.normalise("Ngolahun CHP").types == frozenset()
+
+
+def test_config_adds_type_words_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    good = tmp_path / "m.toml"
+    good.write_text('[names]\ntype_words = { "dispensario" = "DISPENSARY" }\n'
+                    "[thresholds]\nauto = 0.9\n", encoding="utf-8")
+    cfg = load_config(good)
+    assert cfg.auto_threshold == 0.9
+    assert Normaliser(cfg).normalise("Dispensario Bo").types == {"DISPENSARY"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[thresholds]\nautomatic = 0.9\n", encoding="utf-8")
+    with pytest.raises(InvalidInput, match=r"unknown setting \[thresholds\] automatic"):
+        load_config(bad)
+    worse = tmp_path / "worse.toml"
+    worse.write_text("[thresholds]\nauto = 0.2\nreview = 0.5\n", encoding="utf-8")
+    with pytest.raises(InvalidInput, match="review <= auto"):
+        load_config(worse)
+
+
+# --- the matcher on a registry (every backend) -------------------------------------------
+
+
+def test_children_are_matched_under_their_parents_match(two_lists: Registry) -> None:
+    result = match_versions(two_lists, "Ministry", "Survey")
+    pairs = _pairs(two_lists, result["run"])
+    assert ("A", "RA") in pairs and ("B", "RB") in pairs
+    # the two "Bandajuma" have no coordinates: only the parent tells them apart
+    assert ("a1", "ra1") in pairs and ("b1", "rb1") in pairs
+    assert ("a1", "rb1") not in pairs and ("b1", "ra1") not in pairs
+    assert pairs[("a2", "ra2")]["status"] == "auto"
+    ev = pairs[("a2", "ra2")]["evidence"]
+    assert ev["parent"] == "same" and ev["distance_m"] < 100 and ev["type"] == "agree"
+    assert ev["left_normalised"] == ev["right_normalised"] == "ngolahun"
+    assert ("b3", "rb3") in pairs  # word order
+    assert not any(left == "a3" for left, _ in pairs)  # only in the ministry's list
+    assert result["counts"]["unmatched_left"] == 1
+
+
+def test_a_split_is_reported_as_such(two_lists: Registry) -> None:
+    result = match_versions(two_lists, "Ministry", "Survey")
+    pairs = _pairs(two_lists, result["run"])
+    assert pairs[("b2", "rb2")]["kind"] == "split"
+    assert pairs[("b2", "rb2x")]["kind"] == "split"
+    assert pairs[("b2", "rb2x")]["status"] == "review"
+
+
+def test_decisions_are_kept_by_a_new_run(two_lists: Registry) -> None:
+    first = match_versions(two_lists, "Ministry", "Survey")
+    pairs = _pairs(two_lists, first["run"])
+    decide(two_lists, [pairs[("a2", "ra2")]["id"]], "rejected", reviewer="fatmata")
+    decide(two_lists, [pairs[("b2", "rb2x")]["id"]], "accepted", reviewer="fatmata")
+    moved = relink(two_lists, pairs[("b3", "rb3")]["id"], "rb2x", reviewer="ibrahim")
+    assert moved["status"] == "accepted" and moved["reviewer"] == "ibrahim"
+    second = match_versions(two_lists, "Ministry", "Survey")
+    assert second["decisions_carried"] == 4  # rejected, accepted, relink = reject + accept
+    again = _pairs(two_lists, second["run"])
+    assert again[("a2", "ra2")]["status"] == "rejected"
+    assert again[("a2", "ra2")]["reviewer"] == "fatmata"
+    assert again[("b2", "rb2x")]["status"] == "accepted"
+    assert again[("b3", "rb2x")]["status"] == "accepted"
+    assert again[("b3", "rb3")]["status"] == "rejected"
+    assert again[("b3", "rb2x")]["reviewed_at"]
+    # a new version of the survey (uuids carry over) keeps the decisions too
+    from storage.versions import create_version
+
+    create_version(two_lists, "Survey", copy_from=1)
+    third = match_versions(two_lists, "Ministry:1", "Survey:2")
+    assert third["right"]["number"] == 2 and third["decisions_carried"] == 4
+    assert _pairs(two_lists, third["run"])[("a2", "ra2")]["status"] == "rejected"
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_input_gives_clear_errors(two_lists: Registry) -> None:
+    with pytest.raises(InvalidInput, match="same version"):
+        match_versions(two_lists, "Ministry", "Ministry:1")
+    with pytest.raises(NotFound, match="has no version 7"):
+        match_versions(two_lists, "Ministry", "Survey:7")
+    with pytest.raises(NotFound, match="No data source named 'Nobody'"):
+        match_versions(two_lists, "Nobody", "Survey")
+    from storage.versions import create_version
+
+    create_version(two_lists, "Empty", create_source_if_missing=True)
+    with pytest.raises(InvalidInput, match="RIGHT .*has no units"):
+        match_versions(two_lists, "Ministry", "Empty")
+    with pytest.raises(InvalidInput, match="version after ':' is missing"):
+        parse_side("Survey:")
+    from sqlalchemy import text
+
+    # a unit with no name cannot even be stored (the matcher checks again when reading)
+    with pytest.raises(InvalidInput, match="required value is missing"), \
+            two_lists.write() as conn:
+        conn.execute(text("UPDATE org_unit SET name = '  ' WHERE source_ref = 'rb3'"))
+    with two_lists.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM algorithm_run")).scalar_one() == 0
+
+
+# --- pieces ------------------------------------------------------------------------------------
+
+
+def test_assignment_maximises_the_total_not_the_first_pick() -> None:
+    # greedy would take (0,0)=0.9 and leave 1 with nothing; the best total is 0.8 + 0.85
+    li = np.array([0, 0, 1])
+    rj = np.array([0, 1, 0])
+    p = np.array([0.9, 0.8, 0.85])
+    chosen = assign(li, rj, p, np.ones(3, dtype=bool))
+    assert chosen.tolist() == [False, True, True]
+
+
+@pytest.fixture(scope="module")
+def damaged_sierra_leone(tmp_path_factory: pytest.TempPathFactory):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from matching_damage import derive
+
+    damaged = derive("sierra-leone", seed=3)
+    reg = Registry.create(tmp_path_factory.mktemp("sl") / "sl.gpkg")
+    import_payload(reg, damaged.payload("left"), source="Ministry", fix_geometry=True)
+    import_payload(reg, damaged.payload("right"), source="Survey", fix_geometry=True)
+    job = MatchJob(reg, "Ministry", "Survey")
+    job.run()
+    yield reg, damaged, job
+    reg.close()
+
+
+def test_scores_behave_like_probabilities(damaged_sierra_leone) -> None:
+    _reg, damaged, job = damaged_sierra_leone
+    left, right = job.sides
+    right_of = [(left.display_ref(lk.left), right.display_ref(lk.right)) in damaged.truth
+                for lk in job.result.links]
+    scores = np.array([lk.score for lk in job.result.links])
+    ok = np.array(right_of)
+    high = scores >= 0.95
+    assert ok[high].mean() >= 0.98
+    # lower scores are right less often, but a score is never wildly overconfident
+    assert ok[scores < 0.8].mean() < ok[high].mean()
+    assert abs(ok.mean() - scores.mean()) < 0.1
+    model = job.result.levels[-1]["model"]
+    assert model["m"]["name"]["exact"] > model["u"]["name"]["exact"] * 10
+    assert model["m"]["geo"]["<=100m"] > model["u"]["geo"]["<=100m"]
+
+
+def test_cli_match_links_and_review(damaged_sierra_leone, tmp_path: Path) -> None:
+    from georeg.cli import main
+
+    reg, _damaged, _job = damaged_sierra_leone
+    path = str(reg.location.path)
+    runner = CliRunner()
+    out = tmp_path / "links.csv"
+    res = runner.invoke(main, ["match", path, "Ministry", "Survey:1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "auto" in res.output and "Next: georeg links" in res.output
+    with out.open(encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["left_ref", "right_ref", "score", "status", "evidence"]
+    evidence = json.loads(rows[1][4])
+    assert {"name_similarity", "distance_m", "parent", "type", "kind"} <= set(evidence)
+    left_only = (tmp_path / "links.unmatched-left.csv").read_text(encoding="utf-8")
+    assert left_only.startswith("ref,uuid,name,parent,type")
+    res = runner.invoke(main, ["links", path, "--status", "review", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["links"] and all(lk["status"] == "review" for lk in data["links"])
+    first = str(data["links"][0]["id"])
+    res = runner.invoke(main, ["link", "accept", path, first, "--reviewer", "aminata"])
+    assert res.exit_code == 0 and "accepted by aminata" in res.output
+    res = runner.invoke(main, ["link", "reject", path, "999999"])
+    assert res.exit_code == 4 and "No link 999999" in res.output
+    res = runner.invoke(main, ["match", path, "Ministry", "Ministry"])
+    assert res.exit_code == 2 and "same version" in res.output
+
+
+def test_a_cancelled_match_stores_nothing(two_lists: Registry) -> None:
+    from storage.errors import Cancelled
+
+    job = MatchJob(two_lists, "Ministry", "Survey")
+    seen: list[str] = []
+    job.on_progress(lambda p: (seen.append(p.message), job.cancel()))
+    with pytest.raises(Cancelled):
+        job.run()
+    assert seen
+    with two_lists.read() as conn:
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT count(*) FROM link")).scalar_one() == 0
+
+
+def test_a_rival_that_is_taken_elsewhere_barely_lowers_a_score() -> None:
+    from storage.matching.assign import competing
+
+    # left 0 ~ right 0 (0.9); left 0 ~ right 1 (0.6), but right 1 is surely left 1's (0.999)
+    li = np.array([0, 0, 1])
+    rj = np.array([0, 1, 1])
+    q = competing(li, rj, np.array([0.9, 0.6, 0.999]), 2, 2)
+    assert q[0] > 0.8 and q[2] > 0.95 and q[1] < 0.2
+    # two equally good rivals: neither is sure
+    q = competing(np.array([0, 0]), np.array([0, 1]), np.array([0.99, 0.99]), 1, 2)
+    assert 0.4 < q[0] < 0.6 and 0.4 < q[1] < 0.6
