@@ -131,28 +131,40 @@ def run_checks(
     no finding is an error (warnings are allowed); ``summary`` counts findings per
     check run (0 when clean); findings come errors first, then by check and name.
     """
-    selected = _selected(checks)
-    report = _Report(selected)
     with reg.read() as conn:
         version = resolve_version(conn, source, number)
-        units = _load_units(conn, version)
-        by_key = {u.key: u for u in units.values() if u.key is not None}
-        if "orphan" in selected or "cycle" in selected:
-            orphans = _check_orphans(conn, version, units, report, "orphan" in selected)
-            if "cycle" in selected:
-                _check_cycles(conn, version, units, by_key, set(orphans), report)
-        if "stale_path" in selected:
-            _check_stale_paths(conn, version, units, by_key, report)
-        if "level_type_mismatch" in selected:
-            _check_type_levels(conn, version, units, by_key, report)
-        if "opening_after_closing" in selected:
-            _check_dates(conn, version, units, report)
-        if "several_roots" in selected:
-            _check_roots(conn, version, units, report)
-        if "duplicate_name" in selected:
-            _check_duplicate_names(units, by_key, report)
-        if _GEOMETRY_CHECKS & set(selected):
-            _check_geometry(reg.backend, conn, version, units, by_key, report)
+        return check_version(reg, conn, version, checks=checks)
+
+
+def check_version(
+    reg: Registry,
+    conn: Connection,
+    version: VersionRef,
+    *,
+    checks: Iterable[str] | str | None = None,
+) -> dict[str, Any]:
+    """:func:`run_checks` on an open connection (e.g. inside the write transaction of a
+    merge, so the findings describe the draft before it is committed)."""
+    selected = _selected(checks)
+    report = _Report(selected)
+    units = _load_units(conn, version)
+    by_key = {u.key: u for u in units.values() if u.key is not None}
+    if "orphan" in selected or "cycle" in selected:
+        orphans = _check_orphans(conn, version, units, report, "orphan" in selected)
+        if "cycle" in selected:
+            _check_cycles(conn, version, units, by_key, set(orphans), report)
+    if "stale_path" in selected:
+        _check_stale_paths(conn, version, units, by_key, report)
+    if "level_type_mismatch" in selected:
+        _check_type_levels(conn, version, units, by_key, report)
+    if "opening_after_closing" in selected:
+        _check_dates(conn, version, units, report)
+    if "several_roots" in selected:
+        _check_roots(conn, version, units, report)
+    if "duplicate_name" in selected:
+        _check_duplicate_names(units, by_key, report)
+    if _GEOMETRY_CHECKS & set(selected):
+        _check_geometry(reg.backend, conn, version, units, by_key, report)
     order = {c: i for i, c in enumerate(CHECKS)}
     report.findings.sort(
         key=lambda f: (

@@ -196,6 +196,8 @@ def create_version(
             ensure_source(conn, source)
         src = _source_row(conn, source)
         base = resolve_version(conn, source, copy_from) if copy_from is not None else None
+        if base is not None:
+            _refuse_open_conflicts(conn, base, "copied")
         vid = insert_version(
             conn, src.fid, description=description, copied_from_id=base.id if base else None
         )
@@ -299,6 +301,7 @@ def publish_version(
         version = resolve_version(conn, source, number)
         if version.status == "published":
             raise _published(version)
+        _refuse_open_conflicts(conn, version)
         conn.execute(
             text(
                 "UPDATE source_version SET status = 'published', published_at = "
@@ -318,6 +321,22 @@ def publish_version(
             )
         _log_version(conn, version.id, "publish", {"number": number, "default": make_default})
         return version_by_id(conn, version.id).to_dict()
+
+
+def _refuse_open_conflicts(conn: Connection, version: VersionRef, action: str = "published"
+                           ) -> None:
+    """A merged draft with unresolved merge conflicts cannot be published (the database
+    refuses it too: trigger of migration 0004), nor copied (the copy would lose them)."""
+    count = conn.execute(
+        text("SELECT count(*) FROM merge_conflict WHERE version_id = :v AND status = 'open'"),
+        {"v": version.id},
+    ).scalar_one()
+    if count:
+        raise ConflictError(
+            f"{version.label} has {count} unresolved merge conflict(s) and cannot be {action}. "
+            f"List them with 'georeg conflicts list REG --version \"{version.source}:"
+            f"{version.number}\"' and settle each with 'georeg conflicts resolve REG ID --take …'."
+        )
 
 
 def set_default_version(

@@ -1,0 +1,367 @@
+"""Merge jobs: read the versions, plan, write a new draft, run the checks — in one transaction.
+
+:class:`RulesMergeJob` (target + source + links + rules) and
+:class:`ThreeWayMergeJob` (base + ours + theirs) both write a **new draft** of the
+target's (base's) source, record a ``merge_run`` row (and the ``merge_conflict``
+rows of a 3-way merge), run every integrity check on the new draft *inside the
+same transaction* and return the report.  Any error, a cancel or a killed process
+leaves no half-made version; ``dry_run`` does all of it and rolls back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from storage.checks import check_version
+from storage.diff import parse_version_spec
+from storage.errors import InvalidInput, NotFound
+from storage.jobs import Job
+from storage.merging.apply import Applied, apply_state
+from storage.merging.rules import Rules, plan_rules_merge
+from storage.merging.snapshot import Names, Snapshot, load_snapshot, to_json, unit_to_json
+from storage.merging.three_way import DUPLICATE_DISTANCE_M, Conflict, plan_three_way
+from storage.registry import Registry
+from storage.versions import (
+    VersionRef,
+    _log_version,
+    copy_version_content,
+    insert_version,
+    resolve_version,
+    version_by_id,
+)
+
+SCHEMA = "georeg.merge/v1"
+ORIGIN = "merge"
+MAX_LISTED = 200  # added units listed in a report (the counts are always complete)
+
+VersionSpec = str | VersionRef | tuple[str, int | None]
+
+
+def resolve(conn: Connection, spec: VersionSpec) -> VersionRef:
+    if isinstance(spec, VersionRef):
+        return version_by_id(conn, spec.id)
+    source, number = parse_version_spec(spec) if isinstance(spec, str) else spec
+    return resolve_version(conn, source, number)
+
+
+def jsonb(conn: Connection, param: str) -> str:
+    return f":{param}" if conn.dialect.name == "sqlite" else f"CAST(:{param} AS jsonb)"
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+class _MergeJob(Job[dict[str, Any]]):
+    title = "Merging"
+
+    def __init__(self, reg: Registry, *, dry_run: bool = False, author: str | None = None,
+                 origin: str = ORIGIN, description: str | None = None) -> None:
+        super().__init__()
+        self.reg, self.dry_run, self.author, self.origin = reg, dry_run, author, origin
+        self.description = description
+        self._run_id = 0
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        self.report(done, total, message)
+
+    def _new_draft(self, conn: Connection, base: Snapshot, description: str,
+                   kind: str) -> tuple[VersionRef, Snapshot]:
+        ref = base.version
+        vid = insert_version(conn, ref.source_id, description=self.description or description,
+                             copied_from_id=ref.id)
+        self.reg.set_audit(conn, False)
+        counts = copy_version_content(self.reg, conn, ref.id, vid)
+        self.reg.set_audit(conn, True)
+        _log_version(conn, vid, "create", {"copied_from": ref.number, "merge": kind} | counts)
+        version = version_by_id(conn, vid)
+        # the copy holds exactly what ``base`` holds (same uuids, keys, values, groups)
+        return version, Snapshot(version, base.units, base.groups)
+
+    def _finish(self, conn: Connection, version: VersionRef, applied: Applied,
+                run_row: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+        self.report(message="Checking the new draft")
+        checks = check_version(self.reg, conn, version)
+        report["version"] = version.to_dict()
+        report["counts"] = applied.counts() | report.get("counts", {})
+        report["checks"] = checks
+        report["dry_run"] = self.dry_run
+        stored = {k: v for k, v in report.items() if k not in ("checks", "conflicts", "added")}
+        stored["checks"] = {"ok": checks["ok"], "counts": checks["counts"],
+                            "summary": checks["summary"]}
+        run_id = int(conn.execute(
+            text(
+                "INSERT INTO merge_run (kind, result_version_id, target_version_id, "
+                "source_version_id, theirs_version_id, links_run_id, rules, report, started_by, "
+                f"ended_at) VALUES (:kind, :res, :tv, :sv, :th, :lr, {jsonb(conn, 'rules')}, "
+                f"{jsonb(conn, 'report')}, :by, :ended) RETURNING fid"
+            ),
+            run_row | {"res": version.id, "report": _dumps(stored), "by": self.author,
+                       "ended": _now()},
+        ).scalar_one())
+        report["merge_run"] = None if self.dry_run else run_id  # a dry run keeps no row
+        self._run_id = run_id
+        return report
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# --- links --------------------------------------------------------------------------------
+
+
+def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id: int | None
+               ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """Accepted and auto one-to-one links between the two sources as (target, source) uuids.
+
+    With ``run_id``, that match run's links; without, the newest run between the two
+    sources (either side left or right), else links stored without a run.
+    """
+    sources = {target.source_id, source.source_id}
+    if run_id is not None:
+        row = conn.execute(
+            text("SELECT r.fid, lv.source_id, rv.source_id FROM algorithm_run r "
+                 "JOIN source_version lv ON lv.fid = r.left_version_id "
+                 "JOIN source_version rv ON rv.fid = r.right_version_id WHERE r.fid = :r"),
+            {"r": run_id},
+        ).first()
+        if row is None:
+            raise NotFound(f"No match run {run_id}. List runs with 'georeg links REG'.")
+        if {row[1], row[2]} != sources:
+            raise InvalidInput(f"Match run {run_id} is not between {target.source!r} and "
+                               f"{source.source!r}; pick a run that matched these two sources.")
+    else:
+        runs = conn.execute(
+            text("SELECT r.fid, lv.source_id, rv.source_id FROM algorithm_run r "
+                 "JOIN source_version lv ON lv.fid = r.left_version_id "
+                 "JOIN source_version rv ON rv.fid = r.right_version_id ORDER BY r.fid DESC"),
+        ).all()
+        run_id = next((int(r[0]) for r in runs if {r[1], r[2]} == sources), None)
+    rows = conn.execute(
+        text(
+            "SELECT l.left_version_id, l.left_unit_uuid, l.right_version_id, l.right_unit_uuid, "
+            "l.status, l.score, lv.source_id FROM link l "
+            "JOIN source_version lv ON lv.fid = l.left_version_id "
+            "JOIN source_version rv ON rv.fid = l.right_version_id "
+            "WHERE l.status IN ('accepted', 'auto') AND l.kind = 'one_to_one' AND "
+            + ("l.run_id = :r" if run_id is not None else
+               "l.run_id IS NULL AND lv.source_id IN (:a, :b) AND rv.source_id IN (:a, :b)")
+            + " ORDER BY CASE WHEN l.status = 'accepted' THEN 0 ELSE 1 END, l.score DESC, l.fid"
+        ),
+        {"r": run_id, "a": target.source_id, "b": source.source_id},
+    ).all()
+    if not rows:
+        raise InvalidInput(
+            f"No accepted or auto links between {target.label} and {source.label}. Match them "
+            f"first: georeg match REG \"{target.source}:{target.number}\" "
+            f"\"{source.source}:{source.number}\" (then review), or pass --links RUN_ID.")
+    links: list[tuple[str, str]] = []
+    seen_t: set[str] = set()
+    seen_s: set[str] = set()
+    doubles = 0
+    for lv_id, lu, _rv_id, ru, _status, _score, l_source in rows:
+        if lv_id == target.id or (lv_id != source.id and l_source == target.source_id):
+            t_uuid, s_uuid = lu, ru
+        else:
+            t_uuid, s_uuid = ru, lu
+        if t_uuid in seen_t or s_uuid in seen_s:
+            doubles += 1
+            continue
+        seen_t.add(t_uuid)
+        seen_s.add(s_uuid)
+        links.append((t_uuid, s_uuid))
+    return links, {"run_id": run_id, "links": len(links), "ignored_second_links": doubles}
+
+
+# --- the jobs ---------------------------------------------------------------------------
+
+
+class RulesMergeJob(_MergeJob):
+    """A new draft of TARGET's source: TARGET with SOURCE's values where the rules say so."""
+
+    title = "Merging by links and rules"
+
+    def __init__(self, reg: Registry, target: VersionSpec, source: VersionSpec, *,
+                 rules: Rules | None = None, links_run: int | None = None,
+                 links: list[tuple[str, str]] | None = None, **kw: Any) -> None:
+        super().__init__(reg, **kw)
+        self.target_spec, self.source_spec = target, source
+        self.rules = rules or Rules()
+        self.links_run, self.links = links_run, links
+
+    def execute(self) -> dict[str, Any]:
+        with self.reg.write(origin=self.origin, author=self.author, dry_run=self.dry_run) as conn:
+            target = resolve(conn, self.target_spec)
+            source = resolve(conn, self.source_spec)
+            _refuse_open_conflicts(conn, target, source)
+            if target.id == source.id:
+                raise InvalidInput(f"TARGET and FROM are the same version ({target.label}); "
+                                   "merge a different source (or version) into it.")
+            self.report(0, None, "Reading links and versions")
+            if self.links is not None:
+                links, link_info = self.links, {"run_id": None, "links": len(self.links),
+                                                "ignored_second_links": 0}
+            else:
+                links, link_info = load_links(conn, target, source, self.links_run)
+            t_snap = load_snapshot(conn, self.reg.backend, target)
+            s_snap = load_snapshot(conn, self.reg.backend, source)
+            self.check_cancelled()
+            self.report(message="Planning")
+            plan = plan_rules_merge(t_snap, s_snap, links, self.rules)
+            link_info["used"] = plan.matched
+            link_info["stale"] = len(links) - plan.matched
+            version, current = self._new_draft(
+                conn, t_snap, f"Merge of {source.label} into {target.label}", "rules")
+            applied = apply_state(conn, self.reg.backend, current, plan.desired, plan.group_defs,
+                                  self._progress)
+            report: dict[str, Any] = {
+                "schema": SCHEMA,
+                "mode": "rules",
+                "target": target.to_dict(),
+                "source": source.to_dict(),
+                "links": link_info,
+                "rules": self.rules.to_dict(),
+                "counts": {"matched": plan.matched, "unmatched_target": len(plan.unmatched_target),
+                           "conflicts": 0},
+                "added": plan.added[:MAX_LISTED],
+                "warnings": plan.warnings,
+                "conflicts": [],
+            }
+            run_row = {"kind": "rules", "tv": target.id, "sv": source.id, "th": None,
+                       "lr": link_info["run_id"], "rules": _dumps(self.rules.to_dict())}
+            return self._finish(conn, version, applied, run_row, report)
+
+
+class ThreeWayMergeJob(_MergeJob):
+    """A new draft combining OURS and THEIRS, both descended from BASE; conflicts recorded."""
+
+    title = "3-way merge"
+
+    def __init__(self, reg: Registry, base: VersionSpec, ours: VersionSpec, theirs: VersionSpec,
+                 *, duplicate_distance_m: float = DUPLICATE_DISTANCE_M, **kw: Any) -> None:
+        super().__init__(reg, **kw)
+        self.specs = (base, ours, theirs)
+        self.duplicate_distance_m = duplicate_distance_m
+
+    def execute(self) -> dict[str, Any]:
+        with self.reg.write(origin=self.origin, author=self.author, dry_run=self.dry_run) as conn:
+            base, ours, theirs = (resolve(conn, s) for s in self.specs)
+            _refuse_open_conflicts(conn, base, ours, theirs)
+            _check_descent(conn, base, ours, "OURS")
+            _check_descent(conn, base, theirs, "THEIRS")
+            if ours.id == theirs.id:
+                raise InvalidInput(f"OURS and THEIRS are the same version ({ours.label}); "
+                                   "nothing to merge.")
+            self.report(0, None, "Reading versions")
+            snaps = [load_snapshot(conn, self.reg.backend, v) for v in (base, ours, theirs)]
+            self.check_cancelled()
+            self.report(message="Planning")
+            plan = plan_three_way(*snaps, duplicate_distance_m=self.duplicate_distance_m)
+            version, current = self._new_draft(
+                conn, snaps[0], f"3-way merge of {ours.label} and {theirs.label} (base {base.label})",
+                "three_way")
+            applied = apply_state(conn, self.reg.backend, current, plan.desired, plan.group_defs,
+                                  self._progress)
+            report: dict[str, Any] = {
+                "schema": SCHEMA,
+                "mode": "three_way",
+                "base": base.to_dict(),
+                "ours": ours.to_dict(),
+                "theirs": theirs.to_dict(),
+                "counts": {"from_ours": plan.from_ours, "from_theirs": plan.from_theirs,
+                           "conflicts": len(plan.conflicts)},
+                "warnings": [],
+            }
+            run_row = {"kind": "three_way", "tv": base.id, "sv": ours.id, "th": theirs.id,
+                       "lr": None, "rules": _dumps({"duplicate_distance_m":
+                                                    self.duplicate_distance_m})}
+            report = self._finish(conn, version, applied, run_row, report)
+            names = Names.load(conn, version.id, plan.group_defs)
+            report["conflicts"] = store_conflicts(conn, self._run_id, version, plan.conflicts,
+                                                  names)
+            if self.dry_run:
+                for conflict in report["conflicts"]:
+                    conflict["id"] = None  # rolled back with everything else
+            return report
+
+
+def _refuse_open_conflicts(conn: Connection, *used: VersionRef) -> None:
+    """A version with open conflicts is not merged further: they would be lost on the way."""
+    for version in used:
+        count = conn.execute(
+            text("SELECT count(*) FROM merge_conflict WHERE version_id = :v AND status = 'open'"),
+            {"v": version.id},
+        ).scalar_one()
+        if count:
+            raise InvalidInput(
+                f"{version.label} still has {count} open merge conflict(s); resolve them first "
+                f"(georeg conflicts list REG --version \"{version.source}:{version.number}\").")
+
+
+def _check_descent(conn: Connection, base: VersionRef, other: VersionRef, label: str) -> None:
+    if other.source_id != base.source_id:
+        raise InvalidInput(f"{label} ({other.label}) is not a version of {base.source!r}: a 3-way "
+                           "merge combines two drafts of the base's own source.")
+    cur: int | None = other.id
+    seen: set[int] = set()
+    while cur is not None and cur not in seen:
+        if cur == base.id:
+            return
+        seen.add(cur)
+        cur = conn.execute(text("SELECT copied_from_id FROM source_version WHERE fid = :v"),
+                           {"v": cur}).scalar()
+    raise InvalidInput(
+        f"{label} ({other.label}) does not descend from BASE ({base.label}): it was not made as a "
+        "copy of it (or of a copy of it). Give the version both drafts were copied from.")
+
+
+def store_conflicts(conn: Connection, run_id: int, version: VersionRef, conflicts: list[Conflict],
+                    names: Names) -> list[dict[str, Any]]:
+    out = []
+    for c in conflicts:
+        if c.kind in ("edit_delete", "duplicate_new"):
+            values = [unit_to_json(v, names) if v is not None else None
+                      for v in (c.base, c.ours, c.theirs)]
+        else:
+            name = "extra_fields" if (c.field or "").startswith("extra_fields.") else c.field
+            if name == "extra_fields":
+                values = [c.base, c.ours, c.theirs]
+            else:
+                values = [to_json(name or "", v, names) for v in (c.base, c.ours, c.theirs)]
+        row = {"run": run_id, "v": version.id, "u": c.unit_uuid, "o": c.other_uuid,
+               "kind": c.kind, "field": c.field, "b": _dumps(values[0]), "ou": _dumps(values[1]),
+               "th": _dumps(values[2]), "msg": c.message}
+        fid = conn.execute(
+            text("INSERT INTO merge_conflict (merge_run_id, version_id, unit_uuid, other_uuid, "
+                 f"kind, field, base_value, ours_value, theirs_value, message) VALUES (:run, :v, "
+                 f":u, :o, :kind, :field, {jsonb(conn, 'b')}, {jsonb(conn, 'ou')}, "
+                 f"{jsonb(conn, 'th')}, :msg) RETURNING fid"),
+            row,
+        ).scalar_one()
+        unit_name = (c.base or c.ours or c.theirs).get("name") if c.kind in (
+            "edit_delete", "duplicate_new") else conn.execute(
+            text("SELECT name FROM org_unit WHERE version_id = :v AND uuid = :u"),
+            {"v": version.id, "u": c.unit_uuid}).scalar()
+        out.append({"id": int(fid), "version": version.label, "unit_uuid": c.unit_uuid,
+                    "unit_name": unit_name,
+                    "other_uuid": c.other_uuid, "kind": c.kind, "field": c.field,
+                    "base": values[0], "ours": values[1], "theirs": values[2],
+                    "message": c.message, "status": "open"})
+    return out
+
+
+def merge_by_rules(reg: Registry, target: VersionSpec, source: VersionSpec, **kw: Any
+                   ) -> dict[str, Any]:
+    return RulesMergeJob(reg, target, source, **kw).run()
+
+
+def merge_three_way(reg: Registry, base: VersionSpec, ours: VersionSpec, theirs: VersionSpec,
+                    **kw: Any) -> dict[str, Any]:
+    return ThreeWayMergeJob(reg, base, ours, theirs, **kw).run()
+
