@@ -103,7 +103,8 @@ def names(reg: Registry, source: str, number: int) -> dict[str, dict[str, Any]]:
 
 
 def add_link(reg: Registry, left: tuple[str, int], left_uuid: str, right: tuple[str, int],
-             right_uuid: str, status: str = "accepted", run_id: int | None = None) -> None:
+             right_uuid: str, status: str = "accepted", run_id: int | None = None,
+             kind: str = "one_to_one") -> None:
     """A link row as the matcher (storage/matching) and reviewers store them."""
     with reg.write() as conn:
         lv = versions.resolve_version(conn, *left)
@@ -111,9 +112,9 @@ def add_link(reg: Registry, left: tuple[str, int], left_uuid: str, right: tuple[
         conn.execute(
             text("INSERT INTO link (run_id, left_version_id, left_unit_uuid, right_version_id, "
                  "right_unit_uuid, score, status, kind) VALUES (:r, :lv, :lu, :rv, :ru, 0.99, :s, "
-                 "'one_to_one')"),
+                 ":k)"),
             {"r": run_id, "lv": lv.id, "lu": left_uuid, "rv": rv.id, "ru": right_uuid,
-             "s": status},
+             "s": status, "k": kind},
         )
 
 
@@ -200,6 +201,29 @@ def test_ministry_names_and_survey_coordinates_make_a_new_draft(reg: Registry) -
     assert checks["version"]["label"] == "MoH v2"
     assert {f["check"] for f in checks["findings"]} >= {"level_type_mismatch"}
     assert report["merge_run"] is not None
+
+
+def test_units_of_an_accepted_split_are_neither_added_twice_nor_left_out(
+        reg: Registry) -> None:
+    """The survey split "Bo CHP" in two: both survey units are the ministry's Bo CHP.
+
+    The first link pairs them; the second survey unit is known to be the same place,
+    so it must not come back as a 'new' duplicate under Bo."""
+    moh = build_moh(reg)
+    s = build_survey(reg, moh)
+    annex = units.add_unit(reg, "Survey", name="Bo CHP Annex", parent=s["Bo District"],
+                           type="Facility", location=Point(-11.7403, 7.9602))["uuid"]
+    with reg.write() as conn:  # the matcher marks both links of a split with kind 'split'
+        conn.execute(text("UPDATE link SET kind = 'split' WHERE right_unit_uuid = :u"),
+                     {"u": s["Bo Community Health Post"]})
+    add_link(reg, ("MoH", 1), moh["Bo CHP"], ("Survey", 1), annex, status="accepted",
+             kind="split")
+    report = merge_by_rules(reg, "MoH:1", "Survey:1", rules=RULES, author="kofi")
+    merged = names(reg, "MoH", 2)
+    assert "Bo CHP Annex" not in merged and "Bo Community Health Post" not in merged
+    assert merged["Bo CHP"]["uuid"] == moh["Bo CHP"]
+    assert report["links"]["ignored_second_links"] == 1
+    assert report["counts"]["matched"] == 6 and report["counts"]["added"] == 2
 
 
 def test_rules_file_unmatched_target_and_parent_from_source(reg: Registry,

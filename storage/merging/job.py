@@ -149,10 +149,11 @@ def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id:
             "l.status, l.score, lv.source_id FROM link l "
             "JOIN source_version lv ON lv.fid = l.left_version_id "
             "JOIN source_version rv ON rv.fid = l.right_version_id "
-            "WHERE l.status IN ('accepted', 'auto') AND l.kind = 'one_to_one' AND "
+            "WHERE l.status IN ('accepted', 'auto') AND "
             + ("l.run_id = :r" if run_id is not None else
                "l.run_id IS NULL AND lv.source_id IN (:a, :b) AND rv.source_id IN (:a, :b)")
-            + " ORDER BY CASE WHEN l.status = 'accepted' THEN 0 ELSE 1 END, l.score DESC, l.fid"
+            + " ORDER BY CASE WHEN l.status = 'accepted' THEN 0 ELSE 1 END, "
+            "CASE WHEN l.kind = 'one_to_one' THEN 0 ELSE 1 END, l.score DESC, l.fid"
         ),
         {"r": run_id, "a": target.source_id, "b": source.source_id},
     ).all()
@@ -164,6 +165,7 @@ def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id:
     links: list[tuple[str, str]] = []
     seen_t: set[str] = set()
     seen_s: set[str] = set()
+    also_source: set[str] = set()
     doubles = 0
     for lv_id, lu, _rv_id, ru, _status, _score, l_source in rows:
         if lv_id == target.id or (lv_id != source.id and l_source == target.source_id):
@@ -172,11 +174,13 @@ def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id:
             t_uuid, s_uuid = ru, lu
         if t_uuid in seen_t or s_uuid in seen_s:
             doubles += 1
+            also_source.add(s_uuid)  # same place as an already-paired unit: never "new"
             continue
         seen_t.add(t_uuid)
         seen_s.add(s_uuid)
         links.append((t_uuid, s_uuid))
-    return links, {"run_id": run_id, "links": len(links), "ignored_second_links": doubles}
+    return links, {"run_id": run_id, "links": len(links), "ignored_second_links": doubles,
+                   "_also_linked_source": also_source}
 
 
 # --- the jobs ---------------------------------------------------------------------------
@@ -213,7 +217,8 @@ class RulesMergeJob(_MergeJob):
             s_snap = load_snapshot(conn, self.reg.backend, source)
             self.check_cancelled()
             self.report(message="Planning")
-            plan = plan_rules_merge(t_snap, s_snap, links, self.rules)
+            also = link_info.pop("_also_linked_source", set())
+            plan = plan_rules_merge(t_snap, s_snap, links, self.rules, also_linked=also)
             link_info["used"] = plan.matched
             link_info["stale"] = len(links) - plan.matched
             version, current = self._new_draft(

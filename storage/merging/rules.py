@@ -121,7 +121,8 @@ class RulesPlan:
 
 
 def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, str]],
-                     rules: Rules) -> RulesPlan:
+                     rules: Rules, also_linked: set[str] | frozenset[str] = frozenset(),
+                     ) -> RulesPlan:
     """The desired state of the new draft: ``target`` with the rules applied."""
     desired = dict(target.units)  # a unit is copied before its first change (editable)
     group_defs: dict[int, GroupDef] = dict(target.groups)
@@ -150,7 +151,7 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
     if rules.unmatched_source == "add_as_new":
         refs = {u.get("source_ref") for u in desired.values() if u.get("source_ref")}
         for s_uuid in depth_order(source.units):
-            if s_uuid in t_of_s:
+            if s_uuid in t_of_s or s_uuid in also_linked:
                 continue
             s_unit = source.units[s_uuid]
             sp = s_unit.get("parent")
