@@ -173,20 +173,35 @@ class StatementTimer:
 # --- child processes ----------------------------------------------------------------
 
 
+#: A tiny launcher between the benchmark and the measured command.  Linux keeps, in a
+#: process's ``ru_maxrss``, the peak of the memory image it replaced at exec — so a
+#: command started straight from a big benchmark process reports at least that
+#: process's size (every figure floored at ~140 MiB when run_all.py had grown so far).
+#: Started from this launcher, the command's peak is its own (floor: the launcher's
+#: few MiB).  It writes "<wall seconds> <peak KiB>" to the file named first.
+_LAUNCHER = (
+    "import os, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(f'{time.perf_counter() - t} {usage.ru_maxrss}')\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_measured(cmd: Sequence[str], *, cwd: Path = ROOT) -> tuple[float, float, str]:
-    """Run a command; (wall seconds, peak RSS of that process in MiB from wait4, stdout)."""
-    with tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True)
+    """Run a command; (wall seconds, its own peak RSS in MiB, stdout)."""
+    with tempfile.TemporaryFile("w+") as err, tempfile.NamedTemporaryFile("r") as res:
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, res.name, *cmd],
+                                cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True)
         assert proc.stdout is not None
         stdout = proc.stdout.read()
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.read()[-4000:]}")
-    return seconds, usage.ru_maxrss / 1024, stdout
+        seconds, kib = res.read().split()
+    return float(seconds), int(kib) / 1024, stdout
 
 
 def python_child(script: str, args: Sequence[str]) -> tuple[dict[str, Any], float]:

@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+import bench_diff
+import bench_formats
 import bench_import
+import bench_matching_quality
+import bench_matching_scale
 import bench_new_draft
 import bench_subtree
 
@@ -45,7 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     print()
     draft = bench_new_draft.run(size, backend=args.backend, seed=args.seed, out=args.out)
     print()
+    fmt = bench_formats.run(size, seed=args.seed, out=args.out)
+    print()
     sub = bench_subtree.run(subtree_sizes, backend=args.backend, seed=args.seed, out=args.out)
+    print()
+    dif = bench_diff.run(size, backend=args.backend, seed=args.seed, out=args.out)
+    print()
+    mq = bench_matching_quality.run(["sierra-leone", "drc-schools"], args.seed, args.out)
+    print()
+    ms = bench_matching_scale.run([10_000] if args.quick else [10_000, 50_000, 100_000],
+                                  args.seed, args.out)
     elapsed = time.perf_counter() - start
 
     rows: list[list[Any]] = [
@@ -98,6 +111,25 @@ def main(argv: list[str] | None = None) -> int:
                 _met(r["ratio_api"] <= sub["goal"]),
             ]
         )
+    for name, case in fmt["cases"].items():
+        rows.append([f"{name}, {size:,} units", f"{case['seconds']:.2f} s",
+                     f"ogr2ogr {case['baseline']} {case['baseline_seconds']:.2f} s",
+                     f"{case['ratio']:.2f}x", f"<= {fmt['goal']:g}x", _met(case["met"])])
+    rows.append([f"diff of two {size:,}-unit versions (2 % changed)", f"{dif['ours']:.2f} s",
+                 f"pygeodiff {dif['geodiff']:.2f} s", f"{dif['ratio']:.2f}x",
+                 f"<= {dif['goal']:g}x", _met(dif["met"])])
+    for q in mq["results"]:
+        rows.append([f"matching F1 auto+review, {q['tree']}", f"{q['auto_review']['f1']:.3f}",
+                     f"Iaso {q['iaso']['f1']:.3f}", f"+{q['f1_above_iaso']:.2f}",
+                     ">= 0.95, +0.25", _met(q["auto_review"]["f1"] >= 0.95
+                                           and q["f1_above_iaso"] >= 0.25)])
+        rows.append([f"matching precision auto, {q['tree']}", f"{q['auto']['precision']:.3f}",
+                     "-", "-", ">= 0.98", _met(q["auto"]["precision"] >= 0.98)])
+    for m in ms["results"]:
+        rows.append([f"matching {m['size']:,} x {m['size']:,}", f"{m['seconds']:.1f} s",
+                     f"Iaso {m['iaso_seconds']:.2f} s", f"{m['rss_mib']:.0f} MiB",
+                     "50k: < 60 s, < 2 GB", _met(m["seconds"] < 60 and m["rss_mib"] < 2048)
+                     if m["size"] == 50_000 else ""])
     if sub["flatness"]:
         first, last = sub["sizes"][0]["size"], sub["sizes"][-1]["size"]
         rows.append(
@@ -115,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     c.save_result(
         args.out,
         f"summary-{args.backend}",
-        {"environment": env, "import": imp, "new_draft": draft, "subtree": sub, "seconds": elapsed},
+        {"environment": env, "import": imp, "new_draft": draft, "subtree": sub, "formats": fmt,
+         "diff": dif,
+         "seconds": elapsed},
     )
     return 0
 

@@ -369,23 +369,36 @@ def iter_geojson_features(path: str | Path) -> Iterator[dict[str, object]]:
                 yield json.loads(line)
 
 
-def read_geojson_units(path: str | Path) -> Iterator[UnitRecord]:
-    """UnitRecords streamed back from a file written by :func:`write_geojson`."""
+def read_geojson_units(path: str | Path, batch: int = 5000) -> Iterator[UnitRecord]:
+    """UnitRecords streamed back from a file written by :func:`write_geojson`.
+
+    Points are made ``batch`` at a time with one vectorised ``shapely.points`` call
+    (a shapely ``Point(...)`` per feature costs more than parsing its JSON).
+    """
+    pending: list[tuple[dict[str, object], dict[str, object]]] = []
+
+    def emit() -> Iterator[UnitRecord]:
+        coords = [g["coordinates"] for _, g in pending if g["type"] == "Point"]
+        points = iter(shapely.points(coords).tolist()) if coords else iter(())
+        for props, geom in pending:
+            is_point = geom["type"] == "Point"
+            yield UnitRecord(
+                name=str(props["name"]),
+                source_ref=str(props["ref"]),
+                parent_ref=props["parent_ref"],  # type: ignore[arg-type]
+                type_name=str(props["type"]),
+                code=props["code"],  # type: ignore[arg-type]
+                opening_date=props["opening_date"],  # type: ignore[arg-type]
+                location=next(points) if is_point else None,
+                territory=None if is_point else Polygon(geom["coordinates"][0]),  # type: ignore[index]
+            )
+        pending.clear()
+
     for f in iter_geojson_features(path):
-        props: dict[str, object] = f["properties"]  # type: ignore[assignment]
-        geom: dict[str, object] = f["geometry"]  # type: ignore[assignment]
-        coords = geom["coordinates"]
-        is_point = geom["type"] == "Point"
-        yield UnitRecord(
-            name=str(props["name"]),
-            source_ref=str(props["ref"]),
-            parent_ref=props["parent_ref"],  # type: ignore[arg-type]
-            type_name=str(props["type"]),
-            code=props["code"],  # type: ignore[arg-type]
-            opening_date=props["opening_date"],  # type: ignore[arg-type]
-            location=Point(coords) if is_point else None,  # type: ignore[arg-type]
-            territory=None if is_point else Polygon(coords[0]),  # type: ignore[index]
-        )
+        pending.append((f["properties"], f["geometry"]))  # type: ignore[arg-type]
+        if len(pending) >= batch:
+            yield from emit()
+    yield from emit()
 
 
 # --- self-check -------------------------------------------------------------------

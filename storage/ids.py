@@ -32,3 +32,29 @@ def uuid7() -> str:
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def uuid7_many(n: int) -> list[str]:
+    """``n`` new UUIDv7 strings at once (bulk loads): the same values ``uuid7`` would give
+    called ``n`` times in a row — one clock read and one ``os.urandom`` for the batch."""
+    global _last_ms, _counter
+    if n <= 0:
+        return []
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            start_ms, start = ms, int.from_bytes(os.urandom(2), "big") & 0x1FF
+        else:
+            start_ms, start = _last_ms, _counter + 1
+        last = start + n - 1
+        _last_ms, _counter = start_ms + (last >> 12), last & 0xFFF
+    rand = os.urandom(8 * n)
+    out = []
+    for i in range(n):
+        seq = start + i
+        hi = ((start_ms + (seq >> 12)) & ((1 << 48) - 1)) << 16 | 0x7000 | (seq & 0xFFF)
+        lo = 0x8000000000000000 | (int.from_bytes(rand[8 * i : 8 * i + 8], "big")
+                                    & ((1 << 62) - 1))
+        h = f"{hi:016x}{lo:016x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out

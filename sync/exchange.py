@@ -16,10 +16,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import shapely
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import text
 
 from storage import geometry
+from storage.backends import Backend
 from storage.bulk import UnitRecord
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef, resolve_version
@@ -139,7 +142,7 @@ def read_version(reg: Registry, source: str, number: int | None = None,
     groups = [GroupDef(group_ref[r[0]], r[2], r[3], r[4]) for r in group_rows]
 
     def units() -> Iterator[ExportUnit]:
-        names: dict[int, tuple[str, str]] = {}  # unit_key -> (name, ref) of units seen so far
+        names: dict[str, tuple[str, str]] = {}  # unit_key (text) -> (name, ref) seen so far
         last_path = ""
         while True:
             with reg.read() as conn:
@@ -163,24 +166,51 @@ def read_version(reg: Registry, source: str, number: int | None = None,
                         members.setdefault(m[0], []).append(group_ref[m[1]])
             if not rows:
                 return
-            for r in rows:
+            locations = _decode_many(b, [r[14] for r in rows])
+            territories = _decode_many(b, [r[15] for r in rows])
+            for r, location, territory in zip(rows, locations, territories, strict=True):
                 ref = r[1] or internal_ref(r[0])
-                names[r[3]] = (r[2], ref)
-                path_keys = [int(k) for k in r[5].strip("/").split("/")[:-1]]
-                parent = names.get(r[4]) if r[4] is not None else None
+                names[str(r[3])] = (r[2], ref)
+                path_keys = r[5].split("/")[1:-2]  # "/k1/k2/k/" → ancestors' keys, as text
+                parent = names.get(str(r[4])) if r[4] is not None else None
                 yield ExportUnit(
                     uuid=r[0], ref=ref, source_ref=r[1], name=r[2],
                     parent_ref=parent[1] if parent else None, type=r[7], depth=r[6],
                     code=r[8], opening_date=_iso(r[9]), closed_date=_iso(r[10]),
                     validation_status=r[11], aliases=json_value(r[12]) or [],
                     extra_fields=json_value(r[13]) or {},
-                    location=geometry.decode(b, r[14]), territory=geometry.decode(b, r[15]),
+                    location=location, territory=territory,
                     groups=sorted(members.get(r[3], [])),
                     ancestors=[names[k][0] for k in path_keys if k in names],
                 )
             last_path = rows[-1][5]
 
     return VersionData(version, types, groups, units(), int(count))
+
+
+_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
+
+
+def _decode_many(backend: Backend, values: list[Any]) -> list[BaseGeometry | None]:
+    """A batch of stored geometries → shapely, with one vectorised WKB parse."""
+    present = [i for i, v in enumerate(values) if v is not None]
+    out: list[BaseGeometry | None] = [None] * len(values)
+    if not present:
+        return out
+    if backend is Backend.GEOPACKAGE:
+        wkbs = []
+        for i in present:
+            blob = bytes(values[i])
+            if len(blob) < 8 or blob[:2] != b"GP" or (blob[3] >> 1) & 0b111 not in \
+                    _ENVELOPE_BYTES:
+                geometry.gpkg_wkb(blob)  # raises the usual message
+            wkbs.append(blob[8 + _ENVELOPE_BYTES[(blob[3] >> 1) & 0b111]:])
+    else:
+        wkbs = [bytes(values[i]) for i in present]
+    for i, geom in zip(present, shapely.from_wkb(np.array(wkbs, dtype=object)).tolist(),
+                       strict=True):
+        out[i] = geom
+    return out
 
 
 def _iso(value: Any) -> str | None:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
@@ -96,11 +97,14 @@ def _clean_territory(geom: BaseGeometry, where: str, fix: bool,
 
 
 def validate(rec: UnitRecord, *, fix_geometry: bool = False,
-             keep_invalid: list[str] | None = None) -> UnitRecord:
+             keep_invalid: list[str] | None = None,
+             point: tuple[int, float, float] | None = None) -> UnitRecord:
     """Check and normalise one record; raise InvalidInput naming the row and field.
 
     ``keep_invalid``: a list to collect warnings in, keeping invalid polygons as they
-    are (for faithful mirrors of an upstream); None rejects them.
+    are (for faithful mirrors of an upstream); None rejects them.  ``point``: the
+    location's (shapely type id, x, y) when the caller computed them for a batch
+    (NaN coordinates for an empty point).
     """
     where = rec.where or f"unit {rec.source_ref or rec.name!r}"
     if not isinstance(rec.name, str) or not rec.name.strip():
@@ -115,9 +119,11 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
                            f"expected one of {', '.join(VALIDATION_STATUSES)}.")
     loc = rec.location
     if loc is not None:
-        if loc.geom_type != "Point" or loc.is_empty:
+        if point is None:
+            point = (int(shapely.get_type_id(loc)), *_xy(loc))
+        kind, x, y = point
+        if kind != 0 or x != x:  # not a point, or an empty one (NaN)
             raise InvalidInput(f"{where}: field 'location' must be a point with coordinates.")
-        x, y = loc.x, loc.y
         if not (math.isfinite(x) and math.isfinite(y)):
             raise InvalidInput(f"{where}: field 'location' has no usable coordinates.")
         if not -90 <= y <= 90:
@@ -131,6 +137,15 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
     rec.opening_date = parse_date(rec.opening_date, f"{where}: field 'opening_date'")
     rec.closed_date = parse_date(rec.closed_date, f"{where}: field 'closed_date'")
     return rec
+
+
+def _xy(geom: BaseGeometry) -> tuple[float, float]:
+    if geom.geom_type != "Point" or geom.is_empty:
+        return math.nan, math.nan
+    return geom.x, geom.y
+
+
+_CHUNK = 2000
 
 
 class _Validated:
@@ -148,12 +163,32 @@ class _Validated:
         self.keep: list[str] | None = report.warnings if keep_invalid else None
 
     def __iter__(self) -> Iterator[UnitRecord]:
+        chunk: list[UnitRecord] = []
         for rec in self.records:
+            chunk.append(rec)
+            if len(chunk) >= _CHUNK:
+                yield from self._check(chunk)
+                chunk = []
+        yield from self._check(chunk)
+
+    def _check(self, chunk: list[UnitRecord]) -> Iterator[UnitRecord]:
+        """Validate a chunk; the points' type and coordinates are read vectorised."""
+        locs = np.empty(len(chunk), dtype=object)
+        locs[:] = [rec.location for rec in chunk]
+        kinds_arr = shapely.get_type_id(locs)  # -1 for None
+        usable = kinds_arr == 0
+        usable[usable] = ~shapely.is_empty(locs[usable])
+        xs_arr = np.full(len(chunk), np.nan)
+        ys_arr = np.full(len(chunk), np.nan)
+        xs_arr[usable], ys_arr[usable] = shapely.get_x(locs[usable]), shapely.get_y(locs[usable])
+        kinds, xs, ys = kinds_arr.tolist(), xs_arr.tolist(), ys_arr.tolist()  # NaN: no point
+        for rec, kind, x, y in zip(chunk, kinds, xs, ys, strict=True):
             self.seen += 1
             if self.job is not None and self.seen % 1000 == 0:
                 self.job.report(self.seen, self.total, "Importing units")
             try:
-                yield validate(rec, fix_geometry=self.fix_geometry, keep_invalid=self.keep)
+                yield validate(rec, fix_geometry=self.fix_geometry, keep_invalid=self.keep,
+                               point=(kind, x, y) if kind >= 0 else None)
             except InvalidInput as error:
                 self.report.add("rejected", rec, message=error.message)
 

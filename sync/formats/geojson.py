@@ -229,6 +229,8 @@ class _Scan:
 
 def _text(value: Any) -> str | None:
     """A property as text: numbers become '12', blanks None."""
+    if type(value) is str:
+        return value.strip() or None
     if value is None or isinstance(value, bool):
         return None if value is None else str(value).lower()
     if isinstance(value, float) and value.is_integer():
@@ -387,32 +389,68 @@ def _extra(value: Any, where: str) -> dict[str, Any] | None:
     return value or None
 
 
+_CHUNK = 2000
+
+
+def _simple_point(raw: Any) -> list[float] | None:
+    """``[x, y]`` of a plain 2-D GeoJSON Point (the common case), else None."""
+    if type(raw) is dict and raw.get("type") == "Point":
+        xy = raw.get("coordinates")
+        if type(xy) is list and len(xy) == 2:
+            x, y = xy
+            if (type(x) is float or type(x) is int) and (type(y) is float or type(y) is int):
+                return xy
+    return None
+
+
 def _records(path: Path, tr: Transformer | None) -> Iterator[UnitRecord]:
+    """Units in chunks: plain points are made with one ``shapely.points`` call per chunk."""
+    chunk: list[tuple[dict[str, Any], Any, str, list[float] | None]] = []
+
+    def emit() -> Iterator[UnitRecord]:
+        simple = [xy for *_, xy in chunk if xy is not None]
+        points = iter(shapely.points(simple).tolist() if simple else ())
+        for props, feat, where, xy in chunk:
+            if xy is not None:
+                location, territory = next(points), None
+            else:
+                location, territory = _geometry(props, feat, where, tr)
+            yield _record(props, where, location, territory)
+        chunk.clear()
+
     for i, feat in enumerate(_features(path), start=1):
         props = _check_feature(path, i, feat)
         where = _feature_where(path, i, props)
-        location, territory = _geometry(props, feat, where, tr)
-        name = props.get("name")
-        status = _text(props.get("validation_status"))
-        groups = _str_list(props.get("groups"))
-        aliases = _str_list(props.get("aliases"))
-        yield UnitRecord(
-            name=name.strip() if isinstance(name, str) else (_text(name) or ""),
-            source_ref=_text(props.get("ref")),
-            parent_ref=_text(props.get("parent_ref")),
-            type_name=_text(props.get("type")),
-            code=_text(props.get("code")),
-            opening_date=_text(props.get("opening_date")),
-            closed_date=_text(props.get("closed_date")),
-            aliases=aliases or None,
-            extra_fields=_extra(props.get("extra_fields"), where),
-            location=location,
-            territory=territory,
-            validation_status=status or "valid",
-            uuid=_text(props.get("uuid")),
-            groups=groups or None,
-            where=where,
-        )
+        xy = _simple_point(feat.get("geometry")) if tr is None else None
+        chunk.append((props, feat, where, xy))
+        if len(chunk) >= _CHUNK:
+            yield from emit()
+    yield from emit()
+
+
+def _record(props: dict[str, Any], where: str, location: BaseGeometry | None,
+            territory: BaseGeometry | None) -> UnitRecord:
+    name = props.get("name")
+    status = _text(props.get("validation_status"))
+    groups = _str_list(props.get("groups"))
+    aliases = _str_list(props.get("aliases"))
+    return UnitRecord(
+        name=name.strip() if isinstance(name, str) else (_text(name) or ""),
+        source_ref=_text(props.get("ref")),
+        parent_ref=_text(props.get("parent_ref")),
+        type_name=_text(props.get("type")),
+        code=_text(props.get("code")),
+        opening_date=_text(props.get("opening_date")),
+        closed_date=_text(props.get("closed_date")),
+        aliases=aliases or None,
+        extra_fields=_extra(props.get("extra_fields"), where),
+        location=location,
+        territory=territory,
+        validation_status=status or "valid",
+        uuid=_text(props.get("uuid")),
+        groups=groups or None,
+        where=where,
+    )
 
 
 def _types(path: Path, scan: _Scan) -> list[TypeDef]:
@@ -525,8 +563,17 @@ def _geojson(geom: BaseGeometry | None) -> Any:
 
 def feature(u: Any) -> dict[str, Any]:
     """One :class:`~sync.exchange.ExportUnit` as a GeoJSON feature (a dict)."""
+    geom = u.territory if u.territory is not None else u.location
+    return {"type": "Feature", "properties": _properties(u), "geometry": _geojson(geom)}
+
+
+_PROPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_WRITE_BATCH = 2000
+
+
+def _properties(u: Any) -> dict[str, Any]:
     both = u.territory is not None and u.location is not None and not u.location.is_empty
-    props = {
+    return {
         "ref": u.ref,
         "name": u.name,
         "parent_ref": u.parent_ref,
@@ -542,8 +589,22 @@ def feature(u: Any) -> dict[str, Any]:
         "extra_fields": u.extra_fields or {},
         "location": [u.location.x, u.location.y] if both else None,
     }
-    geom = u.territory if u.territory is not None else u.location
-    return {"type": "Feature", "properties": props, "geometry": _geojson(geom)}
+
+
+def _feature_texts(units: list[Any]) -> list[str]:
+    """Features as JSON text, the same as ``feature`` gives, geometry written vectorised
+    (``shapely.to_geojson``: shortest round-trip numbers, like ``json.dumps``)."""
+    geoms = np.empty(len(units), dtype=object)
+    geoms[:] = [u.territory if u.territory is not None else u.location for u in units]
+    missing = shapely.is_missing(geoms)
+    missing[~missing] = shapely.is_empty(geoms[~missing])
+    texts = np.full(len(units), "null", dtype=object)
+    if (~missing).any():
+        texts[~missing] = shapely.to_geojson(geoms[~missing])
+    return [
+        f'{{"type":"Feature","properties":{_PROPS.encode(_properties(u))},"geometry":{g}}}'
+        for u, g in zip(units, texts.tolist(), strict=True)
+    ]
 
 
 def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) -> dict[str, Any]:
@@ -563,13 +624,23 @@ def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) ->
     try:
         with part.open("w", encoding="utf-8", newline="\n") as fh:
             fh.write(_json(header)[:-1] + ',\n"features":[\n')
+            batch: list[Any] = []
+
+            def flush() -> None:
+                if not batch:
+                    return
+                text = ",\n".join(_feature_texts(batch))
+                fh.write((",\n" if counts["features"] else "") + text)
+                counts["features"] += len(batch)
+                counts["locations"] += sum(1 for u in batch if u.location is not None)
+                counts["territories"] += sum(1 for u in batch if u.territory is not None)
+                batch.clear()
+
             for u in data.units:
-                if counts["features"]:
-                    fh.write(",\n")
-                fh.write(_json(feature(u)))
-                counts["features"] += 1
-                counts["locations"] += u.location is not None
-                counts["territories"] += u.territory is not None
+                batch.append(u)
+                if len(batch) >= _WRITE_BATCH:
+                    flush()
+            flush()
             fh.write("\n]}\n")
         os.replace(part, out)
     except OSError as error:

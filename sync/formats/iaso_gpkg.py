@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import shapely
 from shapely.geometry.base import BaseGeometry
@@ -72,6 +73,7 @@ OUT_COLUMNS = ("name", "ref", "parent", "parent_ref", "group_refs", "group_names
                "latitude", "aliases", "extra_fields")
 MAX_LISTED = 10  # problems shown in one message
 _INTERNAL = re.compile(r"^iaso[#:](.+)$")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _GEOREG = re.compile(r"^georeg:([0-9a-fA-F-]{32,36})$")
 
 
@@ -280,7 +282,7 @@ def _check_rows(path: Path, layers: list[_Layer], group_refs: set[str]) -> list[
     """
     problems: list[str] = []
     warns: list[str] = []
-    refs: dict[str, str] = {}
+    refs: dict[str, tuple[str, Any]] = {}  # ref -> (layer, fid) of its first row
     unknown_groups: dict[str, str] = {}
     for layer in layers:
         columns: list[str] = [c for c in ("ref", "name", "group_refs") if c in layer.fields]
@@ -296,12 +298,11 @@ def _check_rows(path: Path, layers: list[_Layer], group_refs: set[str]) -> list[
             if ref is None:
                 continue
             ref = _norm_ref(ref)
-            where = _where(path, layer.name, fid)
-            if ref in refs:
-                problems.append(f"{where}: field 'ref' {ref!r} is also the ref of "
-                                f"{refs[ref]}; each unit needs its own ref.")
-            else:
-                refs[ref] = f"layer {layer.name!r}, row {fid}"
+            first = refs.setdefault(ref, (layer.name, fid))
+            if first != (layer.name, fid):
+                problems.append(f"{_where(path, layer.name, fid)}: field 'ref' {ref!r} is also "
+                                f"the ref of layer {first[0]!r}, row {first[1]}; each unit needs "
+                                "its own ref.")
         if "group_refs" in df.columns:
             for fid, raw in zip(fids, df["group_refs"].tolist(), strict=True):
                 for g in _split_groups(raw):
@@ -349,40 +350,52 @@ def _records(path: Path, layers: list[_Layer], opts: ReadOptions) -> Iterator[Un
         cols = {c: df[c].tolist() for c in OUT_COLUMNS if c in df.columns}
         n = len(df)
 
-        def col(name: str, cols: dict[str, list[Any]] = cols, n: int = n) -> list[Any]:
-            return cols.get(name) or [None] * n
-
-        for i, fid in enumerate(df.index.tolist()):
-            where = _where(path, layer.name, fid)
-            ref = _norm_ref(_text(cols["ref"][i]) or "")
-            name = _text(cols["name"][i])
+        none: list[Any] = [None] * n
+        prefix = f"{path.name}, layer {layer.name!r}, row "
+        arr = np.empty(n, dtype=object)
+        arr[:] = geoms
+        kinds = shapely.get_type_id(arr).tolist()  # -1: no geometry, 0: point
+        has_groups = "group_refs" in cols
+        for (fid, ref_raw, name_raw, geom, kind, lon, lat, uuid_raw, status_raw, parent_raw,
+             code, opening, closed, aliases, extra, group_refs) in zip(
+                df.index.tolist(), cols["ref"], cols["name"], geoms, kinds,
+                *(cols.get(c) or none for c in (
+                    "longitude", "latitude", "uuid", "validation_status", "parent_ref", "code",
+                    "opening_date", "closed_date", "aliases", "extra_fields", "group_refs")),
+                strict=True):
+            where = f"{prefix}{fid}"
+            ref = _norm_ref(_text(ref_raw) or "")
+            name = _text(name_raw)
             if not ref or not name:  # checked before streaming; the file changed since
                 raise InvalidInput(f"{where}: field {'ref' if not ref else 'name'!r} is empty.")
-            location, territory = _split(geoms[i], where)
+            if kind == 0:
+                location, territory = geom, None
+            else:
+                location, territory = _split(geom, where)
             if location is None:
-                location = _point_columns(col("longitude")[i], col("latitude")[i], where)
-            unit_uuid = _uuid(col("uuid")[i]) or _georeg_uuid(ref)
+                location = _point_columns(lon, lat, where)
+            unit_uuid = _uuid(uuid_raw) or _georeg_uuid(ref)
             if unit_uuid is not None:
                 if unit_uuid in seen_uuids:
                     unit_uuid = None  # Iaso does not check its uuids; a new one is made
                 else:
                     seen_uuids[unit_uuid] = where
-            status = _text(col("validation_status")[i])
+            status = _text(status_raw)
             yield UnitRecord(
                 name=name,
                 source_ref=ref,
-                parent_ref=_norm_ref(_text(col("parent_ref")[i]) or "") or None,
+                parent_ref=_norm_ref(_text(parent_raw) or "") or None,
                 type_name=layer.type_name,
-                code=_text(col("code")[i]),
-                opening_date=_date_text(col("opening_date")[i]),
-                closed_date=_date_text(col("closed_date")[i]),
-                aliases=_json_column(col("aliases")[i], list, "aliases", where),
-                extra_fields=_json_column(col("extra_fields")[i], dict, "extra_fields", where),
+                code=_text(code),
+                opening_date=_date_text(opening),
+                closed_date=_date_text(closed),
+                aliases=_json_column(aliases, list, "aliases", where),
+                extra_fields=_json_column(extra, dict, "extra_fields", where),
                 location=location,
                 territory=territory,
                 validation_status=status.lower() if status else "valid",
                 uuid=unit_uuid,
-                groups=_split_groups(cols["group_refs"][i]) if "group_refs" in cols else None,
+                groups=_split_groups(group_refs) if has_groups else None,
                 where=where,
             )
         del df, geoms, cols
@@ -406,13 +419,15 @@ def _layer_geometries(path: Path, layer: _Layer, df: pd.DataFrame,
         except Exception as error:  # noqa: BLE001 - PROJ raises several kinds
             raise InvalidInput(f"{path.name}, layer {layer.name!r}: cannot reproject from "
                                f"{gdf.crs} to EPSG:4326 ({error}).") from None
-    out: list[BaseGeometry | None] = []
-    for g in gdf.geometry.tolist():
-        if g is None or (isinstance(g, float) and math.isnan(g)) or g.is_empty:
-            out.append(None)
-        else:
-            out.append(shapely.force_2d(g) if shapely.get_coordinate_dimension(g) > 2 else g)
-    return out
+    geoms = np.asarray(gdf.geometry.array, dtype=object)
+    missing = shapely.is_missing(geoms)
+    missing[~missing] = shapely.is_empty(geoms[~missing])
+    deep = ~missing
+    deep[deep] = shapely.get_coordinate_dimension(geoms[deep]) > 2
+    if deep.any():
+        geoms[deep] = shapely.force_2d(geoms[deep])
+    geoms[missing] = None
+    return geoms.tolist()
 
 
 def _split(geom: BaseGeometry | None,
@@ -471,6 +486,11 @@ def _where(path: Path, layer: str, fid: Any) -> str:
 def _is_null(value: Any) -> bool:
     if value is None:
         return True
+    kind = type(value)
+    if kind is str:
+        return False
+    if kind is float:
+        return value != value  # NaN
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):
@@ -479,6 +499,8 @@ def _is_null(value: Any) -> bool:
 
 def _text(value: Any) -> str | None:
     """A cell as stripped text; null, empty and blank are None."""
+    if type(value) is str:
+        return value.strip() or None
     if _is_null(value):
         return None
     if isinstance(value, float) and value.is_integer():
@@ -495,6 +517,8 @@ def _emptiness(raw: Any) -> str:
 
 def _norm_ref(ref: str) -> str:
     """``iaso#123`` and ``iaso:123`` are one unit: both read as ``iaso:123``."""
+    if not ref.startswith("iaso"):
+        return ref
     m = _INTERNAL.match(ref)
     return f"iaso:{m.group(1)}" if m else ref
 
@@ -510,6 +534,8 @@ def _uuid(value: Any) -> str | None:
     text = _text(value)
     if text is None:
         return None
+    if _CANONICAL_UUID.fullmatch(text):
+        return text
     try:
         return str(uuidlib.UUID(text))
     except ValueError:
@@ -550,7 +576,7 @@ class _quiet(warnings.catch_warnings):
 
 @dataclass
 class _LayerRows:
-    rows: list[dict[str, Any]]
+    rows: list[list[Any]]
     locations: list[BaseGeometry | None]
     territories: list[BaseGeometry | None]
 
@@ -588,7 +614,7 @@ def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) ->
                 if polygons:
                     geoms.append(geometry.as_multipolygon(ter) if ter is not None else None)
                     if loc is not None:  # the geometry column holds the polygon: keep the point
-                        row["longitude"], row["latitude"] = loc.x, loc.y
+                        row[_LON], row[_LAT] = loc.x, loc.y
                 else:
                     geoms.append(loc)
             frame = pd.DataFrame(rows.rows, columns=list(OUT_COLUMNS))
@@ -611,8 +637,12 @@ def layer_name(type_name: str | None, depth: int | None) -> str:
     return f"{LAYER_PREFIX}{NO_DEPTH if depth is None else depth}-{type_name or NO_TYPE}"
 
 
+_LON, _LAT = OUT_COLUMNS.index("longitude"), OUT_COLUMNS.index("latitude")
+
+
 def _row(u: ExportUnit, group_names: dict[str, str],
-         type_of: dict[str, str | None]) -> dict[str, Any]:
+         type_of: dict[str, str | None]) -> list[Any]:
+    """One unit's values, in the order of OUT_COLUMNS."""
     parent = None
     if u.parent_ref is not None and u.ancestors:
         parent_type = type_of.get(u.parent_ref)
@@ -621,21 +651,22 @@ def _row(u: ExportUnit, group_names: dict[str, str],
         if "," in g:
             raise InvalidInput(f"Unit {u.name!r} ({u.ref}): group ref {g!r} contains a comma, "
                                "which Iaso's comma-separated group_refs cannot hold.")
-    return {
-        "name": u.name,
-        "ref": u.ref,
-        "parent": parent,
-        "parent_ref": u.parent_ref,
-        "group_refs": ", ".join(u.groups),
-        "group_names": ", ".join(group_names.get(g, g) for g in u.groups),
-        "uuid": u.uuid,
-        "opening_date": u.opening_date,
-        "closed_date": u.closed_date,
-        "code": u.code,
-        "validation_status": u.validation_status,
-        "longitude": None,
-        "latitude": None,
-        "aliases": json.dumps(u.aliases, ensure_ascii=False) if u.aliases else None,
-        "extra_fields": (json.dumps(u.extra_fields, ensure_ascii=False, sort_keys=True)
-                         if u.extra_fields else None),
-    }
+    groups = u.groups
+    return [
+        u.name,
+        u.ref,
+        parent,
+        u.parent_ref,
+        ", ".join(groups) if groups else "",
+        ", ".join(group_names.get(g, g) for g in groups) if groups else "",
+        u.uuid,
+        u.opening_date,
+        u.closed_date,
+        u.code,
+        u.validation_status,
+        None,
+        None,
+        json.dumps(u.aliases, ensure_ascii=False) if u.aliases else None,
+        json.dumps(u.extra_fields, ensure_ascii=False, sort_keys=True)
+        if u.extra_fields else None,
+    ]
