@@ -200,6 +200,16 @@ def run(size: int = 100_000, *, backend: str = "gpkg", seed: int = 1, repeat: in
     finally:
         reg.close()
     changed = {k: v for k, v in diff.totals.items() if k != "unchanged"}
+    # a fast diff that finds the wrong things is worth nothing: check it against the edits
+    # made (reshaped areas: the territory updates geodiff saw, an area may be picked twice)
+    ter_updates = sum(g["update"] for g in geo_changes if g["table"] == "territories")
+    expected = {"new": made.get("new", 0), "moved": made.get("move", 0),
+                "closed": made.get("close", 0), "deleted": made.get("delete", 0),
+                "modified": made.get("rename", 0) + made.get("code", 0) + made.get("point", 0)
+                + ter_updates}
+    wrong = {k: (diff.totals[k], v) for k, v in expected.items() if diff.totals[k] != v}
+    if wrong:
+        raise SystemExit(f"diff totals disagree with the edits made (got, expected): {wrong}")
     print("ours:    " + ", ".join(f"{k} {v}" for k, v in diff.totals.items())
           + f"; {len(diff.units):,} units listed with before/after")
     print("geodiff: " + ", ".join(f"{g['table']} +{g['insert']} ~{g['update']} -{g['delete']}"

@@ -3,7 +3,9 @@
 The left list is a synthetic tree (:mod:`synthetic_tree`: country, regions, districts,
 health areas, ~95 % facilities); the right list is derived from it with the damage
 of :mod:`matching_damage` (names, coordinates moved 10 m - 2 km, 30 % without
-coordinates, new refs).  Both are imported into one GeoPackage (not timed); then the
+coordinates, refs "R" + the left ref: this benchmark measures time and memory only,
+and the matcher never reads refs — quality, with opaque refs, is
+bench_matching_quality.py's).  Both are imported into one GeoPackage (not timed); then the
 whole ``MatchJob`` — read both versions, match, write every link — runs in a fresh
 interpreter whose wall time and peak RSS are measured.  The baseline, in the same
 child on the same loaded units, is Iaso's exact-name algorithm (:mod:`iaso_matching`).

@@ -34,10 +34,18 @@ def normalise(name: str) -> str:
     return out
 
 
-def iaso_match(left: Side, right: Side) -> list[tuple[int, int, int]]:
-    """(left index, right index, score 0..100) for every link Iaso would make."""
+def iaso_match(left: Side, right: Side, given: dict[int, set[int]] | None = None
+               ) -> list[tuple[int, int, int]]:
+    """(left index, right index, score 0..100) for every link Iaso would make.
+
+    ``given``: links made beforehand (left index -> right indexes), e.g. the areas
+    linked by hand, as a generous variant; they count as parents already linked
+    but are not returned.
+    """
     links: list[tuple[int, int, int]] = []
     linked: dict[int, set[int]] = defaultdict(set)  # left unit -> right units linked
+    for i, js in (given or {}).items():
+        linked[i] |= js
     level_1 = [i for i in range(len(left)) if left.parent[i] < 0]
     level_2 = [j for j in range(len(right)) if right.parent[j] < 0]
     while level_1 and level_2:
@@ -58,7 +66,7 @@ def iaso_match(left: Side, right: Side) -> list[tuple[int, int, int]]:
             for i in items:
                 p = int(left.parent[i])
                 proceed = p < 0 or int(right.parent[j]) in linked[p]
-                if proceed and left.type_name[i] == right.type_name[j]:
+                if proceed and left.type_name[i] == right.type_name[j] and j not in linked[i]:
                     links.append((i, j, 100 // len(items)))
                     linked[i].add(j)
         level_1 = [c for i in level_1 for c in left.children[i]]

@@ -7,9 +7,9 @@ only the right list has; the RIGHT list is derived, seeded, with:
 
 * names: case changes; typos (one edit in a word); spelling variants (ou/u, ie/i,
   k/c, kp/p …); type words abbreviated or written out ("CHP" ↔ "Community Health
-  Post", "ECOLE PRIMAIRE" ↔ "E.P.", also forms the matcher's lists do not know, such
-  as "Comm. Health Post"); type words dropped or swapped (CHP → MCHP); word order;
-  punctuation;
+  Post", "ECOLE PRIMAIRE" ↔ "E.P.", and — a third of the forms — ones the matcher's
+  lists do not know, such as "Comm Hlth Post" or "EC. PRIM."); type words dropped or
+  swapped (CHP → MCHP); word order; punctuation; the root (country) only changes case;
 * coordinates moved 10 m – 2 km (log-uniform), 30 % of located leaves without
   coordinates; 30 % of area territories dropped, the rest simplified (~300 m);
 * 5 % of leaves filed under a neighbouring parent (nearest sibling of their parent);
@@ -17,7 +17,19 @@ only the right list has; the RIGHT list is derived, seeded, with:
   2.5 % merged with a sibling into one unit ("X / Y" or X's name);
 * 10 % of leaves on one side only (half left, half right).
 
-Every right unit gets a new ref ("R" + the old one), so refs never give the answer.
+Nothing but the damaged name, place and parent links the two lists:
+
+* every right unit gets an opaque random ref (not derived from the left ref, which for
+  the DRC schools contains the undamaged name) and a fresh uuid;
+* the right list is shuffled within each depth (the matcher must not profit from
+  both lists being in the same order);
+* codes, as in real life, rarely agree: the left (ministry) list has its own codes
+  on 85 % of units; on the right 60 % of units have none, 25 % a code of the
+  survey's own scheme, 12 % the ministry code and 3 % the ministry code of *another*
+  unit nearby (copy errors);
+* the right units keep no extra fields (the DRC schools carry GPS altitude and
+  precision, identical on both sides otherwise).
+
 ``truth`` is the set of (left_ref, right_ref) pairs that are the same place.
 """
 
@@ -57,6 +69,10 @@ class Rates:
     merge: float = 0.025
     one_side_only: float = 0.10
     area_typo: float = 0.10
+    left_code: float = 0.85  # ministry units with a code
+    code_same: float = 0.12  # right units carrying the ministry code
+    code_own: float = 0.25  # ... a code of the survey's own scheme
+    code_wrong: float = 0.03  # ... the ministry code of another unit nearby
 
 
 @dataclass
@@ -68,6 +84,8 @@ class Damaged:
     truth: set[tuple[str, str]]
     kinds: dict[tuple[str, str], str] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)  # right ref -> left ref it came from
+    areas: set[str] = field(default_factory=set)  # left refs of the non-leaf units
 
     def payload(self, side: str) -> ImportPayload:
         units = self.left if side == "left" else self.right
@@ -99,20 +117,25 @@ TREES = {"sierra-leone": sierra_leone, "drc-schools": drc_schools}
 
 # (written form, alternatives): the forms a ministry list and a survey really use
 _ALTERNATIVES: list[tuple[str, list[str]]] = [
-    ("MCHP", ["Maternal and Child Health Post", "MCH Post", "M.C.H.P."]),
-    ("CHP", ["Community Health Post", "Comm. Health Post", "C.H.P"]),
-    ("CHC", ["Community Health Centre", "Community Health Center", "C.H.C."]),
-    ("Hospital", ["Hosp.", "Hosp"]),
-    ("Clinic", ["Health Clinic", "Cl."]),
-    ("Govt", ["Government", "Gov."]),
+    ("MCHP", ["Maternal and Child Health Post", "MCH Post", "M.C.H.P.",
+              "Mat. & Child Health Post", "MCH-Post"]),
+    ("CHP", ["Community Health Post", "Comm. Health Post", "C.H.P", "Comm Hlth Post"]),
+    ("CHC", ["Community Health Centre", "Community Health Center", "C.H.C.",
+             "Comm. Health Ctr", "Community H/Centre"]),
+    ("Hospital", ["Hosp.", "Hosp", "Hosp'l", "Hsptl"]),
+    ("Clinic", ["Health Clinic", "Cl.", "Clin."]),
+    ("Govt", ["Government", "Gov.", "Gvt"]),
     ("St", ["Saint", "St."]),
-    ("ECOLE PRIMAIRE", ["EP", "E.P.", "E. P."]),
-    ("ECOLE MATERNELLE", ["EM", "E.M.", "EMAT"]),
-    ("COMPLEXE SCOLAIRE", ["CS", "C.S.", "C/S"]),
-    ("INSTITUT", ["INST.", "INST"]),
+    ("ECOLE PRIMAIRE", ["EP", "E.P.", "E. P.", "EC. PRIM.", "E/P"]),
+    ("ECOLE MATERNELLE", ["EM", "E.M.", "EMAT", "EC. MAT."]),
+    ("COMPLEXE SCOLAIRE", ["CS", "C.S.", "C/S", "COMPL. SCOL.", "C. SCOL."]),
+    ("INSTITUT", ["INST.", "INST", "INSTIT."]),
     ("SAINTE", ["STE", "Ste."]),
     ("SAINT", ["ST", "St."]),
 ]
+# written so that about a third of the forms are unknown to the matcher's type-word lists
+# (storage/matching/typewords): real lists hold abbreviations nobody listed beforehand
+
 _TYPE_WORDS = ["MCHP", "CHP", "CHC", "Hospital", "Clinic", "Health Post", "Maternity", "PHU",
                "ECOLE PRIMAIRE", "ECOLE MATERNELLE", "COMPLEXE SCOLAIRE", "ECOLE", "COLLEGE",
                "LYCEE", "INSTITUT", "EP", "EM", "CS"]
@@ -305,10 +328,11 @@ def derive(tree: str, seed: int = 1, rates: Rates | None = None) -> Damaged:
         if head.location is not None:
             located = [s for s in sibs if s.location is not None]
             if located:
-                sibs = sorted(located, key=lambda s: s.location.distance(head.location))[:3]
-        partner = rng.choice(sibs)
-        merged_into[str(partner.source_ref)] = str(head.source_ref)
-        used.add(partner.source_ref)
+                here = head.location
+                sibs = sorted(located, key=lambda s: here.distance(s.location))[:3]
+        mate = rng.choice(sibs)
+        merged_into[str(mate.source_ref)] = str(head.source_ref)
+        used.add(mate.source_ref)
     heads = set(merged_into.values())
 
     def neighbour_parent(ref: str | None) -> str | None:
@@ -326,6 +350,37 @@ def derive(tree: str, seed: int = 1, rates: Rates | None = None) -> Damaged:
                 return str(min(scored, key=lambda t: t[0])[1].source_ref)
         return str(rng.choice(sibs).source_ref)
 
+    used_ids: set[str] = set()
+
+    def new_id() -> str:  # opaque, like a survey tool's own ids
+        while True:
+            x = "S" + "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(9))
+            if x not in used_ids:
+                used_ids.add(x)
+                return x
+
+    rid = {str(u.source_ref): new_id() for u in units}
+    code_order = [str(u.source_ref) for u in units]
+    rng.shuffle(code_order)
+    left_code = {ref: f"MOH-{k + 1:05d}" for k, ref in enumerate(code_order)
+                 if rng.random() < rates.left_code}
+    own_codes = iter(rng.sample(range(10_000, 99_999), len(units) * 2))
+
+    def right_code(ref: str) -> str | None:
+        x = rng.random()
+        if x < rates.code_own:
+            return f"SRV{next(own_codes)}"
+        x -= rates.code_own
+        if x < rates.code_same:
+            return left_code.get(ref)
+        x -= rates.code_same
+        if x < rates.code_wrong:
+            u = by_ref[ref]
+            others = [str(s.source_ref) for s in children[u.parent_ref]
+                      if s.source_ref != ref and str(s.source_ref) in left_code]
+            return left_code[rng.choice(others)] if others else None
+        return None
+
     left: list[UnitRecord] = []
     right: list[UnitRecord] = []
     truth: set[tuple[str, str]] = set()
@@ -334,32 +389,36 @@ def derive(tree: str, seed: int = 1, rates: Rates | None = None) -> Damaged:
         ref = str(u.source_ref)
         is_leaf = ref in leaf_refs
         if ref not in right_only:
-            left.append(replace(u))
+            left.append(replace(u, code=left_code.get(ref)))
         if ref in left_only or ref in merged_into:
             if ref in merged_into:
-                pair = (ref, "R" + merged_into[ref])
+                pair = (ref, rid[merged_into[ref]])
                 truth.add(pair)
                 kinds[pair] = "merge"
             continue
-        name = damage_name(rng, u.name, rates, is_leaf)
+        if depth[ref] == 0:  # both lists agree on the country's name (but for case): a
+            # misspelt root would make any top-down exact matcher (Iaso's) link nothing
+            name = _case(rng, u.name) if rng.random() < rates.case else u.name
+        else:
+            name = damage_name(rng, u.name, rates, is_leaf)
         if ref in heads and rng.random() < 0.5:
-            partner = next(p for p, h in merged_into.items() if h == ref)
-            name = f"{name} / {by_ref[partner].name}"
-        parent = ("R" + u.parent_ref) if u.parent_ref else None
+            partner_ref = next(p for p, h in merged_into.items() if h == ref)
+            name = f"{name} / {by_ref[partner_ref].name}"
+        parent = rid[u.parent_ref] if u.parent_ref else None
         if ref in moved:
             np_ref = neighbour_parent(u.parent_ref)
-            parent = "R" + np_ref if np_ref else parent
+            parent = rid[np_ref] if np_ref else parent
         loc, terr = u.location, u.territory
         if is_leaf and loc is not None:
             loc = None if rng.random() < rates.no_coordinates else _move(rng, loc)
         if terr is not None:
             terr = (None if rng.random() < rates.no_coordinates
                     else shapely.simplify(terr, 0.003, preserve_topology=True))
-        rec = replace(u, source_ref="R" + ref, parent_ref=parent, name=name, location=loc,
-                      territory=terr, uuid=None, code=None)
+        rec = replace(u, source_ref=rid[ref], parent_ref=parent, name=name, location=loc,
+                      territory=terr, uuid=None, code=right_code(ref), extra_fields=None)
         right.append(rec)
         if ref not in right_only:
-            pair = (ref, "R" + ref)
+            pair = (ref, rid[ref])
             truth.add(pair)
             if ref in split:
                 kinds[pair] = "split"
@@ -370,17 +429,35 @@ def derive(tree: str, seed: int = 1, rates: Rates | None = None) -> Damaged:
             extra_loc = None
             if u.location is not None and rng.random() >= rates.no_coordinates:
                 extra_loc = _move(rng, u.location)
-            right.append(replace(u, source_ref="R" + ref + "-2", parent_ref=parent,
+            extra_ref = new_id()
+            right.append(replace(u, source_ref=extra_ref, parent_ref=parent,
                                  name=extra_name, location=extra_loc, territory=None,
-                                 uuid=None, code=None))
-            pair = (ref, "R" + ref + "-2")
+                                 uuid=None, code=right_code(ref), extra_fields=None))
+            pair = (ref, extra_ref)
             truth.add(pair)
             kinds[pair] = "split"
+    # shuffled within each depth: parents still come before their children
+    depth_of = {rid[r]: d for r, d in depth.items()}
+    rng.shuffle(right)
+    right.sort(key=lambda r: depth_of.get(str(r.source_ref), max_depth))
+    origin = {r: ref for ref, r in rid.items()}
+    origin.update({b: a for (a, b), k in kinds.items() if k == "split" and b not in origin})
+    lc = {u.source_ref: u.code for u in left}
+    rc = {u.source_ref: u.code for u in right}
+    code_agree = sum(1 for a, b in truth if lc.get(a) and lc.get(a) == rc.get(b))
+    code_clash = sum(1 for a, b in truth if lc.get(a) and rc.get(b) and lc[a] != rc[b])
+    ln = {u.source_ref: u.name for u in left}
+    rn = {u.source_ref: u.name for u in right}
+    same_name = sum(1 for a, b in truth if a in leaf_refs and ln[a].lower() == rn[b].lower())
+    leaf_pairs = sum(1 for a, _ in truth if a in leaf_refs)
     stats = {"units": len(units), "leaves": n, "left": len(left), "right": len(right),
              "truth_pairs": len(truth), "left_only": len(left_only),
              "right_only": len(right_only), "split": len(split), "merged": len(merged_into),
-             "neighbour_parent": len(moved)}
-    return Damaged(tree, types, left, right, truth, kinds, stats)
+             "neighbour_parent": len(moved), "truth_code_agree": code_agree,
+             "truth_code_differ": code_clash, "truth_leaf_pairs": leaf_pairs,
+             "truth_leaf_same_name_lowercase": same_name}
+    areas = {str(u.source_ref) for u in units if u.source_ref not in leaf_refs}
+    return Damaged(tree, types, left, right, truth, kinds, stats, origin, areas)
 
 
 if __name__ == "__main__":
@@ -391,5 +468,5 @@ if __name__ == "__main__":
     rng = random.Random(0)
     lefts = {u.source_ref: u for u in d.left}
     for u in rng.sample(d.right, 25):
-        orig = lefts.get(str(u.source_ref)[1:])
+        orig = lefts.get(d.origin.get(str(u.source_ref), ""))
         print(f"{orig.name if orig else '-':40} -> {u.name}")

@@ -36,7 +36,7 @@ STATUS_STYLE = {"new": "green", "modified": "yellow", "moved": "blue", "closed":
               f"shorthands {', '.join(FIELD_ALIASES)}. Default: all.")
 @click.option("--all", "include_unchanged", is_flag=True,
               help="List unchanged units too (they are always counted).")
-@click.option("--limit", type=int, default=50, show_default=True,
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
               help="Units listed in the text output (0 = all).")
 def diff_cmd(reg: str, left: str, right: str, out: str | None, fmt: str | None,
              fields: tuple[str, ...], include_unchanged: bool, limit: int, as_json: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,31 @@ def _whoami() -> str | None:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name is not an error
         return None
+
+
+def _check_out(out: str) -> bool:
+    """Make sure OUT (and the unmatched lists beside it) can be written *before* the run is
+    stored, so a bad path fails with the registry unchanged.  True when OUT was created."""
+    from storage.errors import InvalidInput
+
+    path = Path(out)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for p in (path, path.with_name(f"{path.stem}.unmatched-left{path.suffix or '.csv'}")):
+            with p.open("a", encoding="utf-8"):
+                pass
+            if p != path and p.stat().st_size == 0:
+                p.unlink()
+    except OSError as exc:
+        import errno
+
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            reason = "a file stands where a folder is needed"
+        raise InvalidInput(f"Cannot write the links to {out}: {reason} "
+                           f"({exc.filename or path.parent}). Choose another --out.") from exc
+    return not existed
 
 
 def _match_text(d: dict[str, Any]) -> str:
@@ -69,8 +95,14 @@ def _run_match(reg: str, left: str, right: str, out: str | None, config_file: st
 
     cfg = load_config(config_file)
     with open_registry(reg) as registry:
-        job = MatchJob(registry, left, right, config=cfg, author=_whoami(), origin=ORIGIN)
-        result = run_job(job, as_json)
+        created = _check_out(out) if out else False
+        try:
+            job = MatchJob(registry, left, right, config=cfg, author=_whoami(), origin=ORIGIN)
+            result = run_job(job, as_json)
+        except BaseException:
+            if out and created:
+                Path(out).unlink(missing_ok=True)
+            raise
         if out:
             result["files"] = write_csv(registry, result["run"], out)
     emit(as_json, result, _match_text)
@@ -101,7 +133,8 @@ def _links_text(d: dict[str, Any]) -> str:
 @click.option("--status", type=click.Choice(["auto", "review", "accepted", "rejected"]),
               default=None, help="Only links with this status.")
 @click.option("--kind", type=click.Choice(["one_to_one", "split", "merge"]), default=None)
-@click.option("--limit", type=int, default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Show at most this many links.")
 @click.option("--unmatched", type=click.Choice(["left", "right"]), default=None,
               help="List the units of one side that no link covers instead.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
@@ -113,7 +146,14 @@ def links_cmd(reg: str, run_id: int | None, status: str | None, kind: str | None
 
     with open_registry(reg) as registry:
         if out:
-            emit(as_json, review.write_csv(registry, run_id, out),
+            created = _check_out(out)
+            try:
+                files = review.write_csv(registry, run_id, out)
+            except BaseException:
+                if created:
+                    Path(out).unlink(missing_ok=True)
+                raise
+            emit(as_json, files,
                  lambda d: "\n".join(f"Wrote {v}" for v in d.values()))
             return
         if unmatched:

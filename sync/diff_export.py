@@ -73,9 +73,17 @@ def export_diff(diff: VersionDiff, path: str | Path, fmt: str | None = None) -> 
         "json": write_json, "csv": write_csv, "iaso-csv": write_iaso_csv, "gpkg": write_gpkg,
     }[fmt]
     out = Path(path)
-    if out.parent and not out.parent.exists():
+    if not out.parent.exists():
         raise InvalidInput(f"Folder {out.parent} does not exist: create it first.")
-    return {"format": fmt, "file": str(out)} | writer(diff, out)
+    if not out.parent.is_dir():
+        raise InvalidInput(f"Cannot write {out}: {out.parent} is a file, not a folder.")
+    if out.is_dir():
+        raise InvalidInput(f"Cannot write {out}: it is a folder; name a file.")
+    try:
+        return {"format": fmt, "file": str(out)} | writer(diff, out)
+    except PermissionError as exc:
+        raise InvalidInput(f"Cannot write {out}: permission denied. Choose another --out."
+                           ) from exc
 
 
 # --- JSON -------------------------------------------------------------------------------

@@ -494,3 +494,132 @@ def test_cli_text_json_and_files(gpkg_scenario: Registry, tmp_path: Path) -> Non
     res = runner.invoke(main, ["diff", reg, f"{SRC}:1", f"{SRC}:2", "--out",
                                str(tmp_path / "x.txt")])
     assert res.exit_code == 2 and "Cannot tell the format" in res.output
+
+
+# --- edge cases (review) -------------------------------------------------------------------
+
+
+def _edge_scenario(reg: Registry) -> None:
+    """Combined edits on one unit each: the status says the strongest, the changes say all."""
+    recs = [
+        UnitRecord("Country", "C", None, "Country"),
+        UnitRecord("North", "R1", "C", "Region"),
+        UnitRecord("South", "R2", "C", "Region"),
+        UnitRecord("Moved Renamed", "E1", "R1", "Facility", location=Point(0.1, 0.1)),
+        UnitRecord("Closed Modified", "E2", "R1", "Facility", code="K2"),
+        UnitRecord("Gets A Point", "E3", "R1", "Facility"),
+        UnitRecord("Loses Its Point", "E4", "R1", "Facility", location=Point(0.3, 0.3)),
+        UnitRecord("Only Groups", "E5", "R1", "Facility", groups=["pub"]),
+        UnitRecord("Gets A Territory", "E6", "R2", "Facility"),
+        UnitRecord("Untouched", "E7", "R2", "Facility", location=Point(1.5, 0.5)),
+    ]
+    _load(reg, SRC, recs, [("pub", "Public"), ("priv", "Private")])
+    create_version(reg, SRC, copy_from=1)
+    kw = {"number": 2, "origin": "test"}
+    U.move_unit(reg, SRC, "E1", "R2", **kw)
+    U.edit_unit(reg, SRC, "E1", name="Moved And Renamed", **kw)
+    U.edit_unit(reg, SRC, "E2", code="K2-new", **kw)
+    U.close_unit(reg, SRC, "E2", "2024-01-31", **kw)
+    U.set_geometry(reg, SRC, "E3", location=Point(0.2, 0.2), **kw)
+    U.set_geometry(reg, SRC, "E4", location=None, **kw)
+    U.set_group_membership(reg, SRC, "E5", "priv", True, **kw)
+    U.set_geometry(reg, SRC, "E6", territory=box(1.1, 0.1, 1.2, 0.2), **kw)
+
+
+@pytest.fixture(scope="module", params=["gpkg", "spatialite"])
+def edge_scenario(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Registry]:
+    reg = Registry.create(location_for(request.param, tmp_path_factory.mktemp("edge"), request))
+    _edge_scenario(reg)
+    yield reg
+    reg.close()
+
+
+def test_combined_edits_keep_every_change(edge_scenario: Registry) -> None:
+    diff = diff_versions(edge_scenario, f"{SRC}:1", f"{SRC}:2")
+    units = _by_ref(diff)
+    assert {r: u.status for r, u in units.items()} == {
+        "E1": "moved", "E2": "closed", "E3": "modified", "E4": "modified", "E5": "modified",
+        "E6": "modified"}
+    e1 = units["E1"]
+    assert e1.changed_fields == ["name", "parent"]
+    assert e1.change("name").after == "Moved And Renamed"
+    assert e1.change("parent").before["ref"] == "R1" and e1.change("parent").after["ref"] == "R2"
+    e2 = units["E2"]
+    assert set(e2.changed_fields) == {"code", "closed_date"}
+    assert e2.change("code").before == "K2" and e2.change("code").after == "K2-new"
+    # geometry added / removed: a change, but no distance to measure
+    e3, e4 = units["E3"], units["E4"]
+    assert e3.changed_fields == ["location"] and e4.changed_fields == ["location"]
+    assert e3.change("location").before is None and e3.change("location").after is not None
+    assert e4.change("location").before is not None and e4.change("location").after is None
+    assert e3.distance_m is None and e4.distance_m is None
+    assert units["E5"].changed_fields == ["groups"]
+    assert units["E5"].change("groups").before == ["Public"]
+    assert units["E5"].change("groups").after == ["Private", "Public"]
+    e6 = units["E6"]  # a territory added: its area, no Hausdorff distance, no area change
+    assert e6.changed_fields == ["territory"] and e6.hausdorff_m is None
+    assert e6.area_before_m2 is None and e6.area_change_m2 is None
+    assert e6.area_after_m2 == pytest.approx(11.13e3 * 11.06e3, rel=0.01)
+    assert diff.totals["unchanged"] == 4  # C, R1, R2, E7
+
+
+def test_combined_edits_prefilter_agrees_with_full_read(edge_scenario: Registry) -> None:
+    quick = diff_versions(edge_scenario, f"{SRC}:1", f"{SRC}:2")
+    full = diff_versions(edge_scenario, f"{SRC}:1", f"{SRC}:2", include_unchanged=True)
+    assert quick.totals == full.totals
+    changed = [u.to_dict() for u in full.units if u.status != "unchanged"]
+    assert [u.to_dict() for u in quick.units] == changed
+
+
+def test_two_sources_with_moved_and_renamed_units(tmp_path: Path) -> None:
+    """Across sources the parent is the same when its ref is: a re-filed unit is 'moved',
+    a renamed parent does not move its children."""
+    with Registry.create(tmp_path / "two.gpkg") as reg:
+        _load(reg, "A", [UnitRecord("Land", "L", None, "Country"),
+                         UnitRecord("North", "N", "L", "Region"),
+                         UnitRecord("South", "S", "L", "Region"),
+                         UnitRecord("One", "x1", "N", "Facility"),
+                         UnitRecord("Two", "x2", "N", "Facility"),
+                         UnitRecord("Three", "x3", "S", "Facility")])
+        _load(reg, "B", [UnitRecord("Land", "L", None, "Country"),
+                         UnitRecord("North Region", "N", "L", "Region"),
+                         UnitRecord("South", "S", "L", "Region"),
+                         UnitRecord("One bis", "x1", "S", "Facility"),
+                         UnitRecord("Two", "x2", "N", "Facility"),
+                         UnitRecord("Three", "x3", "S", "Facility", closed_date="2020-01-01")])
+        diff = diff_versions(reg, "A", "B")
+        full = diff_versions(reg, "A", "B", include_unchanged=True)
+    units = _by_ref(diff)
+    assert {r: u.status for r, u in units.items()} == {"N": "modified", "x1": "moved",
+                                                      "x3": "closed"}
+    assert units["x1"].changed_fields == ["name", "parent"]
+    assert diff.totals == full.totals and diff.totals["unchanged"] == 3
+
+
+def test_cli_bad_input_clear_errors(gpkg_scenario: Registry, tmp_path: Path) -> None:
+    import hashlib
+
+    from georeg.cli import main
+
+    path = str(gpkg_scenario.location.path)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    runner = CliRunner()
+    for args, code, msg in (
+        (["--out", str(blocker / "d.csv")], 2, "is a file, not a folder"),
+        (["--out", str(tmp_path / "no" / "d.csv")], 2, "does not exist: create it first"),
+        (["--out", str(tmp_path / "d.txt")], 2, "Cannot tell the format"),
+        (["--fields", "colour"], 2, "Unknown diff field 'colour'"),
+        (["--limit", "-1"], 2, "not in the range"),
+    ):
+        res = runner.invoke(main, ["diff", path, f"{SRC}:1", f"{SRC}:2", *args])
+        said = " ".join(res.output.split())
+        assert res.exit_code == code and msg in said, (args, said)
+    res = runner.invoke(main, ["diff", path, f"{SRC}:", f"{SRC}:2"])
+    assert res.exit_code == 2 and "nothing after ':'" in res.output
+    res = runner.invoke(main, ["diff", str(tmp_path / "none.gpkg"), "A", "B"])
+    assert res.exit_code == 4 and "No registry" in res.output
+    assert not (tmp_path / "d.txt").exists() and not (tmp_path / "no").exists()
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest

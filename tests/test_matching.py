@@ -295,3 +295,132 @@ def test_a_rival_that_is_taken_elsewhere_barely_lowers_a_score() -> None:
     # two equally good rivals: neither is sure
     q = competing(np.array([0, 0]), np.array([0, 1]), np.array([0.99, 0.99]), 1, 2)
     assert 0.4 < q[0] < 0.6 and 0.4 < q[1] < 0.6
+
+
+def _name_pairs(reg: Registry, run: int | None) -> set[tuple[str, str, str]]:
+    return {(lk["left_name"], lk["right_name"], lk["status"])
+            for lk in list_links(reg, run)["links"]}
+
+
+def test_misleading_refs_and_uuids_change_nothing(tmp_path: Path) -> None:
+    """The matcher links by name, place and parent only: when the survey's refs and uuids
+    are those of *other* ministry units, every link (and its status) stays the same."""
+    from dataclasses import replace
+
+    from sqlalchemy import text
+
+    honest = Registry.create(tmp_path / "honest.gpkg")
+    tricky = Registry.create(tmp_path / "tricky.gpkg")
+    try:
+        _load(honest, "Ministry", MINISTRY)
+        _load(honest, "Survey", SURVEY)
+        _load(tricky, "Ministry", MINISTRY)
+        with tricky.read() as conn:
+            uuid_of = dict(conn.execute(text("SELECT source_ref, uuid FROM org_unit")).all())
+        # each survey unit gets the ref and uuid of a ministry unit it is NOT
+        perm = {"RA": "B", "RB": "A", "rb1": "a1", "ra1": "b1", "ra2": "b2", "rb2": "a2",
+                "rb2x": "a3", "rb3": "zz"}
+        tricked = [replace(u, source_ref=perm[str(u.source_ref)],
+                           parent_ref=perm[u.parent_ref] if u.parent_ref else None,
+                           uuid=uuid_of.get(perm[str(u.source_ref)])) for u in SURVEY]
+        _load(tricky, "Survey", tricked)
+        with tricky.read() as conn:
+            shared = conn.execute(text(
+                "SELECT count(*) FROM org_unit a JOIN org_unit b ON a.uuid = b.uuid "
+                "AND a.version_id < b.version_id")).scalar_one()
+        assert shared == 7  # the trap is really set: uuids shared across the two lists
+        a = match_versions(honest, "Ministry", "Survey")
+        b = match_versions(tricky, "Ministry", "Survey")
+        assert _name_pairs(honest, a["run"]) == _name_pairs(tricky, b["run"])
+        assert len(_name_pairs(honest, a["run"])) >= 7
+        same_ref = [lk for lk in list_links(tricky, b["run"])["links"]
+                    if lk["left_ref"] == lk["right_ref"]]
+        assert same_ref == []  # never once fooled by equal refs
+    finally:
+        honest.close()
+        tricky.close()
+
+
+def test_cli_bad_input_leaves_the_registry_unchanged(two_lists: Registry, tmp_path: Path
+                                                     ) -> None:
+    from sqlalchemy import text
+
+    from georeg.cli import main
+
+    if two_lists.location.path is None:
+        pytest.skip("the CLI opens file registries here")
+    path = str(two_lists.location.path)
+    runner = CliRunner()
+
+    def said(res: object) -> str:  # the message, unwrapped
+        return " ".join(res.output.split())  # type: ignore[attr-defined]
+
+    def count(sql: str) -> int:
+        with two_lists.read() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    res = runner.invoke(main, ["match", path, "Ministry", "Survey", "--out",
+                               str(blocker / "links.csv")])
+    assert res.exit_code == 2 and "Cannot write the links" in said(res)
+    assert "a file stands where a folder is needed" in said(res)
+    assert count("SELECT count(*) FROM algorithm_run") == 0  # checked before the run
+    for args, code, msg in (
+        (["match", path, "Ministry", "Survey:9"], 4, "has no version 9"),
+        (["match", path, "Ministry", "Survey:"], 2, "version after ':' is missing"),
+        (["match", path, "Ministry", "Survey", "--config", str(tmp_path / "none.toml")], 2,
+         "does not exist"),
+        (["links", path], 4, "No matching run yet"),
+        (["match", str(tmp_path / "nothing.gpkg"), "Ministry", "Survey"], 4, "No registry"),
+    ):
+        res = runner.invoke(main, args)
+        assert res.exit_code == code and msg in said(res), (args, said(res))
+    assert count("SELECT count(*) FROM algorithm_run") == 0
+    res = runner.invoke(main, ["match", path, "Ministry", "Survey", "--json"])
+    assert res.exit_code == 0, res.output
+    links_before = count("SELECT count(*) FROM link")
+    first = count("SELECT min(fid) FROM link")
+    # one bad id among good ones: nothing is decided
+    res = runner.invoke(main, ["link", "accept", path, str(first), "999999", "--reviewer", "x"])
+    assert res.exit_code == 4 and "No link 999999" in said(res)
+    assert count("SELECT count(*) FROM link WHERE reviewer IS NOT NULL") == 0
+    res = runner.invoke(main, ["link", "relink", path, str(first), "--right", "no-such-unit"])
+    assert res.exit_code == 4 and "No unit 'no-such-unit'" in said(res)
+    res = runner.invoke(main, ["links", path, "--run", "99"])
+    assert res.exit_code == 4 and "No matching run 99" in said(res)
+    res = runner.invoke(main, ["links", path, "--limit", "0"])
+    assert res.exit_code == 2
+    assert count("SELECT count(*) FROM link") == links_before
+    assert count("SELECT count(*) FROM link WHERE status IN ('accepted', 'rejected')") == 0
+
+
+def test_the_benchmark_s_damaged_list_leaks_no_ground_truth(damaged_sierra_leone) -> None:
+    """What the quality benchmark measures is only honest if the right list gives no
+    answer away: refs, uuids, order, codes and extra fields."""
+    _reg, d, _job = damaged_sierra_leone
+    left_refs = {str(u.source_ref) for u in d.left}
+    right = d.right
+    assert all(u.uuid is None and not u.extra_fields for u in right)
+    assert not left_refs & {str(u.source_ref) for u in right}
+    assert not any(r in str(u.source_ref) for u in right for r in sorted(left_refs)[:300])
+    pos_l = {str(u.source_ref): k for k, u in enumerate(d.left)}
+    pos_r = {str(u.source_ref): k for k, u in enumerate(right)}
+    same_rank = sum(1 for a, b in d.truth if abs(pos_l[a] - pos_r[b]) <= 2)
+    assert same_rank < 0.1 * len(d.truth)  # shuffled, not in the left list's order
+    lc = {str(u.source_ref): u.code for u in d.left}
+    rc = {str(u.source_ref): u.code for u in right}
+    agree = sum(1 for a, b in d.truth if lc[a] and lc[a] == rc[b])
+    assert 0.05 * len(d.truth) < agree < 0.2 * len(d.truth)  # codes rarely agree
+    assert sum(1 for c in rc.values() if c is None) > 0.5 * len(rc)
+    # the damage the issue asks for is really there
+    s = d.stats
+    assert s["left_only"] + s["right_only"] >= 0.09 * s["leaves"]
+    assert s["split"] + s["merged"] >= 0.045 * s["leaves"]
+    assert s["truth_leaf_same_name_lowercase"] < 0.5 * s["truth_leaf_pairs"]
+    lu = {str(u.source_ref): u for u in d.left}
+    ru = {str(u.source_ref): u for u in right}
+    located = [(lu[a].location, ru[b].location) for a, b in d.truth
+               if lu[a].location is not None]
+    missing = sum(1 for _, r in located if r is None)
+    assert 0.2 < missing / len(located) < 0.45

@@ -103,8 +103,12 @@ class Normaliser:
         self.abbrev.pop((), None)
         # words of type phrases, to recognise them misspelt by one letter ("matrenelle")
         self.type_vocab = sorted({w for phrase in self.types for w in phrase if len(w) >= 5})
-        self.known = {w for phrase in [*self.types, *self.abbrev] for w in phrase} | self.stop
+        # words the lists spell out are real words, never respelt ("sainte" is not "sante")
+        self.known = {w for phrase in [*self.types, *self.abbrev, *self.abbrev.values()]
+                      for w in phrase} | self.stop
         self.normalise = lru_cache(maxsize=None)(self._normalise)  # type: ignore[method-assign]
+        # the same words recur in thousands of names ("ecole", place names): respell each once
+        self._respell = lru_cache(maxsize=None)(self._respell)  # type: ignore[method-assign]
 
     @staticmethod
     def _longest(tokens: list[str], i: int, table: dict[tuple[str, ...], Any]) -> int:
