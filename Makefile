@@ -10,6 +10,8 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 DEMO        ?= demo.gpkg
 DEMO_SOURCE ?= Sierra Leone (DHIS2 demo)
+DEMO_USER   ?= collector
+PORT        ?= 8080
 PYTEST_ARGS ?=
 BENCH       ?= benchmarks/run_all.py
 BENCH_ARGS  ?=
@@ -99,9 +101,17 @@ $(PIP_STAMP): $(VENV_STAMP) $(CONSTRAINTS) pyproject.toml
 	touch $@
 
 # --- everyday targets -------------------------------------------------------
+# The demo registry, a demo form that picks a Sierra Leone facility, a collector with
+# a generated password, then the LAN server (Ctrl-C stops it).
 run: setup
 	$(VENV)/bin/georeg demo $(DEMO) --force
 	$(VENV)/bin/georeg tree $(DEMO) --source "$(DEMO_SOURCE)" --max-depth 2
+	$(VENV)/bin/georeg forms add $(DEMO) georeg/demo_data/forms/facility_visit.xlsx \
+	  --org-unit-field facility
+	pw=$$($(VENV)/bin/georeg users add $(DEMO) $(DEMO_USER) --role collector --generate --json \
+	      | $(PY) -c 'import json, sys; print(json.load(sys.stdin)["password"])'); \
+	echo; echo "Demo collector: $(DEMO_USER)   password: $$pw   (shown once; note it now)"; echo; \
+	$(VENV)/bin/georeg serve $(DEMO) --port $(PORT) --user $(DEMO_USER) --qr-png demo-qr.png
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,232 @@
+"""The WSGI application of ``georeg serve`` (Werkzeug routing, one error translation).
+
+Routes come from the modules in :data:`ROUTE_MODULES`; each exposes
+``rules() -> list[werkzeug.routing.Rule]`` whose endpoint is a handler
+``handler(request, ctx, **url_args) -> Response``.  A module that does not exist (yet)
+is skipped.  Use :class:`OpenRosaRule` for routes ODK Collect calls: their errors are
+answered as an ``OpenRosaResponse`` XML envelope instead of JSON.
+
+``ctx`` (:class:`RequestContext`) holds the open registry, the settings, the signed-in
+user (after ``auth.authenticate``/``auth.require``), the ``deviceID`` and helpers
+(``base_url()``, ``require(role)``).  Attributes set on it whose names start with ``_``
+are shared between requests (a per-app cache).
+
+Every response carries ``X-OpenRosa-Version: 1.0`` and ``Date``; our errors
+(:mod:`storage.errors`) become their HTTP status with a JSON body
+``{"error", "message", "details"}``; any other exception is logged to stderr and
+answered 500 without a traceback; bodies over ``settings.max_body`` get 413.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import traceback
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from sqlalchemy import event
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import http_date
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from local_server.settings import ServerSettings
+from storage.backends import Backend
+from storage.errors import GeoregError
+from storage.registry import Registry
+
+ROUTE_MODULES = ("local_server.openrosa", "local_server.iaso_api", "local_server.rest_api",
+                 "local_server.pages")
+
+OPENROSA_NS = "http://openrosa.org/http/response"
+
+
+class OpenRosaRule(Rule):
+    """A route ODK Collect calls: errors as OpenRosa XML."""
+
+    openrosa = True
+
+
+class RequestContext:
+    """Per request: registry, settings, user, device id; ``_names`` shared per app."""
+
+    def __init__(self, app: GeoregApp, request: Request) -> None:
+        object.__setattr__(self, "_shared", app.shared)
+        self.app = app
+        self.registry: Registry = app.registry
+        self.settings: ServerSettings = app.settings
+        self.request = request
+        self.user: Any = None
+        self.stale_nonce = False
+        self.device_id: str | None = request.args.get("deviceID")
+
+    def __getattr__(self, name: str) -> Any:
+        shared = object.__getattribute__(self, "_shared")
+        if name in shared:
+            return shared[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            self._shared[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    # helpers
+    def base_url(self) -> str:
+        """``http://host:port`` as the client addressed us (absolute URLs for Collect)."""
+        if self.settings.base_url:
+            return self.settings.base_url.rstrip("/")
+        return self.request.host_url.rstrip("/")
+
+    def url(self, path: str) -> str:
+        return self.base_url() + self.request.script_root + path
+
+    def require(self, role: str = "collector") -> Any:
+        from local_server import auth
+
+        return auth.require(self.request, self, role=role)
+
+    def authenticate(self) -> Any:
+        from local_server import auth
+
+        return auth.authenticate(self.request, self)
+
+
+def load_rules(modules: Iterable[str] = ROUTE_MODULES) -> list[Rule]:
+    rules: list[Rule] = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name == name:
+                continue
+            raise
+        rules.extend(module.rules())
+    return rules
+
+
+def openrosa_xml(message: str, nature: str = "", status: int = 201) -> Response:
+    attr = f' nature="{escape(nature)}"' if nature else ""
+    body = (f'<OpenRosaResponse xmlns="{OPENROSA_NS}"><message{attr}>{escape(message)}'
+            f"</message></OpenRosaResponse>")
+    return Response(body, status=status, content_type="text/xml; charset=utf-8")
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False, default=str), status=status,
+                    content_type="application/json")
+
+
+class GeoregApp:
+    def __init__(self, registry: Registry, settings: ServerSettings,
+                 modules: Iterable[str] = ROUTE_MODULES) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.shared: dict[str, Any] = {}
+        self.url_map = Map(load_rules(modules), strict_slashes=False,
+                           merge_slashes=False)
+
+    def close(self) -> None:
+        self.registry.close()
+
+    # --- errors -----------------------------------------------------------------------
+
+    def _is_openrosa(self, request: Request, rule: Rule | None) -> bool:
+        if rule is not None:
+            return bool(getattr(rule, "openrosa", False))
+        return "X-OpenRosa-Version" in request.headers
+
+    def error_response(self, ctx: RequestContext, openrosa: bool, status: int,
+                       code: str, message: str, details: dict[str, Any] | None = None
+                       ) -> Response:
+        if openrosa:
+            response = openrosa_xml(message, nature="error", status=status)
+        else:
+            response = json_response({"error": code, "message": message,
+                                      "details": details or {}}, status=status)
+        if status == 401:
+            from local_server import auth
+
+            response.headers.update(auth.challenge_headers(ctx, stale=ctx.stale_nonce))
+        return response
+
+    # --- dispatch ---------------------------------------------------------------------
+
+    def dispatch(self, request: Request, ctx: RequestContext) -> Response:
+        rule: Rule | None = None
+        try:
+            length = request.content_length
+            if length is not None and length > self.settings.max_body:
+                raise RequestEntityTooLarge()
+            adapter = self.url_map.bind_to_environ(request.environ)
+            rule, args = adapter.match(return_rule=True)
+            handler = rule.endpoint
+            return handler(request, ctx, **args)  # type: ignore[no-any-return, operator]
+        except GeoregError as error:
+            return self.error_response(ctx, self._is_openrosa(request, rule), error.http_status,
+                                       error.code, error.message, error.details)
+        except HTTPException as error:
+            if error.code is None or error.code < 400:
+                return error.get_response(request.environ)  # redirects
+            message = {
+                404: "Nothing here: check the address.",
+                405: f"Method {request.method} is not allowed here.",
+                413: f"The request is larger than this server accepts "
+                     f"({self.settings.max_body} bytes).",
+            }.get(error.code, error.description or error.name)
+            response = self.error_response(ctx, self._is_openrosa(request, rule), error.code,
+                                           error.name.lower().replace(" ", "_"), message)
+            for key, value in error.get_headers():
+                if key.lower() == "allow":
+                    response.headers["Allow"] = value
+            return response
+        except Exception:  # noqa: BLE001 - never leak a traceback to the client
+            ref = uuid.uuid4().hex[:12]
+            print(f"[georeg serve] error {ref} on {request.method} {request.path}:",
+                  file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            return self.error_response(
+                ctx, self._is_openrosa(request, rule), 500, "server_error",
+                f"The server failed on this request (reference {ref}); the details are in "
+                "the server's log.")
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        request.max_content_length = self.settings.max_body
+        request.max_form_memory_size = self.settings.max_body
+        ctx = RequestContext(self, request)
+        response = self.dispatch(request, ctx)
+        response.headers["X-OpenRosa-Version"] = "1.0"
+        response.headers["Date"] = http_date()
+        response.headers["X-OpenRosa-Accept-Content-Length"] = str(self.settings.max_body)
+        return response(environ, start_response)
+
+
+def create_app(registry_location: str | Path | Registry,
+               settings: ServerSettings | None = None) -> GeoregApp:
+    """The WSGI app for one registry (opened once; connections are pooled)."""
+    settings = settings or ServerSettings()
+    reg = (registry_location if isinstance(registry_location, Registry)
+           else Registry.open(registry_location))
+    if settings.durable_commits and reg.backend is not Backend.POSTGIS:
+        _full_sync(reg)
+    return GeoregApp(reg, settings)
+
+
+def _full_sync(reg: Registry) -> None:
+    """``PRAGMA synchronous = FULL`` on the server's SQLite connections: an acknowledged
+    submission survives a power cut too, not only a crash of the process."""
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA synchronous = FULL")
+        cur.close()
+
+    event.listen(reg.engine, "connect", on_connect)
+    reg.engine.dispose()

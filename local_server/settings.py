@@ -1,0 +1,28 @@
+"""Server settings: one frozen dataclass, filled by ``georeg serve`` (defaults suit a LAN)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: What every OpenRosa response says the server accepts (HEAD /submission, POST).
+DEFAULT_MAX_BODY = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    #: Largest request body accepted (bytes); bigger → 413.  Also announced to Collect
+    #: as ``X-OpenRosa-Accept-Content-Length``.
+    max_body: int = DEFAULT_MAX_BODY
+    #: HTTP Digest realm; the stored HA1 values are per realm (``georeg users add`` uses it).
+    realm: str = "georeg"
+    #: Seconds a Digest nonce stays valid; an older one gets ``stale=true``.
+    nonce_seconds: int = 300
+    #: Basic authentication is answered only over https (behind a TLS proxy set this).
+    https: bool = False
+    #: A fixed public base URL (``http://192.168.1.10:8080``); None → built from Host.
+    base_url: str | None = None
+    #: SQLite/GeoPackage: fsync every commit (``synchronous = FULL``), so a submission
+    #: answered 201 survives a power cut, not only a crash.
+    durable_commits: bool = True
+    #: Start the sync scheduler in-process (``georeg serve``).
+    scheduler: bool = False

@@ -1,0 +1,125 @@
+"""A real ``georeg serve`` on 127.0.0.1 for the Iaso, REST and page tests.
+
+``demo_server(tmp)`` builds a GeoPackage registry with the Sierra Leone demo (version 1
+published and default — what phones download — and version 2, a draft copy, where
+approved changes land), two users and an Iaso project, then serves it with the server
+core's WSGI app on waitress in a thread, on a free port.
+
+* ``kofi`` — reviewer, whole country;
+* ``amina`` — collector, subtree Western Area (``at6UHUQatSo``).
+
+Tests that need the core's form and submission storage are marked ``requires_forms``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from storage import versions
+from storage.registry import Registry
+
+APP_ID = "org.georeg.test"
+WESTERN_AREA = "at6UHUQatSo"
+
+
+@dataclass
+class LiveServer:
+    base: str
+    registry: Registry
+    path: Path
+    passwords: dict[str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _module_exists(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def forms_available() -> bool:
+    """The server core's form and submission storage (``local_server/forms.py``,
+    ``submissions.py``)."""
+    return _module_exists("local_server.forms") and _module_exists("local_server.submissions")
+
+
+requires_forms = pytest.mark.skipif(
+    not forms_available(),
+    reason="needs the server core's form and submission storage (local_server/forms.py, "
+           "submissions.py), not in the tree yet")
+
+
+def build_demo_registry(path: Path, forms: Sequence[Path] = ()) -> tuple[Registry, dict[str, str]]:
+    from sync.dhis2_json import import_dhis2_files
+    from tests.conftest import DEMO_FILES
+
+    reg = Registry.create(path)
+    import_dhis2_files(reg, DEMO_FILES, source="SL")
+    versions.publish_version(reg, "SL", 1, make_default=True)
+    versions.create_version(reg, "SL", copy_from=1)
+    passwords = {"kofi": secrets.token_urlsafe(12), "amina": secrets.token_urlsafe(12)}
+    from local_server import projects, users
+
+    users.add_user(reg, "kofi", passwords["kofi"], role="reviewer")
+    users.add_user(reg, "amina", passwords["amina"], role="collector", roots=[WESTERN_AREA])
+    projects.add_project(reg, "Test project", app_id=APP_ID)
+    if forms and forms_available():
+        from local_server import forms as core_forms
+
+        for form in forms:
+            core_forms.add_form(reg, form, project=APP_ID)
+    return reg, passwords
+
+
+@contextmanager
+def demo_server(tmp: Path, forms: Sequence[Path] = ()) -> Iterator[LiveServer]:
+    from waitress.server import create_server
+
+    path = tmp / "registry.gpkg"
+    reg, passwords = build_demo_registry(path, forms)
+    from local_server.app import create_app
+
+    app = create_app(path)
+    port = _free_port()
+    server = create_server(app, host="127.0.0.1", port=port, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            requests.get(f"{base}/api/openapi.json", timeout=2)
+            break
+        except requests.ConnectionError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    try:
+        yield LiveServer(base, reg, path, passwords)
+    finally:
+        server.close()
+        thread.join(5)
+        app.close()
+        reg.close()
+
+
+def submissions(live: LiveServer) -> list[dict[str, Any]]:
+    """Every stored submission, as the REST API lists them (with ``data``)."""
+    from local_server import submissions as core_submissions
+
+    return list(core_submissions.list_submissions(live.registry, limit=10_000)["results"])
