@@ -5,8 +5,9 @@ over https, and bearer tokens through a hook.
   realm=…, qop="auth", algorithm=MD5, nonce=…, opaque=…``.  Answers with
   ``algorithm=MD5`` or ``algorithm=SHA-256`` (qop ``auth``, or no qop as in RFC 2069) are
   checked against the HA1 values stored per user and realm (``users.py``).  Nonces are
-  stateless: ``time:HMAC(server key, time)``; after ``settings.nonce_seconds`` an answer
+  stateless: ``time.random:HMAC(server key, time.random)``; after ``settings.nonce_seconds`` an answer
   gets a fresh challenge with ``stale=true`` (clients retry without asking the user).
+  A replayed answer (same nonce, cnonce and nonce count) is refused.
   Collect only offers MD5-or-omitted algorithms in its restricted profile, so the single
   challenge names MD5 (several challenges in one response confuse common clients).
 * **Basic**: answered only when the server runs behind https (``settings.https`` or the
@@ -27,6 +28,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,7 +74,8 @@ def register_token_verifier(fn: TokenVerifier) -> TokenVerifier:
 
 
 def _make_nonce(now: float | None = None) -> str:
-    stamp = str(int(now if now is not None else time.time()))
+    """``time.random:HMAC`` — unique per challenge, checkable without server state."""
+    stamp = f"{int(now if now is not None else time.time())}.{secrets.token_hex(8)}"
     mac = hmac.new(_SERVER_KEY, stamp.encode(), hashlib.sha256).hexdigest()[:32]
     return base64.b64encode(f"{stamp}:{mac}".encode()).decode()
 
@@ -81,7 +84,7 @@ def _nonce_state(nonce: str, max_age: int) -> str:
     """'ok', 'stale' or 'bad'."""
     try:
         stamp, mac = base64.b64decode(nonce.encode(), validate=True).decode().split(":")
-        issued = int(stamp)
+        issued = int(stamp.split(".")[0])
     except (ValueError, UnicodeDecodeError):
         return "bad"
     good = hmac.new(_SERVER_KEY, stamp.encode(), hashlib.sha256).hexdigest()[:32]
@@ -167,8 +170,37 @@ def _digest_user(request: Request, ctx: Any, params: dict[str, str]) -> User | N
     else:
         return None
     if hmac.compare_digest(expected, params.get("response", "")):
+        if qop == "auth" and not _fresh_count(nonce, params.get("cnonce", ""),
+                                              params.get("nc", ""),
+                                              ctx.settings.nonce_seconds):
+            return None  # a replayed answer: a fresh challenge follows
         return user
     return None
+
+
+# --- replay protection ---------------------------------------------------------------
+# With qop=auth every answer carries a nonce count (nc) that the client increases for
+# each request under one nonce.  A captured request sent again repeats its count: it
+# is refused.  The counts live in memory for the life of a nonce (per process).
+_counts: dict[tuple[str, str], tuple[float, int]] = {}
+_counts_lock = threading.Lock()
+
+
+def _fresh_count(nonce: str, cnonce: str, nc: str, max_age: int) -> bool:
+    try:
+        count = int(nc, 16)
+    except ValueError:
+        return False
+    now = time.monotonic()
+    with _counts_lock:
+        if len(_counts) > 10_000:
+            for key in [k for k, (t, _) in _counts.items() if now - t > max_age]:
+                del _counts[key]
+        seen = _counts.get((nonce, cnonce))
+        if seen is not None and count <= seen[1]:
+            return False
+        _counts[(nonce, cnonce)] = (now, count)
+    return True
 
 
 #: Seconds a user's record (role, area, HA1) is reused between requests: a removed user or

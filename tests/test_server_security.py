@@ -153,8 +153,8 @@ def _digest(method: str, uri: str, user: str, password: str, challenge: str,
 
 
 def test_digest_sha256_and_tampering(server: str, setup: Setup) -> None:
-    challenge = requests.get(server + "/formList", timeout=30).headers["WWW-Authenticate"]
     for algorithm in ("SHA-256", "MD5"):
+        challenge = requests.get(server + "/formList", timeout=30).headers["WWW-Authenticate"]
         header = _digest("GET", "/formList", "kofi", setup.passwords["kofi"], challenge,
                          algorithm)
         r = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
@@ -168,6 +168,21 @@ def test_digest_sha256_and_tampering(server: str, setup: Setup) -> None:
     header = _digest("GET", "/formList", "kofi", setup.passwords["kofi"], forged, "MD5")
     r = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
     assert r.status_code == 401
+
+
+def test_a_replayed_digest_answer_is_refused(server: str, setup: Setup) -> None:
+    """Someone on the Wi-Fi who captured a request cannot send it again."""
+    challenge = requests.get(server + "/formList", timeout=30).headers["WWW-Authenticate"]
+    header = _digest("GET", "/formList", "kofi", setup.passwords["kofi"], challenge, "MD5")
+    first = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
+    again = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
+    assert first.status_code == 200
+    assert again.status_code == 401 and again.headers["WWW-Authenticate"].startswith("Digest ")
+    # an honest client counting up under the same nonce goes on working
+    session = requests.Session()
+    session.auth = HTTPDigestAuth("kofi", setup.passwords["kofi"])
+    assert all(session.get(server + "/formList", timeout=30).status_code == 200
+               for _ in range(3))
 
 
 def test_collector_outside_area_403(server: str, setup: Setup) -> None:
