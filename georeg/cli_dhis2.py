@@ -259,6 +259,59 @@ def push_cmd(reg: str, source: str, number: int, url: str, user: str | None,
     emit(as_json, result, render_push)
 
 
+def render_push_data(d: dict[str, Any]) -> str:
+    verb = "Would send" if d["dry_run"] else "Sent"
+    lines = [f"{verb} form {d['form']} to {d['target']} ({d['endpoint']}): "
+             f"{d['submissions']} submission(s), {d['already_exported']} already exported, "
+             f"{d['sent']} sent, {d['exported']} exported, {d['failed']} failed; "
+             f"DHIS2 counted {d['created']} created, {d['updated']} updated; "
+             f"{d['requests']} HTTP request(s)."]
+    for e in d["errors"]:
+        lines.append(f"  - {e['message']}" + (f" [{e['unit']}]" if e.get("unit") else ""))
+    return "\n".join(lines)
+
+
+@command(dhis2_group, "push-data")
+@REG
+@click.option("--form", "-f", "form_id", required=True, help="The form (XForm id).")
+@click.option("--mapping", "-m", "mapping_path", required=True,
+              type=click.Path(dir_okay=False),
+              help="JSON mapping: questions → data elements, events or data value sets "
+                   "(see docs/sync.md).")
+@connection_options
+@click.option("--dry-run", is_flag=True,
+              help="Let DHIS2 validate the submissions; record and change nothing.")
+@click.option("--again", is_flag=True,
+              help="Also send submissions already exported to this target (updates them).")
+@click.option("--batch-size", type=click.IntRange(1, 5000), default=200, show_default=True,
+              help="Events per request.")
+@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the full JSON report to this file.")
+def push_data_cmd(reg: str, form_id: str, mapping_path: str, url: str, user: str | None,
+                  password_stdin: bool, token_stdin: bool, timeout: float, retries: int,
+                  page_size: int, dry_run: bool, again: bool, batch_size: int,
+                  report_path: str | None, as_json: bool) -> None:
+    """Send a form's submissions to DHIS2 as events (tracker; /api/events before 2.38)
+    or data value sets, as the mapping file says.
+
+    Each submission is exported once per target (status kept in the registry, table
+    data_export); failed ones are sent again next time. Exit code 5 when DHIS2 (or
+    the mapping) refused some submissions: each is listed with what was wrong.
+    """
+    from storage.errors import ConflictError
+    from sync.dhis2_data import load_mapping, push_data
+
+    mapping = load_mapping(mapping_path)
+    with make_client(url, user, password_stdin, token_stdin, timeout, retries,
+                     page_size) as client, open_registry(reg) as registry:
+        result = push_data(registry, client, form_id, mapping, dry_run=dry_run, again=again,
+                           batch_size=batch_size)
+    _write_report(report_path, result)
+    if not result["ok"]:
+        raise ConflictError(render_push_data(result), report=result)
+    emit(as_json, result, render_push_data)
+
+
 @command(dhis2_group, "history")
 @REG
 @SOURCE

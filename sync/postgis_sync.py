@@ -36,6 +36,7 @@ import hashlib
 import itertools
 import json
 import re
+import struct
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,6 +47,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import shapely
+from psycopg.copy import QueuedLibpqWriter
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Connection, bindparam, create_engine, exc, text
 
@@ -73,6 +75,8 @@ FIELDS = (
 #: fields compared for conflicts (unit fields + what hangs off the unit)
 COMPARED = (*FIELDS, "territory", "groups")
 DEFAULT_BATCH = 2000
+#: units per transaction when a version is sent whole into an empty central version (COPY)
+FULL_BATCH = 100_000
 #: a gap in a PostgreSQL change log (an id taken by a transaction not yet committed)
 #: holds the marker back; a gap older than this is taken for a rolled-back transaction
 GAP_GRACE_SECONDS = 3600
@@ -1346,6 +1350,7 @@ class _Run:
     job: Job[Any] | None
     op_prefix: str
     sources: set[str] | None = None
+    full_batch: int = FULL_BATCH
     fresh: set[int] = field(default_factory=set)  # versions created by this run
     started: float = field(default_factory=time.monotonic)
     batch_no: int = 0
@@ -1379,11 +1384,15 @@ def push(
     prefer: str | None = None,
     progress: ProgressFn | None = None,
     job: Job[Any] | None = None,
+    full_batch_size: int = FULL_BATCH,
 ) -> dict[str, Any]:
     """Push the registry to the central schema: everything once, then what changed.
 
     ``prefer="local"`` sends units changed on both sides anyway (local wins);
-    otherwise they are held and reported as conflicts.
+    otherwise they are held and reported as conflicts.  ``batch_size``: units per
+    central transaction for changes; ``full_batch_size``: for a version sent whole into
+    an empty central version (by COPY; each batch commits, so a push interrupted there
+    resumes after the last batch that committed).
     """
     if prefer not in (None, "local"):
         raise InvalidInput("push: prefer must be 'local' or nothing.")
@@ -1394,7 +1403,7 @@ def push(
     central, created = open_central(location, create=True)
     fig = Figures()
     run = _Run(reg, central, state, fig, max(1, batch_size), prefer, progress, job,
-               f"push:{client}:{uuidlib.uuid4().hex[:12]}")
+               f"push:{client}:{uuidlib.uuid4().hex[:12]}", full_batch=max(1, full_batch_size))
     try:
         with exclusive(central, client):
             return _push(run, created)
@@ -1580,6 +1589,17 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
         state.details["cursor"] = None
         state.save(run.reg)
         return
+    with run.central.read() as cconn:
+        empty = cconn.execute(text("SELECT NOT EXISTS (SELECT 1 FROM org_unit WHERE "
+                                   "version_id = :v)"), {"v": cvid}).scalar_one()
+    if empty or cursor["after"] is not None:
+        # Nothing of it centrally yet (or a bulk load to resume): COPY, batch by batch.
+        if _copy_version(run, meta, cvid, cursor):
+            state.versions[str(lvid)] = {"source": meta["source"], "number": meta["number"],
+                                         "full_at": cursor["started_at"]}
+            state.details["cursor"] = None
+            state.save(run.reg)
+            return
     loaded = 0
     while True:
         _check_cancel(run)
@@ -1624,6 +1644,274 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                                  "full_at": cursor["started_at"]}
     state.details["cursor"] = None
     state.save(run.reg)
+
+
+def _ewkb_hex(wkb: bytes | None) -> str | None:
+    """ISO WKB (2D) → hex EWKB with the registry's SRID, what PostGIS reads from COPY."""
+    if wkb is None:
+        return None
+    order = "<" if wkb[0] == 1 else ">"
+    (gtype,) = struct.unpack(order + "I", wkb[1:5])
+    if gtype >= 1000:  # Z/M flavours: let shapely write it
+        return str(shapely.to_wkb(shapely.set_srid(shapely.from_wkb(wkb), geometry.SRID),
+                                  hex=True, byte_order=1, include_srid=True))
+    return (wkb[:1] + struct.pack(order + "II", gtype | 0x20000000, geometry.SRID)
+            + wkb[5:]).hex().upper()
+
+
+def _owns(cconn: Connection, table: str) -> bool:
+    return bool(cconn.execute(text(
+        "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
+        "WHERE c.oid = to_regclass(:t)"), {"t": table}).scalar())
+
+
+def _plain_indexes(cconn: Connection, table: str) -> list[tuple[str, str]]:
+    """(name, definition) of a table's indexes that back no constraint."""
+    return [(r.indexname, r.indexdef) for r in cconn.execute(text(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i JOIN pg_class c ON c.relname = "
+        "i.indexname AND c.relnamespace = to_regnamespace(i.schemaname) "
+        "WHERE i.schemaname = current_schema() AND i.tablename = :t AND NOT EXISTS "
+        "(SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid)"), {"t": table})]
+
+
+_LOCAL_UNITS = (
+    "SELECT u.fid, u.unit_key, u.parent_key, u.depth, u.path, u.uuid, u.source_ref, u.name, "
+    "u.code, u.type_id, u.validation_status, u.opening_date, u.closed_date, u.aliases, "
+    "u.extra_fields, {loc} FROM org_unit u WHERE u.version_id = :v{after} "
+    "ORDER BY u.depth, u.fid LIMIT :n"
+)
+_AFTER = " AND (u.depth > :d OR (u.depth = :d AND u.fid > :f))"
+_UPTO = " AND (u.depth < :d2 OR (u.depth = :d2 AND u.fid <= :f2))"
+
+
+def _copy_version(run: _Run, meta: dict[str, Any], cvid: int, cursor: dict[str, Any]) -> bool:
+    """Send a whole version into an empty central version: per batch, one transaction that
+    COPYs units, territories and memberships (keys, paths and depths computed here), writes
+    the change log set-wise and records the cursor.  Row triggers are off meanwhile (when
+    the central tables are ours), and on a first push into an empty table the plain indexes
+    are built after the load.  False when a batch to resume is already partly central
+    (the caller then upserts unit by unit)."""
+    reg, lvid = run.reg, meta["fid"]
+    backend = reg.backend
+    loc = geometry.select_sql(backend, "u.location")
+    with reg.read() as conn:
+        local_types = {int(r.fid): r.name for r in conn.execute(
+            text("SELECT fid, name FROM org_unit_type"))}
+        groups = {int(r.group_key): group_identity(r.source_ref, r.name) for r in conn.execute(
+            text("SELECT group_key, source_ref, name FROM org_unit_group WHERE version_id = :v"),
+            {"v": lvid})}
+    with run.central.read() as cconn:
+        ctypes = {r.name: int(r.fid) for r in cconn.execute(
+            text("SELECT fid, name FROM org_unit_type"))}
+        ckeys = {group_identity(r.source_ref, r.name): int(r.group_key) for r in cconn.execute(
+            text("SELECT group_key, source_ref, name FROM org_unit_group WHERE version_id = :v"),
+            {"v": cvid})}
+    type_map = {k: ctypes.get(name) for k, name in local_types.items()}
+    tree: dict[int, tuple[int, str]] = {}  # local unit_key -> (central fid, central path)
+    first = True
+    while True:
+        _check_cancel(run)
+        after = cursor["after"]
+        params: dict[str, Any] = {"v": lvid, "n": run.full_batch + 1}
+        if after:
+            params |= {"d": after[0], "f": after[1]}
+        with reg.read() as conn:
+            rows = list(conn.execute(text(_LOCAL_UNITS.format(loc=f"{loc} AS location",
+                                                         after=_AFTER if after else "")),
+                                params).fetchall())
+        if not rows:
+            return True
+        last_batch = len(rows) <= run.full_batch
+        rows = rows[:run.full_batch]
+        lo, hi = after, (int(rows[-1].depth), int(rows[-1].fid))
+        with run.central.write(origin=SYNC_ORIGIN, operation=run.op()) as cconn:
+            if first and after is not None and _existing_uuids(cconn, cvid, [rows[0].uuid]):
+                return False  # this batch committed centrally before the marker here: upsert
+            status = cconn.execute(text("SELECT status FROM source_version WHERE fid = :v "
+                                        "FOR UPDATE"), {"v": cvid}).scalar()
+            if status == "published":
+                raise ConflictError(f"{meta['source']} v{meta['number']} was published "
+                                    "centrally during the push; run the push again.")
+            _copy_batch(run, cconn=cconn, lvid=lvid, cvid=cvid, rows=rows,
+                        lo=lo, hi=hi, type_map=type_map, groups=groups, ckeys=ckeys,
+                        tree=tree, whole=first and after is None and last_batch)
+        first = False
+        cursor["after"] = list(hi)
+        run.state.details["cursor"] = cursor
+        run.state.save(reg)
+        run.tick(phase="full", version=f"{meta['source']} v{meta['number']}", sent=len(rows),
+                 message=f"Pushing {meta['source']} v{meta['number']}")
+        if last_batch:
+            return True
+
+
+def _copy_batch(run: _Run, *, cconn: Connection, lvid: int,
+                cvid: int, rows: list[Any], lo: list[int] | None, hi: tuple[int, int],
+                type_map: dict[int, int | None], groups: dict[int, str],
+                ckeys: dict[str, int], tree: dict[int, tuple[int, str]], whole: bool) -> None:
+    reg, fig = run.reg, run.fig
+    backend = reg.backend
+    range_params: dict[str, Any] = {"v": lvid, "d2": hi[0], "f2": hi[1]}
+    cond = _UPTO
+    if lo:
+        range_params |= {"d": lo[0], "f": lo[1]}
+        cond += _AFTER
+    with reg.read() as conn:
+        tsel = geometry.select_sql(backend, "t.territory")
+        territories = conn.execute(text(
+            f"SELECT u.unit_key, {tsel} AS territory, u.name FROM org_unit_territory t "
+            f"JOIN org_unit u ON u.fid = t.unit_fid WHERE u.version_id = :v{cond}"),
+            range_params).fetchall()
+        members = conn.execute(text(
+            "SELECT m.unit_key, m.group_key FROM group_membership m JOIN org_unit u ON "
+            f"u.version_id = m.version_id AND u.unit_key = m.unit_key WHERE u.version_id = :v"
+            f"{cond}"), range_params).fetchall()
+        missing = {int(r.parent_key) for r in rows if r.parent_key is not None} - set(tree) - {
+            int(r.unit_key) for r in rows}
+        parent_uuids = {}
+        if missing:  # parents sent by an earlier push run (a resumed load): find them centrally
+            stmt = text("SELECT unit_key, uuid FROM org_unit WHERE version_id = :v AND "
+                        "unit_key IN :k").bindparams(bindparam("k", expanding=True))
+            for part in _chunks(sorted(missing)):
+                parent_uuids.update({r.uuid: int(r.unit_key) for r in conn.execute(
+                    stmt, {"v": lvid, "k": part})})
+    if parent_uuids:
+        stmt = text("SELECT uuid, fid, path FROM org_unit WHERE version_id = :v AND uuid IN :u"
+                    ).bindparams(bindparam("u", expanding=True))
+        for part in _chunks(sorted(parent_uuids)):
+            for r in cconn.execute(stmt, {"v": cvid, "u": part}):
+                tree[parent_uuids[r.uuid]] = (int(r.fid), str(r.path))
+    n = len(rows)
+    fids = [int(f) for f in cconn.execute(
+        text("SELECT nextval('org_unit_fid_seq') FROM generate_series(1, :n)"), {"n": n}
+    ).scalars()]
+    gpkg = backend is Backend.GEOPACKAGE
+    own = _owns(cconn, "org_unit") and _owns(cconn, "org_unit_territory") and         _owns(cconn, "group_membership")
+    dropped: list[tuple[str, str]] = []
+    fkeys: list[tuple[str, str, str]] = []
+    if own:
+        for table in ("org_unit", "org_unit_territory", "group_membership"):
+            cconn.exec_driver_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        if whole and not cconn.execute(text("SELECT EXISTS (SELECT 1 FROM org_unit)")).scalar():
+            # a first load into empty tables: indexes built after the load are faster
+            dropped = _plain_indexes(cconn, "org_unit")
+            if _owns(cconn, "change_log"):
+                dropped += _plain_indexes(cconn, "change_log")
+            for name, _sql in dropped:
+                cconn.exec_driver_sql(f'DROP INDEX "{name}"')
+            # foreign keys: one validating join after the load instead of a check per row
+            fkeys = [(r.table, r.name, r.definition) for r in cconn.execute(text(
+                "SELECT c.conrelid::regclass::text AS table, c.conname AS name, "
+                "pg_get_constraintdef(c.oid) AS definition FROM pg_constraint c "
+                "WHERE c.contype = 'f' AND c.conrelid IN (to_regclass('org_unit'), "
+                "to_regclass('org_unit_territory'), to_regclass('group_membership'))"))]
+            for table, name, _definition in fkeys:
+                cconn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    run.central.set_audit(cconn, False)
+    raw = cconn.connection.driver_connection
+    assert raw is not None
+    unit_sql = ("COPY org_unit (fid, location, version_id, unit_key, uuid, source_ref, name, "
+                "code, type_id, parent_key, path, depth, validation_status, opening_date, "
+                "closed_date, aliases, extra_fields) FROM STDIN")
+    ter_rows: list[tuple[Any, ...]] = []
+    mem_rows: list[tuple[Any, ...]] = []
+    with raw.cursor() as cur:
+        # A queued writer sends in a thread: the server parses while Python formats rows.
+        with cur.copy(unit_sql, writer=QueuedLibpqWriter(cur)) as copy:
+            for r, fid in zip(rows, fids, strict=True):
+                if r.parent_key is None:
+                    parent_key, path = None, f"/{fid}/"
+                else:
+                    pfid, ppath = tree[int(r.parent_key)]
+                    parent_key, path = pfid, f"{ppath}{fid}/"
+                tree[int(r.unit_key)] = (fid, path)
+                blob = r.location
+                if blob is not None:
+                    blob = geometry.gpkg_wkb(bytes(blob)) if gpkg else bytes(blob)
+                copy.write_row((
+                    fid, _ewkb_hex(blob), cvid, fid, r.uuid, r.source_ref, r.name, r.code,
+                    type_map.get(int(r.type_id)) if r.type_id is not None else None,
+                    parent_key, path, int(r.depth), r.validation_status or "valid",
+                    _date(r.opening_date), _date(r.closed_date), _json_text(r.aliases),
+                    _json_text(r.extra_fields)))
+        for t in territories:
+            blob = bytes(t.territory)
+            ter_rows.append((_ewkb_hex(geometry.gpkg_wkb(blob) if gpkg else blob),
+                             tree[int(t.unit_key)][0], cvid, t.name))
+        with_groups = set()
+        for m in members:
+            ident = groups.get(int(m.group_key))
+            with_groups.add(int(m.unit_key))
+            if ident in ckeys:
+                mem_rows.append((cvid, ckeys[ident], tree[int(m.unit_key)][0]))
+            else:
+                fig.warnings.append(f"Unit {int(m.unit_key)}: group {ident} does not exist on "
+                                    "the receiving side; membership left out.")
+        if ter_rows:
+            with cur.copy("COPY org_unit_territory (territory, unit_fid, version_id, name) "
+                          "FROM STDIN") as copy:
+                for row in ter_rows:
+                    copy.write_row(row)
+        if mem_rows:
+            with cur.copy("COPY group_membership (version_id, group_key, unit_key) "
+                          "FROM STDIN", writer=QueuedLibpqWriter(cur)) as copy:
+                for row in mem_rows:
+                    copy.write_row(row)
+    _log_inserted(cconn, cvid, fids, bool(ter_rows), bool(mem_rows))
+    if own:
+        # Run the pending foreign-key checks now: indexes and triggers cannot change on a
+        # table with pending trigger events.
+        cconn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+        for _name, sql in dropped:
+            cconn.exec_driver_sql(sql)
+        for table, name, definition in fkeys:
+            cconn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+        for table in ("org_unit", "org_unit_territory", "group_membership"):
+            cconn.exec_driver_sql(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        cconn.exec_driver_sql("SET CONSTRAINTS ALL DEFERRED")
+    run.central.set_audit(cconn, True)
+    if n >= 1000:
+        _analyze(cconn)  # fresh statistics: the next push's lookups by uuid stay fast
+    fig.units_sent += n
+    fig.units_inserted += n
+    fig.territories_sent += len(ter_rows)
+    fig.territories_changed += len(ter_rows)
+    fig.memberships_sent += len(with_groups)
+    fig.memberships_added += len(mem_rows)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _log_inserted(conn: Connection, v: int, fids: list[int], territories: bool,
+                  members: bool) -> None:
+    """The change-log rows the audit triggers would have written for inserted units (and
+    their territories and memberships), set-wise."""
+    _join, ctx = audit_sql.context_columns(Backend.POSTGIS)
+    cols = audit_sql.LOG_COLUMNS
+    conn.execute(text(
+        f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'org_unit', 'insert', u.uuid, "
+        f"u.unit_key, u.fid, NULL, {audit_sql.unit_json(Backend.POSTGIS, 'u')}, {ctx} "
+        "FROM org_unit u WHERE u.fid = ANY(:f) ORDER BY u.fid"), {"f": fids})
+    if territories:
+        conn.execute(text(
+            f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'territory', 'insert', "
+            f"u.uuid, u.unit_key, t.fid, NULL, "
+            f"{audit_sql.territory_json(Backend.POSTGIS, 't')}, {ctx} "
+            "FROM org_unit_territory t JOIN org_unit u ON u.fid = t.unit_fid "
+            "WHERE t.unit_fid = ANY(:f) ORDER BY t.fid"), {"f": fids})
+    if members:
+        conn.execute(text(
+            f"INSERT INTO change_log ({cols}) SELECT m.version_id, 'group_membership', "
+            "'insert', u.uuid, u.unit_key, m.fid, NULL, "
+            f"jsonb_build_object('group_key', m.group_key, 'group', g.name), {ctx} "
+            "FROM group_membership m JOIN org_unit u ON u.version_id = m.version_id "
+            "AND u.unit_key = m.unit_key JOIN org_unit_group g ON g.version_id = "
+            "m.version_id AND g.group_key = m.group_key WHERE m.version_id = :v "
+            "AND m.unit_key = ANY(:f) ORDER BY m.fid"), {"v": v, "f": fids})
 
 
 def _analyze(conn: Connection) -> None:

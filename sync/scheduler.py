@@ -94,6 +94,12 @@ JOB_KINDS: dict[str, JobKind] = {
         options=("source", "version", "dry_run", "allow_delete", "page_size"),
         required=("source",),
     ),
+    "dhis2-push-data": JobKind(
+        "sync.scheduler:dhis2_push_data",
+        "Send a form's new submissions to DHIS2 (events or data value sets).",
+        options=("form", "mapping", "batch_size"),
+        required=("form", "mapping"),
+    ),
 }
 
 Runner = Callable[[Registry, dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -146,7 +152,8 @@ def _dhis2_client(secret: dict[str, Any], options: dict[str, Any]) -> Any:
 
     if not secret.get("url"):
         raise InvalidInput("The DHIS2 target in the secrets file has no 'url'.")
-    extra = {"page_size": int(options["page_size"])} if options.get("page_size") else {}
+    extra: dict[str, Any] = (
+        {"page_size": int(options["page_size"])} if options.get("page_size") else {})
     return Dhis2Client(
         str(secret["url"]),
         username=secret.get("username") or secret.get("user"),
@@ -177,6 +184,23 @@ def dhis2_push(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
                            int(version) if version not in (None, "") else None,
                            dry_run=_flag(options.get("dry_run")),
                            allow_delete=_flag(options.get("allow_delete")))
+
+
+def dhis2_push_data(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """Submissions not yet exported; a run with refused submissions counts as failed (and
+    is retried: the refused ones are sent again, the exported ones never)."""
+    from sync import dhis2_data
+
+    mapping = dhis2_data.load_mapping(str(options["mapping"]))
+    report = dhis2_data.push_data(reg, _dhis2_client(secret, options), str(options["form"]),
+                                  mapping, batch_size=int(options.get("batch_size") or
+                                                          dhis2_data.EVENT_BATCH))
+    if not report["ok"]:
+        raise ConflictError(
+            f"{report['failed']} submission(s) of {options['form']} refused: "
+            + "; ".join(e["message"] for e in report["errors"][:5]), report=report)
+    return report
 
 
 def _postgis_target(secret: dict[str, Any], options: dict[str, Any]) -> tuple[str, str | None]:
@@ -731,6 +755,20 @@ class Scheduler:
                      "AND outcome = 'ok'"),
                 {"n": name, "r": run_id},
             ).first() is not None
+
+
+def start_in_process(registry_location: str | Path, *, secrets_file: str | Path | None = None,
+                     reload_seconds: float = 30.0) -> Scheduler:
+    """Run the registry's scheduled jobs in this process, in background threads; for
+    ``georeg serve``.  Returns at once with the handle: ``handle.shutdown()`` stops it
+    (waits for a running job), ``handle.running``, ``handle.planned()`` (next run per job).
+
+    Jobs added, changed or removed in the registry meanwhile (CLI, REST API) are picked up
+    within ``reload_seconds``.  Each run is recorded in ``schedule_run``; failures are
+    retried with backoff.  The scheduler opens its own connection to the registry.
+    """
+    return Scheduler(registry_location, secrets_file=secrets_file,
+                     reload_seconds=reload_seconds).start()
 
 
 def run_scheduler(location: str | Path, *, secrets_file: str | Path | None = None,

@@ -229,6 +229,15 @@ class State:
                                            if g["id"] in self.groups],
             }
 
+        self.data_elements: dict[str, dict[str, Any]] = {}
+        for page in _recorded(version, "data_elements.yaml"):
+            for de in page.get("dataElements") or []:
+                self.data_elements[de["id"]] = dict(de)
+        self.programs = copy.deepcopy(PROGRAMS)
+        self.events: dict[str, dict[str, Any]] = {}
+        #: (dataElement, period, orgUnit, categoryOptionCombo, attributeOptionCombo) → value
+        self.data_values: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
+
     # --- derived properties --------------------------------------------------------
 
     def ancestors(self, uid: str) -> list[str]:
@@ -485,6 +494,267 @@ def web_message(status: int, message: str, *, state: str = "ERROR", **extra: Any
              405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error"}
     return Reply(status, {"httpStatus": names.get(status, str(status)), "httpStatusCode": status,
                           "status": state, "message": message, **extra})
+
+
+# --- form data: events (/api/events, /api/tracker) and data value sets ------------------------
+
+#: The event program the fake knows.  Not recorded: the Sierra Leone demo's "Inpatient
+#: morbidity and mortality" program and stage, with the value types the demo gives its data
+#: elements (their names and ids are in the recorded ``data_elements.yaml``).
+PROGRAMS: dict[str, dict[str, Any]] = {
+    "eBAyeGv0exc": {
+        "name": "Inpatient morbidity and mortality",
+        "stages": {"Zj7UnCAulEk": {
+            "qrur9Dvnyt5": "INTEGER_ZERO_OR_POSITIVE",  # Age in years
+            "oZg33kd9taw": "TEXT",  # Gender
+            "eMyVanycQSC": "DATE",  # Admission Date
+            "msodh3rEMJa": "DATE",  # Discharge Date
+            "K6uUAvq500H": "TEXT",  # Diagnosis (ICD-10)
+            "fWIAEtYVEGk": "TEXT",  # Mode of Discharge
+        }},
+    },
+}
+DEFAULT_COC = "HllvX50cXC0"  # the demo's default category option combo
+PERIOD_RE = re.compile(r"^(\d{4}|\d{6}|\d{8}|\d{4}W\d{1,2}|\d{4}Q[1-4]|\d{4}S[12]|\d{4}BiW\d{1,2})$")
+IMPORT_OPTIONS = {"idSchemes": {}, "dryRun": False, "async": False,
+                  "importStrategy": "CREATE_AND_UPDATE", "mergeMode": "REPLACE",
+                  "reportMode": "FULL", "skipExistingCheck": False, "sharing": False,
+                  "skipNotifications": False, "skipAudit": False, "force": False}
+
+
+def _value_error(value_type: str, value: Any) -> str | None:
+    """Why ``value`` does not fit ``value_type`` (DHIS2's words), or None."""
+    text_value = str(value)
+    if value_type in ("NUMBER", "INTEGER", "INTEGER_ZERO_OR_POSITIVE", "INTEGER_POSITIVE"):
+        try:
+            number = float(text_value)
+        except ValueError:
+            return "value_not_numeric"
+        if value_type.startswith("INTEGER") and not number.is_integer():
+            return "value_not_integer"
+        if value_type == "INTEGER_ZERO_OR_POSITIVE" and number < 0:
+            return "value_not_zero_or_positive_integer"
+        return None
+    if value_type == "DATE":
+        try:
+            dt.date.fromisoformat(text_value[:10])
+        except ValueError:
+            return "value_not_valid_date"
+    return None
+
+
+def _numeric(state: State, de: str) -> str:
+    """Value type of an aggregate data element: the program's table, else numeric."""
+    for program in state.programs.values():
+        for stage in program["stages"].values():
+            if de in stage:
+                return str(stage[de])
+    return "NUMBER"
+
+
+def data_value_set_import(fake: FakeDhis2, body: dict[str, Any], params: dict[str, str]
+                          ) -> dict[str, Any]:
+    """``POST /api/dataValueSets``: the ImportSummary (conflicts per value, with indexes on
+    2.38+); valid values are stored (upsert by their key), invalid ones ignored."""
+    s = fake.state
+    dry = params.get("dryRun", "false").lower() == "true"
+    counts = {"imported": 0, "updated": 0, "ignored": 0, "deleted": 0}
+    conflicts: list[dict[str, Any]] = []
+    modern = fake.minor >= 38
+
+    def conflict(obj: str, message: str, code: str, index: int, prop: str,
+                 objects: dict[str, str] | None = None) -> None:
+        c: dict[str, Any] = {"object": obj, "value": message}
+        if modern:
+            c.update(objects=objects or {}, errorCode=code, property=prop, indexes=[index])
+        conflicts.append(c)
+
+    values = body.get("dataValues") or []
+    for i, raw in enumerate(values):
+        de = raw.get("dataElement")
+        ou = raw.get("orgUnit") or body.get("orgUnit")
+        pe = str(raw.get("period") or body.get("period") or "")
+        coc = raw.get("categoryOptionCombo") or DEFAULT_COC
+        aoc = raw.get("attributeOptionCombo") or body.get("attributeOptionCombo") or DEFAULT_COC
+        value = raw.get("value")
+        if de not in s.data_elements:
+            conflict(str(de), "Data element not found or not accessible", "E7610", i,
+                     "dataElement", {"dataElement": str(de)})
+        elif ou not in s.units:
+            conflict(str(ou), "Organisation unit not found or not accessible", "E7612", i,
+                     "orgUnit", {"organisationUnit": str(ou)})
+        elif not PERIOD_RE.match(pe):
+            conflict(pe, "Period not valid", "E7611", i, "period", {"period": pe})
+        elif value is None or str(value) == "":
+            conflict(str(de), "Data value or comment not specified", "E7630", i, "value",
+                     {"dataElement": str(de)})
+        elif (why := _value_error(_numeric(s, de), value)) is not None:
+            if modern:
+                conflict(str(de), f"Value must match data element's `{de}` type constraints: "
+                         f"Data value is not {why.replace('value_not_', '').replace('_', ' ')}",
+                         "E7619", i, "value", {"dataElement": str(de), "value": why})
+            else:
+                conflicts.append({"object": str(value), "value": "Data value is not numeric, "
+                                  f"must match data element type: {de}"})
+        else:
+            key = (de, pe, ou, coc, aoc)
+            counts["updated" if key in s.data_values else "imported"] += 1
+            if not dry:
+                s.data_values[key] = {"dataElement": de, "period": pe, "orgUnit": ou,
+                                      "categoryOptionCombo": coc, "attributeOptionCombo": aoc,
+                                      "value": str(value), "lastUpdated": _now()}
+            continue
+        counts["ignored"] += 1
+    status = "SUCCESS" if not conflicts else "WARNING"
+    summary: dict[str, Any] = {"responseType": "ImportSummary", "status": status,
+                               "importOptions": dict(IMPORT_OPTIONS, dryRun=dry),
+                               "description": "Import process completed successfully",
+                               "importCount": counts, "dataSetComplete": "false"}
+    if conflicts:
+        summary["conflicts"] = conflicts
+    return summary
+
+
+def _event_problems(fake: FakeDhis2, ev: dict[str, Any], tracker: bool
+                    ) -> list[tuple[str, str]]:
+    """(error code, message) for an incoming event: tracker codes, or /api/events words."""
+    s = fake.state
+    out: list[tuple[str, str]] = []
+    program = s.programs.get(ev.get("program") or "")
+    ou = ev.get("orgUnit")
+    stage_id = ev.get("programStage")
+    if program is None:
+        out.append(("E1069", f"Could not find Program: `{ev.get('program')}`, linked to Event."
+                    if tracker else f"Event.program does not point to a valid program: "
+                    f"{ev.get('program')}"))
+        return out
+    if ou not in s.units:
+        out.append(("E1011", f"Could not find OrganisationUnit: `{ou}`, linked to Event."
+                    if tracker else f"Event.orgUnit does not point to a valid organisation "
+                    f"unit: {ou}"))
+    elif s.units[ou].get("closedDate"):
+        out.append(("E1029", f"Event OrganisationUnit: `{ou}`, is closed."))
+    stage = program["stages"].get(stage_id or "")
+    if stage is None:
+        out.append(("E1013", f"Could not find ProgramStage: `{stage_id}`, linked to Event."
+                    if tracker else f"Event.programStage does not point to a valid programStage: "
+                    f"{stage_id}"))
+        return out
+    when = ev.get("occurredAt" if tracker else "eventDate")
+    if not when:
+        out.append(("E1031", "Event OccurredAt date is missing."))
+    else:
+        try:
+            dt.date.fromisoformat(str(when)[:10])
+        except ValueError:
+            out.append(("E1051", f"Invalid event date: `{when}`."))
+    for dv in ev.get("dataValues") or []:
+        de = dv.get("dataElement")
+        if de not in stage:
+            out.append(("E1304", f"Data element `{de}` is not a valid data element."
+                        if tracker else f"Data element {de} is not part of the program stage"))
+        elif (why := _value_error(stage[de], dv.get("value"))) is not None:
+            out.append(("E1302", f"Data element `{de}` value is not valid: `{why}`"
+                        if tracker else f"{de}: {why}"))
+    return out
+
+
+def _store_event(fake: FakeDhis2, ev: dict[str, Any], tracker: bool) -> bool:
+    """Upsert an event by its uid; True when it was new."""
+    uid = ev["event"]
+    new = uid not in fake.state.events
+    stored = copy.deepcopy(ev)
+    if not tracker:
+        stored["occurredAt"] = stored.pop("eventDate", None)
+    stored.setdefault("status", "COMPLETED")
+    stored["updatedAt"] = _now()
+    fake.state.events[uid] = stored
+    return new
+
+
+def tracker_import(fake: FakeDhis2, body: dict[str, Any], params: dict[str, str]
+                   ) -> tuple[int, dict[str, Any]]:
+    """``POST /api/tracker?async=false`` (events only): the tracker import report."""
+    events = body.get("events") or []
+    atomic = params.get("atomicMode", "ALL").upper()
+    validate = params.get("importMode", "COMMIT").upper() == "VALIDATE"
+    errors: list[dict[str, Any]] = []
+    ok: list[dict[str, Any]] = []
+    for ev in events:
+        ev.setdefault("event", new_uid())
+        problems = _event_problems(fake, ev, tracker=True)
+        if problems:
+            errors += [{"message": m, "errorCode": c, "trackerType": "EVENT", "uid": ev["event"]}
+                       for c, m in problems]
+        else:
+            ok.append(ev)
+    commit = not validate and (atomic == "OBJECT" or not errors)
+    created = updated = 0
+    reports = []
+    bad = {e["uid"] for e in errors}
+    for i, ev in enumerate(events):
+        reports.append({"trackerType": "EVENT", "uid": ev["event"], "index": i,
+                        "errorReports": [e for e in errors if e["uid"] == ev["event"]]})
+    if commit:
+        for ev in ok:
+            if _store_event(fake, ev, tracker=True):
+                created += 1
+            else:
+                updated += 1
+    ignored = len(events) - created - updated
+    stats = {"created": created, "updated": updated, "deleted": 0, "ignored": ignored,
+             "total": len(events)}
+    status = "ERROR" if errors else "OK"
+    report = {"status": status,
+              "validationReport": {"errorReports": errors, "warningReports": []},
+              "stats": stats,
+              "bundleReport": {"status": status, "stats": stats, "typeReportMap": {
+                  "EVENT": {"trackerType": "EVENT", "stats": stats,
+                            "objectReports": [r for r in reports if r["uid"] not in bad or
+                                              not commit]}}},
+              "message": "An error has occurred." if errors else ""}
+    code = 409 if errors and fake.minor >= 38 else 200
+    return code, report
+
+
+def events_import(fake: FakeDhis2, body: dict[str, Any], params: dict[str, str]
+                  ) -> tuple[int, dict[str, Any]]:
+    """``POST /api/events`` (deprecated, before the new tracker): ImportSummaries in a web
+    message, one summary per event (``reference`` = its uid), 409 when any failed."""
+    dry = params.get("dryRun", "false").lower() == "true"
+    summaries = []
+    totals = {"imported": 0, "updated": 0, "deleted": 0, "ignored": 0}
+    for ev in body.get("events") or []:
+        ev.setdefault("event", new_uid())
+        problems = _event_problems(fake, ev, tracker=False)
+        count = {"imported": 0, "updated": 0, "ignored": 0, "deleted": 0}
+        summary: dict[str, Any] = {"responseType": "ImportSummary", "reference": ev["event"]}
+        if problems:
+            count["ignored"] = 1
+            summary.update(status="ERROR", description=problems[0][1],
+                           conflicts=[{"object": c, "value": m} for c, m in problems[1:]])
+        else:
+            if dry:
+                count["imported"] = 1
+            elif _store_event(fake, ev, tracker=False):
+                count["imported"] = 1
+            else:
+                count["updated"] = 1
+            summary.update(status="SUCCESS")
+        summary["importCount"] = count
+        for k in totals:
+            totals[k] += count[k]
+        summaries.append(summary)
+    failed = any(x["status"] == "ERROR" for x in summaries)
+    response = {"responseType": "ImportSummaries", "status": "ERROR" if failed else "SUCCESS",
+                **totals, "importOptions": dict(IMPORT_OPTIONS, dryRun=dry),
+                "importSummaries": summaries, "total": len(summaries)}
+    if failed:
+        return 409, {"httpStatus": "Conflict", "httpStatusCode": 409, "status": "ERROR",
+                     "message": "An error occurred, please check import summary.",
+                     "response": response}
+    return 200, {"httpStatus": "OK", "httpStatusCode": 200, "status": "OK",
+                 "message": "Import was successful.", "response": response}
 
 
 # --- metadata import --------------------------------------------------------------------------
@@ -998,6 +1268,33 @@ class FakeDhis2:
                 return web_message(400, "JSON parse error: the body is not a JSON object")
             report = MetadataImport(self, body, params, user).run()
             return self._envelope(report, api_version)
+        if head in ("tracker", "events", "dataValueSets") and len(parts) == 1 \
+                and method == "POST":
+            if not isinstance(body, dict):
+                return web_message(400, "JSON parse error: the body is not a JSON object")
+            body = copy.deepcopy(body)
+            if head == "tracker":
+                if params.get("async", "true").lower() != "false":
+                    return Reply(200, {"httpStatus": "OK", "httpStatusCode": 200, "status": "OK",
+                                       "message": "Tracker job added", "response": {
+                                           "responseType": "TrackerJobWebMessageResponse",
+                                           "id": new_uid()}})
+                code, report = tracker_import(self, body, params)
+                return Reply(code, report)
+            if head == "events":
+                if self.minor >= 42:
+                    return web_message(404, f"{raw_path} not found")
+                code, report = events_import(self, body, params)
+                return Reply(code, report)
+            summary = data_value_set_import(self, body, params)
+            if self.minor < 38 or (api_version is not None and api_version < 38):
+                return Reply(200, summary)
+            if summary["status"] == "SUCCESS":
+                return Reply(200, {"httpStatus": "OK", "httpStatusCode": 200, "status": "OK",
+                                   "message": "Import was successful.", "response": summary})
+            return Reply(409, {"httpStatus": "Conflict", "httpStatusCode": 409,
+                               "status": "WARNING", "message": "One more conflicts encountered, "
+                               "please check import summary.", "response": summary})
         replay = self._replay(method, raw_path, query)
         if replay is not None:
             return replay

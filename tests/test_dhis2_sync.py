@@ -418,6 +418,50 @@ def test_push_of_an_edited_version_sends_the_expected_metadata(demo: Registry,
     assert stored["op"] == "push" and stored["report"]["ok"]
 
 
+@pytest.mark.parametrize("backend", ["gpkg"], indirect=True)
+def test_push_of_a_merged_version(demo: Registry, fake41: FakeDhis2) -> None:
+    """Two drafts of the pulled version, edited apart, combined by the 3-way merge: the
+    merged draft's push sends exactly both sides' changes, and DHIS2 then equals it."""
+    from storage.merging import merge_three_way
+
+    publish_version(demo, "SL", 1)
+    create_version(demo, "SL", copy_from=1)  # v2: the district office
+    create_version(demo, "SL", copy_from=1)  # v3: the field team
+    U.rename_unit(demo, "SL", ADONKIA, "Adonkia Community Health Post", number=2)
+    new = U.add_unit(demo, "SL", number=2, name="Merged New CHP", parent=BADJIA,
+                     type="Facility", location=Point(-11.7, 7.8), opening_date="2024-02-01")
+    U.move_unit(demo, "SL", AFRO_ARAB, BADJIA, number=3)
+    U.close_unit(demo, "SL", AGAPE, "2024-05-01", number=3)
+    report = merge_three_way(demo, "SL:1", "SL:2", "SL:3")
+    assert not report["conflicts"]
+    with demo.read() as conn:
+        merged = int(conn.execute(text(
+            "SELECT max(v.number) FROM source_version v JOIN data_source s ON s.fid = "
+            "v.source_id WHERE s.name = 'SL'")).scalar_one())
+    assert merged == 4
+    pushed = push(demo, client_for(fake41), "SL", merged)
+    assert pushed["ok"] and pushed["planned"] | {"unchanged": 0} == {
+        "create": 1, "update": 3, "close": 0, "delete": 0, "groups_create": 0,
+        "groups_update": 0, "unchanged": 0}
+    [sent] = metadata_posts(fake41)
+    by_id = {u["id"]: u for u in sent["organisationUnits"]}
+    assert by_id[ADONKIA]["name"] == "Adonkia Community Health Post"
+    assert by_id[AFRO_ARAB]["parent"] == {"id": BADJIA}
+    assert by_id[AGAPE]["closedDate"] == "2024-05-01"
+    [made] = fake41.units_named("Merged New CHP")
+    assert made["parent"]["id"] == BADJIA and made["id"] == _ref_in(demo, new["uuid"], merged)
+    assert set(by_id) == {ADONKIA, AFRO_ARAB, AGAPE, made["id"]}  # nothing else sent
+    assert_fake_matches_registry(fake41, demo, "SL", merged)
+
+
+def _ref_in(reg: Registry, uuid: str, number: int) -> str:
+    """The unit's ref in version ``number`` (the uid the push stored before sending)."""
+    with reg.read() as conn:
+        return str(conn.execute(text(
+            "SELECT u.source_ref FROM org_unit u JOIN source_version v ON v.fid = u.version_id "
+            "WHERE u.uuid = :u AND v.number = :n"), {"u": uuid, "n": number}).scalar_one())
+
+
 def test_dhis2_refusal_reaches_the_user_with_unit_names(demo: Registry,
                                                        paired_fake: FakeDhis2) -> None:
     fake = paired_fake

@@ -281,6 +281,27 @@ def test_the_scheduler_retries_after_a_failure(
     assert ok["figures"]["units_inserted"] == 1332
 
 
+def test_start_in_process_for_georeg_serve(tmp_path: Path, secrets: Path, fake_kind: None
+                                          ) -> None:
+    """The API ``georeg serve`` calls: a handle that runs jobs in background threads, picks
+    up jobs added after it started, and stops on ``shutdown()``."""
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    save_target(secrets, "t", {"url": "x://y"})
+    handle = scheduler.start_in_process(path, reload_seconds=0.3)
+    try:
+        assert handle.running and handle.planned() == {}
+        with Registry.open(path) as reg:
+            add_job(reg, "fake", every=1, target="t")  # added while it runs
+            run = wait_for(lambda: next((r for r in history(reg) if r["outcome"] == "ok"),
+                                        None))
+        assert run["figures"]["units_sent"] == 7 and run["triggered_by"] == "schedule"
+        assert "job:fake-t" in handle.planned()
+    finally:
+        handle.shutdown()
+    assert not handle.running
+
+
 # --- command line --------------------------------------------------------------------------
 
 

@@ -1,22 +1,97 @@
-"""Submission exports to DHIS2 (owned by the sync work).
+"""Submission exports to DHIS2: data_export.
 
 Revision ID: 0005
 Revises: 0004
 
-Reserved slot in the migration chain, so work on several surfaces can add tables
-in parallel without forking the chain.  Its owner replaces this docstring and
-the body with the real tables (imitate 0002_sync_state.py).
+Frozen SQL rendered per backend (the style of 0002_sync_state.py); on GeoPackage the
+table is registered in ``gpkg_contents`` as ``attributes``.
+
+* ``data_export`` — one row per (submission ``instance_id``, target): whether the
+  submission reached that DHIS2 target (``status`` exported / failed / skipped), what
+  it became there (``kind`` event or data values, ``remote_ref``: the event uid —
+  chosen *before* sending, so a retry after a lost answer updates the same event —,
+  or ``dataSet/period/orgUnit`` for data values), how many attempts, the last error in
+  the user's terms and DHIS2's own words (``details``).  ``target`` names the DHIS2
+  server and the program or data set (``https://dhis2.example.org#events:eBAyeGv0exc``),
+  never credentials.  A submission is sent to a target until it is ``exported`` there,
+  then never again (unless asked with ``--again``).
 """
+
+from alembic import op
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+SQLITE = {
+    "PK": "INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL",
+    "INT": "INTEGER",
+    "JSON": "TEXT",
+    "TS": "DATETIME",
+    "NOW": "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+}
+POSTGRES = {
+    "PK": "BIGSERIAL PRIMARY KEY",
+    "INT": "BIGINT",
+    "JSON": "JSONB",
+    "TS": "TEXT",
+    "NOW": "(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))",
+}
+
+TABLES: list[tuple[str, str, list[str], list[str]]] = [
+    (
+        "data_export",
+        "Submissions exported to DHIS2 (one row per submission and target).",
+        [
+            "fid {PK}",
+            "instance_id TEXT NOT NULL",
+            "target TEXT NOT NULL",
+            "kind TEXT NOT NULL CHECK (kind IN ('event', 'data_values'))",
+            "status TEXT NOT NULL DEFAULT 'pending'"
+            " CHECK (status IN ('pending', 'exported', 'failed', 'skipped'))",
+            "remote_ref TEXT",
+            "attempts {INT} NOT NULL DEFAULT 0",
+            "error TEXT",
+            "details {JSON}",
+            "first_attempt_at {TS} NOT NULL DEFAULT {NOW}",
+            "last_attempt_at {TS}",
+            "exported_at {TS}",
+            "UNIQUE (instance_id, target)",
+        ],
+        ["CREATE INDEX data_export_target_idx ON data_export (target, status)"],
+    ),
+]
+
+
+def render(backend: str) -> list[str]:
+    tokens = POSTGRES if backend == "postgis" else SQLITE
+    out: list[str] = []
+    for table, _desc, columns, extra in TABLES:
+        cols = ",\n  ".join(line.format(**tokens) for line in columns)
+        out.append(f'CREATE TABLE "{table}" (\n  {cols}\n)')
+        out.extend(extra)
+    return out
+
 
 def upgrade() -> None:
-    pass
+    bind = op.get_bind()
+    backend = bind.dialect.georeg_backend.value  # type: ignore[attr-defined]
+    for sql in render(backend):
+        bind.exec_driver_sql(sql)
+    if backend == "gpkg":
+        for table, desc, _cols, _extra in TABLES:
+            d = desc.replace("'", "''")
+            bind.exec_driver_sql(
+                "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
+                f"srs_id) VALUES ('{table}', 'attributes', '{table}', '{d}', NULL)"
+            )
 
 
 def downgrade() -> None:
-    pass
+    bind = op.get_bind()
+    backend = bind.dialect.georeg_backend.value  # type: ignore[attr-defined]
+    for table, _desc, _cols, _extra in reversed(TABLES):
+        bind.exec_driver_sql(f'DROP TABLE "{table}"')
+        if backend == "gpkg":
+            bind.exec_driver_sql(f"DELETE FROM gpkg_contents WHERE table_name = '{table}'")
