@@ -30,6 +30,7 @@ import bench_matching_quality
 import bench_matching_scale
 import bench_new_draft
 import bench_postgis_push
+import bench_submissions
 import bench_subtree
 
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     pgp = bench_postgis_push.run(size, 1000, args.seed, args.out)
     print()
     d2p = bench_dhis2_push.run(1000, args.out)
+    print()
+    subm = bench_submissions.run(5.0 if args.quick else 30.0, 20, args.out)
     elapsed = time.perf_counter() - start
 
     rows: list[list[Any]] = [
@@ -145,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append([f"Iaso download server RSS growth, {size // 5:,} → {size:,}",
                  f"{iaso['rss_growth_big_mib']:.0f} MiB",
                  f"{iaso['rss_growth_small_mib']:.0f} MiB", "", "flat", ""])
+    rows.append([f"submissions/s, {subm['clients']} clients, {subm['seconds']:g} s",
+                 f"{subm['georeg']['rate']:.0f}/s p99 {subm['georeg']['p99_ms']:.0f} ms",
+                 f"bare waitress {subm['baseline']['rate']:.0f}/s", f"{subm['ratio']:.2f}x",
+                 ">= 200/s, p99 < 500 ms, none lost", _met(all(subm["met"].values()))])
     rows.append([f"Iaso form list, {iaso['forms']} forms", f"{iaso['forms_median_ms']:.1f} ms",
                  f"sqlite3+json {iaso['forms_baseline_ms']:.1f} ms", "", "< 50 ms",
                  _met(iaso["met_forms"])])
