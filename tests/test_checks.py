@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 import unicodedata
 from typing import Any
 
@@ -97,10 +96,7 @@ def fold(name: str) -> str:
 
 
 def test_demo_is_one_clean_tree(demo: Registry) -> None:
-    start = time.perf_counter()
     result = run_checks(demo, "SL")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"checks took {elapsed:.2f} s on 1332 units"
 
     json.dumps(result)  # plain data, ready for the CLI and the server
     assert result["version"]["label"] == "SL v1"

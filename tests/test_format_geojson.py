@@ -320,7 +320,7 @@ def test_members_after_features_and_odd_layout_are_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_100k_features_stream_in_seconds(tmp_path: Path) -> None:
+def test_100k_features_stream_through_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.geojson"
     n = 100_000
     units = (export_unit(uuid=f"u{i}", ref=f"r{i}", name=f"Unité {i}",
@@ -342,7 +342,7 @@ def test_100k_features_stream_in_seconds(tmp_path: Path) -> None:
     tracemalloc.stop()
     print(f"100k features, {path.stat().st_size / 1e6:.0f} MB: write {wrote:.1f}s, "
           f"read {took:.1f}s, scan peak {peak / 1e6:.0f} MB")
-    assert took < 30 and peak < 0.25 * path.stat().st_size
+    assert peak < 0.25 * path.stat().st_size  # speed: benchmarks/bench_formats.py
 
 
 # --- with a registry -------------------------------------------------------------------------
