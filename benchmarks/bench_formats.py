@@ -25,6 +25,10 @@ its process from opening the input to the file or registry being complete (the
 ~0.4 s of Python start-up and imports is not counted — a long-running server or
 GUI pays it once).  Goal: ≤ 1.5× ogr2ogr for GeoPackage and GeoJSON.
 
+Stages: the reading alone is timed too, each in its own process (the import's
+reader with every unit drawn; ``read_version`` with every unit drawn); a second
+table prints it and the rest (total − reading: the writer, or the import job).
+
     .venv/bin/python benchmarks/bench_formats.py [--size 100000] [--repeat 1]
 """
 
@@ -80,6 +84,27 @@ def child_import(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
             "rejected": result["rejected"], "loaded": result["loaded"]}
 
 
+def child_read(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
+    """The reading stage alone: for an import, the reader's payload with every unit
+    drawn from it; for an export (``src`` is ``-``), ``read_version`` with every unit.
+    With the garbage collector paused, as the import job and the writers pause it."""
+    from storage.registry import Registry
+    from sync import formats
+    from sync.exchange import gc_paused, read_version
+
+    start = time.perf_counter()
+    with gc_paused():
+        if str(src) == "-":
+            reg = Registry.open(registry, upgrade=False)
+            try:
+                units = sum(1 for _ in read_version(reg, c.SOURCE).units)
+            finally:
+                reg.close()
+        else:
+            units = sum(1 for _ in formats.module(fmt).read_file(src).units)
+    return {"seconds": time.perf_counter() - start, "units": units}
+
+
 # --- the benchmark -----------------------------------------------------------------------
 
 
@@ -129,6 +154,17 @@ def run(size: int = 100_000, *, seed: int = 1, repeat: int = 1,
     imp_json, imp_json_rss = _ours(["--child", "import", "--registry",
                                     str(out / "formats-import-geojson.gpkg"), "--format",
                                     "geojson", "--file", str(geojson)], repeat)
+    # the reading stage alone (a separate process each): what is left is the writer
+    # (export) or validation, bulk load, tree and audit (import)
+    stages = {
+        "export iaso-gpkg": _ours(["--child", "read", "--registry", str(registry), "--format",
+                                   "iaso-gpkg", "--file", "-"], repeat)[0],
+        "import iaso-gpkg": _ours(["--child", "read", "--format", "iaso-gpkg", "--file",
+                                   str(iaso)], repeat)[0],
+        "import geojson": _ours(["--child", "read", "--format", "geojson", "--file",
+                                 str(geojson)], repeat)[0],
+    }
+    stages["export geojson"] = stages["export iaso-gpkg"]
     for name, res in (("iaso-gpkg import", imp_iaso), ("geojson import", imp_json)):
         assert res["created"] == size and res["rejected"] == 0, (name, res)
     for name, res in (("iaso-gpkg export", exp_iaso), ("geojson export", exp_json)):
@@ -153,6 +189,17 @@ def run(size: int = 100_000, *, seed: int = 1, repeat: int = 1,
                                   "met": ratio <= GOAL}
     print(c.table(["Georeg", "seconds", "peak MiB", "baseline (same run)", "seconds",
                    "peak MiB", "ratio", f"goal <= {GOAL:g}x"], rows))
+    stage_rows = []
+    for name, res, _rss, _base_name, (base_secs, _base_rss) in cases:
+        read = stages[name]["seconds"]
+        rest = max(res["seconds"] - read, 0.0)
+        what = "read_version" if name.startswith("export") else "reader"
+        stage_rows.append([name, f"{what} {read:.2f}", f"{read / base_secs:.2f}x",
+                           f"{rest:.2f}", f"{rest / base_secs:.2f}x"])
+        results["cases"][name]["stages"] = {"read_seconds": read, "rest_seconds": rest}
+    print("stages (reading alone measured in its own process; the rest = total - reading; "
+          "ratios to the same baseline):")
+    print(c.table(["case", "reading s", "ratio", "writer / job s", "ratio"], stage_rows))
     print(f"files: iaso-gpkg {iaso.stat().st_size / 1e6:.0f} MB "
           f"({exp_iaso['summary']['layers']} layers), GeoJSON {ours_json.stat().st_size / 1e6:.0f}"
           f" MB; ogr2ogr GeoJSON {ogr_json.stat().st_size / 1e6:.0f} MB")
@@ -167,13 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=1, help="runs per case; the best counts")
     ap.add_argument("--out", type=Path, default=c.DEFAULT_OUT)
-    ap.add_argument("--child", choices=["export", "import"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["export", "import", "read"], help=argparse.SUPPRESS)
     ap.add_argument("--registry", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--format", help=argparse.SUPPRESS)
     ap.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child == "export":
         print(json.dumps(child_export(args.registry, args.format, args.file), default=str))
+    elif args.child == "read":
+        print(json.dumps(child_read(args.registry, args.format, args.file), default=str))
     elif args.child == "import":
         print(json.dumps(child_import(args.registry, args.format, args.file), default=str))
     else:

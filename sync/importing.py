@@ -43,7 +43,7 @@ from storage.versions import (
     resolve_version,
     version_by_id,
 )
-from sync.exchange import ImportPayload, internal_ref
+from sync.exchange import ImportPayload, gc_paused, internal_ref
 
 MAX_LISTED = 1000  # rows listed in a report (counts are always complete)
 
@@ -214,6 +214,7 @@ class ImportJob(Job[dict[str, Any]]):
         self.fix_geometry, self.description = fix_geometry, description
         self.origin, self.author = origin, author
 
+    @gc_paused()
     def execute(self) -> dict[str, Any]:
         report = ImportReport(warnings=list(self.payload.warnings))
         known = len(self.payload.warnings)  # readers may add more while the units stream

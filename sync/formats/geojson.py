@@ -59,7 +59,7 @@ from shapely.geometry.base import BaseGeometry
 from storage import geometry
 from storage.bulk import UnitRecord
 from storage.errors import InvalidInput
-from sync.exchange import GroupDef, ImportPayload, ReadOptions, TypeDef, VersionData
+from sync.exchange import GroupDef, ImportPayload, ReadOptions, TypeDef, VersionData, gc_paused
 
 PROPERTIES = ("ref", "name", "parent_ref", "level", "type", "code", "opening_date",
               "closed_date", "groups", "uuid", "aliases", "validation_status",
@@ -111,7 +111,9 @@ class _JsonStream:
         self.pos += 1
 
     def value(self) -> Any:
-        self.peek()
+        pos = self.pos
+        if pos >= len(self.buf) or self.buf[pos] in " \t\n\r":
+            self.peek()
         while True:
             try:
                 obj, end = _DECODER.raw_decode(self.buf, self.pos)
@@ -155,7 +157,10 @@ class _JsonStream:
             return
         while True:
             yield self.value()
-            char = self.peek()
+            pos = self.pos
+            char = self.buf[pos] if pos < len(self.buf) else ""
+            if char not in (",", "]"):  # blanks, or the buffer's end: the slow path
+                char = self.peek()
             self.pos += 1
             if char == "]":
                 return
@@ -496,6 +501,7 @@ def _delegate(opts: ReadOptions | None) -> bool:
     return bool(opts and (opts.mapping or opts.parent_by_location))
 
 
+@gc_paused()
 def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
     """Read one FeatureCollection (see the module docstring for the properties)."""
     opts = opts or ReadOptions()
@@ -607,6 +613,7 @@ def _feature_texts(units: list[Any]) -> list[str]:
     ]
 
 
+@gc_paused()
 def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) -> dict[str, Any]:
     """Stream the version to ``out`` (written to ``out.part``, renamed when complete)."""
     out = Path(out)

@@ -59,7 +59,15 @@ from shapely.geometry.base import BaseGeometry
 from storage import geometry
 from storage.bulk import UnitRecord
 from storage.errors import InvalidInput
-from sync.exchange import ExportUnit, GroupDef, ImportPayload, ReadOptions, TypeDef, VersionData
+from sync.exchange import (
+    ExportUnit,
+    GroupDef,
+    ImportPayload,
+    ReadOptions,
+    TypeDef,
+    VersionData,
+    gc_paused,
+)
 
 LAYER_PREFIX = "level-"
 NO_DEPTH = 999
@@ -97,6 +105,7 @@ class _Layer:
     has_geometry: bool
 
 
+@gc_paused()
 def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
     """Read an Iaso GeoPackage; units stream layer by layer."""
     opts = opts or ReadOptions()
@@ -581,10 +590,9 @@ class _LayerRows:
     territories: list[BaseGeometry | None]
 
 
+@gc_paused()
 def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) -> dict[str, Any]:
     """Write a version as a GeoPackage Iaso imports: one layer per type, then ``groups``."""
-    import geopandas as gpd
-
     pyogrio = _pyogrio()
     out = Path(out)
     depth_of = {t.name: t.depth for t in data.types}
@@ -617,12 +625,7 @@ def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) ->
                         row[_LON], row[_LAT] = loc.x, loc.y
                 else:
                     geoms.append(loc)
-            frame = pd.DataFrame(rows.rows, columns=list(OUT_COLUMNS))
-            frame["longitude"] = frame["longitude"].astype("float64")
-            frame["latitude"] = frame["latitude"].astype("float64")
-            gdf = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geoms, crs=WGS84), crs=WGS84)
-            pyogrio.write_dataframe(gdf, tmp, layer=name, driver="GPKG",
-                                    geometry_type="MultiPolygon" if polygons else "Point")
+            _write_layer(tmp, name, rows.rows, geoms, "MultiPolygon" if polygons else "Point")
         groups = pd.DataFrame({"ref": pd.Series([g.ref for g in data.groups], dtype=object),
                                "name": pd.Series([g.name for g in data.groups], dtype=object)})
         pyogrio.write_dataframe(groups, tmp, layer=GROUPS_TABLE, driver="GPKG")
@@ -630,6 +633,30 @@ def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) ->
     finally:
         tmp.unlink(missing_ok=True)
     return {"layers": len(layers), "units": units, "file": str(out)}
+
+
+def _write_layer(path: Path, name: str, rows: list[list[Any]],
+                 geoms: list[BaseGeometry | None], geometry_type: str) -> None:
+    """One layer, written straight from columns (what ``write_dataframe`` does, without
+    building a GeoDataFrame): text columns as object arrays, longitude and latitude as
+    float64 (NaN is written as null), the geometries as WKB in EPSG:4326."""
+    from pyogrio.raw import write
+
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(OUT_COLUMNS)
+    field_data = []
+    for i, values in enumerate(columns):
+        if i in (_LON, _LAT):
+            field_data.append(np.array([np.nan if v is None else v for v in values],
+                                       dtype="float64"))
+        else:
+            column = np.empty(len(values), dtype=object)
+            column[:] = values
+            field_data.append(column)
+    wkb_geoms = np.empty(len(geoms), dtype=object)
+    wkb_geoms[:] = geoms
+    with _quiet():
+        write(path, shapely.to_wkb(wkb_geoms), field_data, list(OUT_COLUMNS), layer=name,
+              driver="GPKG", geometry_type=geometry_type, crs="EPSG:4326")
 
 
 def layer_name(type_name: str | None, depth: int | None) -> str:
