@@ -233,7 +233,8 @@ def submissions_cmd(reg: str, form: str | None, since: str | None, fmt: str | No
 @command(main, "serve")
 @REG
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port).")
 @click.option("--threads", type=int, default=8, show_default=True)
 @click.option("--user", "qr_user", default=None,
               help="User name put in the Collect QR code (default: the first collector).")
