@@ -239,7 +239,8 @@ def submissions_cmd(reg: str, form: str | None, since: str | None, fmt: str | No
 @click.option("--user", "qr_user", default=None,
               help="User name put in the Collect QR code (default: the first collector).")
 @click.option("--qr-png", default=None, type=click.Path(dir_okay=False),
-              help="Where to write the QR code PNG (default: REG.collect-qr.png).")
+              help="Where to write the QR code PNG (default: REG.collect-qr.png, or "
+              "georeg-collect-qr.png here for a PostgreSQL registry).")
 @click.option("--base-url", default=None,
               help="Public URL phones use (behind a proxy); default: the Host they used.")
 @click.option("--https", "behind_https", is_flag=True,
@@ -282,7 +283,12 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
     if not urls:
         urls = [f"http://{host}:{actual_port}"]
     payload = collect_qr.collect_payload(urls[0], qr_user)
-    png = Path(qr_png) if qr_png else Path(f"{reg}.collect-qr.png")
+    if qr_png:
+        png = Path(qr_png)
+    elif registry.location.path is not None:
+        png = Path(f"{registry.location.path}.collect-qr.png")
+    else:  # a PostgreSQL registry: no file to put it beside (and no URL in a file name)
+        png = Path("georeg-collect-qr.png")
     png.write_bytes(collect_qr.qr_png(payload))
     info = {"urls": urls, "qr_png": str(png), "qr_user": qr_user, "port": actual_port,
             "collect_settings": payload}
@@ -321,10 +327,10 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
     app = create_app(location, settings)
     server = create_server(app, sockets=[listener], **waitress_opts)
     scheduler = None
-    if settings.scheduler and registry.location.path is not None:
+    if settings.scheduler:  # any registry: a job never runs twice at once (job_lock)
         from sync.scheduler import Scheduler
 
-        scheduler = Scheduler(str(registry.location.path)).start()
+        scheduler = Scheduler(str(location)).start()
     try:
         server.run()
     except KeyboardInterrupt:

@@ -26,7 +26,10 @@ when a job runs).  Adding a kind is one entry.  A DHIS2 target holds ``url`` and
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import hashlib
 import importlib
 import json
 import os
@@ -35,7 +38,7 @@ import stat
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -573,6 +576,49 @@ def _figures(result: Any) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def job_lock(reg: Registry, name: str) -> Iterator[bool]:
+    """Hold the right to run job ``name``: yields False when another process holds it.
+
+    Several processes may run the same registry's schedule — two ``georeg serve`` on one
+    PostGIS registry, a server and a ``schedule run-now`` on one file — and a job must
+    not run twice at once.  PostgreSQL: a session advisory lock; a registry file: an
+    ``flock`` on a small lock file beside it.  Both are released by the operating
+    system or the server when the holder dies, so a killed process never leaves a job
+    locked.
+    """
+    if reg.location.path is None:  # PostgreSQL: advisory locks are per database
+        key = f"georeg.schedule:{reg.location.schema}:{name}"
+        lock_id = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(),
+                                 "big", signed=True)
+        with reg.engine.connect() as conn:
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                    {"k": lock_id}).scalar_one())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+                    conn.commit()
+        return
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    lock_path = Path(f"{reg.location.path}.schedule-{safe}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def execute(
     reg: Registry,
     job: JobDef,
@@ -634,8 +680,13 @@ def run_now(
     results = []
     attempt = 1
     while True:
-        result = execute(reg, job, attempt=attempt, triggered_by="run-now" if attempt == 1
-                         else "retry", secrets_file=secrets_file)
+        with job_lock(reg, name) as mine:
+            if not mine:
+                raise ConflictError(
+                    f"Job {name!r} is running in another process (a server or another "
+                    "command); try again when it has finished.")
+            result = execute(reg, job, attempt=attempt, triggered_by="run-now"
+                             if attempt == 1 else "retry", secrets_file=secrets_file)
         results.append(result)
         if result.outcome == "ok" or not retry or result.retry_in is None:
             return results
@@ -734,8 +785,11 @@ class Scheduler:
                 return
             if failed_run is not None and self._succeeded_since(name, failed_run):
                 return  # a scheduled run already made up for the failure
-            result = execute(self.reg, job, attempt=attempt, triggered_by=triggered_by,
-                             secrets_file=self.secrets_file)
+            with job_lock(self.reg, name) as mine:
+                if not mine:
+                    return  # another process (a second server) runs this job right now
+                result = execute(self.reg, job, attempt=attempt, triggered_by=triggered_by,
+                                 secrets_file=self.secrets_file)
             if result.outcome == "failed" and result.retry_in is not None:
                 when = dt.datetime.now(UTC) + dt.timedelta(seconds=result.retry_in)
                 self._aps.add_job(

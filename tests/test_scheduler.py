@@ -340,3 +340,70 @@ def test_cli_add_list_run_now_history_remove(tmp_path: Path, monkeypatch: pytest
     assert out.exit_code == 0 and "Removed" in out.output
     out = run("history", str(path))
     assert "postgis-push-central" in out.output  # the history outlives the job
+
+
+# --- one run at a time, across processes ---------------------------------------------------
+
+
+def _lock_holder(location: str, name: str, ready: Any, release: Any) -> None:
+    """Another process (a second server) holding job ``name`` until told to let go."""
+    with Registry.open(location) as reg, scheduler.job_lock(reg, name) as mine:
+        ready.put(mine)
+        release.get(timeout=60)
+
+
+@pytest.mark.parametrize("backend", ["gpkg", pytest.param("postgis", marks=pytest.mark.postgis)])
+def test_a_job_running_in_another_process_is_not_started_twice(
+    backend: str, tmp_path: Path, secrets: Path, fake_kind: None, request: pytest.FixtureRequest
+) -> None:
+    """Two servers on one registry (or a server and `schedule run-now`) never run the same
+    job at once; when the holder dies, the job is free again."""
+    import multiprocessing
+
+    from tests.conftest import location_for
+
+    location = location_for(backend, tmp_path, request)
+    Registry.create(location).close()
+    save_target(secrets, "t", {"url": "x://y"})
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Queue(), ctx.Queue()
+    with Registry.open(location) as reg:
+        add_job(reg, "fake", every=3600, target="t")
+        other = ctx.Process(target=_lock_holder, args=(location, "fake-t", ready, release))
+        other.start()
+        try:
+            assert ready.get(timeout=60) is True
+            with pytest.raises(ConflictError, match="running in another process"):
+                run_now(reg, "fake-t")
+            with Scheduler(location, reload_seconds=60) as sched:
+                sched._fire("fake-t")  # what APScheduler calls on time
+            assert CALLS == [] and history(reg) == []
+            with scheduler.job_lock(reg, "other-job") as mine:
+                assert mine  # other jobs are not held up
+        finally:
+            release.put("go")
+            other.join(timeout=60)
+        assert other.exitcode == 0
+        [result] = run_now(reg, "fake-t")
+        assert result.outcome == "ok" and len(CALLS) == 1
+        # a holder killed with SIGKILL frees the job too
+        other = ctx.Process(target=_lock_holder, args=(location, "fake-t", ready, release))
+        other.start()
+        assert ready.get(timeout=60) is True
+        other.kill()
+        other.join(timeout=60)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                run_now(reg, "fake-t")
+                break
+            except ConflictError:  # PostgreSQL notices the dead session a moment later
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert len(CALLS) == 2
+    if backend == "postgis":
+        engine = create_engine(Location.parse(location).url or "")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{Location.parse(location).schema}" '
+                                 "CASCADE")
+        engine.dispose()

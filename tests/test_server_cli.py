@@ -162,3 +162,50 @@ def test_serve_workers_share_the_port_and_die_with_the_parent(tmp_path: Path) ->
         raise AssertionError("a worker kept serving after the main process was killed")
     with Registry.open(setup.path) as reg:
         assert submissions.count_submissions(reg) == 6
+
+
+@pytest.mark.postgis
+def test_serve_a_postgresql_registry_runs_its_schedule(tmp_path: Path, postgis_url: str) -> None:
+    """A shared PostgreSQL registry is served like a file: the QR image lands in the
+    working directory (never at a path made of the URL) and scheduled jobs run."""
+    import socket
+    import time
+    import uuid
+
+    from local_server import users
+    from sync.scheduler import add_job, history, save_target
+
+    location = f"{postgis_url}?schema=t_{uuid.uuid4().hex[:12]}"
+    with Registry.create(location) as reg:
+        users.add_user(reg, "amina", "a long enough secret", role="collector")
+        add_job(reg, "dhis2-pull", every=1, target="dhis2", options={"source": "DHIS2"})
+    with socket.socket() as s:  # a port where nothing listens: the job fails, is recorded
+        s.bind(("127.0.0.1", 0))
+        dead = int(s.getsockname()[1])
+    secrets_file = save_target(tmp_path / "secrets.toml", "dhis2",
+                               {"url": f"http://127.0.0.1:{dead}", "token": "t"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "georeg.cli", "serve", location, "--host", "127.0.0.1",
+         "--port", "0", "--json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+             "GEOREG_SECRETS": str(secrets_file)})
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("}"):
+                break
+        info = json.loads("".join(lines))
+        assert Path(info["qr_png"]) == Path("georeg-collect-qr.png")
+        assert (tmp_path / "georeg-collect-qr.png").read_bytes().startswith(b"\x89PNG")
+        with Registry.open(location) as reg:
+            deadline = time.monotonic() + 30
+            while not history(reg) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            runs = history(reg)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert runs and runs[-1]["triggered_by"] == "schedule"
