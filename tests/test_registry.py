@@ -120,3 +120,40 @@ def test_a_bulk_load_leaves_every_rule_and_index_in_place(tmp_path: Path) -> Non
         assert conn.execute(
             text("SELECT count(*) FROM rtree_org_unit_territory_territory")).scalar() == 165
     reg.close()
+
+
+def test_migrations_go_down_and_up_again(location: str) -> None:
+    """Every migration after the first can be undone and redone: the tables it added (and
+    their GeoPackage registration) go, and come back the same."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from storage.registry import _alembic_config, head_revision
+
+    reg = Registry.create(location)
+    try:
+        def tables() -> set[str]:
+            with reg.engine.connect() as conn:
+                return set(inspect(conn).get_table_names(schema=reg.location.schema
+                                                         if reg.location.url else None))
+
+        at_head = tables()
+        for target in ("0001", "head"):
+            with reg.engine.connect() as conn:
+                conn.execution_options(georeg_write=True)
+                with conn.begin():
+                    (command.downgrade if target == "0001" else command.upgrade)(
+                        _alembic_config(conn), target)
+            if target == "0001":
+                assert reg.schema_revision() == "0001"
+                assert not {"schedule_job", "app_user", "merge_run", "data_export"} & tables()
+        assert reg.schema_revision() == head_revision() and tables() == at_head
+        if reg.location.path is not None and reg.location.path.suffix == ".gpkg":
+            import sqlite3
+
+            with sqlite3.connect(reg.location.path) as db:
+                listed = {r[0] for r in db.execute(
+                    "SELECT table_name FROM gpkg_contents WHERE data_type = 'attributes'")}
+            assert {"schedule_job", "app_user", "merge_run", "data_export"} <= listed
+    finally:
+        reg.close()

@@ -21,33 +21,15 @@ migration.  On GeoPackage the three tables are registered in ``gpkg_contents`` a
   error.
 """
 
-from alembic import op
+from storage.migrations.attribute_tables import Table, create, drop
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SQLITE = {
-    "PK": "INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL",
-    "INT": "INTEGER",
-    "REAL": "REAL",
-    "JSON": "TEXT",
-    "TS": "DATETIME",
-    "NOW": "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-    "TRUE": "1",
-}
-POSTGRES = {
-    "PK": "BIGSERIAL PRIMARY KEY",
-    "INT": "BIGINT",
-    "REAL": "DOUBLE PRECISION",
-    "JSON": "JSONB",
-    "TS": "TEXT",
-    "NOW": "(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))",
-    "TRUE": "TRUE",
-}
 
-TABLES: list[tuple[str, str, list[str], list[str]]] = [
+TABLES: list[Table] = [
     (
         "sync_state",
         "Sync progress per upstream target (no credentials: see the secrets file).",
@@ -106,34 +88,9 @@ TABLES: list[tuple[str, str, list[str], list[str]]] = [
 ]
 
 
-def render(backend: str) -> list[str]:
-    tokens = POSTGRES if backend == "postgis" else SQLITE
-    out: list[str] = []
-    for table, _desc, columns, extra in TABLES:
-        cols = ",\n  ".join(line.format(**tokens) for line in columns)
-        out.append(f'CREATE TABLE "{table}" (\n  {cols}\n)')
-        out.extend(extra)
-    return out
-
-
 def upgrade() -> None:
-    bind = op.get_bind()
-    backend = bind.dialect.georeg_backend.value  # type: ignore[attr-defined]
-    for sql in render(backend):
-        bind.exec_driver_sql(sql)
-    if backend == "gpkg":
-        for table, desc, _cols, _extra in TABLES:
-            d = desc.replace("'", "''")
-            bind.exec_driver_sql(
-                "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
-                f"srs_id) VALUES ('{table}', 'attributes', '{table}', '{d}', NULL)"
-            )
+    create(TABLES)
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    backend = bind.dialect.georeg_backend.value  # type: ignore[attr-defined]
-    for table, _desc, _cols, _extra in reversed(TABLES):
-        bind.exec_driver_sql(f'DROP TABLE "{table}"')
-        if backend == "gpkg":
-            bind.exec_driver_sql(f"DELETE FROM gpkg_contents WHERE table_name = '{table}'")
+    drop(TABLES)

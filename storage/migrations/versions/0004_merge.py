@@ -23,27 +23,15 @@ writer, Georeg or plain SQL — with a ``georeg:conflict:`` message.
 
 from alembic import op
 
+from storage.migrations.attribute_tables import Table, create, current_backend, drop
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-SQLITE = {
-    "PK": "INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL",
-    "INT": "INTEGER",
-    "JSON": "TEXT",
-    "TS": "DATETIME",
-    "NOW": "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-}
-POSTGRES = {
-    "PK": "BIGSERIAL PRIMARY KEY",
-    "INT": "BIGINT",
-    "JSON": "JSONB",
-    "TS": "TEXT",
-    "NOW": "(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))",
-}
 
-TABLES: list[tuple[str, str, list[str], list[str]]] = [
+TABLES: list[Table] = [
     (
         "merge_run",
         "Merges (georeg merge / merge3): versions read, draft made, rules, report.",
@@ -115,40 +103,16 @@ PG_TRIGGERS = [
 ]
 
 
-def render(backend: str) -> list[str]:
-    tokens = POSTGRES if backend == "postgis" else SQLITE
-    out: list[str] = []
-    for table, _desc, columns, extra in TABLES:
-        cols = ",\n  ".join(line.format(**tokens) for line in columns)
-        out.append(f'CREATE TABLE "{table}" (\n  {cols}\n)')
-        out.extend(extra)
-    out.extend(PG_TRIGGERS if backend == "postgis" else SQLITE_TRIGGERS)
-    return out
-
-
 def upgrade() -> None:
-    bind = op.get_bind()
-    backend = bind.dialect.georeg_backend.value  # type: ignore[attr-defined]
-    for sql in render(backend):
-        bind.exec_driver_sql(sql)
-    if backend == "gpkg":
-        for table, desc, _cols, _extra in TABLES:
-            d = desc.replace("'", "''")
-            bind.exec_driver_sql(
-                "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
-                f"srs_id) VALUES ('{table}', 'attributes', '{table}', '{d}', NULL)"
-            )
+    pg = current_backend() == "postgis"
+    create(TABLES, after=PG_TRIGGERS if pg else SQLITE_TRIGGERS)
 
 
 def downgrade() -> None:
     bind = op.get_bind()
-    backend = bind.dialect.georeg_backend.value  # type: ignore[attr-defined]
-    if backend == "postgis":
+    if current_backend() == "postgis":
         bind.exec_driver_sql("DROP TRIGGER source_version_open_conflicts ON source_version")
         bind.exec_driver_sql("DROP FUNCTION georeg_open_conflicts_guard()")
     else:
         bind.exec_driver_sql("DROP TRIGGER source_version_open_conflicts")
-    for table, _desc, _cols, _extra in reversed(TABLES):
-        bind.exec_driver_sql(f'DROP TABLE "{table}"')
-        if backend == "gpkg":
-            bind.exec_driver_sql(f"DELETE FROM gpkg_contents WHERE table_name = '{table}'")
+    drop(TABLES)
