@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import shapely
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import text
@@ -249,6 +250,52 @@ def _change(ctx: Any, user: Any, ident: str) -> dict[str, Any]:
     return data
 
 
+SIBLINGS_ON_MAP = 300
+
+
+def _change_context(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """What a reviewer needs around a proposed location: the territory of the unit's
+    parent (or nearest ancestor that has one) and the other units under that parent —
+    a "new" facility drawn next to an existing one is likely a duplicate."""
+    reg = glue.registry(ctx)
+    v, unit = data["version_id"], data.get("unit_uuid")
+    with reg.read() as conn:
+        parent_uuid = (data.get("new") or {}).get("parent")
+        if parent_uuid is None and unit:
+            parent_uuid = conn.execute(text(
+                "SELECT p.uuid FROM org_unit u JOIN org_unit p ON p.version_id = u.version_id "
+                "AND p.unit_key = u.parent_key WHERE u.version_id = :v AND u.uuid = :u"),
+                {"v": v, "u": unit}).scalar()
+        if parent_uuid is None:
+            return {"territories": [], "siblings": [], "parent": None}
+        parent = conn.execute(text(
+            "SELECT unit_key, path, name FROM org_unit WHERE version_id = :v AND uuid = :p"),
+            {"v": v, "p": parent_uuid}).first()
+        if parent is None:
+            return {"territories": [], "siblings": [], "parent": None}
+        keys = [int(k) for k in parent.path.strip("/").split("/") if k]
+        binds = ", ".join(f":k{i}" for i in range(len(keys)))
+        ter = conn.execute(text(
+            f"SELECT u.name, {geometry.select_sql(reg.backend, 't.territory')} FROM org_unit u "
+            "JOIN org_unit_territory t ON t.unit_fid = u.fid WHERE u.version_id = :v AND "
+            f"u.unit_key IN ({binds}) ORDER BY u.depth DESC LIMIT 1"),
+            {"v": v} | {f"k{i}": k for i, k in enumerate(keys)}).first()
+        rows = conn.execute(text(
+            f"SELECT name, {geometry.select_sql(reg.backend, 'location')} FROM org_unit "
+            "WHERE version_id = :v AND parent_key = :k AND location IS NOT NULL "
+            "AND (:u IS NULL OR uuid <> :u) ORDER BY name LIMIT :lim"),
+            {"v": v, "k": parent.unit_key, "u": unit, "lim": SIBLINGS_ON_MAP}).all()
+    territory = geometry.decode(reg.backend, ter[1]) if ter is not None else None
+    siblings = []
+    for name, blob in rows:
+        point = geometry.decode(reg.backend, blob)
+        if point is not None and not point.is_empty:
+            siblings.append(MapPoint(point.x, point.y, name, colour="#868e96", radius=2.5))
+    return {"territories": [(ter[0], territory)] if territory is not None else [],
+            "siblings": siblings, "parent": parent.name,
+            "territory_name": ter[0] if ter is not None else None, "territory": territory}
+
+
 def change_page(request: Request, ctx: Any, user: Any, bound: str, ident: str) -> Response:
     data = _change(ctx, user, ident)
     points = []
@@ -257,11 +304,23 @@ def change_page(request: Request, ctx: Any, user: Any, bound: str, ident: str) -
         if loc:
             points.append(MapPoint(loc[0], loc[1], f"{label}: {loc[1]:.5f}, {loc[0]:.5f}",
                                    colour=colour))
-    svg = render_svg([], points, width=360, height=240, title="Location") if points else None
+    context: dict[str, Any] = {"territories": [], "siblings": [], "parent": None}
+    outside = None
+    svg = None
+    if points:
+        context = _change_context(ctx, data)
+        proposed = (data.get("new") or {}).get("location")
+        territory = context.get("territory")
+        if proposed and territory is not None and not territory.covers(
+                shapely.Point(proposed[0], proposed[1])):
+            outside = context["territory_name"]
+        svg = render_svg(context["territories"], context["siblings"] + points, width=480,
+                         height=320, title="Location")
     can_review = glue.user_role(user) in ("reviewer", "admin") and data["status"] == "new"
     return render("change.html", **_base(request, ctx, user, bound), cr=data, map_svg=svg,
                   can_review=can_review, message=request.args.get("done"),
-                  error=None, fields=data["requested_fields"])
+                  error=None, fields=data["requested_fields"], context=context,
+                  outside=outside)
 
 
 def change_review(request: Request, ctx: Any, user: Any, bound: str, ident: str,

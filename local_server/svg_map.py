@@ -22,6 +22,7 @@ class MapPoint:
     label: str
     href: str | None = None
     colour: str = "#d9480f"
+    radius: float = 4.0
 
 
 def render_svg(territories: list[tuple[str, BaseGeometry]], points: list[MapPoint], *,
@@ -73,8 +74,9 @@ def render_svg(territories: list[tuple[str, BaseGeometry]], points: list[MapPoin
                          "</path>")
     for p in points:
         x, y = xy(p.lon, p.lat)
-        dot = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{escape(p.colour)}" stroke="#fff" '
-               f'stroke-width="1" class="point"><title>{escape(p.label)}</title></circle>')
+        dot = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{p.radius:g}" fill="{escape(p.colour)}" '
+               f'stroke="#fff" stroke-width="1" class="point"><title>{escape(p.label)}</title>'
+               "</circle>")
         if p.href:
             dot = f'<a href="{escape(p.href)}">{dot}</a>'
         parts.append(dot)

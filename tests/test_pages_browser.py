@@ -102,7 +102,7 @@ def test_reviewer_approves_one_field_by_clicking(browser: object, live: sh.LiveS
 
     made = cr.create_change_request(
         live.registry, "SL", unit=FACILITY, created_by="amina",
-        values={"name": "Allen Town CHC", "location": [-13.19, 8.46]})
+        values={"name": "Allen Town CHC", "location": [-13.24, 8.46]})
     before = units.get_unit(live.registry, "SL", FACILITY, 2)
 
     _sign_in(browser, live, "kofi", "/")
@@ -125,6 +125,12 @@ def test_reviewer_approves_one_field_by_clicking(browser: object, live: sh.LiveS
     b.find_element(By.LINK_TEXT, str(made["id"])).click()  # type: ignore[attr-defined]
     WebDriverWait(b, 30).until(lambda d: f"/changes/{made['id']}" in d.current_url)
     assert "Allen Town CHC" in b.page_source  # type: ignore[attr-defined]
+    # the map puts the proposal in context: the parent's outline and its other units
+    legend = b.find_element(By.ID, "map").text  # type: ignore[attr-defined]
+    assert "other units under" in legend and "outline:" in legend
+    assert b.find_elements(By.CSS_SELECTOR, "#map path")  # type: ignore[attr-defined]
+    assert len(b.find_elements(By.CSS_SELECTOR, "#map circle.point")) > 3  # type: ignore[attr-defined]
+    assert not b.find_elements(By.ID, "outside")  # type: ignore[attr-defined]
     b.find_element(By.ID, "field-location").click()  # untick: keep today's location
     b.find_element(By.ID, "approve").click()  # type: ignore[attr-defined]
     WebDriverWait(b, 30).until(lambda d: "done=approved" in d.current_url)
@@ -167,6 +173,13 @@ def test_reject_with_comment_and_forged_form_is_refused(browser: object,
     assert "done=rejected" in browser.current_url, browser.page_source[-2500:]  # type: ignore[attr-defined]
     assert browser.find_element(By.ID, "status").text == "rejected"  # type: ignore[attr-defined]
     assert cr.get_change_request(live.registry, made["id"])["rejection_comment"] == "Code is fine"
+
+    # a proposed point far from the unit's parent territory is flagged to the reviewer
+    far = cr.create_change_request(live.registry, "SL", unit=FACILITY, created_by="amina",
+                                   values={"location": [-10.6, 7.6]})
+    browser.get(f"{live.base}/changes/{far['id']}")  # type: ignore[attr-defined]
+    assert "The proposed location is outside" in browser.find_element(  # type: ignore[attr-defined]
+        By.ID, "outside").text
 
     # a form posted without the page's token (another site, a script) changes nothing
     other = cr.create_change_request(live.registry, "SL", unit=FACILITY, created_by="amina",
