@@ -32,7 +32,14 @@ from storage import geometry
 from storage.bulk import parse_date
 from storage.errors import ConflictError, CycleError, InvalidInput, NotFound, PublishedVersionError
 from storage.registry import Registry, json_value
-from storage.units import _check_dates, _check_point, find_unit, set_territory
+from storage.units import (
+    _check_dates,
+    _check_point,
+    find_unit,
+    set_territory,
+    unit_group_names,
+    unit_territory,
+)
 from storage.versions import VersionRef, resolve_version, version_by_id
 
 #: Fields a request may change, in display order.
@@ -311,26 +318,8 @@ def unit_values(reg: Registry, conn: Connection, fid: int) -> dict[str, Any]:
         ),
         {"f": fid},
     ).one()
-    ter = conn.execute(
-        text(
-            f"SELECT {geometry.select_sql(reg.backend, 'territory')} FROM org_unit_territory "
-            "WHERE unit_fid = :f"
-        ),
-        {"f": fid},
-    ).scalar()
-    territory = geometry.decode(reg.backend, ter)
-    groups = [
-        r[0]
-        for r in conn.execute(
-            text(
-                "SELECT g.name FROM group_membership m JOIN org_unit_group g ON "
-                "g.version_id = m.version_id AND g.group_key = m.group_key "
-                "JOIN org_unit u ON u.version_id = m.version_id AND u.unit_key = m.unit_key "
-                "WHERE u.fid = :f ORDER BY g.name"
-            ),
-            {"f": fid},
-        )
-    ]
+    territory = unit_territory(reg, conn, fid)
+    groups = unit_group_names(conn, fid)
     return {
         "name": row.name,
         "parent": row.parent_uuid,

@@ -118,34 +118,37 @@ def get_unit(reg: Registry, source: str, ident: str, number: int | None = None) 
         return _unit_dict(reg, conn, handle.fid)
 
 
+def unit_territory(reg: Registry, conn: Connection, fid: int) -> BaseGeometry | None:
+    """The territory of the unit row ``fid`` (None when it has none)."""
+    ter = conn.execute(
+        text(f"SELECT {geometry.select_sql(reg.backend, 'territory')} FROM org_unit_territory "
+             "WHERE unit_fid = :f"),
+        {"f": fid},
+    ).scalar()
+    return geometry.decode(reg.backend, ter)
+
+
+def unit_group_names(conn: Connection, fid: int) -> list[str]:
+    """Names of the groups the unit row ``fid`` belongs to, sorted."""
+    return [r[0] for r in conn.execute(
+        text("SELECT g.name FROM group_membership m JOIN org_unit_group g ON "
+             "g.version_id = m.version_id AND g.group_key = m.group_key "
+             "JOIN org_unit u ON u.version_id = m.version_id AND u.unit_key = m.unit_key "
+             "WHERE u.fid = :f ORDER BY g.name"),
+        {"f": fid},
+    )]
+
+
 def _unit_dict(reg: Registry, conn: Connection, fid: int) -> dict[str, Any]:
     row = conn.execute(
         text(f"SELECT {unit_columns(reg.backend)} FROM org_unit u {unit_joins()} WHERE u.fid = :f"),
         {"f": fid},
     ).one()
     data = row_to_dict(reg.backend, row)
-    ter = conn.execute(
-        text(
-            f"SELECT {geometry.select_sql(reg.backend, 'territory')} FROM org_unit_territory "
-            "WHERE unit_fid = :f"
-        ),
-        {"f": fid},
-    ).scalar()
-    territory = geometry.decode(reg.backend, ter)
+    territory = unit_territory(reg, conn, fid)
     data["has_territory"] = territory is not None
     data["territory_area_deg2"] = territory.area if territory is not None else None
-    data["groups"] = [
-        r[0]
-        for r in conn.execute(
-            text(
-                "SELECT g.name FROM group_membership m JOIN org_unit_group g ON "
-                "g.version_id = m.version_id AND g.group_key = m.group_key "
-                "JOIN org_unit u ON u.version_id = m.version_id AND u.unit_key = m.unit_key "
-                "WHERE u.fid = :f ORDER BY g.name"
-            ),
-            {"f": fid},
-        )
-    ]
+    data["groups"] = unit_group_names(conn, fid)
     return data
 
 
