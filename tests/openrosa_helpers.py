@@ -87,15 +87,17 @@ def free_port() -> int:
 
 @dataclass
 class Setup:
-    path: Path
+    path: Path | str  # the registry: a file, or a PostgreSQL URL
     passwords: dict[str, str]
     inside: str  # a facility uuid inside Western Area
     outside: str  # a facility uuid outside it
 
 
-def build_registry(path: Path, forms: list[Path] | None = None) -> Setup:
+def build_registry(path: Path, forms: list[Path] | None = None, *,
+                   location: str | None = None) -> Setup:
     """Sierra Leone demo (v1 published, default), kofi (admin), amina (collector in
-    Western Area), the test form with a media file."""
+    Western Area), the test form with a media file.  The registry is the file ``path``,
+    or ``location`` (a PostgreSQL URL) with the form files beside ``path``."""
     from sqlalchemy import text
 
     from local_server import forms as core_forms
@@ -103,7 +105,7 @@ def build_registry(path: Path, forms: list[Path] | None = None) -> Setup:
     from sync.dhis2_json import import_dhis2_files
     from tests.conftest import DEMO_FILES
 
-    reg = Registry.create(path)
+    reg = Registry.create(location or path)
     try:
         import_dhis2_files(reg, DEMO_FILES, source="SL")
         versions.publish_version(reg, "SL", 1, make_default=True)
@@ -129,11 +131,11 @@ def build_registry(path: Path, forms: list[Path] | None = None) -> Setup:
             ).scalar_one()
     finally:
         reg.close()
-    return Setup(path, passwords, str(inside), str(outside))
+    return Setup(location or path, passwords, str(inside), str(outside))
 
 
 @contextmanager
-def thread_server(path: Path, **settings: Any) -> Iterator[str]:
+def thread_server(path: Path | str, **settings: Any) -> Iterator[str]:
     from waitress.server import create_server
 
     from local_server.app import create_app
