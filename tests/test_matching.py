@@ -20,6 +20,7 @@ from storage.matching.config import load_config
 from storage.matching.job import MatchJob, match_versions, parse_side
 from storage.matching.normalise import Normaliser
 from storage.matching.review import decide, list_links, relink
+from storage.matching.scoring import LEVEL_NAMES, FellegiSunter
 from storage.registry import Registry
 from sync.exchange import ImportPayload, TypeDef
 from sync.importing import import_payload
@@ -237,6 +238,35 @@ def test_scores_behave_like_probabilities(damaged_sierra_leone) -> None:
     model = job.result.levels[-1]["model"]
     assert model["m"]["name"]["exact"] > model["u"]["name"]["exact"] * 10
     assert model["m"]["geo"]["<=100m"] > model["u"]["geo"]["<=100m"]
+
+
+def test_an_em_fit_that_found_neighbours_instead_of_matches_is_refitted() -> None:
+    # Schools packed together under one sub-division, most without coordinates in one
+    # list: "near each other under the same parent" is a bigger cluster of pairs than
+    # "same school", and EM may settle on it — then equal names count *against* a
+    # match. The matcher notices and fits again with its defaults weighing more.
+    def lv(name: str, geo: str, parent: str) -> list[int]:
+        return [LEVEL_NAMES[0].index(name), LEVEL_NAMES[1].index(geo),
+                LEVEL_NAMES[2].index(parent), LEVEL_NAMES[3].index("agree"),
+                LEVEL_NAMES[4].index("unknown")]
+
+    rows = ([lv("exact", "missing", "same")] * 1000 + [lv(">=85", "missing", "same")] * 1000
+            + [lv("<50", "<=500m", "same")] * 6000 + [lv("<50", "<=100m", "same")] * 6000
+            + [lv(">=50", "missing", "same")] * 30000
+            + [lv("<50", "missing", "neighbour")] * 30000 + [lv("<50", ">5km", "same")] * 30000)
+    levels = np.array(rows, dtype=np.int8)
+    same_name = np.array([lv("exact", "missing", "same")], dtype=np.int8)
+    neighbours = np.array([lv("<50", "<=100m", "same")], dtype=np.int8)
+
+    plain = FellegiSunter(40.0)
+    plain.oriented = lambda: True  # type: ignore[method-assign]  # EM as it comes
+    plain.fit(levels, 40, expected_matches=6000)
+    assert not FellegiSunter.oriented(plain)
+    assert plain.score(same_name)[0] < 0.01 < 0.5 < plain.score(neighbours)[0]
+
+    model = FellegiSunter(40.0).fit(levels, 40, expected_matches=6000)
+    assert model.oriented() and model.to_dict()["prior_strength"] > 40
+    assert model.score(same_name)[0] > 0.9 and model.score(neighbours)[0] < 0.01
 
 
 def test_cli_match_links_and_review(damaged_sierra_leone, tmp_path: Path) -> None:

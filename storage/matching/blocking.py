@@ -128,6 +128,7 @@ def level_candidates(left: Side, right: Side, dl: int, dr: int, match_of_left: n
         lm = np.array(members, dtype=np.int64)
         sim = process.cdist(_names(left, lm), _names(right, pool), scorer=fuzz.token_sort_ratio,
                             score_cutoff=cutoff, dtype=np.float32, workers=workers)
+        _alias_similarity(left, right, lm, pool, sim, cutoff, workers)
         keep = sim >= cutoff
         dist = haversine_m(left.lon[lm][:, None], left.lat[lm][:, None],
                            right.lon[pool][None, :], right.lat[pool][None, :])
@@ -163,6 +164,26 @@ def level_candidates(left: Side, right: Side, dl: int, dr: int, match_of_left: n
             [left.core[i] for i in li[todo].tolist()], [right.core[j] for j in rj[todo].tolist()],
             scorer=fuzz.token_sort_ratio, dtype=np.float32, workers=workers)
     return Candidates(li, rj, sims)
+
+
+def _alias_similarity(left: Side, right: Side, lm: np.ndarray, pool: np.ndarray,
+                      sim: np.ndarray, cutoff: float, workers: int) -> None:
+    """Raise ``sim`` (members x pool) to the best of the other names a unit goes by
+    (aliases, the parts of "A / B"), so such units are candidates by name too."""
+    for rows, cols, a_side, b_side, flip in ((lm, pool, left, right, False),
+                                             (pool, lm, right, left, True)):
+        has = np.flatnonzero(b_side.has_alias[cols])
+        if len(has) == 0:
+            continue
+        owner = [int(k) for k in has.tolist() for _ in b_side.alias_core[int(cols[k])]]
+        names = [x for k in has.tolist() for x in b_side.alias_core[int(cols[k])]]
+        s = process.cdist(_names(a_side, rows), names, scorer=fuzz.token_sort_ratio,
+                          score_cutoff=cutoff, dtype=np.float32, workers=workers)
+        for c, k in enumerate(owner):
+            if flip:
+                sim[k, :] = np.maximum(sim[k, :], s[:, c])
+            else:
+                sim[:, k] = np.maximum(sim[:, k], s[:, c])
 
 
 def _spatial(left: Side, right: Side, L: np.ndarray, R: np.ndarray, radius: float,

@@ -200,6 +200,7 @@ class FellegiSunter:
         self.u = [_norm(v) for v in _U0]
         self.p = 0.1
         self.alpha = prior_strength
+        self.prior_used = prior_strength  # more when a first fit made no sense (see fit)
         self.iterations = 0
 
     def _loglik(self, pats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,6 +221,31 @@ class FellegiSunter:
         # the share of true pairs is fixed by the 1:1 nature of the task (about one match per
         # unit), not estimated: otherwise EM may take "close on the ground" for the match class
         self.p = float(min(0.9, max(1e-4, (expected_matches or total * 0.1) / total)))
+        alpha = self.alpha
+        for _ in range(4):
+            self._em(pats, counts, iterations, alpha)
+            self.prior_used = alpha
+            if self.oriented():
+                return self
+            # EM found another cluster than "same place" — typically "near each other under
+            # the same parent", names less than half alike counting *for* it: again, with
+            # the defaults weighing more
+            alpha = max(alpha, 1.0) * 10 + total * 0.05
+        self.m = [_norm(v) for v in _M0]  # no sensible fit: the defaults as they are
+        self.u = [_norm(v) for v in _U0]
+        self.prior_used = float("inf")
+        return self
+
+    def oriented(self) -> bool:
+        """Does the model say what "same place" means: an equal name is evidence for it,
+        and far stronger evidence than a name less than half alike?"""
+        w = np.log2(self.m[0] / self.u[0])
+        return bool(w[0] > 0 and w[0] > w[-1] + 1)
+
+    def _em(self, pats: np.ndarray, counts: np.ndarray, iterations: int, alpha: float
+            ) -> None:
+        self.m = [_norm(v) for v in _M0]
+        self.u = [_norm(v) for v in _U0]
         m0 = [_norm(v) for v in _M0]
         u0 = [_norm(v) for v in _U0]
         for it in range(iterations):
@@ -227,8 +253,8 @@ class FellegiSunter:
             wm, wu = counts * g, counts * (1 - g)
             new_m, new_u = [], []
             for f, size in enumerate(SIZES):
-                cm = np.bincount(pats[:, f], weights=wm, minlength=size) + self.alpha * m0[f]
-                cu = np.bincount(pats[:, f], weights=wu, minlength=size) + self.alpha * u0[f]
+                cm = np.bincount(pats[:, f], weights=wm, minlength=size) + alpha * m0[f]
+                cu = np.bincount(pats[:, f], weights=wu, minlength=size) + alpha * u0[f]
                 new_m.append(np.maximum(cm / cm.sum(), 1e-6))
                 new_u.append(np.maximum(cu / cu.sum(), 1e-6))
             delta = max(float(np.abs(a - b).max()) for a, b in zip(new_m, self.m, strict=True))
@@ -236,7 +262,6 @@ class FellegiSunter:
             self.iterations = it + 1
             if delta < 1e-5:
                 break
-        return self
 
     def _posterior(self, pats: np.ndarray) -> np.ndarray:
         lm, lu = self._loglik(pats)
@@ -257,6 +282,7 @@ class FellegiSunter:
         return {
             "p": round(self.p, 5),
             "iterations": self.iterations,
+            "prior_strength": None if np.isinf(self.prior_used) else round(self.prior_used, 1),
             "m": {f: dict(zip(LEVEL_NAMES[k], np.round(self.m[k], 4).tolist(), strict=True))
                   for k, f in enumerate(FEATURES)},
             "u": {f: dict(zip(LEVEL_NAMES[k], np.round(self.u[k], 4).tolist(), strict=True))

@@ -7,6 +7,7 @@ a few tens of MB and every per-pair step is vectorised.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ from storage.registry import json_value
 from storage.versions import VersionRef
 
 MAX_LISTED = 10
+# "Kasa EP / Kasa EM": one list's unit standing for two of the other's (merged, or
+# listed together).  Spaces around the slash: "Ngula/Mbaya" is one place's name.
+_JOINED = re.compile(r"\s+/\s+")
 
 
 @dataclass
@@ -46,7 +50,8 @@ class Side:
     by_depth: dict[int, np.ndarray] = field(default_factory=dict)
     core: list[str] = field(default_factory=list)
     types: list[frozenset[str]] = field(default_factory=list)
-    alias_core: list[list[str]] = field(default_factory=list)
+    alias_core: list[list[str]] = field(default_factory=list)  # other names, and the parts
+    has_alias: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
     index_of_uuid: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -67,7 +72,14 @@ class Side:
         names = [norm.normalise(x) for x in self.name]
         self.core = [x.core for x in names]
         self.types = [x.types for x in names]
-        self.alias_core = [[norm.normalise(a).core for a in al] for al in self.aliases]
+        self.alias_core = []
+        for x, al in zip(self.name, self.aliases, strict=True):
+            cores = [norm.normalise(a).core for a in al]
+            parts = _JOINED.split(x) if "/" in x else []
+            if len(parts) > 1:  # each part of a joined name is a name the unit goes by
+                cores += [c for c in (norm.normalise(p).core for p in parts) if c]
+            self.alias_core.append([c for c in dict.fromkeys(cores) if c])
+        self.has_alias = np.fromiter((bool(a) for a in self.alias_core), dtype=bool, count=n)
         self.clon, self.clat = self.lon.copy(), self.lat.copy()
         for i, geom in self.territory.items():
             if np.isnan(self.clon[i]):
