@@ -13,7 +13,8 @@ a) ``ogr2ogr -f PostgreSQL`` copies that registry's two feature layers — ``org
 b) ``georeg sync postgis push REG --url … --schema S``, the command a user runs: it
    creates the central registry schema (tables, triggers, indexes), sends every
    source, version, type, group, unit, territory and membership, writes the central
-   change log (origin ``sync``), and records its sync state in the registry.
+   change log (origin ``sync``; a version sent whole is logged as one ``version`` row,
+   see docs/sync-postgis.md), and records its sync state in the registry.
 c) 1,000 units are edited in the registry (names, codes, a few moves and points; not
    timed), then the same command pushes only those.
 

@@ -9,28 +9,28 @@ in the user's terms with an exit code that says what kind of problem it was
 from __future__ import annotations
 
 import functools
+import importlib
 import json
+import pkgutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from sqlalchemy.exc import DBAPIError
 
 from georeg import render
 from storage.errors import GeoregError, InvalidInput
-from storage.jobs import Job
-from storage.registry import Registry, translate_db_error
+
+if TYPE_CHECKING:
+    from storage.jobs import Job
+    from storage.registry import Registry
+
+# Start-up time matters (every command pays it): what is heavy (SQLAlchemy, Alembic,
+# shapely, pandas …) is imported by the command that needs it, and the commands of the
+# georeg/cli_*.py modules are loaded when they are used (see LazyGroup below).
 
 ORIGIN = "cli"
 err_console = Console(stderr=True)
@@ -60,12 +60,15 @@ def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[...,
             try:
                 try:
                     return fn(*args, **kwargs)
-                except DBAPIError as db_error:
-                    raise translate_db_error(db_error) from db_error
                 except OSError as os_error:
                     raise GeoregError(
                         f"{os_error.strerror or os_error}: {os_error.filename or ''}".strip(": ")
                     ) from os_error
+                except Exception as error:
+                    ours = _database_error(error)
+                    if ours is None:
+                        raise
+                    raise ours from error
             except GeoregError as error:
                 if kwargs.get("as_json"):
                     click.echo(json.dumps(error.to_dict(), ensure_ascii=False), err=True)
@@ -81,7 +84,22 @@ def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[...,
     return wrap
 
 
+def _database_error(error: Exception) -> GeoregError | None:
+    """A SQLAlchemy database error in the user's terms; None for any other error."""
+    if "sqlalchemy" not in sys.modules:  # nothing has touched a database
+        return None
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(error, DBAPIError):
+        return None
+    from storage.registry import translate_db_error
+
+    return translate_db_error(error)
+
+
 def open_registry(reg: str) -> Registry:
+    from storage.registry import Registry
+
     return Registry.open(reg)
 
 
@@ -89,6 +107,14 @@ def run_job(job: Job[Any], as_json: bool) -> Any:
     """Run a job with a progress bar on the terminal (not with --json); Ctrl-C cancels."""
     if as_json or not sys.stderr.isatty():
         return job.run()
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
         console=err_console, transient=True,
@@ -115,7 +141,119 @@ VERSION = click.option(
 )
 
 
+class LazyGroup(click.Group):
+    """The top-level group: the commands of ``georeg/cli_*.py`` modules are known by
+    name and short help (``LAZY_COMMANDS``) and their module is imported only when one
+    of its commands runs, so no command pays for loading every other one.
+    ``commands`` (as click and ``georeg.cli_docs`` read it) loads them all."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None,
+                 **kwargs: Any) -> None:
+        self._registered: dict[str, click.Command] = {}
+        self._loaded: set[str] = set()
+        self.lazy = dict(lazy or {})
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def commands(self) -> dict[str, click.Command]:
+        self.load_all()
+        return self._registered
+
+    @commands.setter
+    def commands(self, value: Any) -> None:
+        self._registered = dict(value)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if name is None:
+            raise TypeError("Command has no name.")
+        self._registered[name] = cmd
+
+    def load(self, module: str) -> None:
+        """Import ``georeg.<module>`` and add its ``COMMANDS``."""
+        if module in self._loaded:
+            return
+        self._loaded.add(module)
+        for cmd in getattr(importlib.import_module(f"georeg.{module}"), "COMMANDS", []):
+            self.add_command(cmd)
+
+    def load_all(self) -> None:
+        for module in sorted({m for m, _help in self.lazy.values()}):
+            self.load(module)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self._registered and cmd_name in self.lazy:
+            self.load(self.lazy[cmd_name][0])
+        return self._registered.get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self._registered) | set(self.lazy))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click does, with the short help of commands not loaded from the table."""
+        rows: list[tuple[str, click.Command | str]] = []
+        for name in self.list_commands(ctx):
+            cmd = self._registered.get(name)
+            if cmd is None:
+                rows.append((name, self.lazy[name][1]))
+            elif not cmd.hidden:
+                rows.append((name, cmd))
+        if not rows:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _cmd in rows)
+        listed: list[tuple[str, str]] = []
+        for name, entry in rows:
+            if isinstance(entry, str):  # shortened as click shortens a command's help
+                listed.append((name, click.Command(name, help=entry).get_short_help_str(limit)))
+            else:
+                listed.append((name, entry.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(listed)
+
+
+#: The top-level commands of the georeg/cli_*.py modules: name -> (module, short help as
+#: ``georeg --help`` lists it).  A cli_*.py module with no entry here is imported at
+#: start-up (as every module was before); tests/test_cli_startup.py checks this table
+#: against the modules and prints the right one when it is out of date.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "changes": ("cli_changes",
+        "Change requests from the field (Iaso app): list, show, approve, "
+        "reject."),
+    "conflicts": ("cli_merge",
+        "List and resolve merge conflicts (a version with open conflicts cannot "
+        "be published)."),
+    "dhis2": ("cli_dhis2",
+        "Pull org units from DHIS2 into a version, push a version back to "
+        "DHIS2."),
+    "diff": ("cli_compare",
+        "Compare version S:A (before) with S:B (after): new, modified, moved, "
+        "closed, deleted and unchanged units, field by field, with geometry "
+        "changes in metres."),
+    "forms": ("cli_server", "Forms served to ODK Collect and the Iaso app."),
+    "link": ("cli_match", "Review links: accept, reject, or relink to another unit."),
+    "links": ("cli_match", "List the links of a matching run, with their evidence."),
+    "match": ("cli_match",
+        "Match the units of LEFT and RIGHT (each SOURCE or SOURCE:VERSION) and "
+        "store the links."),
+    "merge": ("cli_merge",
+        "Merge a version of another source into TARGET by links and rules (a "
+        "new draft)."),
+    "merge3": ("cli_merge",
+        "3-way merge of two drafts of one source into a new draft; overlaps "
+        "become conflicts."),
+    "projects": ("cli_server", "Projects of the Iaso app (an app id forms are attached to)."),
+    "schedule": ("cli_sync", "Scheduled sync jobs stored in the registry, with a run history."),
+    "serve": ("cli_server", "Serve the registry on the LAN for ODK Collect and the Iaso app."),
+    "submissions": ("cli_server",
+        "List or export submissions (attachments zipped beside the export)."),
+    "sync": ("cli_sync", "Sync the registry with upstream systems (a central PostGIS)."),
+    'users': ('cli_server', "People who sign in to 'georeg serve' (ODK Collect, Iaso, pages)."),
+}
+
+
 @click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
     help="Georeg: versioned org-unit registries in a GeoPackage, SpatiaLite or PostGIS.\n\n"
     "REG is a registry file (*.gpkg, *.sqlite) or a postgresql:// URL "
     "(add ?schema=NAME for a schema other than public).\n\n" + EXIT_CODES_HELP,
@@ -134,6 +272,8 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing file (or schema) at REG.")
 def init_cmd(reg: str, force: bool, as_json: bool) -> None:
     """Create an empty registry at REG."""
+    from storage.registry import Registry
+
     with Registry.create(reg, overwrite=force) as registry:
         data = {"registry": registry.location.display(), "backend": registry.backend.value,
                 "schema_revision": registry.schema_revision()}
@@ -147,6 +287,7 @@ def init_cmd(reg: str, force: bool, as_json: bool) -> None:
               help="Name of the data source to create.")
 def demo_cmd(reg: str, force: bool, source: str, as_json: bool) -> None:
     """Build the Sierra Leone demo registry (DHIS2 demo data, bundled) at REG."""
+    from storage.registry import Registry
     from sync.dhis2_json import read_files
     from sync.importing import ImportJob
 
@@ -689,26 +830,31 @@ def export_cmd(reg: str, out: str, source: str, number: int | None, fmt: str | N
     emit(as_json, result, render.export_result)
 
 
+def command_modules() -> list[str]:
+    """The georeg/cli_*.py modules that hold commands (``cli_docs`` holds none)."""
+    package = Path(__file__).parent
+    return sorted(info.name for info in pkgutil.iter_modules([str(package)])
+                  if info.name.startswith("cli_") and info.name != "cli_docs")
+
+
 def _register_command_modules() -> None:
     """Add the command groups of every ``georeg/cli_*.py`` module (``COMMANDS`` list).
 
     Each surface (sync, server, compare …) keeps its commands in its own module;
-    they import ``command`` from here, so they are loaded after this module.
+    they import ``command`` from here, so they are loaded after this module — when
+    one of their commands is used if ``LAZY_COMMANDS`` names them, else now.
     """
-    import importlib
-    import pkgutil
-
-    package = Path(__file__).parent
-    for info in sorted(pkgutil.iter_modules([str(package)]), key=lambda i: i.name):
-        if not info.name.startswith("cli_") or info.name == "cli_docs":
-            continue
-        module = importlib.import_module(f"georeg.{info.name}")
-        for cmd in getattr(module, "COMMANDS", []):
-            main.add_command(cmd)
+    known = {module for module, _help in LAZY_COMMANDS.values()}
+    for module in command_modules():
+        if module not in known:
+            main.load(module)
 
 
 _register_command_modules()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # ``python -m georeg.cli``: run the one ``georeg.cli`` the command modules import
+    from georeg.cli import main as _main
+
+    _main()

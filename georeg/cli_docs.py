@@ -30,6 +30,10 @@ def reference() -> str:
     for path, cmd in _walk(main, ["georeg"]):
         ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100,
                             max_content_width=100, help_option_names=["-h", "--help"])
+        # click >= 8.2 keeps the first help option it built on the command: a command
+        # invoked on its own earlier in this process (tests do) would show "--help" only
+        if getattr(cmd, "_help_option", None) is not None:
+            cmd._help_option = None
         parts += [f"### `{' '.join(path)}`", "", "```", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(parts)
 

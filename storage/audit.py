@@ -74,7 +74,10 @@ def history(
                 ).first()
                 unit = row[0] if row else unit
         if unit is not None:
-            where.append("c.unit_uuid = :u")
+            # with the row of a version sent whole by a sync push (op 'push', see
+            # docs/sync-postgis.md): where the unit came from, when it has no row of its own
+            where.append("(c.unit_uuid = :u OR (c.entity = 'version' AND c.op = 'push' AND "
+                         "c.version_id IN (SELECT version_id FROM org_unit WHERE uuid = :u)))")
             params["u"] = unit
         if since_id is not None:
             where.append("c.fid > :since")

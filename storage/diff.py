@@ -47,12 +47,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import shapely
-from pyproj import Geod, Transformer
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Connection
 
@@ -62,6 +60,10 @@ from storage.errors import InvalidInput
 from storage.jobs import Job
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef, resolve_version
+
+if TYPE_CHECKING:  # pandas and pyproj are imported when a diff runs (CLI start-up time)
+    import pandas as pd
+    from pyproj import Geod, Transformer
 
 SCHEMA = "georeg.diff/v1"
 
@@ -91,7 +93,13 @@ STATUSES: tuple[str, ...] = ("new", "modified", "moved", "closed", "deleted", "u
 
 #: Two coordinates closer than this (degrees) are the same: Iaso rounds to 6 decimals.
 GEOMETRY_TOLERANCE = 5e-7
-_GEOD = Geod(ellps="WGS84")
+
+
+@lru_cache(maxsize=1)
+def _geod() -> Geod:
+    from pyproj import Geod
+
+    return Geod(ellps="WGS84")
 
 
 # --- field comparison (public: the merge reuses it) -----------------------------------
@@ -510,6 +518,8 @@ def _candidates(conn: Connection, backend: Backend, va: int, vb: int,
 
 def _frame(rows: list[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
     """Rows → a frame of object columns (None stays None: no NaN, no type guessing)."""
+    import pandas as pd
+
     n = len(rows)
     data = {}
     for i, name in enumerate(columns):
@@ -530,11 +540,15 @@ def _fetch(conn: Connection, sql: str) -> list[tuple[Any, ...]]:
 
 def _apply(series: pd.Series, fn: Any) -> pd.Series:
     """``fn`` over an object column, keeping None as None (pandas' map makes it NaN)."""
+    import pandas as pd
+
     return pd.Series(np.fromiter((fn(v) for v in series), dtype=object, count=len(series)),
                      index=series.index, dtype=object)
 
 
 def _blank_to_none(series: pd.Series) -> pd.Series:
+    import pandas as pd
+
     values = series.to_numpy(dtype=object).copy()
     values[np.asarray(values == "", dtype=bool)] = None
     return pd.Series(values, index=series.index, dtype=object)
@@ -561,6 +575,8 @@ def _neq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=128)
 def _utm(lon_zone: int, north: bool) -> Transformer:
+    from pyproj import Transformer
+
     epsg = (32600 if north else 32700) + lon_zone
     return Transformer.from_crs(4326, epsg, always_xy=True)
 
@@ -574,14 +590,14 @@ def _to_utm(geom: BaseGeometry, ref: BaseGeometry) -> BaseGeometry:
 
 def geodesic_distance_m(before: BaseGeometry, after: BaseGeometry) -> float:
     """Distance between two lon/lat points on the WGS 84 ellipsoid, in metres."""
-    return float(_GEOD.inv(before.x, before.y, after.x, after.y)[2])
+    return float(_geod().inv(before.x, before.y, after.x, after.y)[2])
 
 
 def geodesic_area_m2(geom: BaseGeometry | None) -> float | None:
     """Area of a lon/lat polygon on the WGS 84 ellipsoid, in square metres."""
     if geom is None or geom.is_empty:
         return None
-    return abs(_GEOD.geometry_area_perimeter(geom)[0])
+    return abs(_geod().geometry_area_perimeter(geom)[0])
 
 
 def hausdorff_m(before: BaseGeometry, after: BaseGeometry) -> float:
@@ -676,6 +692,8 @@ class _Engine:
 
     # pairing: ia[i] / ib[i] are the rows of pair i on each side (-1 = absent)
     def pair(self) -> None:
+        import pandas as pd
+
         a, b = self.a, self.b
         left = pd.DataFrame({"uuid": a["uuid"], "ia": np.arange(len(a))})
         right = pd.DataFrame({"uuid": b["uuid"], "ib": np.arange(len(b))})
@@ -770,6 +788,8 @@ class _Engine:
         return ref.where(ref.notna() & (ref != ""), "name:" + frame["gname"].astype(str))
 
     def _groups_changed(self) -> np.ndarray:
+        import pandas as pd
+
         n = len(self.ia_m)
         out = np.zeros(n, dtype=bool)
         ga, gb = self.ga, self.gb
@@ -804,7 +824,7 @@ class _Engine:
             if ok.any():
                 xa, ya = shapely.get_x(ga[ok].astype(object)), shapely.get_y(ga[ok].astype(object))
                 xb, yb = shapely.get_x(gb[ok].astype(object)), shapely.get_y(gb[ok].astype(object))
-                _az1, _az2, dist = _GEOD.inv(xa, ya, xb, yb)
+                _az1, _az2, dist = _geod().inv(xa, ya, xb, yb)
                 self.distance[idx[ok]] = dist
         ter_changed = self.changed.get("territory")
         if ter_changed is not None and ter_changed.any():

@@ -4,7 +4,10 @@ The central side is an ordinary Georeg registry (created through the storage lay
 with ``Registry.create`` on ``postgresql://…?schema=S``), so its own triggers keep
 paths right, refuse edits of published versions and log every change — with origin
 ``sync`` and an operation id ``push:<client>:…`` for ours, so they are never
-mistaken for edits made there.
+mistaken for edits made there.  A version sent whole into an empty central version is
+the exception: it is COPYed with the row triggers off and logged as one ``version`` row
+(``PUSH_OP``, with counts), as a version copy is — the units' history is in the pushing
+registry; pulls and conflict checks read that row as a change of every unit of it.
 
 Identity across registries (row ids and unit keys are local to each registry):
 
@@ -85,6 +88,10 @@ _IN_CHUNK = 900
 #: from this many new units in one batch, PostgreSQL receives them by COPY
 COPY_FROM = 200
 MAX_LISTED = 200
+#: the central change-log ``op`` of a version sent whole into an empty central version:
+#: one ``entity = 'version'`` row per COPY batch instead of one row per unit (the units'
+#: own history stays in the pushing registry; see docs/sync-postgis.md, "Change log")
+PUSH_OP = "push"
 
 
 class UpstreamUnavailable(GeoregError):
@@ -931,6 +938,7 @@ class UnitWriter:
         if updates:
             self.conn.execute(self._update, updates)
             fig.units_updated += len(updates)
+        moved: list[dict[str, Any]] = []
         for u in sorted(moves, key=lambda m: m.depth):
             parent = u.values["parent_uuid"]
             if parent is not None and parent not in tree:
@@ -938,11 +946,10 @@ class UnitWriter:
                     f"Unit {u.values['name']!r} ({u.uuid}) moves under {parent}, which is "
                     "missing on the receiving side."
                 )
-            self.conn.execute(
-                text("UPDATE org_unit SET parent_key = :p WHERE fid = :f"),
-                {"p": tree[parent][0] if parent else None, "f": existing[u.uuid].fid},
-            )
-            fig.units_moved += 1
+            moved.append({"p": tree[parent][0] if parent else None, "f": existing[u.uuid].fid})
+        if moved:  # one statement per move, in this order, sent together
+            self.conn.execute(text("UPDATE org_unit SET parent_key = :p WHERE fid = :f"), moved)
+            fig.units_moved += len(moved)
         ter = [u for u in units if u.uuid not in copied and (
             everything or u.uuid in inserted
             or (territory_for is not None and u.uuid in territory_for))]
@@ -1292,6 +1299,8 @@ def _changed_fields(conn: Connection, version_id: int, uuid: str, after: int | N
         sql += " AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :x)"
         params["x"] = exclude_like
     out: set[str] = set()
+    if _pushed_whole(conn, version_id, after or 0, exclude_like):
+        out.update((*FIELDS, "territory", "groups"))  # every unit arrived with that push
     for entity, before, after_ in conn.execute(text(sql), params):
         if entity == "territory":
             out.add("territory")
@@ -1306,6 +1315,19 @@ def _changed_fields(conn: Connection, version_id: int, uuid: str, after: int | N
                 if a.get(key) != b.get(key):
                     out.add({"type_id": "type", "parent_key": "parent_uuid"}.get(key, key))
     return out
+
+
+def _pushed_whole(conn: Connection, version_id: int, after: int, exclude_like: str | None
+                  ) -> bool:
+    """Whether a version was sent whole (``PUSH_OP`` row) after ``after``, by someone
+    other than ``exclude_like``: each of its units then arrived (was 'changed') then."""
+    sql = ("SELECT 1 FROM change_log WHERE entity = 'version' AND op = :op "
+           "AND version_id = :v AND fid > :a")
+    params: dict[str, Any] = {"op": PUSH_OP, "v": version_id, "a": after}
+    if exclude_like:
+        sql += " AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :x)"
+        params["x"] = exclude_like
+    return conn.execute(text(sql + " LIMIT 1"), params).first() is not None
 
 
 def _conflict_rows(meta: dict[str, Any], local: Unit | None, central: Unit | None,
@@ -1601,6 +1623,9 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
             state.save(run.reg)
             return
     loaded = 0
+    # units held back by a conflict (found by a pull) are not overwritten: the change
+    # push below looks at them again
+    held = {u for v, u in state.held if v == lvid} if run.prefer != "local" else set()
     while True:
         _check_cancel(run)
         after = tuple(cursor["after"]) if cursor["after"] else None
@@ -1609,13 +1634,15 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                                everything=True)
         if not units:
             break
+        last = units[-1]
+        units = [u for u in units if u.uuid not in held]
         with run.central.write(origin=SYNC_ORIGIN, operation=run.op()) as cconn:
             if loaded in (1, 4) or loaded % 16 == 0:
                 _analyze(cconn)  # a growing table: keep the planner on the uuid index
             UnitWriter(run.central, cconn, cvid, fig).upsert(units, everything=True,
                                                              fresh=cvid in run.fresh)
         loaded += 1
-        cursor["after"] = [units[-1].depth, units[-1].fid]
+        cursor["after"] = [last.depth, last.fid]
         state.details["cursor"] = cursor
         state.save(run.reg)
         run.tick(phase="full", version=f"{meta['source']} v{meta['number']}", sent=len(units),
@@ -1674,26 +1701,147 @@ def _plain_indexes(cconn: Connection, table: str) -> list[tuple[str, str]]:
         "(SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid)"), {"t": table})]
 
 
-_LOCAL_UNITS = (
-    "SELECT u.fid, u.unit_key, u.parent_key, u.depth, u.path, u.uuid, u.source_ref, u.name, "
-    "u.code, u.type_id, u.validation_status, u.opening_date, u.closed_date, u.aliases, "
-    "u.extra_fields, {loc} FROM org_unit u WHERE u.version_id = :v{after} "
-    "ORDER BY u.depth, u.fid LIMIT :n"
-)
 _AFTER = " AND (u.depth > :d OR (u.depth = :d AND u.fid > :f))"
 _UPTO = " AND (u.depth < :d2 OR (u.depth = :d2 AND u.fid <= :f2))"
+#: positions in the rows of ``_local_lines``
+_FID, _DEPTH, _UUID, _UKEY, _PKEY, _GEOM, _ODD, _REST = range(8)
+_NULL = "\\N"
+
+
+def _copy_text(backend: Backend, column: str) -> str:
+    """SQL for a text column as a COPY (text format) field: escaped, NULL as ``\\N``."""
+    tab, nl, cr = ("char(9)", "char(10)", "char(13)") if backend is not Backend.POSTGIS else (
+        "chr(9)", "chr(10)", "chr(13)")
+    escaped = (f"replace(replace(replace(replace({column}, '\\', '\\\\'), {tab}, '\\t'), "
+               f"{nl}, '\\n'), {cr}, '\\r')")
+    if backend is Backend.POSTGIS:
+        return f"COALESCE({escaped}, '\\N')"
+    # SQLite: most values need no escaping, and one GLOB says so faster than four replace()
+    return (f"CASE WHEN {column} IS NULL THEN '\\N' WHEN {column} GLOB "
+            f"'*[' || char(92, 9, 10, 13) || ']*' THEN {escaped} ELSE {column} END")
+
+
+def _copy_geometry(backend: Backend, column: str, w: str = "w") -> tuple[str, str, str]:
+    """SQL for (the geometry's WKB, to be selected as ``w`` by the caller; from ``w``, the
+    hex EWKB with the registry's SRID — what PostGIS reads from COPY — or NULL where Python
+    must convert it; the geometry for those only, as ``_ewkb_from`` reads it).
+
+    On SQLite the common case (little-endian 2D WKB: the points and polygons Georeg
+    writes) is rewritten in SQL: GeoPackage header stripped, SRID flag and SRID put in;
+    anything else (big-endian, Z/M) goes through shapely."""
+    if backend is Backend.POSTGIS:
+        return ("NULL", f"upper(encode(ST_AsEWKB(ST_SetSRID({column}, {geometry.SRID})), "
+                "'hex'))", "NULL")
+    if backend is Backend.GEOPACKAGE:
+        # header: 8 bytes + an envelope whose size is coded in bits 1-3 of the flags byte
+        code = (f"((instr('0123456789ABCDEF', substr(hex(substr({column}, 4, 1)), 2, 1)) - 1)"
+                " / 2)")
+        wkb = (f"substr({column}, 9 + CASE {code} WHEN 0 THEN 0 WHEN 1 THEN 32 "
+               "WHEN 2 THEN 48 WHEN 3 THEN 48 WHEN 4 THEN 64 END)")
+    else:
+        wkb = f"AsBinary({column})"
+    srid = struct.pack("<I", geometry.SRID).hex().upper()
+    plain = (f"substr({w}, 1, 1) = x'01' AND substr({w}, 3, 3) = x'000000' AND "
+             f"substr({w}, 2, 1) BETWEEN x'01' AND x'07'")
+    fast = (f"CASE WHEN {plain} THEN '01' || hex(substr({w}, 2, 1)) || '000020{srid}' || "
+            f"hex(substr({w}, 6)) END")
+    odd = (f"CASE WHEN {w} IS NOT NULL AND NOT ({plain}) THEN "
+           f"{geometry.select_sql(backend, column)} END")
+    return wkb, fast, odd
+
+
+def _ewkb_from(backend: Backend, value: Any) -> str:
+    """Hex EWKB of a geometry as ``geometry.select_sql`` reads it (the rare cases)."""
+    blob = bytes(value)
+    return _ewkb_hex(geometry.gpkg_wkb(blob) if backend is Backend.GEOPACKAGE else blob) or _NULL
+
+
+def _local_lines(backend: Backend, type_map: dict[int, int | None], after: bool) -> str:
+    """The local units of a version, parents first, as COPY text: (fid, depth, uuid,
+    unit_key, parent_key, hex EWKB, odd geometry, the rest of the COPY line)."""
+    wkb, geom, odd = _copy_geometry(backend, "u.location", "k.w")
+    types = " ".join(f"WHEN {int(k)} THEN '{int(v)}'" for k, v in type_map.items()
+                     if v is not None)
+    type_sql = f"CASE u.type_id {types} ELSE '\\N' END" if types else "'\\N'"
+    if backend is Backend.POSTGIS:
+        date = "COALESCE(CAST({} AS text), '\\N')"
+        jsn = "CAST({} AS text)"
+        cat = " || chr(9) || "
+        status = "COALESCE(NULLIF(u.validation_status, ''), 'valid')"
+    else:
+        date = "COALESCE(NULLIF(substr({}, 1, 10), ''), '\\N')"
+        jsn = "{}"
+        cat = " || char(9) || "
+        status = "COALESCE(NULLIF(u.validation_status, ''), 'valid')"
+    rest = cat.join([
+        _copy_text(backend, "u.uuid"), _copy_text(backend, "u.source_ref"),
+        _copy_text(backend, "u.name"), _copy_text(backend, "u.code"), type_sql,
+        "CAST(u.depth AS text)", status, date.format("u.opening_date"),
+        date.format("u.closed_date"), _copy_text(backend, jsn.format("u.aliases")),
+        _copy_text(backend, jsn.format("u.extra_fields")),
+    ])
+    # Only the keys are sorted (k); each row is formatted as it is read, so on SQLite (a
+    # CROSS JOIN keeps k the outer loop, in its order) the first rows come at once and
+    # the COPY starts while SQLite formats the rest.
+    # (the geometry's WKB is cut out there too, once per row)
+    keys = (f"SELECT u.fid, u.depth, {wkb} AS w FROM org_unit u WHERE u.version_id = :v"
+            f"{_AFTER if after else ''} ORDER BY u.depth, u.fid LIMIT :n")
+    join, order = ("JOIN", " ORDER BY u.depth, u.fid") if backend is Backend.POSTGIS else (
+        "CROSS JOIN", "")
+    return (f"SELECT u.fid, u.depth, u.uuid, u.unit_key, u.parent_key, {geom}, {odd}, {rest} "
+            f"FROM ({keys}) k {join} org_unit u ON u.fid = k.fid{order}")
+
+
+#: the columns of ``_local_lines`` rows, as COPY receives them
+_UNIT_COPY = ("COPY org_unit (fid, unit_key, parent_key, path, version_id, location, uuid, "
+              "source_ref, name, code, type_id, depth, validation_status, opening_date, "
+              "closed_date, aliases, extra_fields) FROM STDIN")
+
+
+def _fetch(conn: Connection, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+    """Rows as plain tuples (on SQLite straight from the driver: 100k rows a second faster
+    than through SQLAlchemy's Row objects)."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    if conn.dialect.name == "sqlite":
+        cur = raw.cursor()
+        try:
+            return cur.execute(sql, params).fetchall()
+        finally:
+            cur.close()
+    with raw.cursor() as pcur:
+        return pcur.execute(re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql), params).fetchall()
+
+
+def _stream(conn: Connection, sql: str, params: dict[str, Any]
+            ) -> Iterator[Sequence[Sequence[Any]]]:
+    """``_fetch`` in chunks of ``_COPY_CHUNK`` rows, read as they are consumed."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    if conn.dialect.name == "sqlite":
+        cur = raw.cursor()
+        try:
+            cur.execute(sql, params)
+            while chunk := cur.fetchmany(_COPY_CHUNK):
+                yield chunk
+        finally:
+            cur.close()
+        return
+    with raw.cursor() as pcur:
+        pcur.execute(re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql), params)
+        while chunk := pcur.fetchmany(_COPY_CHUNK):
+            yield chunk
 
 
 def _copy_version(run: _Run, meta: dict[str, Any], cvid: int, cursor: dict[str, Any]) -> bool:
     """Send a whole version into an empty central version: per batch, one transaction that
-    COPYs units, territories and memberships (keys, paths and depths computed here), writes
-    the change log set-wise and records the cursor.  Row triggers are off meanwhile (when
-    the central tables are ours), and on a first push into an empty table the plain indexes
-    are built after the load.  False when a batch to resume is already partly central
-    (the caller then upserts unit by unit)."""
+    COPYs units, territories and memberships (keys, paths and depths computed here), logs
+    one ``PUSH_OP`` version row and records the cursor.  Row triggers are off meanwhile
+    (when the central tables are ours), and on a first push into an empty table the plain
+    indexes are built after the load.  False when a batch to resume is already partly
+    central (the caller then upserts unit by unit)."""
     reg, lvid = run.reg, meta["fid"]
     backend = reg.backend
-    loc = geometry.select_sql(backend, "u.location")
     with reg.read() as conn:
         local_types = {int(r.fid): r.name for r in conn.execute(
             text("SELECT fid, name FROM org_unit_type"))}
@@ -1715,78 +1863,78 @@ def _copy_version(run: _Run, meta: dict[str, Any], cvid: int, cursor: dict[str, 
         params: dict[str, Any] = {"v": lvid, "n": run.full_batch + 1}
         if after:
             params |= {"d": after[0], "f": after[1]}
+        rows: list[Sequence[Any]] | None = None
         with reg.read() as conn:
-            rows = list(conn.execute(text(_LOCAL_UNITS.format(loc=f"{loc} AS location",
-                                                         after=_AFTER if after else "")),
-                                params).fetchall())
-        if not rows:
+            if after:
+                # a later batch (or a resumed load): read it first, it may need parents
+                # sent earlier looked up centrally
+                rows = _fetch(conn, _local_lines(backend, type_map, True), params)
+                count = len(rows)
+                rows = rows[:run.full_batch]
+            else:
+                count = int(conn.execute(text(
+                    "SELECT count(*) FROM (SELECT 1 FROM org_unit WHERE version_id = :v "
+                    "LIMIT :n) c"), params).scalar_one())
+        if not count:
             return True
-        last_batch = len(rows) <= run.full_batch
-        rows = rows[:run.full_batch]
-        lo, hi = after, (int(rows[-1].depth), int(rows[-1].fid))
+        last_batch = count <= run.full_batch
+        n = min(count, run.full_batch)
         with run.central.write(origin=SYNC_ORIGIN, operation=run.op()) as cconn:
-            if first and after is not None and _existing_uuids(cconn, cvid, [rows[0].uuid]):
+            if first and rows and _existing_uuids(cconn, cvid, [rows[0][_UUID]]):
                 return False  # this batch committed centrally before the marker here: upsert
             status = cconn.execute(text("SELECT status FROM source_version WHERE fid = :v "
                                         "FOR UPDATE"), {"v": cvid}).scalar()
             if status == "published":
                 raise ConflictError(f"{meta['source']} v{meta['number']} was published "
                                     "centrally during the push; run the push again.")
-            _copy_batch(run, cconn=cconn, lvid=lvid, cvid=cvid, rows=rows,
-                        lo=lo, hi=hi, type_map=type_map, groups=groups, ckeys=ckeys,
-                        tree=tree, whole=first and after is None and last_batch)
+            hi = _copy_batch(run, meta, cconn=cconn, cvid=cvid, n=n, rows=rows,
+                             lo=after, groups=groups, ckeys=ckeys, type_map=type_map,
+                             tree=tree, whole=first and after is None and last_batch)
         first = False
         cursor["after"] = list(hi)
         run.state.details["cursor"] = cursor
         run.state.save(reg)
-        run.tick(phase="full", version=f"{meta['source']} v{meta['number']}", sent=len(rows),
+        run.tick(phase="full", version=f"{meta['source']} v{meta['number']}", sent=n,
                  message=f"Pushing {meta['source']} v{meta['number']}")
         if last_batch:
             return True
 
 
-def _copy_batch(run: _Run, *, cconn: Connection, lvid: int,
-                cvid: int, rows: list[Any], lo: list[int] | None, hi: tuple[int, int],
-                type_map: dict[int, int | None], groups: dict[int, str],
-                ckeys: dict[str, int], tree: dict[int, tuple[int, str]], whole: bool) -> None:
+#: rows per ``copy.write`` (one string of ~2-3 MB)
+_COPY_CHUNK = 10_000
+
+
+def _copy_batch(run: _Run, meta: dict[str, Any], *, cconn: Connection, cvid: int, n: int,
+                rows: list[Sequence[Any]] | None, lo: list[int] | None,
+                groups: dict[int, str], ckeys: dict[str, int], type_map: dict[int, int | None],
+                tree: dict[int, tuple[int, str]], whole: bool) -> tuple[int, int]:
+    """One COPY batch of ``n`` units after ``lo``: ``rows`` when already read, else they
+    are streamed from the registry into the COPY (SQLite formats the next chunk while
+    PostgreSQL parses the last).  Returns the (depth, fid) of the last unit sent."""
     reg, fig = run.reg, run.fig
+    lvid = meta["fid"]
     backend = reg.backend
-    range_params: dict[str, Any] = {"v": lvid, "d2": hi[0], "f2": hi[1]}
-    cond = _UPTO
-    if lo:
-        range_params |= {"d": lo[0], "f": lo[1]}
-        cond += _AFTER
-    with reg.read() as conn:
-        tsel = geometry.select_sql(backend, "t.territory")
-        territories = conn.execute(text(
-            f"SELECT u.unit_key, {tsel} AS territory, u.name FROM org_unit_territory t "
-            f"JOIN org_unit u ON u.fid = t.unit_fid WHERE u.version_id = :v{cond}"),
-            range_params).fetchall()
-        members = conn.execute(text(
-            "SELECT m.unit_key, m.group_key FROM group_membership m JOIN org_unit u ON "
-            f"u.version_id = m.version_id AND u.unit_key = m.unit_key WHERE u.version_id = :v"
-            f"{cond}"), range_params).fetchall()
-        missing = {int(r.parent_key) for r in rows if r.parent_key is not None} - set(tree) - {
-            int(r.unit_key) for r in rows}
-        parent_uuids = {}
+    parent_uuids = {}
+    if rows is not None:
+        missing = {int(r[_PKEY]) for r in rows if r[_PKEY] is not None} - set(tree) - {
+            int(r[_UKEY]) for r in rows}
         if missing:  # parents sent by an earlier push run (a resumed load): find them centrally
-            stmt = text("SELECT unit_key, uuid FROM org_unit WHERE version_id = :v AND "
-                        "unit_key IN :k").bindparams(bindparam("k", expanding=True))
-            for part in _chunks(sorted(missing)):
-                parent_uuids.update({r.uuid: int(r.unit_key) for r in conn.execute(
-                    stmt, {"v": lvid, "k": part})})
+            with reg.read() as conn:
+                stmt = text("SELECT unit_key, uuid FROM org_unit WHERE version_id = :v AND "
+                            "unit_key IN :k").bindparams(bindparam("k", expanding=True))
+                for part in _chunks(sorted(missing)):
+                    parent_uuids.update({r.uuid: int(r.unit_key) for r in conn.execute(
+                        stmt, {"v": lvid, "k": part})})
     if parent_uuids:
         stmt = text("SELECT uuid, fid, path FROM org_unit WHERE version_id = :v AND uuid IN :u"
                     ).bindparams(bindparam("u", expanding=True))
         for part in _chunks(sorted(parent_uuids)):
             for r in cconn.execute(stmt, {"v": cvid, "u": part}):
                 tree[parent_uuids[r.uuid]] = (int(r.fid), str(r.path))
-    n = len(rows)
-    fids = [int(f) for f in cconn.execute(
-        text("SELECT nextval('org_unit_fid_seq') FROM generate_series(1, :n)"), {"n": n}
-    ).scalars()]
-    gpkg = backend is Backend.GEOPACKAGE
-    own = _owns(cconn, "org_unit") and _owns(cconn, "org_unit_territory") and         _owns(cconn, "group_membership")
+    fids = [int(f) for (f,) in _fetch(
+        cconn, "SELECT nextval('org_unit_fid_seq') FROM generate_series(1, :n)", {"n": n})]
+    own = _owns(cconn, "org_unit") and _owns(cconn, "org_unit_territory") and \
+        _owns(cconn, "group_membership")
     dropped: list[tuple[str, str]] = []
     fkeys: list[tuple[str, str, str]] = []
     if own:
@@ -1795,8 +1943,6 @@ def _copy_batch(run: _Run, *, cconn: Connection, lvid: int,
         if whole and not cconn.execute(text("SELECT EXISTS (SELECT 1 FROM org_unit)")).scalar():
             # a first load into empty tables: indexes built after the load are faster
             dropped = _plain_indexes(cconn, "org_unit")
-            if _owns(cconn, "change_log"):
-                dropped += _plain_indexes(cconn, "change_log")
             for name, _sql in dropped:
                 cconn.exec_driver_sql(f'DROP INDEX "{name}"')
             # foreign keys: one validating join after the load instead of a check per row
@@ -1810,54 +1956,96 @@ def _copy_batch(run: _Run, *, cconn: Connection, lvid: int,
     run.central.set_audit(cconn, False)
     raw = cconn.connection.driver_connection
     assert raw is not None
-    unit_sql = ("COPY org_unit (fid, location, version_id, unit_key, uuid, source_ref, name, "
-                "code, type_id, parent_key, path, depth, validation_status, opening_date, "
-                "closed_date, aliases, extra_fields) FROM STDIN")
-    ter_rows: list[tuple[Any, ...]] = []
     mem_rows: list[tuple[Any, ...]] = []
+    with_groups: set[int] = set()
+    ter_count = 0
+    uuids = hashlib.sha256()
+    last: tuple[int, int] | None = None  # the highest (depth, fid) sent
     with raw.cursor() as cur:
-        # A queued writer sends in a thread: the server parses while Python formats rows.
-        with cur.copy(unit_sql, writer=QueuedLibpqWriter(cur)) as copy:
-            for r, fid in zip(rows, fids, strict=True):
-                if r.parent_key is None:
-                    parent_key, path = None, f"/{fid}/"
-                else:
-                    pfid, ppath = tree[int(r.parent_key)]
-                    parent_key, path = pfid, f"{ppath}{fid}/"
-                tree[int(r.unit_key)] = (fid, path)
-                blob = r.location
-                if blob is not None:
-                    blob = geometry.gpkg_wkb(bytes(blob)) if gpkg else bytes(blob)
-                copy.write_row((
-                    fid, _ewkb_hex(blob), cvid, fid, r.uuid, r.source_ref, r.name, r.code,
-                    type_map.get(int(r.type_id)) if r.type_id is not None else None,
-                    parent_key, path, int(r.depth), r.validation_status or "valid",
-                    _date(r.opening_date), _date(r.closed_date), _json_text(r.aliases),
-                    _json_text(r.extra_fields)))
-        for t in territories:
-            blob = bytes(t.territory)
-            ter_rows.append((_ewkb_hex(geometry.gpkg_wkb(blob) if gpkg else blob),
-                             tree[int(t.unit_key)][0], cvid, t.name))
-        with_groups = set()
-        for m in members:
-            ident = groups.get(int(m.group_key))
-            with_groups.add(int(m.unit_key))
-            if ident in ckeys:
-                mem_rows.append((cvid, ckeys[ident], tree[int(m.unit_key)][0]))
+        # Lines are formatted from the text SQLite (or PostgreSQL) made and sent in chunks;
+        # a queued writer sends in a thread, so the server parses while the next chunk is
+        # read and formatted.
+        with cur.copy(_UNIT_COPY, writer=QueuedLibpqWriter(cur)) as copy, \
+                reg.read() as conn:
+            if rows is not None:
+                chunks: Iterator[Sequence[Sequence[Any]]] = iter(
+                    [rows[i:i + _COPY_CHUNK] for i in range(0, len(rows), _COPY_CHUNK)])
             else:
-                fig.warnings.append(f"Unit {int(m.unit_key)}: group {ident} does not exist on "
-                                    "the receiving side; membership left out.")
-        if ter_rows:
+                chunks = _stream(conn, _local_lines(backend, type_map, False),
+                                 {"v": lvid, "n": n})
+            sent = 0
+            for chunk in chunks:
+                lines: list[str] = []
+                for unit, fid in zip(chunk, fids[sent:sent + len(chunk)], strict=True):
+                    pkey = unit[_PKEY]
+                    if pkey is None:
+                        parent, path = _NULL, f"/{fid}/"
+                    else:
+                        pfid, ppath = tree[pkey]
+                        parent, path = str(pfid), f"{ppath}{fid}/"
+                    tree[unit[_UKEY]] = (fid, path)
+                    point = unit[_GEOM]
+                    if point is None:
+                        point = _NULL if unit[_ODD] is None else _ewkb_from(backend, unit[_ODD])
+                    lines.append(
+                        f"{fid}\t{fid}\t{parent}\t{path}\t{cvid}\t{point}\t{unit[_REST]}\n")
+                copy.write("".join(lines))
+                uuids.update("".join(f"{unit[_UUID]}\n" for unit in chunk).encode())
+                sent += len(chunk)
+                top = max((int(unit[_DEPTH]), int(unit[_FID])) for unit in chunk)
+                last = top if last is None else max(last, top)
+        if last is None:  # deleted here since counted: nothing to send in this batch
+            raise ConflictError("The registry changed during the push; run the push again.")
+        n = sent  # (fewer than counted if units were deleted here meanwhile)
+        hi = last
+        range_params: dict[str, Any] = {"v": lvid, "d2": hi[0], "f2": hi[1]}
+        cond = _UPTO
+        if lo:
+            range_params |= {"d": lo[0], "f": lo[1]}
+            cond += _AFTER
+        wkb, geom, odd = _copy_geometry(backend, "t.territory")
+        with reg.read() as conn:
+            territories = _fetch(conn, (
+                f"SELECT t.unit_key, {geom}, {odd}, {_copy_text(backend, 't.name')} FROM "
+                f"(SELECT u.unit_key, u.name, t.territory, {wkb} AS w FROM org_unit_territory t "
+                f"JOIN org_unit u ON u.fid = t.unit_fid WHERE u.version_id = :v{cond}) t"),
+                range_params)
+            members = _fetch(conn, (
+                "SELECT m.unit_key, m.group_key FROM group_membership m JOIN org_unit u ON "
+                "u.version_id = m.version_id AND u.unit_key = m.unit_key "
+                f"WHERE u.version_id = :v{cond}"), range_params)
+        if territories:
             with cur.copy("COPY org_unit_territory (territory, unit_fid, version_id, name) "
-                          "FROM STDIN") as copy:
-                for row in ter_rows:
-                    copy.write_row(row)
+                          "FROM STDIN", writer=QueuedLibpqWriter(cur)) as copy:
+                lines = []
+                for ukey, area, odd_area, name in territories:
+                    if area is None:
+                        area = _ewkb_from(backend, odd_area)
+                    lines.append(f"{area}\t{tree[ukey][0]}\t{cvid}\t{name}\n")
+                    if len(lines) >= _COPY_CHUNK:
+                        copy.write("".join(lines))
+                        lines = []
+                if lines:
+                    copy.write("".join(lines))
+            ter_count = len(territories)
+        for ukey, gkey in members:
+            ident = groups.get(int(gkey))
+            with_groups.add(int(ukey))
+            if ident in ckeys:
+                mem_rows.append((cvid, ckeys[ident], tree[ukey][0]))
+            else:
+                fig.warnings.append(f"Unit {int(ukey)}: group {ident} does not exist on "
+                                    "the receiving side; membership left out.")
         if mem_rows:
             with cur.copy("COPY group_membership (version_id, group_key, unit_key) "
                           "FROM STDIN", writer=QueuedLibpqWriter(cur)) as copy:
-                for row in mem_rows:
-                    copy.write_row(row)
-    _log_inserted(cconn, cvid, fids, bool(ter_rows), bool(mem_rows))
+                copy.write("".join(f"{v}\t{g}\t{u}\n" for v, g, u in mem_rows))
+    _log_version(cconn, True, cvid, PUSH_OP, {
+        "number": meta["number"], "client": run.state.client_id,
+        "registry": reg.location.display(), "units": n, "territories": ter_count,
+        "memberships": len(mem_rows), "units_sha256": uuids.hexdigest(),
+        "history": "each unit's history before this push is in the pushing registry",
+    })
     if own:
         # Run the pending foreign-key checks now: indexes and triggers cannot change on a
         # table with pending trigger events.
@@ -1871,47 +2059,17 @@ def _copy_batch(run: _Run, *, cconn: Connection, lvid: int,
         cconn.exec_driver_sql("SET CONSTRAINTS ALL DEFERRED")
     run.central.set_audit(cconn, True)
     if n >= 1000:
-        _analyze(cconn)  # fresh statistics: the next push's lookups by uuid stay fast
+        # fresh statistics, so the next push's lookups by uuid use the index; a small
+        # sample is enough for that (autovacuum refines them later)
+        cconn.exec_driver_sql("SET LOCAL default_statistics_target = 10")
+        _analyze(cconn)
     fig.units_sent += n
     fig.units_inserted += n
-    fig.territories_sent += len(ter_rows)
-    fig.territories_changed += len(ter_rows)
+    fig.territories_sent += ter_count
+    fig.territories_changed += ter_count
     fig.memberships_sent += len(with_groups)
     fig.memberships_added += len(mem_rows)
-
-
-def _json_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _log_inserted(conn: Connection, v: int, fids: list[int], territories: bool,
-                  members: bool) -> None:
-    """The change-log rows the audit triggers would have written for inserted units (and
-    their territories and memberships), set-wise."""
-    _join, ctx = audit_sql.context_columns(Backend.POSTGIS)
-    cols = audit_sql.LOG_COLUMNS
-    conn.execute(text(
-        f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'org_unit', 'insert', u.uuid, "
-        f"u.unit_key, u.fid, NULL, {audit_sql.unit_json(Backend.POSTGIS, 'u')}, {ctx} "
-        "FROM org_unit u WHERE u.fid = ANY(:f) ORDER BY u.fid"), {"f": fids})
-    if territories:
-        conn.execute(text(
-            f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'territory', 'insert', "
-            f"u.uuid, u.unit_key, t.fid, NULL, "
-            f"{audit_sql.territory_json(Backend.POSTGIS, 't')}, {ctx} "
-            "FROM org_unit_territory t JOIN org_unit u ON u.fid = t.unit_fid "
-            "WHERE t.unit_fid = ANY(:f) ORDER BY t.fid"), {"f": fids})
-    if members:
-        conn.execute(text(
-            f"INSERT INTO change_log ({cols}) SELECT m.version_id, 'group_membership', "
-            "'insert', u.uuid, u.unit_key, m.fid, NULL, "
-            f"jsonb_build_object('group_key', m.group_key, 'group', g.name), {ctx} "
-            "FROM group_membership m JOIN org_unit u ON u.version_id = m.version_id "
-            "AND u.unit_key = m.unit_key JOIN org_unit_group g ON g.version_id = "
-            "m.version_id AND g.group_key = m.group_key WHERE m.version_id = :v "
-            "AND m.unit_key = ANY(:f) ORDER BY m.fid"), {"v": v, "f": fids})
+    return hi
 
 
 def _analyze(conn: Connection) -> None:
@@ -1931,10 +2089,13 @@ def _foreign_changed(cconn: Connection, cvid: int, uuids: Iterable[str], state: 
         "AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :own)"
     ).bindparams(bindparam("u", expanding=True))
     found: set[str] = set()
+    own = _own_push_like(state.client_id)
+    if _pushed_whole(cconn, cvid, int(state.last_pull_marker), own):
+        # another registry sent the version whole since: every unit there came with it
+        return _existing_uuids(cconn, cvid, uuids)
     for part in _chunks(sorted(set(uuids))):
         found.update(cconn.execute(stmt, {
-            "m": int(state.last_pull_marker), "v": cvid, "u": part,
-            "own": _own_push_like(state.client_id),
+            "m": int(state.last_pull_marker), "v": cvid, "u": part, "own": own,
         }).scalars())
     return found
 
@@ -2187,14 +2348,32 @@ def _pull(run: _Run) -> dict[str, Any]:
         ).all()
         central_versions = _versions(cconn)
         types = _types(cconn)
-    with reg.read() as conn:
-        local_versions = _versions(conn)
-    local_by_id = {(m["source"], m["number"]): m for m in local_versions}
+        # versions another registry sent whole (one PUSH_OP row, no row per unit)
+        whole = set(cconn.execute(
+            text(
+                "SELECT DISTINCT version_id FROM change_log WHERE fid > :m AND fid <= :h "
+                "AND entity = 'version' AND op = :op AND NOT (origin = 'sync' AND "
+                "COALESCE(operation, '') LIKE :own)"
+            ),
+            {"m": marker, "h": high, "op": PUSH_OP, "own": _own_push_like(client)},
+        ).scalars())
+        with reg.read() as conn:
+            local_versions = _versions(conn)
+        local_by_id = {(m["source"], m["number"]): m for m in local_versions}
+        pushed_units: dict[int, list[str]] = {}
+        for cmeta in central_versions:
+            if cmeta["fid"] in whole and (cmeta["source"], cmeta["number"]) in local_by_id:
+                pushed_units[cmeta["fid"]] = list(cconn.execute(
+                    text("SELECT uuid FROM org_unit WHERE version_id = :v"),
+                    {"v": cmeta["fid"]}).scalars())
     with reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
         fig.types_changed += _apply_types(conn, types)
     flags: dict[int, dict[str, set[str]]] = {}
     for r in rows:
         flags.setdefault(int(r.version_id), {}).setdefault(r.unit_uuid, set()).add(r.entity)
+    for pushed_vid, uuids in pushed_units.items():
+        for uuid in uuids:
+            flags.setdefault(pushed_vid, {}).setdefault(uuid, set()).update(UNIT_ENTITIES)
     if prefer == "central":  # conflicts reported earlier: take the central side now
         central_by_id = {(m["source"], m["number"]): m["fid"] for m in central_versions}
         local_ids = {m["fid"]: (m["source"], m["number"]) for m in local_versions}

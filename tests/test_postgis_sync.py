@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -141,7 +142,7 @@ def test_first_push_sends_everything_then_only_what_changed(demo: Registry,
     only(push(demo, *central))
     assert_equal(demo, central)
     with open_central(central) as reg, reg.read() as conn:
-        origins = dict(conn.execute(text(
+        origins: dict[str, int] = dict(conn.execute(text(
             "SELECT origin, count(*) FROM change_log GROUP BY origin")).all())
         assert set(origins) == {"sync"}, origins  # central edits are never 'external' noise
         assert get_unit(reg, "SL", FACILITIES[3])["name"] == "Facility 3 (renamed)"
@@ -190,24 +191,27 @@ def test_every_kind_of_edit_reaches_central(demo: Registry, central: tuple[str, 
     assert_equal(demo, central)
 
 
-def test_first_push_by_copy_logs_what_the_triggers_would(demo: Registry,
-                                                         central: tuple[str, str]) -> None:
-    """The first push COPYs with row triggers off: its change log, written set-wise, must
-    hold exactly the snapshots the audit triggers write (one per unit, territory and
-    membership), and the central triggers must be back on afterwards."""
-    from storage import audit_sql
+def test_first_push_by_copy_logs_one_version_row(demo: Registry,
+                                                 central: tuple[str, str]) -> None:
+    """The first push COPYs a version with row triggers off and logs it centrally as one
+    ``version`` row with counts (as a version copy is logged), not one row per unit: the
+    units' history is in the pushing registry.  A unit's central history shows that row;
+    later pushes log unit by unit again.  Triggers, indexes and keys are back afterwards."""
+    from storage.audit import history
 
     push(demo, *central)
+    client = postgis_sync.SyncState.load(
+        demo, postgis_sync.target_name(central_location(*central))).client_id
     with open_central(central) as reg, reg.read() as conn:
-        counts = dict(conn.execute(text(
-            "SELECT entity, count(*) FROM change_log WHERE op = 'insert' GROUP BY entity")).all())
+        units = conn.execute(text(
+            "SELECT count(*) FROM change_log WHERE entity <> 'version'")).scalar_one()
+        assert units == 0
+        rows = conn.execute(text(
+            "SELECT after, origin FROM change_log WHERE entity = 'version' AND op = 'push'")).all()
         members = conn.execute(text("SELECT count(*) FROM group_membership")).scalar_one()
-        assert counts == {"org_unit": 1332, "territory": 165, "group_membership": members}
-        differ = conn.execute(text(
-            "SELECT count(*) FROM change_log c JOIN org_unit u ON u.fid = c.record_fid "
-            "WHERE c.entity = 'org_unit' AND c.after <> "
-            f"{audit_sql.unit_json(Backend.POSTGIS, 'u')}")).scalar_one()
-        assert differ == 0
+        assert len(rows) == 1 and rows[0].origin == "sync"
+        assert rows[0].after | {"number": 1, "client": client, "units": 1332,
+                                "territories": 165, "memberships": members} == rows[0].after
         disabled = conn.execute(text(
             "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
             "WHERE c.relnamespace = to_regnamespace(:s) AND t.tgenabled = 'D'"),
@@ -236,10 +240,79 @@ def test_first_push_by_copy_logs_what_the_triggers_would(demo: Registry,
         fresh.close()
     # and an edit made centrally afterwards is audited again, by the triggers
     with open_central(central) as reg:
+        bo = get_unit(reg, "SL", BO)["uuid"]
+        [came] = history(reg, unit=bo)
+        assert came["entity"] == "version" and came["op"] == "push"
+        assert came["changes"]["units"] == 1332 and came["version"] == 1
         edit_unit(reg, "SL", BO, name="Bo (central)", origin="cli")
         with reg.read() as conn:
             assert conn.execute(text("SELECT count(*) FROM change_log WHERE op = 'update' "
                                      "AND origin = 'cli'")).scalar_one() == 1
+        assert [h["op"] for h in history(reg, unit=bo)] == ["update", "push"]
+    # an incremental push logs unit by unit
+    edit_unit(demo, "SL", FACILITIES[0], name="Renamed here")
+    push(demo, *central)
+    with open_central(central) as reg, reg.read() as conn:
+        logged = conn.execute(text(
+            "SELECT entity, op, origin, after->>'name' FROM change_log WHERE entity <> 'version' "
+            "AND origin = 'sync'")).all()
+        assert [tuple(r) for r in logged] == [("org_unit", "update", "sync", "Renamed here")]
+
+
+def test_first_push_copies_awkward_text_and_geometry_exactly(demo: Registry,
+                                                            central: tuple[str, str]) -> None:
+    """The COPY lines are made in SQL: tabs, newlines, backslashes and quotes in text and
+    JSON, and (GeoPackage) a point stored as big-endian WKB, converted by shapely, all
+    arrive unchanged."""
+    edit_unit(demo, "SL", FACILITIES[0], name="Tab\there, new\nline, back\\slash \\N",
+              code="C\r1", aliases=["quote \" and \\ backslash", "tab\tin alias"])
+    if demo.backend is Backend.GEOPACKAGE:
+        from storage import geometry
+
+        header = geometry.to_gpkg_blob(shapely.Point(0, 0))[:8]  # type: ignore[index]
+        big_endian = header + shapely.to_wkb(shapely.Point(-11.5, 8.5), byte_order=0)
+        with demo.write(origin="test") as conn:
+            conn.execute(text("UPDATE org_unit SET location = :g WHERE source_ref = :r"),
+                         {"g": big_endian, "r": FACILITIES[1]})
+    push(demo, *central)
+    assert_equal(demo, central)
+    with open_central(central) as reg:
+        unit = get_unit(reg, "SL", FACILITIES[0])
+        assert unit["name"] == "Tab\there, new\nline, back\\slash \\N"
+        assert unit["aliases"] == ["quote \" and \\ backslash", "tab\tin alias"]
+        if demo.backend is Backend.GEOPACKAGE:
+            assert get_unit(reg, "SL", FACILITIES[1])["location"] == [-11.5, 8.5]
+
+
+@gpkg_only
+def test_another_registry_with_the_version_pulls_a_whole_push(
+        demo: Registry, central: tuple[str, str], tmp_path: Path) -> None:
+    """A registry holding the same version (a copy made before the first push) sees the
+    one-row whole-version push of another registry like per-unit rows: on pull, a unit
+    only that push brought arrives, and a unit changed on both sides is a conflict."""
+    twin_path = tmp_path / "twin.gpkg"
+    with sqlite3.connect(demo.location.path) as db:  # the demo is open: its WAL into the file
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(demo.location.path, twin_path)  # type: ignore[arg-type]
+    chiefdom = get_unit(demo, "SL", FACILITIES[0])["parent_ref"]
+    new = add_unit(demo, "SL", name="New CHP", parent=chiefdom, source_ref="NEWCHP0001")
+    push(demo, *central)
+    clash = FACILITIES[0]
+    with open_central(central) as reg:
+        edit_unit(reg, "SL", clash, name="Named at the ministry", origin="cli")
+    with Registry.open(twin_path) as twin:
+        edit_unit(twin, "SL", clash, name="Named in the twin")
+        result = pull(twin, *central)
+        assert [(c["uuid"], c["field"], c["changed_centrally"]) for c in result["conflicts"]] \
+            == [(get_unit(twin, "SL", clash)["uuid"], "name", True)]
+        assert result["units_inserted"] == 1
+        assert get_unit(twin, "SL", "NEWCHP0001")["uuid"] == new["uuid"]
+        assert get_unit(twin, "SL", clash)["name"] == "Named in the twin"
+        # and its own push holds that unit back instead of overwriting the ministry's name
+        held = push(twin, *central)
+        assert held["held"] == 1 and held["conflict_count"] == 1
+    with open_central(central) as reg:
+        assert get_unit(reg, "SL", clash)["name"] == "Named at the ministry"
 
 
 @gpkg_only

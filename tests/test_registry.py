@@ -157,3 +157,16 @@ def test_migrations_go_down_and_up_again(location: str) -> None:
             assert {"schedule_job", "app_user", "merge_run", "data_export"} <= listed
     finally:
         reg.close()
+
+
+def test_the_head_read_from_file_names_is_alembic_s_head() -> None:
+    """Opening a registry does not load Alembic to learn the newest migration; this is
+    what keeps that shortcut honest (a new migration with an odd name would fail here)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from storage.registry import MIGRATIONS, head_revision
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == head_revision()
