@@ -288,8 +288,9 @@ def run(
         ]
     print(c.table(["importer", "input", "seconds", "units/s", "peak RSS MiB", "vs ogr2ogr"], rows))
     print(
-        f"Georeg phases: create {ours['create']:.2f} s, load (stream + stage) "
-        f"{ours['load']:.2f} s, finish (tree, paths, audit) {ours['finish']:.2f} s, "
+        f"Georeg phases: create {ours['create']:.2f} s, load (stream, check, place, write "
+        f"units, territories and their audit rows) {ours['load']:.2f} s, finish (units "
+        f"whose parent came later, R-trees, indexes, memberships) {ours['finish']:.2f} s, "
         f"commit {ours['commit']:.2f} s"
     )
     chk = ours["check"]

@@ -1,24 +1,30 @@
 """Set-based loading of many units into one draft version, for every importer.
 
 Incoming records are checked and encoded in batches (nothing but the current
-batch is held in Python) and *staged*, every column of them, in a temporary
-table.  ``finish`` then checks the whole load at once (duplicate refs, unknown
-parents, cycles), computes every parent key, path and depth with one recursive
-query, and writes each table once with one ``INSERT … SELECT``: units (parents
-before children, final paths at insert, no ``UPDATE``), territories, group
-memberships, and the audit trail.  No trigger is dropped: the database's own
-rules (published versions, R-trees, foreign keys) check these rows as they
-check any other.  Everything happens inside the caller's write transaction, so
-a failure — or a killed process — leaves no partial version.
+batch is held in Python).  On SQLite a unit whose parent is already written —
+the common case: inputs nearly always list parents first — goes straight into
+``org_unit`` with its final parent key, path and depth; the others (and, on
+PostgreSQL, every unit, with ``COPY``) are *staged* in a temporary table.
+``finish`` then checks the staged units at once (duplicate refs, unknown
+parents, cycles), places them with one recursive query, writes them with one
+``INSERT … SELECT`` (parents before children, final paths, no ``UPDATE``),
+then group memberships and the audit trail, set-wise.  The database's own rules
+(published versions, unique refs and uuids, foreign keys) check these rows as
+they check any other; only GDAL's R-tree insert triggers and the secondary
+indexes are set aside during the load and put back by ``finish``, inside the
+transaction.  Everything happens inside the caller's write transaction, so a
+failure — or a killed process — leaves no partial version.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import sqlite3
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +35,9 @@ from sqlalchemy import Connection, exc, text
 
 from storage import audit_sql, geometry
 from storage.backends import Backend
-from storage.errors import CycleError, InvalidInput
+from storage.errors import CycleError, GeoregError, InvalidInput, PublishedVersionError
 from storage.ids import uuid7_many
+from storage.migrations.schema_0001 import PUBLISHED_MSG
 from storage.registry import Registry, translate_db_error
 
 VALIDATION_STATUSES = ("new", "valid", "rejected")
@@ -40,8 +47,12 @@ DEFER_INDEXES_BELOW = 20_000  # units already in the registry
 _STAGE_COLUMNS = (
     "fid", "ref", "parent_ref", "src", "uuid", "name", "code", "type_id", "status",
     "opening_date", "closed_date", "aliases", "extra", "location", "tfid", "territory",
-    "lx", "ly", "tminx", "tmaxx", "tminy", "tmaxy",
 )
+#: per-row triggers on org_unit inserts that a load sets aside (see ``_set_aside``)
+_ROW_TRIGGERS = ("org_unit_insert_published", "org_unit_audit_insert", "org_unit_fill")
+_RTREE_TRIGGERS = ("rtree_org_unit_location_insert", "rtree_org_unit_territory_territory_insert")
+_TEMP_TABLES = ("georeg_load", "georeg_load_member", "georeg_tree", "georeg_src",
+                "georeg_batch", "georeg_lbox", "georeg_tbox")
 _GPKG_POINT = struct.pack("<2sBBi", b"GP", 0, 0b00000001, geometry.SRID)
 _GPKG_ENVELOPE = struct.pack("<2sBBi", b"GP", 0, 0b00000011, geometry.SRID)
 _GPKG_EMPTY = struct.pack("<2sBBi", b"GP", 0, 0b00010001, geometry.SRID)
@@ -158,7 +169,9 @@ class BulkLoader:
     Use: ``add_type``/``add_group`` as needed, ``add_units`` (any iterable, in any
     order: children may come before their parents; it may be called several times),
     ``add_memberships``, then ``finish()`` which checks the whole load, writes it and
-    returns :class:`LoadStats`.
+    returns :class:`LoadStats`.  Between the loader's creation and ``finish()``, write
+    units of this transaction only through the loader (on SQLite it sets the R-tree
+    insert triggers and the secondary indexes of ``org_unit`` aside until ``finish``).
     """
 
     def __init__(
@@ -182,6 +195,7 @@ class BulkLoader:
         }
         self._batch: list[UnitRecord] = []
         self._given_uuids = 0
+        self._staged = 0
         self._extents: dict[str, tuple[int, float, float]] = {}
         self._existing = int(conn.execute(
             text("SELECT count(*) FROM org_unit WHERE version_id = :v"), {"v": version_id}
@@ -190,21 +204,23 @@ class BulkLoader:
         #: change-log rows set-wise
         reg.set_audit(conn, False)
         sqlite = self.backend.is_sqlite
+        #: SQLite: a unit whose parent is already written goes straight into org_unit
+        #: (see ``_write_direct``); PostgreSQL stages every unit (COPY) for ``finish``
+        self._direct = sqlite
+        self._first_fid: int | None = None
         if sqlite:
-            self._next_fid = self._sqlite_next_fid("org_unit")
+            self._next_fid = self._first_fid = self._sqlite_next_fid("org_unit")
             self._next_tfid = self._sqlite_next_fid("org_unit_territory")
         on_commit = "" if sqlite else " ON COMMIT DROP"
         int_, blob = ("INTEGER", "BLOB") if sqlite else ("BIGINT", "BYTEA")
         date, js = ("TEXT", "TEXT") if sqlite else ("DATE", "JSONB")
-        real = "REAL" if sqlite else "DOUBLE PRECISION"
-        for name in ("georeg_load", "georeg_load_member", "georeg_tree"):
+        for name in _TEMP_TABLES:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
         conn.exec_driver_sql(
             f"CREATE TEMP TABLE georeg_load (fid {int_} PRIMARY KEY, ref TEXT, parent_ref TEXT, "
             f"src TEXT, uuid TEXT, name TEXT, code TEXT, type_id {int_}, status TEXT, "
             f"opening_date {date}, closed_date {date}, aliases {js}, extra {js}, "
-            f"location {blob}, tfid {int_}, territory {blob}, lx {real}, ly {real}, "
-            f"tminx {real}, tmaxx {real}, tminy {real}, tmaxy {real}){on_commit}"
+            f"location {blob}, tfid {int_}, territory {blob}){on_commit}"
         )
         conn.exec_driver_sql(
             f"CREATE TEMP TABLE georeg_load_member (group_ref TEXT, unit_ref TEXT){on_commit}"
@@ -214,6 +230,111 @@ class BulkLoader:
             f"INSERT INTO georeg_load ({cols}) VALUES ({', '.join('?' * len(_STAGE_COLUMNS))})"
         )
         self._stage_copy = f"COPY georeg_load ({cols}) FROM STDIN"
+        self._deferred_indexes: list[str] = []
+        self._triggers: list[tuple[str, str]] = []
+        if sqlite:
+            # where each row came from (only rows that say), for messages naming two rows
+            conn.exec_driver_sql("CREATE TEMP TABLE georeg_src (fid INTEGER PRIMARY KEY, src TEXT)")
+            if self.backend is Backend.GEOPACKAGE:
+                conn.exec_driver_sql(
+                    "CREATE TEMP TABLE georeg_lbox (id INTEGER PRIMARY KEY, x REAL, y REAL)")
+                conn.exec_driver_sql(
+                    "CREATE TEMP TABLE georeg_tbox (id INTEGER PRIMARY KEY, minx REAL, "
+                    "maxx REAL, miny REAL, maxy REAL)")
+            # one batch of units whose parent is in place, on its way into org_unit
+            conn.exec_driver_sql(
+                "CREATE TEMP TABLE georeg_batch (fid INTEGER PRIMARY KEY, location BLOB, "
+                "uuid TEXT, ref TEXT, name TEXT, code TEXT, type_id INTEGER, parent_key INTEGER, "
+                "path TEXT, depth INTEGER, status TEXT, opening_date TEXT, closed_date TEXT, "
+                "aliases TEXT, extra TEXT, tfid INTEGER, territory BLOB)")
+            loc = _geom_from(self.backend, "b.location")
+            ter = _geom_from(self.backend, "b.territory")
+            self._unit_sql = (
+                "INSERT INTO org_unit (fid, location, version_id, unit_key, uuid, source_ref, "
+                "name, code, type_id, parent_key, path, depth, validation_status, "
+                "opening_date, closed_date, aliases, extra_fields) "
+                f"SELECT b.fid, {loc}, ?, b.fid, b.uuid, b.ref, b.name, b.code, b.type_id, "
+                "b.parent_key, b.path, b.depth, b.status, b.opening_date, b.closed_date, "
+                "b.aliases, b.extra FROM georeg_batch b ORDER BY b.fid"
+            )
+            self._ter_sql = (
+                "INSERT INTO org_unit_territory (fid, territory, unit_fid, version_id, name) "
+                f"SELECT b.tfid, {ter}, b.fid, ?, b.name FROM georeg_batch b "
+                "WHERE b.tfid IS NOT NULL ORDER BY b.tfid"
+            )
+            join, ctx = audit_sql.context_columns(self.backend)
+            cols = audit_sql.LOG_COLUMNS
+            self._audit_units_sql = (
+                f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'org_unit', 'insert', "
+                f"u.uuid, u.unit_key, u.fid, NULL, {audit_sql.unit_json(self.backend, 'u')}, "
+                f"{ctx} FROM org_unit u{join} WHERE u.fid BETWEEN ? AND ? ORDER BY u.fid"
+            )
+            self._audit_ters_sql = (
+                f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'territory', 'insert', "
+                f"u.uuid, u.unit_key, t.fid, NULL, "
+                f"{audit_sql.territory_json(self.backend, 't')}, {ctx} FROM org_unit_territory t "
+                f"JOIN org_unit u ON u.fid = t.unit_fid{join} WHERE t.fid BETWEEN ? AND ? "
+                "ORDER BY t.fid"
+            )
+            self._set_aside()
+
+    def _set_aside(self) -> None:
+        """SQLite: what ``finish`` puts back, dropped inside this transaction.
+
+        Into an (almost) empty registry the secondary indexes of ``org_unit`` are built
+        once at the end — a sort is much cheaper than maintaining them row by row; with
+        many units already there, rebuilding would cost more than it saves, so they stay.
+        GeoPackage: GDAL's per-row R-tree insert triggers (``ST_IsEmpty``, ``ST_MinX`` …
+        on every blob) were the costliest part of the write; ``finish`` fills the R-trees
+        set-wise from the staged boxes and re-creates the triggers from their own SQL.
+        Three of our own per-row insert triggers on ``org_unit`` (~20% of the insert) are
+        set aside too, their work done once for the load: the published-version guard
+        (checked here and before each batch is written), the insert audit (already quiet
+        for the load; ``finish`` writes those rows set-wise) and the identity/path fill
+        (every row of the load comes with its key, uuid, path and depth).
+        DDL is transactional in SQLite and we hold the write lock: no other connection
+        ever sees them missing, and an error or a killed process rolls the drop back.
+        """
+        conn = self.conn
+        existing = conn.exec_driver_sql("SELECT count(*) FROM org_unit").scalar_one()
+        if existing < DEFER_INDEXES_BELOW:
+            for name, sql in conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND "
+                "tbl_name = 'org_unit' AND sql IS NOT NULL").all():
+                conn.exec_driver_sql(f'DROP INDEX "{name}"')
+                self._deferred_indexes.append(sql)
+        names = _ROW_TRIGGERS + (_RTREE_TRIGGERS if self.backend is Backend.GEOPACKAGE else ())
+        self._triggers = [(r[0], r[1]) for r in conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN "
+            f"({', '.join(repr(n) for n in names)})")]
+        for name, _sql in self._triggers:
+            conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+        self._check_draft()
+
+    def _check_draft(self) -> None:
+        """What ``org_unit_insert_published`` checks per row, once (see ``_set_aside``)."""
+        row = self._driver().execute("SELECT status FROM source_version WHERE fid = ?",
+                                     (self.version_id,)).fetchone()
+        status = row[0] if row else None
+        if status == "published":
+            raise PublishedVersionError(PUBLISHED_MSG.split(":", 2)[2].strip())
+
+    def _put_back(self) -> None:
+        """SQLite: fill the R-trees from the staged boxes, re-create what was set aside."""
+        conn = self.conn
+        if self.backend is Backend.GEOPACKAGE:
+            fill_rtree(self._driver(), "rtree_org_unit_location",
+                       "SELECT id, x, x, y, y FROM georeg_lbox",
+                       self._extents.get("location", (0, 0.0, 0.0)))
+            fill_rtree(self._driver(), "rtree_org_unit_territory_territory",
+                       "SELECT id, minx, maxx, miny, maxy FROM georeg_tbox",
+                       self._extents.get("territory", (0, 0.0, 0.0)))
+        for _name, sql in self._triggers:
+            conn.exec_driver_sql(sql)
+        for sql in self._deferred_indexes:
+            conn.exec_driver_sql(sql)
+        self._triggers, self._deferred_indexes = [], []
+
 
     # --- types and groups -----------------------------------------------------------
 
@@ -288,13 +409,14 @@ class BulkLoader:
     # --- units ---------------------------------------------------------------------
 
     def add_units(self, records: Iterable[UnitRecord]) -> None:
-        batch, size = self._batch, self.batch_size
-        for rec in records:
-            batch.append(rec)
-            if len(batch) >= size:
-                self._flush()
-                batch = self._batch
-        self._flush()
+        with _gc_paused():
+            batch, size = self._batch, self.batch_size
+            for rec in records:
+                batch.append(rec)
+                if len(batch) >= size:
+                    self._flush()
+                    batch = self._batch
+            self._flush()
 
     def _sqlite_next_fid(self, table: str) -> int:
         return int(self.conn.exec_driver_sql(
@@ -327,40 +449,54 @@ class BulkLoader:
         batch, self._batch = self._batch, []
         if not batch:
             return
-        fids = self._take_fids(len(batch), "org_unit")
+        n = len(batch)
+        fids = self._take_fids(n, "org_unit")
         # geometry first, vectorised for the batch: type check, blobs, R-tree boxes
-        loc_arr = np.empty(len(batch), dtype=object)
+        loc_arr = np.empty(n, dtype=object)
         loc_arr[:] = [rec.location for rec in batch]
-        bad = np.flatnonzero(~shapely.is_missing(loc_arr) & (shapely.get_type_id(loc_arr) != 0))
+        present = ~shapely.is_missing(loc_arr)
+        bad = np.flatnonzero(present & (shapely.get_type_id(loc_arr) != 0))
         if len(bad):
             rec = batch[int(bad[0])]
-            where = rec.where or f"unit {rec.source_ref or rec.name!r}"
-            raise InvalidInput(f"{where}: field 'location' must be a point, not a "
+            raise InvalidInput(f"{_where(rec)}: field 'location' must be a point, not a "
                                f"{rec.location.geom_type}.")  # type: ignore[union-attr]
         ter_geoms = [None if rec.territory is None else geometry.as_multipolygon(rec.territory)
                      for rec in batch]
         loc_blobs = encode_geometries(self.backend, loc_arr.tolist())
         ter_blobs = encode_geometries(self.backend, ter_geoms)
-        tfids = iter(self._take_fids(sum(1 for t in ter_blobs if t is not None),
-                                     "org_unit_territory"))
-        boxes = self._boxes(loc_arr, ter_geoms)
+        ter_at = [i for i, t in enumerate(ter_blobs) if t is not None]
+        tfids = self._take_fids(len(ter_at), "org_unit_territory")
+        tfid_col: list[int | None] = [None] * n
+        for i, t in zip(ter_at, tfids, strict=True):
+            tfid_col[i] = t
+        boxes = (self._boxes(fids, loc_arr, present, ter_geoms, ter_at, tfids)
+                 if self.backend is Backend.GEOPACKAGE else ([], []))
         rows: list[tuple[Any, ...]] = []
+        srcs: list[tuple[int, str]] = []
         members: list[tuple[str, str]] = []
         statuses = VALIDATION_STATUSES
         types = self._types
+        dates: dict[Any, str | None] = {}  # this batch's dates, each parsed once
         new_uuids = iter(uuid7_many(sum(1 for rec in batch if rec.uuid is None)))
-        for rec, fid, loc, ter, box in zip(batch, fids, loc_blobs, ter_blobs, boxes,
-                                           strict=True):
-            where = rec.where or f"unit {rec.source_ref or rec.name!r}"
+        dumps = json.dumps
+        direct = self._direct
+        if direct:  # parents written by earlier batches (see ``_write_direct``)
+            refs_here = {rec.source_ref for rec in batch}
+            placed = self._placed({p for rec in batch if (p := rec.parent_ref) is not None
+                                   and p not in refs_here})
+            here: dict[str, tuple[int, str, int]] = {}
+        units: list[tuple[Any, ...]] = []  # direct: the batch table's columns
+        for rec, fid, loc, tfid, ter in zip(batch, fids, loc_blobs, tfid_col, ter_blobs,
+                                            strict=True):
             name = rec.name
-            if isinstance(name, str):
+            if type(name) is str:
                 name = name.strip()
             if not name:
-                raise InvalidInput(f"{where}: field 'name' is missing or empty.")
+                raise InvalidInput(f"{_where(rec)}: field 'name' is missing or empty.")
             status = rec.validation_status
             if status not in statuses:
                 raise InvalidInput(
-                    f"{where}: field 'validation_status' is {status!r}; "
+                    f"{_where(rec)}: field 'validation_status' is {status!r}; "
                     f"expected one of {', '.join(statuses)}."
                 )
             tname = rec.type_name
@@ -372,59 +508,219 @@ class BulkLoader:
                 self._given_uuids += 1
             od, cd = rec.opening_date, rec.closed_date
             if od is not None:
-                od = parse_date(od, f"{where}: field 'opening_date'")
+                od = dates[od] if od in dates else _date(dates, od, rec, "opening_date")
             if cd is not None:
-                cd = parse_date(cd, f"{where}: field 'closed_date'")
-            rows.append((
-                fid, rec.source_ref, rec.parent_ref, where, uuid, name, rec.code, type_id,
-                status, od, cd,
-                json.dumps(rec.aliases, ensure_ascii=False) if rec.aliases else None,
-                json.dumps(rec.extra_fields, ensure_ascii=False) if rec.extra_fields else None,
-                loc, None if ter is None else next(tfids), ter, *box,
-            ))
-            if rec.groups and rec.source_ref:
-                members.extend((g, rec.source_ref) for g in rec.groups)
-        if members:
-            self._stage_members(members)
-        self._stage(rows)
-        self.stats.units += len(rows)
-        self.stats.locations += sum(1 for x in loc_blobs if x is not None)
-        self.stats.territories += sum(1 for x in ter_blobs if x is not None)
+                cd = dates[cd] if cd in dates else _date(dates, cd, rec, "closed_date")
+            src = rec.where or None
+            if src is not None:
+                srcs.append((fid, src))
+            ref, pref = rec.source_ref, rec.parent_ref
+            if rec.groups and ref:
+                members.extend((g, ref) for g in rec.groups)
+            aliases = dumps(rec.aliases, ensure_ascii=False) if rec.aliases else None
+            extra = dumps(rec.extra_fields, ensure_ascii=False) if rec.extra_fields else None
+            if direct:
+                if pref is None:
+                    key, path, depth = None, f"/{fid}/", 1
+                else:
+                    parent = here.get(pref) or placed.get(pref)
+                    if parent is not None:
+                        key, ppath, pdepth = parent
+                        path, depth = f"{ppath}{fid}/", pdepth + 1
+                if pref is None or parent is not None:
+                    if ref is not None:
+                        here[ref] = (fid, path, depth)
+                    units.append((fid, loc, uuid, ref, name, rec.code, type_id, key, path,
+                                  depth, status, od, cd, aliases, extra, tfid, ter))
+                    continue
+            rows.append((fid, ref, pref, src, uuid, name, rec.code, type_id, status, od, cd,
+                         aliases, extra, loc, tfid, ter))
+        if direct:
+            self._write_batch(units, rows, srcs, members, boxes)
+        else:
+            if members:
+                self._stage_members(members)
+            self._stage(rows)
+            self._staged += len(rows)
+        self.stats.units += n
+        self.stats.locations += int(present.sum())
+        self.stats.territories += len(ter_at)
         if self.progress:
             self.progress(self.stats.units)
 
-    def _boxes(self, locations: np.ndarray,
-               territories: list[BaseGeometry | None]) -> list[tuple[float | None, ...]]:
-        """GeoPackage: the R-tree boxes of each row's point and territory (None: no entry).
+    def _write_batch(self, units: list[tuple[Any, ...]], staged: list[tuple[Any, ...]],
+                     srcs: list[tuple[int, str]], members: list[tuple[str, str]],
+                     boxes: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]) -> None:
+        """SQLite: a prepared batch — R-tree boxes, memberships, units (``_write_direct``).
 
-        ``finish`` fills the R-trees from them with one ``INSERT … SELECT`` each — the
-        same boxes GDAL's per-row R-tree trigger computes with ``ST_MinX`` & co., a
-        fraction of the cost.  Other backends maintain their spatial index themselves.
+        (Writing it in a second thread while this one prepares the next batch was
+        measured: SQLite's per-row ``executemany`` holds the GIL, and the two threads
+        cost more CPU than they overlap — slower on the 2-core benchmark machine.)
         """
-        n = len(locations)
-        if self.backend is not Backend.GEOPACKAGE:
-            return [(None,) * 6] * n
-        xs_arr, ys_arr = np.full(n, np.nan), np.full(n, np.nan)  # NaN: no point, or empty
-        usable = ~shapely.is_missing(locations)
-        usable[usable] = ~shapely.is_empty(locations[usable])
+        cur = self._driver().cursor()
+        try:
+            if boxes[0]:
+                cur.executemany("INSERT INTO georeg_lbox (id, x, y) VALUES (?, ?, ?)", boxes[0])
+            if boxes[1]:
+                cur.executemany("INSERT INTO georeg_tbox (id, minx, maxx, miny, maxy) "
+                                "VALUES (?, ?, ?, ?, ?)", boxes[1])
+            if members:
+                cur.executemany("INSERT INTO georeg_load_member VALUES (?, ?)", members)
+        finally:
+            cur.close()
+        self._write_direct(units, staged, srcs)
+
+    def _write_direct(self, units: list[tuple[Any, ...]], staged: list[tuple[Any, ...]],
+                      srcs: list[tuple[int, str]]) -> None:
+        """SQLite: write the batch's units whose parent is already in place.
+
+        Inputs nearly always list parents first.  A unit whose parent was written by an
+        earlier batch (``_flush`` finds them with one indexed query per batch on
+        ``(version_id, source_ref)``, the unique index ``org_unit`` has anyway) or comes
+        earlier in this one gets its final parent key, path and depth in ``_flush`` and
+        goes here into ``org_unit``, and its
+        territory into ``org_unit_territory``: the batch is handed to SQLite with one
+        ``executemany`` into a small temporary table, then one ``INSERT … SELECT`` per
+        table (row by row, each insert would be a statement of its own, with its own
+        statement journal and trigger set-up: twice the cost).  Only units whose parent
+        has not arrived yet are staged for ``finish``'s recursive query.  Memory holds
+        this batch only.  The unique indexes refuse a ref or uuid used twice;
+        :meth:`_explain` then names both rows.
+        """
+        v = (self.version_id,)
+        self._check_draft()
+        cur = self._driver().cursor()
+        try:
+            if srcs:
+                cur.executemany("INSERT INTO georeg_src (fid, src) VALUES (?, ?)", srcs)
+            if units:
+                cur.executemany(
+                    f"INSERT INTO georeg_batch VALUES ({', '.join('?' * 17)})", units)
+                try:
+                    cur.execute(self._unit_sql, v)
+                except sqlite3.IntegrityError as error:
+                    raise self._explain(error, units, dict(srcs)) from error
+                try:
+                    cur.execute(self._ter_sql, v)
+                except sqlite3.IntegrityError as error:
+                    raise translate_db_error(error) from error
+                cur.execute("DELETE FROM georeg_batch")
+                # their audit rows, while the pages are warm (staged units: in ``finish``)
+                cur.execute(self._audit_units_sql, (units[0][0], units[-1][0]))
+                tfids = [u[15] for u in units if u[15] is not None]
+                if tfids:
+                    cur.execute(self._audit_ters_sql, (tfids[0], tfids[-1]))
+        finally:
+            cur.close()
+        if staged:
+            self._stage(staged)
+            self._staged += len(staged)
+
+    def _placed(self, refs: set[str]) -> dict[str, tuple[int, str, int]]:
+        """Units of this load already in ``org_unit``, by ref: (unit key, path, depth)."""
+        out: dict[str, tuple[int, str, int]] = {}
+        if not refs:
+            return out
+        wanted = list(refs)
+        cur = self._driver().cursor()
+        try:
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                cur.execute(
+                    "SELECT source_ref, unit_key, path, depth FROM org_unit WHERE version_id = ? "
+                    f"AND source_ref IN ({', '.join('?' * len(part))}) AND fid >= ?",
+                    (self.version_id, *part, self._first_fid))
+                for ref, key, path, depth in cur:
+                    out[ref] = (key, path, depth)
+        finally:
+            cur.close()
+        return out
+
+    def _explain(self, error: sqlite3.IntegrityError, units: list[tuple[Any, ...]],
+                 srcs: dict[int, str | None]) -> GeoregError:
+        """The row (and the other row) behind a unique-index refusal, in the user's terms.
+
+        ``units``: the batch refused as a whole (fid, location, uuid, ref, name, …).
+        """
+        seen: dict[tuple[str, str], tuple[int, str | None, str]] = {}
+        for u in units:  # two rows of this batch
+            fid, uuid, ref, name = u[0], u[2], u[3], u[4]
+            for what, value in (("source ref", ref), ("uuid", uuid)):
+                if value is None:
+                    continue
+                other = seen.setdefault((what, value), (fid, ref, name))
+                if other[0] != fid:
+                    return self._used_twice(what, value, (fid, srcs.get(fid) or
+                                                          f"unit {ref or name!r}"), other,
+                                            (other[0], srcs.get(other[0])))
+        db = self._driver()
+        for u in units:  # a row of this batch and one already in org_unit
+            fid, uuid, ref, name = u[0], u[2], u[3], u[4]
+            for what, column, value in (("source ref", "source_ref", ref), ("uuid", "uuid", uuid)):
+                if value is None:
+                    continue
+                found = db.execute(
+                    f"SELECT fid, source_ref, name FROM org_unit WHERE version_id = ? AND "
+                    f"{column} = ?", (self.version_id, value)).fetchone()
+                if found is not None:
+                    here = srcs.get(fid) or f"unit {ref or name!r}"
+                    return self._used_twice(what, value, (fid, here), found)
+        return translate_db_error(error)
+
+    def _src_of(self, fid: int, ref: str | None, name: str) -> str:
+        row = self._driver().execute("SELECT src FROM georeg_src WHERE fid = ?",
+                                     (fid,)).fetchone()
+        return row[0] if row else f"unit {ref or name!r}"
+
+    def _used_twice(self, what: str, value: str, this: tuple[int, str],
+                    other: tuple[int, str | None, str],
+                    known: tuple[int, str | None] | None = None) -> InvalidInput:
+        """``this`` (fid, where) clashes with ``other`` (fid, ref, name).
+
+        ``known``: (fid, where) of ``other`` when the caller has it at hand.
+        """
+        fid, here = this
+        ofid, oref, oname = other
+        if self._first_fid is not None and ofid >= self._first_fid:  # both in this load
+            there = (_who(known[1], oref, oname) if known is not None
+                     else self._src_of(ofid, oref, oname))
+            first, second = (here, there) if fid < ofid else (there, here)
+            own = "ref" if what == "source ref" else "uuid"
+            return InvalidInput(f"{second}: {what} {value!r} is used twice (also by {first}); "
+                                f"each unit needs its own {own}.")
+        if what == "uuid":
+            return InvalidInput(f"{here}: uuid {value!r} is already used by {oname!r} in this "
+                                "version.")
+        return InvalidInput(f"{here}: source ref {value!r} is already used by {oname!r} in this "
+                            "version; each unit needs its own ref.")
+
+    def _boxes(self, fids: list[int], locs: np.ndarray, present: np.ndarray,
+               territories: list[BaseGeometry | None], ter_at: list[int],
+               tfids: list[int]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """GeoPackage: the R-tree boxes of the batch's points and territories.
+
+        ``finish`` fills the R-trees from them — the same boxes GDAL's per-row R-tree
+        trigger computes with ``ST_MinX`` & co., a fraction of the cost.  Empty
+        geometries get no entry, as with the trigger.  Other backends maintain their
+        spatial index themselves.
+        """
+        points: list[tuple[Any, ...]] = []
+        areas: list[tuple[Any, ...]] = []
+        usable = present.copy()
+        usable[usable] = ~shapely.is_empty(locs[usable])
         if usable.any():
-            xs_arr[usable] = shapely.get_x(locations[usable])
-            ys_arr[usable] = shapely.get_y(locations[usable])
-        self._extend("location", xs_arr, xs_arr)
-        xs, ys = xs_arr.tolist(), ys_arr.tolist()
-        if not any(t is not None for t in territories):
-            return [(None if x != x else x, None if y != y else y, None, None, None, None)
-                    for x, y in zip(xs, ys, strict=True)]
-        ter = np.empty(n, dtype=object)
-        ter[:] = territories
-        bounds_arr = shapely.bounds(ter)  # NaN for a missing or empty territory
-        self._extend("territory", bounds_arr[:, 0], bounds_arr[:, 2])
-        bounds = bounds_arr.tolist()
-        return [
-            (None if x != x else x, None if y != y else y,
-             *((None,) * 4 if b[0] != b[0] else (b[0], b[2], b[1], b[3])))
-            for x, y, b in zip(xs, ys, bounds, strict=True)
-        ]
+            idx = np.flatnonzero(usable)
+            xs, ys = shapely.get_x(locs[idx]), shapely.get_y(locs[idx])
+            self._extend("location", xs, xs)
+            points = list(zip((idx + fids[0]).tolist(), xs.tolist(), ys.tolist(), strict=True))
+        if ter_at:
+            ter = np.empty(len(ter_at), dtype=object)
+            ter[:] = [territories[i] for i in ter_at]
+            bounds = shapely.bounds(ter)  # NaN for an empty territory
+            self._extend("territory", bounds[:, 0], bounds[:, 2])
+            areas = [(t, b[0], b[2], b[1], b[3])
+                     for t, b in zip(tfids, bounds.tolist(), strict=True) if b[0] == b[0]]
+        return points, areas
 
     def _extend(self, kind: str, mins: np.ndarray, maxs: np.ndarray) -> None:
         """Count and x-range of the R-tree boxes staged so far (for ``fill_rtree``)."""
@@ -465,65 +761,73 @@ class BulkLoader:
     # --- checks, tree, writing, audit ----------------------------------------------
 
     def finish(self) -> LoadStats:
-        self._flush()
-        conn = self.conn
-        conn.exec_driver_sql("CREATE INDEX georeg_load_ref ON georeg_load (ref)")
-        conn.exec_driver_sql("CREATE INDEX georeg_load_parent ON georeg_load (parent_ref)")
-        self._check_refs()
-        self._build_tree()
-        self._write_units()
-        self._write_memberships()
-        self._write_audit()
-        self.reg.set_audit(conn, True)
-        for name in ("georeg_load", "georeg_load_member", "georeg_tree"):
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        with _gc_paused():
+            self._flush()
+            conn = self.conn
+            if self._staged:
+                conn.exec_driver_sql("CREATE INDEX georeg_load_ref ON georeg_load (ref)")
+                conn.exec_driver_sql("CREATE INDEX georeg_load_parent ON georeg_load (parent_ref)")
+                self._check_refs()
+                self._build_tree()
+                if self._direct:
+                    self._check_draft()
+                self._write_staged()
+            if self._direct:
+                self._put_back()
+            self._write_memberships()
+            self._write_audit()
+            self.reg.set_audit(conn, True)
+            for name in _TEMP_TABLES:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
         return self.stats
 
+    def _ours(self, alias: str) -> str:
+        """SQL: the ``org_unit`` row (``alias``) was written by this load (SQLite only)."""
+        return f"{alias}.version_id = :v AND {alias}.fid >= {int(self._first_fid or 0)}"
+
     def _check_refs(self) -> None:
-        """Duplicate refs or uuids, refs already in the version, unknown parents."""
+        """Staged units: duplicate refs or uuids, refs already in the version, unknown parents.
+
+        On SQLite the units written directly are in ``org_unit`` already (their own
+        duplicates were refused as they were written); the staged ones are checked
+        against each other and against ``org_unit``.
+        """
         conn, v = self.conn, {"v": self.version_id}
-        dup = conn.execute(text(
-            "SELECT ref FROM georeg_load WHERE ref IS NOT NULL GROUP BY ref "
-            "HAVING count(*) > 1 ORDER BY min(fid) LIMIT 1")).first()
-        if dup:
-            first, second = conn.execute(text(
-                "SELECT src FROM georeg_load WHERE ref = :r ORDER BY fid LIMIT 2"),
-                {"r": dup[0]}).scalars().all()
-            raise InvalidInput(f"{second}: source ref {dup[0]!r} is used twice (also by "
-                               f"{first}); each unit needs its own ref.")
-        if self._existing:
-            clash = conn.execute(text(
-                "SELECT s.src, s.ref, u.name FROM georeg_load s JOIN org_unit u "
-                "ON u.version_id = :v AND u.source_ref = s.ref ORDER BY s.fid LIMIT 1"), v).first()
-            if clash:
-                raise InvalidInput(f"{clash[0]}: source ref {clash[1]!r} is already used by "
-                                   f"{clash[2]!r} in this version; each unit needs its own ref.")
-        if self._given_uuids:
+        for what, column, wanted in (("source ref", "ref", True),
+                                     ("uuid", "uuid", bool(self._given_uuids))):
+            if not wanted:
+                continue
             dup = conn.execute(text(
-                "SELECT uuid FROM georeg_load GROUP BY uuid HAVING count(*) > 1 "
-                "ORDER BY min(fid) LIMIT 1")).first()
+                f"SELECT {column} FROM georeg_load WHERE {column} IS NOT NULL GROUP BY {column} "
+                "HAVING count(*) > 1 ORDER BY min(fid) LIMIT 1")).first()
             if dup:
-                first, second = conn.execute(text(
-                    "SELECT src FROM georeg_load WHERE uuid = :u ORDER BY fid LIMIT 2"),
-                    {"u": dup[0]}).scalars().all()
-                raise InvalidInput(f"{second}: uuid {dup[0]!r} is used twice (also by {first}); "
-                                   "each unit needs its own uuid.")
-            if self._existing:
+                first, second = (_who(*r) for r in conn.execute(text(
+                    f"SELECT src, ref, name FROM georeg_load WHERE {column} = :x "
+                    "ORDER BY fid LIMIT 2"), {"x": dup[0]}).all())
+                own = "ref" if what == "source ref" else "uuid"
+                raise InvalidInput(f"{second}: {what} {dup[0]!r} is used twice (also by "
+                                   f"{first}); each unit needs its own {own}.")
+            if self._existing or self._direct:
+                unit_col = "source_ref" if column == "ref" else "uuid"
                 clash = conn.execute(text(
-                    "SELECT s.src, s.uuid, u.name FROM georeg_load s JOIN org_unit u "
-                    "ON u.version_id = :v AND u.uuid = s.uuid LIMIT 1"), v).first()
+                    f"SELECT s.fid, s.src, s.ref, s.name, s.{column}, u.fid, u.source_ref, "
+                    f"u.name FROM georeg_load s JOIN org_unit u ON u.version_id = :v AND "
+                    f"u.{unit_col} = s.{column} ORDER BY s.fid LIMIT 1"), v).first()
                 if clash:
-                    raise InvalidInput(f"{clash[0]}: uuid {clash[1]!r} is already used by "
-                                       f"{clash[2]!r} in this version.")
+                    raise self._used_twice(what, clash[4], (clash[0], _who(*clash[1:4])),
+                                           (clash[5], clash[6], clash[7]))
+        placed = (f" AND NOT EXISTS (SELECT 1 FROM org_unit p WHERE {self._ours('p')} "
+                  "AND p.source_ref = s.parent_ref)") if self._direct else ""
         orphans = conn.execute(
             text(
-                "SELECT s.src, s.ref, s.parent_ref FROM georeg_load s "
+                "SELECT s.src, s.ref, s.name, s.parent_ref FROM georeg_load s "
                 "WHERE s.parent_ref IS NOT NULL AND NOT EXISTS "
-                "(SELECT 1 FROM georeg_load p WHERE p.ref = s.parent_ref) ORDER BY s.fid LIMIT 5"
-            )
+                f"(SELECT 1 FROM georeg_load p WHERE p.ref = s.parent_ref){placed} "
+                "ORDER BY s.fid LIMIT 5"
+            ), v
         ).all()
         if orphans:
-            lines = "; ".join(f"{o.src}: parent {o.parent_ref!r} not found" for o in orphans)
+            lines = "; ".join(f"{_who(*o[:3])}: parent {o[3]!r} not found" for o in orphans)
             raise InvalidInput(
                 f"Unknown parent: {lines}. Every parent ref must name a unit of the same import."
             )
@@ -531,8 +835,10 @@ class BulkLoader:
     def _build_tree(self) -> None:
         """Parent key, path and depth of every staged unit: one recursive query.
 
-        The tree table is filled in the query's breadth-first order (``ord``), so units
-        written in that order always come after their parent.
+        It starts from the staged roots and, on SQLite, from the staged units whose
+        parent this load has already written.  The tree table is filled in the query's
+        breadth-first order (``ord``), so units written in that order always come after
+        their parent.
         """
         conn = self.conn
         cast = "CAST(c.fid AS TEXT)"
@@ -544,60 +850,44 @@ class BulkLoader:
             conn.exec_driver_sql(
                 "CREATE TEMP TABLE georeg_tree (ord BIGSERIAL PRIMARY KEY, fid BIGINT, "
                 "parent_key BIGINT, path TEXT, depth BIGINT) ON COMMIT DROP")
-        placed = conn.exec_driver_sql(
+        below_placed = (
+            "  UNION ALL"
+            f"  SELECT c.fid, c.ref, p.unit_key, p.path || {cast} || '/', p.depth + 1"
+            f"  FROM georeg_load c JOIN org_unit p ON {self._ours('p')} "
+            "AND p.source_ref = c.parent_ref"
+        ) if self._direct else ""
+        placed = conn.execute(text(
             "INSERT INTO georeg_tree (fid, parent_key, path, depth) "
             "WITH RECURSIVE t(fid, ref, parent_key, path, depth) AS ("
             "  SELECT c.fid, c.ref, CAST(NULL AS BIGINT), "
             f"        '/' || {cast} || '/', 1 FROM georeg_load c WHERE c.parent_ref IS NULL"
+            f"{below_placed}"
             "  UNION ALL"
             f"  SELECT c.fid, c.ref, t.fid, t.path || {cast} || '/', t.depth + 1"
             "  FROM georeg_load c JOIN t ON c.parent_ref = t.ref"
             ") SELECT fid, parent_key, path, depth FROM t"
-        ).rowcount
-        if placed != self.stats.units:
+        ), {"v": self.version_id}).rowcount
+        if placed != self._staged:
             stuck = conn.execute(
                 text(
-                    "SELECT src, ref, parent_ref FROM georeg_load WHERE fid NOT IN "
+                    "SELECT src, ref, name, parent_ref FROM georeg_load WHERE fid NOT IN "
                     "(SELECT fid FROM georeg_tree) ORDER BY ref LIMIT 5"
                 )
             ).all()
-            lines = "; ".join(f"{s.src} ({s.ref!r} → parent {s.parent_ref!r})" for s in stuck)
+            lines = "; ".join(f"{_who(*s[:3])} ({s[1]!r} → parent {s[3]!r})" for s in stuck)
             raise CycleError(
-                f"{self.stats.units - placed} units are their own ancestors (a cycle in the "
+                f"{self._staged - placed} units are their own ancestors (a cycle in the "
                 f"parent refs): {lines}."
             )
 
-    def _write_units(self) -> None:
-        """Units, then territories: one ``INSERT … SELECT`` each, every trigger in place.
+    def _write_staged(self) -> None:
+        """Staged units, then their territories: one ``INSERT … SELECT`` each.
 
-        Into an (almost) empty registry the secondary indexes of ``org_unit`` are built
-        once afterwards — a sort is much cheaper than maintaining them row by row; with
-        many units already there, rebuilding would cost more than it saves, so they stay.
-        Dropped and re-created inside this transaction, they are never missing for anyone
-        else.
+        Units go in the tree's breadth-first order — parents before children, so the
+        deferred foreign key on ``parent_key`` never counts a pending violation — with
+        their final paths (no ``UPDATE``).
         """
         conn, b = self.conn, self.backend
-        deferred: list[str] = []
-        if b.is_sqlite:
-            existing = conn.exec_driver_sql("SELECT count(*) FROM org_unit").scalar_one()
-            if existing < DEFER_INDEXES_BELOW:
-                for name, sql in conn.exec_driver_sql(
-                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND "
-                    "tbl_name = 'org_unit' AND sql IS NOT NULL").all():
-                    conn.exec_driver_sql(f'DROP INDEX "{name}"')
-                    deferred.append(sql)
-        #: GeoPackage: GDAL's per-row R-tree insert triggers (ST_IsEmpty, ST_MinX … on
-        #: every blob) are the costliest part of the write; they are set aside for these
-        #: two statements and the R-trees filled set-wise from the staged boxes, then the
-        #: triggers are put back from their own SQL — all inside this transaction.
-        rtree_triggers: list[tuple[str, str]] = []
-        if b is Backend.GEOPACKAGE:
-            rtree_triggers = [(r[0], r[1]) for r in conn.exec_driver_sql(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN "
-                "('rtree_org_unit_location_insert', 'rtree_org_unit_territory_territory_insert')"
-            )]
-            for name, _sql in rtree_triggers:
-                conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
         loc = _geom_from(b, "s.location")
         ter = _geom_from(b, "s.territory")
         try:
@@ -613,30 +903,16 @@ class BulkLoader:
                 ),
                 {"v": self.version_id},
             )
-            if self.stats.territories:
-                conn.execute(
-                    text(
-                        "INSERT INTO org_unit_territory (fid, territory, unit_fid, version_id, "
-                        f"name) SELECT s.tfid, {ter}, s.fid, :v, s.name FROM georeg_load s "
-                        "WHERE s.tfid IS NOT NULL ORDER BY s.fid"
-                    ),
-                    {"v": self.version_id},
-                )
-            if rtree_triggers:
-                fill_rtree(self._driver(), "rtree_org_unit_location",
-                           "SELECT fid, lx, lx, ly, ly FROM georeg_load WHERE lx IS NOT NULL",
-                           self._extents.get("location", (0, 0.0, 0.0)))
-                fill_rtree(self._driver(), "rtree_org_unit_territory_territory",
-                           "SELECT tfid, tminx, tmaxx, tminy, tmaxy FROM georeg_load "
-                           "WHERE tfid IS NOT NULL AND tminx IS NOT NULL",
-                           self._extents.get("territory", (0, 0.0, 0.0)))
+            conn.execute(
+                text(
+                    "INSERT INTO org_unit_territory (fid, territory, unit_fid, version_id, "
+                    f"name) SELECT s.tfid, {ter}, s.fid, :v, s.name FROM georeg_load s "
+                    "WHERE s.tfid IS NOT NULL ORDER BY s.fid"
+                ),
+                {"v": self.version_id},
+            )
         except (exc.IntegrityError, sqlite3.IntegrityError) as error:
             raise translate_db_error(error) from error
-        finally:
-            for _name, sql in rtree_triggers:
-                conn.exec_driver_sql(sql)
-        for sql in deferred:
-            conn.exec_driver_sql(sql)
 
     def _write_memberships(self) -> None:
         conn, v = self.conn, {"v": self.version_id}
@@ -664,23 +940,31 @@ class BulkLoader:
         b = self.backend
         join, ctx = audit_sql.context_columns(b)
         cols = audit_sql.LOG_COLUMNS
-        self.conn.execute(
-            text(
-                f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'org_unit', 'insert', "
-                f"u.uuid, u.unit_key, u.fid, NULL, {audit_sql.unit_json(b, 'u')}, {ctx} "
-                f"FROM georeg_load s JOIN org_unit u ON u.fid = s.fid{join} ORDER BY s.fid"
+        v = {"v": self.version_id}
+        # staged units (on SQLite, the others got theirs batch by batch)
+        units = f"georeg_load s JOIN org_unit u ON u.fid = s.fid{join} ORDER BY s.fid"
+        ters = ("georeg_load s JOIN org_unit u ON u.fid = s.fid "
+                f"JOIN org_unit_territory t ON t.fid = s.tfid{join} "
+                "WHERE s.tfid IS NOT NULL ORDER BY s.tfid")
+        if self._direct:
+            ours = f" AND u.fid >= {int(self._first_fid or 0)}"
+        else:
+            ours = " AND EXISTS (SELECT 1 FROM georeg_load s WHERE s.fid = u.fid)"
+        if self._staged:
+            self.conn.execute(
+                text(
+                    f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'org_unit', 'insert', "
+                    f"u.uuid, u.unit_key, u.fid, NULL, {audit_sql.unit_json(b, 'u')}, {ctx} "
+                    f"FROM {units}"
+                ), v
             )
-        )
-        if self.stats.territories:
+        if self._staged and self.stats.territories:
             self.conn.execute(
                 text(
                     f"INSERT INTO change_log ({cols}) SELECT u.version_id, 'territory', "
                     f"'insert', u.uuid, u.unit_key, t.fid, NULL, "
-                    f"{audit_sql.territory_json(b, 't')}, {ctx} "
-                    "FROM georeg_load s JOIN org_unit u ON u.fid = s.fid "
-                    f"JOIN org_unit_territory t ON t.fid = s.tfid{join} "
-                    "WHERE s.tfid IS NOT NULL ORDER BY s.tfid"
-                )
+                    f"{audit_sql.territory_json(b, 't')}, {ctx} FROM {ters}"
+                ), v
             )
         if self.stats.memberships:
             fn = "jsonb_build_object" if b is Backend.POSTGIS else "json_object"
@@ -690,12 +974,50 @@ class BulkLoader:
                     f"'insert', u.uuid, u.unit_key, m.fid, NULL, "
                     f"{fn}('group_key', m.group_key, 'group', g.name), {ctx} "
                     "FROM group_membership m JOIN org_unit u ON u.version_id = m.version_id "
-                    "AND u.unit_key = m.unit_key JOIN georeg_load s ON s.fid = u.fid "
+                    f"AND u.unit_key = m.unit_key{ours} "
                     "JOIN org_unit_group g ON g.version_id = m.version_id "
                     f"AND g.group_key = m.group_key{join} WHERE m.version_id = :v ORDER BY m.fid"
                 ),
-                {"v": self.version_id},
+                v,
             )
+
+
+def _where(rec: UnitRecord) -> str:
+    """Where a record came from, for messages (built only when a message needs it)."""
+    return rec.where or f"unit {rec.source_ref or rec.name!r}"
+
+
+def _date(known: dict[Any, str | None], value: Any, rec: UnitRecord, name: str) -> str | None:
+    """:func:`parse_date`, remembered in ``known``; the message built only on an error."""
+    try:
+        known[value] = out = parse_date(value, "")
+    except InvalidInput:
+        raise InvalidInput(f"{_where(rec)}: field '{name}': {value!r} is not a date "
+                           "(expected YYYY-MM-DD).") from None
+    return out
+
+
+def _who(src: str | None, ref: str | None, name: str | None) -> str:
+    """A staged row's ``where`` (or its default, as :func:`_where` builds it)."""
+    return src or f"unit {ref or name!r}"
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the load (re-entrant).
+
+    A load makes millions of short-lived objects while its caller may hold hundreds of
+    thousands; each full collection walks all of them and finds no cycle worth
+    collecting (reference counting frees these objects).  Switched back on at the end,
+    even on an error.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _geom_from(backend: Backend, column: str) -> str:
@@ -807,9 +1129,9 @@ def fill_rtree(db: sqlite3.Connection, rtree: str, query: str,
             cur.executemany(f'INSERT INTO "{rtree}_node" (nodeno, data) VALUES (?, ?)',
                             ((no, _node(0, g, node_size)) for no, g in zip(numbers, groups,
                                                                            strict=True)))
+            nos = np.repeat(np.arange(numbers.start, numbers.stop), [len(g) for g in groups])
             cur.executemany(f'INSERT INTO "{rtree}_rowid" (rowid, nodeno) VALUES (?, ?)',
-                            ((int(i), no) for no, g in zip(numbers, groups, strict=True)
-                             for i in g["id"]))
+                            zip(cells["id"].tolist(), nos.tolist(), strict=True))
             boxes.extend(_box(no, g) for no, g in zip(numbers, groups, strict=True))
         reader.close()
         level = np.array(boxes, dtype=_RTREE_CELL)
@@ -848,7 +1170,7 @@ def _str_pack(cells: np.ndarray, fanout: int) -> list[np.ndarray]:
     cx = (cells["minx"].astype(np.float64) + cells["maxx"]) / 2
     cy = (cells["miny"].astype(np.float64) + cells["maxy"]) / 2
     by_x = np.argsort(cx, kind="stable")
-    groups = []
+    groups: list[np.ndarray] = []
     for start in range(0, n, per_slice):
         part = by_x[start : start + per_slice]
         part = part[np.argsort(cy[part], kind="stable")]

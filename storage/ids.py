@@ -11,6 +11,8 @@ import os
 import threading
 import time
 
+import numpy as np
+
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
@@ -48,13 +50,17 @@ def uuid7_many(n: int) -> list[str]:
             start_ms, start = _last_ms, _counter + 1
         last = start + n - 1
         _last_ms, _counter = start_ms + (last >> 12), last & 0xFFF
-    rand = os.urandom(8 * n)
-    out = []
-    for i in range(n):
-        seq = start + i
-        hi = ((start_ms + (seq >> 12)) & ((1 << 48) - 1)) << 16 | 0x7000 | (seq & 0xFFF)
-        lo = 0x8000000000000000 | (int.from_bytes(rand[8 * i : 8 * i + 8], "big")
-                                    & ((1 << 62) - 1))
-        h = f"{hi:016x}{lo:016x}"
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
+    # 16 bytes per uuid, built as numpy columns, then hex-encoded and cut in one pass
+    seq = np.arange(start, start + n, dtype=np.uint64)
+    hi = (((np.uint64(start_ms) + (seq >> np.uint64(12))) & np.uint64((1 << 48) - 1))
+          << np.uint64(16)) | np.uint64(0x7000) | (seq & np.uint64(0xFFF))
+    lo = np.frombuffer(os.urandom(8 * n), dtype=">u8") & np.uint64((1 << 62) - 1)
+    lo = lo | np.uint64(0x8000000000000000)
+    raw = np.empty((n, 2), dtype=">u8")
+    raw[:, 0], raw[:, 1] = hi, lo
+    digits = np.frombuffer(raw.tobytes().hex().encode("ascii"), dtype="S1").reshape(n, 32)
+    text = np.full((n, 36), b"-", dtype="S1")
+    text[:, 0:8], text[:, 9:13], text[:, 14:18] = digits[:, 0:8], digits[:, 8:12], digits[:, 12:16]
+    text[:, 19:23], text[:, 24:36] = digits[:, 16:20], digits[:, 20:32]
+    joined = text.tobytes().decode("ascii")
+    return [joined[i : i + 36] for i in range(0, 36 * n, 36)]
