@@ -26,7 +26,8 @@ its process from opening the input to the file or registry being complete (the
 GUI pays it once).  Goal: ≤ 1.5× ogr2ogr for GeoPackage and GeoJSON.
 
 Stages: the reading alone is timed too, each in its own process (the import's
-reader with every unit drawn; ``read_version`` with every unit drawn); a second
+reader with every unit drawn; ``read_version`` with every unit drawn, in the column
+batches the writers read); a second
 table prints it and the rest (total − reading: the writer, or the import job).
 
     .venv/bin/python benchmarks/bench_formats.py [--size 100000] [--repeat 1]
@@ -86,18 +87,19 @@ def child_import(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
 
 def child_read(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
     """The reading stage alone: for an import, the reader's payload with every unit
-    drawn from it; for an export (``src`` is ``-``), ``read_version`` with every unit.
+    drawn from it; for an export (``src`` is ``-``), ``read_version`` with every unit,
+    in the column batches both writers read (``unit_batches``).
     With the garbage collector paused, as the import job and the writers pause it."""
     from storage.registry import Registry
     from sync import formats
-    from sync.exchange import gc_paused, read_version
+    from sync.exchange import gc_paused, read_version, unit_batches
 
     start = time.perf_counter()
     with gc_paused():
         if str(src) == "-":
             reg = Registry.open(registry, upgrade=False)
             try:
-                units = sum(1 for _ in read_version(reg, c.SOURCE).units)
+                units = sum(len(b) for b in unit_batches(read_version(reg, c.SOURCE)))
             finally:
                 reg.close()
         else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,12 +112,73 @@ class ExportUnit:
 
 
 @dataclass
+class UnitBatch:
+    """Consecutive units of a version (path order), column by column, as the writers
+    need them: the same values an :class:`ExportUnit` holds, without one object per
+    unit (``ancestors`` excepted: :attr:`keys` and :attr:`paths` give them)."""
+
+    uuids: list[str]
+    refs: list[str]
+    source_refs: list[str | None]
+    names: list[str]
+    parent_refs: list[str | None]
+    types: list[str | None]
+    depths: list[int]
+    codes: list[str | None]
+    opening_dates: list[str | None]
+    closed_dates: list[str | None]
+    statuses: list[str]
+    aliases: list[list[str]]
+    extra_fields: list[dict[str, Any]]
+    locations: list[BaseGeometry | None]
+    territories: list[BaseGeometry | None]
+    groups: list[list[str]]
+    keys: list[int] = field(default_factory=list)  # unit keys and paths, from the registry
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.uuids)
+
+
+def unit_batches(data: VersionData, size: int = 5000) -> Iterator[UnitBatch]:
+    """The version's units in column batches: ``data.batches()`` when the data came from
+    :func:`read_version`, else ``data.units`` gathered ``size`` at a time."""
+    if data.batches is not None:
+        yield from data.batches()
+        return
+    chunk: list[ExportUnit] = []
+    for u in data.units:
+        chunk.append(u)
+        if len(chunk) >= size:
+            yield _batch_of(chunk)
+            chunk = []
+    if chunk:
+        yield _batch_of(chunk)
+
+
+def _batch_of(units: list[ExportUnit]) -> UnitBatch:
+    return UnitBatch(
+        uuids=[u.uuid for u in units], refs=[u.ref for u in units],
+        source_refs=[u.source_ref for u in units], names=[u.name for u in units],
+        parent_refs=[u.parent_ref for u in units], types=[u.type for u in units],
+        depths=[u.depth for u in units], codes=[u.code for u in units],
+        opening_dates=[u.opening_date for u in units],
+        closed_dates=[u.closed_date for u in units],
+        statuses=[u.validation_status for u in units], aliases=[u.aliases for u in units],
+        extra_fields=[u.extra_fields for u in units], locations=[u.location for u in units],
+        territories=[u.territory for u in units], groups=[u.groups for u in units])
+
+
+@dataclass
 class VersionData:
     version: VersionRef
     types: list[TypeDef]
     groups: list[GroupDef]
     units: Iterator[ExportUnit]
     count: int
+    #: the same units in column batches (from :func:`read_version`; None when the units
+    #: were made another way).  A writer reads either ``units`` or ``batches()``.
+    batches: Callable[[], Iterator[UnitBatch]] | None = None
 
 
 @contextmanager
@@ -164,8 +225,8 @@ def read_version(reg: Registry, source: str, number: int | None = None,
     group_ref = {r[0]: (r[1] or f"group:{r[0]}") for r in group_rows}
     groups = [GroupDef(group_ref[r[0]], r[2], r[3], r[4]) for r in group_rows]
 
-    def units() -> Iterator[ExportUnit]:
-        names: dict[str, tuple[str, str]] = {}  # unit_key (text) -> (name, ref) seen so far
+    def batches() -> Iterator[UnitBatch]:
+        ref_of: dict[int, str] = {}  # unit_key -> ref, of the units seen so far
         last_path = ""
         while True:
             with reg.read() as conn:
@@ -189,33 +250,50 @@ def read_version(reg: Registry, source: str, number: int | None = None,
                         members.setdefault(m[0], []).append(group_ref[m[1]])
             if not rows:
                 return
-            locations = _decode_many(b, [r[14] for r in rows])
-            territories = _decode_many(b, [r[15] for r in rows])
-            for (uuid, source_ref, name, key, parent_key, path, depth, type_name, code, opening,
-                 closed, status, aliases, extra, *_), location, territory in zip(
-                    rows, locations, territories, strict=True):
-                ref = source_ref or internal_ref(uuid)
-                names[str(key)] = (name, ref)
-                path_keys = path.split("/")[1:-2]  # "/k1/k2/k/" → ancestors' keys, as text
-                parent = names.get(str(parent_key)) if parent_key is not None else None
-                unit_groups = members.get(key)
+            (uuids, source_refs, names, _keys, parent_keys, paths, depths, type_names, codes,
+             openings, closings, statuses, aliases, extras, locs, ters) = (
+                list(c) for c in zip(*rows, strict=True))
+            refs = [r if r is not None else internal_ref(u)
+                    for r, u in zip(source_refs, uuids, strict=True)]
+            ref_of.update(zip(keys, refs, strict=True))
+            yield UnitBatch(
+                uuids=uuids, refs=refs, source_refs=source_refs, names=names,
+                parent_refs=[None if k is None else ref_of.get(k) for k in parent_keys],
+                types=type_names, depths=depths, codes=codes,
+                opening_dates=[v if v is None or type(v) is str else _iso(v) for v in openings],
+                closed_dates=[v if v is None or type(v) is str else _iso(v) for v in closings],
+                statuses=statuses,
+                aliases=[[] if v is None else (json_value(v) or []) for v in aliases],
+                extra_fields=[{} if v is None else (json_value(v) or {}) for v in extras],
+                locations=_decode_many(b, locs), territories=_decode_many(b, ters),
+                groups=[sorted(members[k]) if k in members else [] for k in keys] if members
+                else [[] for _ in keys],
+                keys=keys, paths=paths)
+            last_path = paths[-1]
+
+    def units() -> Iterator[ExportUnit]:
+        names: dict[str, str] = {}  # unit_key (text) -> name, of the units seen so far
+        for chunk in batches():
+            for (uuid, ref, source_ref, name, parent_ref, type_name, depth, code, opening,
+                 closed, status, aliases, extra, location, territory, groups, key,
+                 path) in zip(chunk.uuids, chunk.refs, chunk.source_refs, chunk.names,
+                              chunk.parent_refs, chunk.types, chunk.depths, chunk.codes,
+                              chunk.opening_dates, chunk.closed_dates, chunk.statuses,
+                              chunk.aliases, chunk.extra_fields, chunk.locations,
+                              chunk.territories, chunk.groups, chunk.keys, chunk.paths,
+                              strict=True):
+                names[str(key)] = name
                 yield ExportUnit(
                     uuid=uuid, ref=ref, source_ref=source_ref, name=name,
-                    parent_ref=parent[1] if parent else None, type=type_name, depth=depth,
-                    code=code,
-                    opening_date=opening if opening is None or type(opening) is str
-                    else _iso(opening),
-                    closed_date=closed if closed is None or type(closed) is str else _iso(closed),
-                    validation_status=status,
-                    aliases=(json_value(aliases) or []) if aliases is not None else [],
-                    extra_fields=(json_value(extra) or {}) if extra is not None else {},
-                    location=location, territory=territory,
-                    groups=sorted(unit_groups) if unit_groups else [],
-                    ancestors=[names[k][0] for k in path_keys if k in names],
+                    parent_ref=parent_ref, type=type_name, depth=depth, code=code,
+                    opening_date=opening, closed_date=closed, validation_status=status,
+                    aliases=aliases, extra_fields=extra, location=location,
+                    territory=territory, groups=groups,
+                    # "/k1/k2/k/" → the ancestors' keys, as text
+                    ancestors=[names[k] for k in path.split("/")[1:-2] if k in names],
                 )
-            last_path = rows[-1][5]
 
-    return VersionData(version, types, groups, units(), int(count))
+    return VersionData(version, types, groups, units(), int(count), batches)
 
 
 _ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}

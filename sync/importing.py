@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -107,9 +108,10 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
     (NaN coordinates for an empty point).
     """
     where = rec.where or f"unit {rec.source_ref or rec.name!r}"
-    if not isinstance(rec.name, str) or not rec.name.strip():
+    name = rec.name.strip() if isinstance(rec.name, str) else ""
+    if not name:
         raise InvalidInput(f"{where}: field 'name' is missing or empty.")
-    rec.name = rec.name.strip()
+    rec.name = name
     if rec.source_ref is not None:
         rec.source_ref = str(rec.source_ref).strip() or None
     if rec.parent_ref is not None:
@@ -134,9 +136,23 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
                                "-180..180 degrees.")
     if rec.territory is not None:
         rec.territory = _clean_territory(rec.territory, where, fix_geometry, keep_invalid)
-    rec.opening_date = parse_date(rec.opening_date, f"{where}: field 'opening_date'")
-    rec.closed_date = parse_date(rec.closed_date, f"{where}: field 'closed_date'")
+    if rec.opening_date is not None and not _iso_date(rec.opening_date):
+        rec.opening_date = parse_date(rec.opening_date, f"{where}: field 'opening_date'")
+    if rec.closed_date is not None and not _iso_date(rec.closed_date):
+        rec.closed_date = parse_date(rec.closed_date, f"{where}: field 'closed_date'")
     return rec
+
+
+def _iso_date(value: Any) -> bool:
+    """Already a valid ``YYYY-MM-DD`` text (the common case: kept as it is, without
+    building ``parse_date``'s message)."""
+    if type(value) is not str or len(value) != 10 or value[4] != "-" or value[7] != "-":
+        return False
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _xy(geom: BaseGeometry) -> tuple[float, float]:

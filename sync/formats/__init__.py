@@ -56,13 +56,20 @@ def _looks_like_dhis2(path: Path) -> bool:
 
 
 def _gpkg_has_iaso_layers(path: Path) -> bool:
-    import pyogrio
+    """Whether a GeoPackage registers level-N-Type layers (read with SQLite: no GDAL)."""
+    import sqlite3
+
+    from sync.formats.gpkg_sql import open_readonly
 
     try:
-        layers = pyogrio.list_layers(path)
-    except Exception:  # noqa: BLE001 - unreadable files are the reader's to explain
-        return True
-    return any(str(name).startswith("level-") for name, _ in layers)
+        conn = open_readonly(path)
+        try:
+            names = [str(r[0]) for r in conn.execute("SELECT table_name FROM gpkg_contents")]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True  # unreadable files are the reader's to explain
+    return any(name.startswith("level-") for name in names)
 
 
 def detect(path: Path, *, data_dict: str | None = None, for_export: bool = False) -> str:

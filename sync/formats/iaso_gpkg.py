@@ -45,14 +45,12 @@ import os
 import re
 import sqlite3
 import uuid as uuidlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -60,14 +58,15 @@ from storage import geometry
 from storage.bulk import UnitRecord
 from storage.errors import InvalidInput
 from sync.exchange import (
-    ExportUnit,
     GroupDef,
     ImportPayload,
     ReadOptions,
     TypeDef,
     VersionData,
     gc_paused,
+    unit_batches,
 )
+from sync.formats import gpkg_sql
 
 LAYER_PREFIX = "level-"
 NO_DEPTH = 999
@@ -85,13 +84,11 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 _GEOREG = re.compile(r"^georeg:([0-9a-fA-F-]{32,36})$")
 
 
-def _pyogrio() -> Any:
-    import pyogrio
-
-    return pyogrio
-
-
 # --- reading ----------------------------------------------------------------------------
+#
+# Read with plain SQLite (a GeoPackage is an SQLite database; see gpkg_sql): one query
+# per layer, rows fetched in chunks, geometries decoded a chunk at a time with one
+# vectorised WKB parse.  No GDAL, pandas or geopandas on this path.
 
 
 @dataclass
@@ -103,6 +100,11 @@ class _Layer:
     count: int
     crs: str | None
     has_geometry: bool
+    geometry_column: str | None = None
+    fid: str = "rowid"
+
+
+_CHUNK = 5000  # rows fetched and decoded at a time
 
 
 @gc_paused()
@@ -110,9 +112,11 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
     """Read an Iaso GeoPackage; units stream layer by layer."""
     opts = opts or ReadOptions()
     path = Path(path)
-    layers = _level_layers(path, opts)
-    groups = _read_groups(path)
-    warns = _check_rows(path, layers, {g.ref for g in groups})
+    _check_file(path)
+    with _connect(path) as conn:
+        layers = _level_layers(conn, path, opts)
+        groups = _read_groups(path)
+        warns = _check_rows(conn, path, layers, {g.ref for g in groups})
     types: dict[str, TypeDef] = {}
     for layer in layers:
         if layer.type_name is None:
@@ -141,26 +145,51 @@ def _open_error(path: Path, error: BaseException) -> InvalidInput:
                         "truncated or damaged.")
 
 
-def _level_layers(path: Path, opts: ReadOptions) -> list[_Layer]:
-    pyogrio = _pyogrio()
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise InvalidInput(f"{path.name}: file not found ({path}).")
     if path.is_dir():
         raise InvalidInput(f"{path.name}: is a folder, not a GeoPackage file.")
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         raise InvalidInput(f"{path.name}: is an empty file (0 bytes), not a GeoPackage.")
     with path.open("rb") as fh:
         magic = fh.read(16)
     if magic != b"SQLite format 3\x00":
         raise InvalidInput(f"{path.name}: not a GeoPackage (a GeoPackage is an SQLite "
                            "database; this file does not start like one).")
-    try:
-        with _quiet():
-            listed = [(str(n), g) for n, g in pyogrio.list_layers(path)]
-    except _ogr_errors() as error:
-        raise _open_error(path, error) from None
-    names = [n for n, _ in listed]
+
+
+class _connect:
+    """A read-only connection (``with``): SQLite errors become "truncated or damaged"."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.conn = gpkg_sql.open_readonly(self.path)
+        except sqlite3.Error as error:
+            raise _open_error(self.path, error) from None
+        return self.conn
+
+    def __exit__(self, kind: Any, error: Any, _tb: Any) -> None:
+        self.conn.close()
+        if isinstance(error, sqlite3.Error):
+            raise _open_error(self.path, error) from None
+
+
+def _level_layers(conn: sqlite3.Connection, path: Path, opts: ReadOptions) -> list[_Layer]:
+    has_contents = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                "name = 'gpkg_contents'").fetchone()
+    if not has_contents:
+        raise InvalidInput(f"{path.name}: not a GeoPackage (an SQLite database without the "
+                           "gpkg_contents table every GeoPackage has).")
+    # GDAL's order: feature tables, then attribute tables, each as registered
+    listed = conn.execute("SELECT table_name, data_type FROM gpkg_contents WHERE data_type IN "
+                          "('features', 'attributes') ORDER BY data_type = 'attributes', "
+                          "rowid").fetchall()
+    names = [str(n) for n, _ in listed]
+    kinds = dict(listed)
     level = [n for n in names if n.startswith(LAYER_PREFIX)]
     if opts.layer is not None:
         if opts.layer not in level:
@@ -187,27 +216,25 @@ def _level_layers(path: Path, opts: ReadOptions) -> list[_Layer]:
             depth = None
             if type_name == NO_TYPE:
                 type_name = None
-        try:
-            with _quiet():
-                info = pyogrio.read_info(path, layer=name)
-        except _ogr_errors() as error:
-            raise _open_error(path, error) from None
-        if info.get("driver") not in (None, "GPKG"):
-            raise InvalidInput(f"{path.name}: a {info['driver']} file, not a GeoPackage.")
-        fields = [str(f) for f in info["fields"]]
+        info = gpkg_sql.table_info(conn, name, str(kinds[name]))
+        fields = [c for c, _ in info.columns]
         for column in REQUIRED:
             if column not in fields:
                 raise InvalidInput(
                     f"{path.name}, layer {name!r}: column {column!r} is missing; every "
                     f"level-N-Type layer needs 'ref' and 'name' (columns here: "
                     f"{', '.join(fields) or 'none'}).")
-        has_geometry = bool(info.get("geometry_type"))
-        count = int(info.get("features") or 0)
-        crs = _defined_crs(info.get("crs"))
+        has_geometry = info.geometry_column is not None
+        count = int(conn.execute(f"SELECT count(*) FROM {gpkg_sql.quote(name)}").fetchone()[0])
+        try:
+            crs = _defined_crs(gpkg_sql.srs(conn, info.srs_id)) if has_geometry else None
+        except InvalidInput as error:
+            raise InvalidInput(f"{path.name}, layer {name!r}: {error.message}.") from None
         if has_geometry and count and crs is None and not opts.crs:
             raise InvalidInput(f"{path.name}, layer {name!r}: the layer has no coordinate "
                                "reference system; give it with --crs (e.g. EPSG:32628).")
-        out.append(_Layer(name, type_name, depth, fields, count, crs, has_geometry))
+        out.append(_Layer(name, type_name, depth, fields, count, crs, has_geometry,
+                          info.geometry_column, info.fid))
     if opts.crs:
         _crs(opts.crs, path)
     return out
@@ -215,11 +242,15 @@ def _level_layers(path: Path, opts: ReadOptions) -> list[_Layer]:
 
 def _defined_crs(crs: str | None) -> str | None:
     """The layer's CRS; GeoPackage's "Undefined geographic/Cartesian SRS" (srs_id 0/-1) is none."""
-    if crs is None:
-        return None
+    if crs is None or crs.startswith("EPSG:"):
+        return crs
     from pyproj import CRS
+    from pyproj.exceptions import CRSError
 
-    return None if CRS.from_user_input(crs).name.startswith("Undefined ") else crs
+    try:
+        return None if CRS.from_user_input(crs).name.startswith("Undefined ") else crs
+    except CRSError:
+        return None  # a definition PROJ cannot read: the layer needs --crs
 
 
 def _crs(value: str, path: Path) -> Any:
@@ -262,29 +293,30 @@ def _read_groups(path: Path) -> list[GroupDef]:
 
 
 def _sql(path: Path, query: str, *, missing_ok: bool = False) -> list[tuple[Any, ...]]:
-    uri = path.resolve().as_uri()
-    last: sqlite3.Error | None = None
-    # read-only first (sees a pending -wal); a read-only folder needs immutable
-    for mode in ("?mode=ro", "?immutable=1"):
-        try:
-            conn = sqlite3.connect(uri + mode, uri=True)
-        except sqlite3.Error as error:
-            last = error
-            continue
+    with _connect(path) as conn:
         try:
             return conn.execute(query).fetchall()
         except sqlite3.OperationalError as error:
             if missing_ok and "no such table" in str(error):
                 return []
-            last = error
-        except sqlite3.DatabaseError as error:
-            last = error
-        finally:
-            conn.close()
-    raise _open_error(path, last or RuntimeError("unknown error"))
+            raise
 
 
-def _check_rows(path: Path, layers: list[_Layer], group_refs: set[str]) -> list[str]:
+def _texts(values: list[Any]) -> list[str | None]:
+    """A column as stripped text (null, empty and blank: None), converted in one pass."""
+    return [(v.strip() or None) if type(v) is str else None if v is None else _text(v)
+            for v in values]
+
+
+def _dates(values: list[Any]) -> list[str | None]:
+    """A date column: text as it is (stripped; the import job parses it), else
+    :func:`_date_text`."""
+    return [(v.strip() or None) if type(v) is str else None if v is None else _date_text(v)
+            for v in values]
+
+
+def _check_rows(conn: sqlite3.Connection, path: Path, layers: list[_Layer],
+                group_refs: set[str]) -> list[str]:
     """Refuse what Iaso refuses, for the whole file at once, before anything streams.
 
     Reads only the attribute columns it checks (no geometry).
@@ -293,27 +325,37 @@ def _check_rows(path: Path, layers: list[_Layer], group_refs: set[str]) -> list[
     warns: list[str] = []
     refs: dict[str, tuple[str, Any]] = {}  # ref -> (layer, fid) of its first row
     unknown_groups: dict[str, str] = {}
+    q = gpkg_sql.quote
     for layer in layers:
         columns: list[str] = [c for c in ("ref", "name", "group_refs") if c in layer.fields]
-        df = _read(path, layer, columns=columns, with_geometry=False)
-        fids = df.index.tolist()
+        rows = conn.execute(f"SELECT {q(layer.fid)}, {', '.join(map(q, columns))} FROM "
+                            f"{q(layer.name)} ORDER BY {q(layer.fid)}").fetchall()
+        if not rows:
+            continue
+        fids, *values = (list(c) for c in zip(*rows, strict=True))
+        raw_of = dict(zip(columns, values, strict=True))
+        texts = {c: _texts(raw_of[c]) for c in REQUIRED}
         for column in REQUIRED:
-            for fid, raw in zip(fids, df[column].tolist(), strict=True):
-                if _text(raw) is None:
-                    problems.append(f"{_where(path, layer.name, fid)}: field {column!r} "
-                                    f"{_emptiness(raw)}.")
-        for fid, raw in zip(fids, df["ref"].tolist(), strict=True):
-            ref = _text(raw)
+            if None in texts[column]:
+                for fid, raw, value in zip(fids, raw_of[column], texts[column], strict=True):
+                    if value is None:
+                        problems.append(f"{_where(path, layer.name, fid)}: field {column!r} "
+                                        f"{_emptiness(raw)}.")
+        name = layer.name
+        for fid, ref in zip(fids, texts["ref"], strict=True):
             if ref is None:
                 continue
-            ref = _norm_ref(ref)
-            first = refs.setdefault(ref, (layer.name, fid))
-            if first != (layer.name, fid):
-                problems.append(f"{_where(path, layer.name, fid)}: field 'ref' {ref!r} is also "
+            if ref.startswith("iaso"):
+                ref = _norm_ref(ref)
+            first = refs.setdefault(ref, (name, fid))
+            if first[1] != fid or first[0] != name:
+                problems.append(f"{_where(path, name, fid)}: field 'ref' {ref!r} is also "
                                 f"the ref of layer {first[0]!r}, row {first[1]}; each unit needs "
                                 "its own ref.")
-        if "group_refs" in df.columns:
-            for fid, raw in zip(fids, df["group_refs"].tolist(), strict=True):
+        if "group_refs" in raw_of:
+            for fid, raw in zip(fids, raw_of["group_refs"], strict=True):
+                if raw is None or raw == "":
+                    continue
                 for g in _split_groups(raw):
                     if g not in group_refs and g not in unknown_groups:
                         unknown_groups[g] = _where(path, layer.name, fid)
@@ -338,105 +380,152 @@ def _raise_problems(path: Path, problems: list[str]) -> None:
                        f"{shown}{more}")
 
 
-def _read(path: Path, layer: _Layer, *, columns: list[str] | None = None,
-          with_geometry: bool = True) -> pd.DataFrame:
-    pyogrio = _pyogrio()
-    try:
-        with _quiet():
-            return pyogrio.read_dataframe(path, layer=layer.name, columns=columns,
-                                          read_geometry=with_geometry and layer.has_geometry,
-                                          fid_as_index=True)
-    except _ogr_errors() as error:
-        raise InvalidInput(f"{path.name}, layer {layer.name!r}: cannot be read ({error}); "
-                           "the file may be truncated or damaged.") from None
+#: the columns a record is made of, besides ref and name (absent ones read as null)
+_OPTIONAL = ("longitude", "latitude", "uuid", "validation_status", "parent_ref", "code",
+             "opening_date", "closed_date", "aliases", "extra_fields", "group_refs")
 
 
 def _records(path: Path, layers: list[_Layer], opts: ReadOptions) -> Iterator[UnitRecord]:
     seen_uuids: dict[str, str] = {}
-    for layer in layers:
-        df = _read(path, layer)
-        geoms = _layer_geometries(path, layer, df, opts)
-        cols = {c: df[c].tolist() for c in OUT_COLUMNS if c in df.columns}
-        n = len(df)
+    q = gpkg_sql.quote
+    with _connect(path) as conn:
+        for layer in layers:
+            present = [c for c in _OPTIONAL if c in layer.fields]
+            geom_sql = q(layer.geometry_column) if layer.geometry_column else "NULL"
+            cur = conn.execute(
+                f"SELECT {q(layer.fid)}, {geom_sql}, {', '.join(map(q, ('ref', 'name', *present)))}"
+                f" FROM {q(layer.name)} ORDER BY {q(layer.fid)}")
+            transform = _transformer(path, layer, opts)
+            prefix = f"{path.name}, layer {layer.name!r}, row "
+            has_groups = "group_refs" in layer.fields
+            while True:
+                rows = cur.fetchmany(_CHUNK)
+                if not rows:
+                    break
+                yield from _chunk_records(path, layer, rows, present, transform, prefix,
+                                          has_groups, seen_uuids)
+            cur.close()
 
-        none: list[Any] = [None] * n
-        prefix = f"{path.name}, layer {layer.name!r}, row "
-        arr = np.empty(n, dtype=object)
-        arr[:] = geoms
-        kinds = shapely.get_type_id(arr).tolist()  # -1: no geometry, 0: point
-        has_groups = "group_refs" in cols
-        for (fid, ref_raw, name_raw, geom, kind, lon, lat, uuid_raw, status_raw, parent_raw,
-             code, opening, closed, aliases, extra, group_refs) in zip(
-                df.index.tolist(), cols["ref"], cols["name"], geoms, kinds,
-                *(cols.get(c) or none for c in (
-                    "longitude", "latitude", "uuid", "validation_status", "parent_ref", "code",
-                    "opening_date", "closed_date", "aliases", "extra_fields", "group_refs")),
-                strict=True):
-            where = f"{prefix}{fid}"
-            ref = _norm_ref(_text(ref_raw) or "")
-            name = _text(name_raw)
-            if not ref or not name:  # checked before streaming; the file changed since
-                raise InvalidInput(f"{where}: field {'ref' if not ref else 'name'!r} is empty.")
-            if kind == 0:
-                location, territory = geom, None
+
+def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], present: list[str],
+                   transform: Any, prefix: str, has_groups: bool,
+                   seen_uuids: dict[str, str]) -> Iterator[UnitRecord]:
+    n = len(rows)
+    fids, blobs, refs, names, *values = (list(c) for c in zip(*rows, strict=True))
+    cols = dict(zip(present, values, strict=True))
+    none: list[Any] = [None] * n
+    geoms = _geometries(path, layer, fids, blobs, transform)
+    kinds = shapely.get_type_id(geoms).tolist()  # -1: no geometry, 0: point
+    refs, names = _texts(refs), _texts(names)
+    text_cols = {c: _texts(cols[c]) if c in cols else none
+                 for c in ("uuid", "validation_status", "parent_ref", "code")}
+    date_cols = {c: _dates(cols[c]) if c in cols else none
+                 for c in ("opening_date", "closed_date")}
+    for (fid, ref, name, geom, kind, lon, lat, uuid_text, status, parent, code, opening, closed,
+         aliases, extra, group_refs) in zip(
+            fids, refs, names, geoms.tolist(), kinds,
+            cols.get("longitude", none), cols.get("latitude", none),
+            text_cols["uuid"], text_cols["validation_status"], text_cols["parent_ref"],
+            text_cols["code"], date_cols["opening_date"], date_cols["closed_date"],
+            *(cols.get(c, none) for c in ("aliases", "extra_fields", "group_refs")),
+            strict=True):
+        where = f"{prefix}{fid}"
+        if ref is not None and ref.startswith("iaso"):
+            ref = _norm_ref(ref)
+        if not ref or not name:  # checked before streaming; the file changed since
+            raise InvalidInput(f"{where}: field {'ref' if not ref else 'name'!r} is empty.")
+        if kind == 0:
+            location, territory = geom, None
+        elif kind == -1:
+            location = territory = None
+        else:
+            location, territory = _split(geom, where)
+        if location is None and (lon is not None or lat is not None):
+            location = _point_columns(lon, lat, where)
+        unit_uuid = None if uuid_text is None else uuid_text \
+            if _CANONICAL_UUID.fullmatch(uuid_text) else _uuid(uuid_text)
+        if unit_uuid is None and ref.startswith("georeg:"):
+            unit_uuid = _georeg_uuid(ref)
+        if unit_uuid is not None:
+            if unit_uuid in seen_uuids:
+                unit_uuid = None  # Iaso does not check its uuids; a new one is made
             else:
-                location, territory = _split(geom, where)
-            if location is None:
-                location = _point_columns(lon, lat, where)
-            unit_uuid = _uuid(uuid_raw) or _georeg_uuid(ref)
-            if unit_uuid is not None:
-                if unit_uuid in seen_uuids:
-                    unit_uuid = None  # Iaso does not check its uuids; a new one is made
-                else:
-                    seen_uuids[unit_uuid] = where
-            status = _text(status_raw)
-            yield UnitRecord(
-                name=name,
-                source_ref=ref,
-                parent_ref=_norm_ref(_text(parent_raw) or "") or None,
-                type_name=layer.type_name,
-                code=_text(code),
-                opening_date=_date_text(opening),
-                closed_date=_date_text(closed),
-                aliases=_json_column(aliases, list, "aliases", where),
-                extra_fields=_json_column(extra, dict, "extra_fields", where),
-                location=location,
-                territory=territory,
-                validation_status=status.lower() if status else "valid",
-                uuid=unit_uuid,
-                groups=_split_groups(group_refs) if has_groups else None,
-                where=where,
-            )
-        del df, geoms, cols
+                seen_uuids[unit_uuid] = where
+        if parent is not None and parent.startswith("iaso"):
+            parent = _norm_ref(parent)
+        yield UnitRecord(
+            name=name,
+            source_ref=ref,
+            parent_ref=parent,
+            type_name=layer.type_name,
+            code=code,
+            opening_date=opening,
+            closed_date=closed,
+            aliases=None if aliases is None else _json_column(aliases, list, "aliases", where),
+            extra_fields=None if extra is None
+            else _json_column(extra, dict, "extra_fields", where),
+            location=location,
+            territory=territory,
+            validation_status=status.lower() if status else "valid",
+            uuid=unit_uuid,
+            groups=_split_groups(group_refs) if has_groups else None,
+            where=where,
+        )
 
 
-def _layer_geometries(path: Path, layer: _Layer, df: pd.DataFrame,
-                      opts: ReadOptions) -> list[BaseGeometry | None]:
-    if not layer.has_geometry or "geometry" not in df.columns:
-        return [None] * len(df)
-    import geopandas as gpd
+def _transformer(path: Path, layer: _Layer, opts: ReadOptions) -> Any:
+    """A function reprojecting coordinates to EPSG:4326, or None when already there."""
+    if not layer.has_geometry:
+        return None
+    crs_text = layer.crs if layer.crs is not None else (opts.crs or WGS84)
+    if crs_text.upper() == WGS84:
+        return None
+    from pyproj import CRS, Transformer
+    from pyproj.exceptions import CRSError, ProjError
 
-    gdf = df if isinstance(df, gpd.GeoDataFrame) else gpd.GeoDataFrame(df, geometry="geometry")
-    if layer.crs is None:
-        if not len(gdf):
-            return []
-        # checked in read_file: a layer with features and no CRS has --crs
-        gdf = gdf.set_crs(_crs(opts.crs or WGS84, path), allow_override=True)
-    if gdf.crs is not None and gdf.crs.to_epsg() != 4326:
+    try:
+        crs = _crs(crs_text, path) if layer.crs is None else CRS.from_user_input(crs_text)
+        if crs.to_epsg() == 4326:
+            return None
+        tr = Transformer.from_crs(crs, WGS84, always_xy=True)
+    except (CRSError, ProjError) as error:
+        raise InvalidInput(f"{path.name}, layer {layer.name!r}: cannot reproject from "
+                           f"{crs_text} to EPSG:4326 ({error}).") from None
+
+    def transform(coords: np.ndarray) -> np.ndarray:
+        x, y = tr.transform(coords[:, 0], coords[:, 1], errcheck=True)
+        return np.column_stack([x, y])
+
+    def run(geoms: np.ndarray) -> np.ndarray:
         try:
-            gdf = gdf.to_crs(WGS84)
-        except Exception as error:  # noqa: BLE001 - PROJ raises several kinds
+            return shapely.transform(geoms, transform)
+        except ProjError as error:
             raise InvalidInput(f"{path.name}, layer {layer.name!r}: cannot reproject from "
-                               f"{gdf.crs} to EPSG:4326 ({error}).") from None
-    geoms = np.asarray(gdf.geometry.array, dtype=object)
+                               f"{crs_text} to EPSG:4326 ({error}).") from None
+
+    return run
+
+
+def _geometries(path: Path, layer: _Layer, fids: list[Any], blobs: list[Any],
+                transform: Any) -> np.ndarray:
+    """A chunk's geometry blobs → shapely (2D, EPSG:4326; missing and empty: None)."""
+    try:
+        geoms = gpkg_sql.decode_blobs(blobs)
+    except gpkg_sql.BadBlob as bad:
+        raise InvalidInput(f"{_where(path, layer.name, fids[bad.index])}: field 'geometry' "
+                           f"{bad.why}; the file may be damaged.") from None
     missing = shapely.is_missing(geoms)
+    if missing.all():
+        return geoms
     missing[~missing] = shapely.is_empty(geoms[~missing])
     deep = ~missing
     deep[deep] = shapely.get_coordinate_dimension(geoms[deep]) > 2
     if deep.any():
         geoms[deep] = shapely.force_2d(geoms[deep])
     geoms[missing] = None
-    return geoms.tolist()
+    if transform is not None and not missing.all():
+        geoms[~missing] = transform(geoms[~missing])
+    return geoms
 
 
 def _split(geom: BaseGeometry | None,
@@ -498,12 +587,7 @@ def _is_null(value: Any) -> bool:
     kind = type(value)
     if kind is str:
         return False
-    if kind is float:
-        return value != value  # NaN
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+    return kind is float and value != value  # NaN
 
 
 def _text(value: Any) -> str | None:
@@ -564,22 +648,6 @@ def _date_text(value: Any) -> str | None:
     return _text(value)
 
 
-def _ogr_errors() -> tuple[type[BaseException], ...]:
-    from pyogrio import errors
-
-    return (errors.DataSourceError, errors.DataLayerError, errors.FieldError,
-            errors.FeatureError, errors.GeometryError, errors.CRSError, OSError)
-
-
-class _quiet(warnings.catch_warnings):
-    """GDAL's notes while opening (e.g. a WAL file in a read-only folder) are not ours."""
-
-    def __enter__(self) -> Any:
-        result = super().__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return result
-
-
 # --- writing --------------------------------------------------------------------------------
 
 
@@ -592,8 +660,10 @@ class _LayerRows:
 
 @gc_paused()
 def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) -> dict[str, Any]:
-    """Write a version as a GeoPackage Iaso imports: one layer per type, then ``groups``."""
-    pyogrio = _pyogrio()
+    """Write a version as a GeoPackage Iaso imports: one layer per type, then ``groups``.
+
+    Written with plain SQLite (:mod:`sync.formats.gpkg_sql`) to ``<name>.part.gpkg``
+    and renamed when complete."""
     out = Path(out)
     depth_of = {t.name: t.depth for t in data.types}
     group_names = {g.ref: g.name for g in data.groups}
@@ -602,61 +672,89 @@ def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) ->
             raise InvalidInput(f"Group {g.name!r}: its ref {g.ref!r} contains a comma, which "
                                "Iaso's comma-separated group_refs cannot hold.")
     layers: dict[str, _LayerRows] = {}
-    type_of: dict[str, str | None] = {}  # ref -> type name, for the "parent" column
+    seen: dict[str, tuple[str, str | None]] = {}  # ref -> (name, type), for "parent"
+    layer_of = {t.name: layer_name(t.name, t.depth) for t in data.types}
     units = 0
-    for u in data.units:
-        units += 1
-        type_of[u.ref] = u.type
-        name = layer_name(u.type, depth_of.get(u.type) if u.type else None)
-        rows = layers.setdefault(name, _LayerRows([], [], []))
-        rows.rows.append(_row(u, group_names, type_of))
-        rows.locations.append(u.location)
-        rows.territories.append(u.territory)
-    tmp = out.with_name(f"{out.stem}.part.gpkg")  # GDAL wants the .gpkg extension
+    for batch in unit_batches(data):
+        units += len(batch)
+        for (name, ref, parent_ref, type_name, groups, uuid, opening, closed, code, status,
+             aliases, extra, location, territory) in zip(
+                batch.names, batch.refs, batch.parent_refs, batch.types, batch.groups,
+                batch.uuids, batch.opening_dates, batch.closed_dates, batch.codes,
+                batch.statuses, batch.aliases, batch.extra_fields, batch.locations,
+                batch.territories, strict=True):
+            seen[ref] = (name, type_name)
+            layer = layer_of.get(type_name) if type_name else None
+            if layer is None:
+                layer = layer_name(type_name, depth_of.get(type_name) if type_name else None)
+            rows = layers.get(layer)
+            if rows is None:
+                rows = layers[layer] = _LayerRows([], [], [])
+            parent = None
+            if parent_ref is not None and parent_ref in seen:
+                parent_name, parent_type = seen[parent_ref]
+                parent = f"{parent_name} ({parent_type})" if parent_type else parent_name
+            if groups:
+                for g in groups:
+                    if "," in g:
+                        raise InvalidInput(
+                            f"Unit {name!r} ({ref}): group ref {g!r} contains a comma, which "
+                            "Iaso's comma-separated group_refs cannot hold.")
+                group_refs = ", ".join(groups)
+                group_list = ", ".join(group_names.get(g, g) for g in groups)
+            else:
+                group_refs = group_list = ""
+            rows.rows.append([
+                name, ref, parent, parent_ref, group_refs, group_list, uuid, opening, closed,
+                code, status, None, None,
+                json.dumps(aliases, ensure_ascii=False) if aliases else None,
+                json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None,
+            ])
+            rows.locations.append(location)
+            rows.territories.append(territory)
+    tmp = out.with_name(f"{out.stem}.part.gpkg")
     tmp.unlink(missing_ok=True)
     try:
-        for name, rows in layers.items():
-            polygons = any(t is not None for t in rows.territories)
-            geoms: list[BaseGeometry | None] = []
-            for row, loc, ter in zip(rows.rows, rows.locations, rows.territories, strict=True):
-                if polygons:
-                    geoms.append(geometry.as_multipolygon(ter) if ter is not None else None)
-                    if loc is not None:  # the geometry column holds the polygon: keep the point
-                        row[_LON], row[_LAT] = loc.x, loc.y
-                else:
-                    geoms.append(loc)
-            _write_layer(tmp, name, rows.rows, geoms, "MultiPolygon" if polygons else "Point")
-        groups = pd.DataFrame({"ref": pd.Series([g.ref for g in data.groups], dtype=object),
-                               "name": pd.Series([g.name for g in data.groups], dtype=object)})
-        pyogrio.write_dataframe(groups, tmp, layer=GROUPS_TABLE, driver="GPKG")
+        try:
+            with gpkg_sql.Writer(tmp) as w:
+                for name, rows in layers.items():
+                    _write_layer(w, name, rows)
+                w.attributes(GROUPS_TABLE, [("ref", "TEXT"), ("name", "TEXT")],
+                             [(g.ref, g.name) for g in data.groups])
+        except OSError as error:
+            raise InvalidInput(f"{out}: cannot be written ({error.strerror or error}).") from None
+        except sqlite3.Error as error:
+            raise InvalidInput(f"{out}: cannot be written ({error}).") from None
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return {"layers": len(layers), "units": units, "file": str(out)}
 
 
-def _write_layer(path: Path, name: str, rows: list[list[Any]],
-                 geoms: list[BaseGeometry | None], geometry_type: str) -> None:
-    """One layer, written straight from columns (what ``write_dataframe`` does, without
-    building a GeoDataFrame): text columns as object arrays, longitude and latitude as
-    float64 (NaN is written as null), the geometries as WKB in EPSG:4326."""
-    from pyogrio.raw import write
+_SQL_TYPES = [("longitude", "REAL"), ("latitude", "REAL")]
 
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(OUT_COLUMNS)
-    field_data = []
-    for i, values in enumerate(columns):
-        if i in (_LON, _LAT):
-            field_data.append(np.array([np.nan if v is None else v for v in values],
-                                       dtype="float64"))
-        else:
-            column = np.empty(len(values), dtype=object)
-            column[:] = values
-            field_data.append(column)
-    wkb_geoms = np.empty(len(geoms), dtype=object)
-    wkb_geoms[:] = geoms
-    with _quiet():
-        write(path, shapely.to_wkb(wkb_geoms), field_data, list(OUT_COLUMNS), layer=name,
-              driver="GPKG", geometry_type=geometry_type, crs="EPSG:4326")
+
+def _write_layer(w: gpkg_sql.Writer, name: str, rows: _LayerRows) -> None:
+    """One layer: a layer whose type has polygons holds them (points then go
+    to longitude/latitude); otherwise it holds the points."""
+    n = len(rows.rows)
+    geoms = np.empty(n, dtype=object)
+    polygons = any(t is not None for t in rows.territories)
+    if polygons:
+        geoms[:] = rows.territories
+        has = np.flatnonzero(~shapely.is_missing(geoms))
+        kinds = shapely.get_type_id(geoms[has])
+        single = has[kinds != 6]  # Polygon … -> MultiPolygon, as the layer type says
+        if len(single):
+            geoms[single] = [geometry.as_multipolygon(g) for g in geoms[single]]
+        for row, loc in zip(rows.rows, rows.locations, strict=True):
+            if loc is not None:  # the geometry column holds the polygon: keep the point
+                row[_LON], row[_LAT] = loc.x, loc.y
+    else:
+        geoms[:] = rows.locations
+    types = dict(_SQL_TYPES)
+    w.features(name, [(c, types.get(c, "TEXT")) for c in OUT_COLUMNS], rows.rows, geoms,
+               "MultiPolygon" if polygons else "Point")
 
 
 def layer_name(type_name: str | None, depth: int | None) -> str:
@@ -665,35 +763,3 @@ def layer_name(type_name: str | None, depth: int | None) -> str:
 
 
 _LON, _LAT = OUT_COLUMNS.index("longitude"), OUT_COLUMNS.index("latitude")
-
-
-def _row(u: ExportUnit, group_names: dict[str, str],
-         type_of: dict[str, str | None]) -> list[Any]:
-    """One unit's values, in the order of OUT_COLUMNS."""
-    parent = None
-    if u.parent_ref is not None and u.ancestors:
-        parent_type = type_of.get(u.parent_ref)
-        parent = f"{u.ancestors[-1]} ({parent_type})" if parent_type else u.ancestors[-1]
-    for g in u.groups:
-        if "," in g:
-            raise InvalidInput(f"Unit {u.name!r} ({u.ref}): group ref {g!r} contains a comma, "
-                               "which Iaso's comma-separated group_refs cannot hold.")
-    groups = u.groups
-    return [
-        u.name,
-        u.ref,
-        parent,
-        u.parent_ref,
-        ", ".join(groups) if groups else "",
-        ", ".join(group_names.get(g, g) for g in groups) if groups else "",
-        u.uuid,
-        u.opening_date,
-        u.closed_date,
-        u.code,
-        u.validation_status,
-        None,
-        None,
-        json.dumps(u.aliases, ensure_ascii=False) if u.aliases else None,
-        json.dumps(u.extra_fields, ensure_ascii=False, sort_keys=True)
-        if u.extra_fields else None,
-    ]
