@@ -73,6 +73,15 @@ def demo(registry: Registry) -> Registry:
     return registry
 
 
+def cli_location(reg: Registry) -> str:
+    """What a user types as REG for this registry: its path, or its URL with the schema."""
+    loc = reg.location
+    if loc.path is not None:
+        return str(loc.path)
+    assert loc.url is not None
+    return f"{loc.url}{'&' if '?' in loc.url else '?'}schema={loc.schema}"
+
+
 def _drop(reg: Registry) -> None:
     if reg.location.url is not None:
         with reg.engine.begin() as conn:

@@ -377,9 +377,9 @@ def test_cli_bad_input_leaves_the_registry_unchanged(two_lists: Registry, tmp_pa
 
     from georeg.cli import main
 
-    if two_lists.location.path is None:
-        pytest.skip("the CLI opens file registries here")
-    path = str(two_lists.location.path)
+    from tests.conftest import cli_location
+
+    path = cli_location(two_lists)
     runner = CliRunner()
 
     def said(res: object) -> str:  # the message, unwrapped

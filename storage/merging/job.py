@@ -217,7 +217,7 @@ class RulesMergeJob(_MergeJob):
             s_snap = load_snapshot(conn, self.reg.backend, source)
             self.check_cancelled()
             self.report(message="Planning")
-            also = link_info.pop("_also_linked_source", set())
+            also: set[str] = link_info.pop("_also_linked_source", set())  # type: ignore[assignment]
             plan = plan_rules_merge(t_snap, s_snap, links, self.rules, also_linked=also)
             link_info["used"] = plan.matched
             link_info["stale"] = len(links) - plan.matched
