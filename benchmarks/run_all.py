@@ -28,6 +28,7 @@ import bench_iaso_download
 import bench_import
 import bench_matching_quality
 import bench_matching_scale
+import bench_merge
 import bench_new_draft
 import bench_postgis_push
 import bench_submissions
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = bench_subtree.run(subtree_sizes, backend=args.backend, seed=args.seed, out=args.out)
     print()
     dif = bench_diff.run(size, backend=args.backend, seed=args.seed, out=args.out)
+    print()
+    mrg = bench_merge.run(size, backend=args.backend, seed=args.seed, out=args.out)
     print()
     mq = bench_matching_quality.run(["sierra-leone", "drc-schools"], args.seed, args.out)
     print()
@@ -130,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append([f"diff of two {size:,}-unit versions (2 % changed)", f"{dif['ours']:.2f} s",
                  f"pygeodiff {dif['geodiff']:.2f} s", f"{dif['ratio']:.2f}x",
                  f"<= {dif['goal']:g}x", _met(dif["met"])])
+    rows.append([f"3-way merge of {size:,} units", f"{mrg['merge']:.2f} s",
+                 f"copy {mrg['copy']:.2f} s", f"{mrg['ratio']:.1f}x",
+                 f"<= {bench_merge.GOAL_RATIO:g}x, < {bench_merge.GOAL_SECONDS:g} s",
+                 _met(mrg["met"])])
     for q in mq["results"]:
         rows.append([f"matching F1 auto+review, {q['tree']}", f"{q['auto_review']['f1']:.3f}",
                      f"Iaso {q['iaso']['f1']:.3f}", f"+{q['f1_above_iaso']:.2f}",
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         f"summary-{args.backend}",
         {"environment": env, "import": imp, "new_draft": draft, "subtree": sub, "formats": fmt,
-         "diff": dif,
+         "diff": dif, "merge": mrg,
          "seconds": elapsed},
     )
     return 0
