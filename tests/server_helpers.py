@@ -8,12 +8,10 @@ core's WSGI app on waitress in a thread, on a free port.
 * ``kofi`` — reviewer, whole country;
 * ``amina`` — collector, subtree Western Area (``at6UHUQatSo``).
 
-Tests that need the core's form and submission storage are marked ``requires_forms``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import secrets
 import socket
 import threading
@@ -24,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from storage import versions
@@ -48,20 +45,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _module_exists(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def forms_available() -> bool:
-    """The server core's form and submission storage (``local_server/forms.py``,
-    ``submissions.py``)."""
-    return _module_exists("local_server.forms") and _module_exists("local_server.submissions")
-
-
-requires_forms = pytest.mark.skipif(
-    not forms_available(),
-    reason="needs the server core's form and submission storage (local_server/forms.py, "
-           "submissions.py), not in the tree yet")
 
 
 def build_demo_registry(path: Path, forms: Sequence[Path] = ()) -> tuple[Registry, dict[str, str]]:
@@ -78,7 +61,7 @@ def build_demo_registry(path: Path, forms: Sequence[Path] = ()) -> tuple[Registr
     users.add_user(reg, "kofi", passwords["kofi"], role="reviewer")
     users.add_user(reg, "amina", passwords["amina"], role="collector", roots=[WESTERN_AREA])
     projects.add_project(reg, "Test project", app_id=APP_ID)
-    if forms and forms_available():
+    if forms:
         from local_server import forms as core_forms
 
         for form in forms:

@@ -264,7 +264,6 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     return results
 
 
-@sh.requires_forms
 def test_bulk_upload_makes_submissions_and_a_creation_request(
         outcomes: dict[str, dict[str, Any]]) -> None:
     bulk = outcomes["bulk"]
@@ -283,14 +282,12 @@ def test_bulk_upload_makes_submissions_and_a_creation_request(
     assert catt["data"]["CATT"]["result"] == "positive"
 
 
-@sh.requires_forms
 @pytest.mark.parametrize("way", ["meta_then_xml", "xml_then_meta"])
 def test_two_call_upload_in_either_order_equals_the_bulk_upload(
         outcomes: dict[str, dict[str, Any]], way: str) -> None:
     assert outcomes[way] == outcomes["bulk"]
 
 
-@sh.requires_forms
 def test_bad_uploads_are_refused_with_a_reason(server: sh.LiveServer) -> None:
     auth = _token(server, "amina")
     cases = [
@@ -314,7 +311,6 @@ def test_bad_uploads_are_refused_with_a_reason(server: sh.LiveServer) -> None:
     assert unknown_app.status_code == 404
 
 
-@sh.requires_forms
 def test_forms_and_form_versions(server: sh.LiveServer) -> None:
     auth = _token(server, "amina")
     forms = requests.get(f"{server.base}/api/mobile/forms/?app_id={APP}", headers=auth,

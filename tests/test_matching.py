@@ -376,7 +376,6 @@ def test_cli_bad_input_leaves_the_registry_unchanged(two_lists: Registry, tmp_pa
     from sqlalchemy import text
 
     from georeg.cli import main
-
     from tests.conftest import cli_location
 
     path = cli_location(two_lists)

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from storage.backends import Location
 from storage.errors import ConflictError, InvalidInput, NotFound, SetupError
 from storage.registry import Registry
+from storage.units import rename_unit
+from storage.versions import create_version
 from sync import scheduler
 from sync.dhis2_json import import_dhis2_files
 from sync.scheduler import (
@@ -38,6 +40,7 @@ from sync.scheduler import (
     save_target,
 )
 from tests.conftest import DEMO_FILES
+from tests.fake_dhis2 import FakeDhis2
 
 CALLS: list[dict[str, Any]] = []
 
@@ -197,27 +200,38 @@ def test_a_kind_whose_module_is_missing_fails_clearly(reg: Registry, secrets: Pa
     assert result.outcome == "failed" and "sync/not_written_yet.py" in (result.error or "")
 
 
-def test_dhis2_jobs_build_the_client_from_the_secrets_file(
-    reg: Registry, secrets: Path, monkeypatch: pytest.MonkeyPatch
+def test_dhis2_jobs_reach_dhis2_with_the_credentials_of_the_secrets_file(
+    reg: Registry, secrets: Path
 ) -> None:
-    dhis2_sync = pytest.importorskip("sync.dhis2_sync")
-    seen: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(dhis2_sync, "pull", lambda reg, client, source, since=None: (
-        seen.append(("pull", client.base_url, client.auth_kind, source, since))
-        or {"units": 1332}))
-    monkeypatch.setattr(dhis2_sync, "push", lambda reg, client, source, number, dry_run,
-                        allow_delete: (seen.append(("push", source, number, dry_run,
-                                                    allow_delete)) or {"created": 0}))
-    save_target(secrets, "play", {"url": "https://play.example.org/dhis", "token": "d2pat_x"})
-    with pytest.raises(InvalidInput, match="source"):
-        add_job(reg, "dhis2-pull", cron="0 3 * * *", target="play")
-    add_job(reg, "dhis2-pull", cron="0 3 * * *", target="play", options={"source": "SL"})
-    add_job(reg, "dhis2-push", every="1d", target="play",
-            options={"source": "SL", "version": "2", "dry_run": "true"})
-    assert run_now(reg, "dhis2-pull-play")[0].figures == {"units": 1332}
-    assert run_now(reg, "dhis2-push-play")[0].outcome == "ok"
-    assert seen[0][0] == "pull" and seen[0][2:] == ("token", "SL", None)
-    assert seen[1] == ("push", "SL", 2, True, False)
+    token = "d2pat_scheduler0123456789"
+    with FakeDhis2("2.41", users={}, tokens={token: "admin"}) as fake:
+        save_target(secrets, "play", {"url": fake.url, "token": token})
+        with pytest.raises(InvalidInput, match="source"):
+            add_job(reg, "dhis2-pull", cron="0 3 * * *", target="play")
+        add_job(reg, "dhis2-pull", cron="0 3 * * *", target="play", options={"source": "SL"})
+
+        [pulled] = run_now(reg, "dhis2-pull-play")
+
+        assert pulled.outcome == "ok", pulled.error
+        assert pulled.figures["units"] == 1332
+        assert {r.auth for r in fake.requests} == {"token"}
+        with reg.read() as conn:
+            assert conn.execute(text("SELECT count(*) FROM org_unit")).scalar_one() == 1332
+
+        # a dry-run push of a renamed unit validates in DHIS2 and changes nothing there
+        create_version(reg, "SL", copy_from=1)
+        bo = next(uid for uid, u in fake.state.units.items() if u.get("name") == "Bo")
+        rename_unit(reg, "SL", bo, "Bo District", number=2)
+        add_job(reg, "dhis2-push", every="1d", target="play",
+                options={"source": "SL", "version": "2", "dry_run": "true"})
+        fake.clear_log()
+
+        [pushed] = run_now(reg, "dhis2-push-play")
+
+        assert pushed.outcome == "ok", pushed.error
+        [validate] = fake.posts("/metadata")
+        assert validate.param("importMode") == "VALIDATE"
+        assert fake.state.units[bo]["name"] == "Bo"
 
 
 @pytest.fixture
