@@ -7,9 +7,11 @@ import contextlib
 import faulthandler
 import getpass
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +258,9 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
     """Serve the registry on the LAN for ODK Collect and the Iaso app."""
     from waitress.server import create_server
 
-    from local_server import collect_qr, users
+    # auth makes the Digest nonce key at import: imported here, before the workers are
+    # forked, every worker checks the nonces any of them issued
+    from local_server import auth, collect_qr, users  # noqa: F401
     from local_server.app import create_app
     from local_server.settings import ServerSettings
 
@@ -269,10 +273,13 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
     if qr_user is None:
         collectors = [u["name"] for u in people if u["role"] == "collector"]
         qr_user = collectors[0] if collectors else people[0]["name"]
-    settings = ServerSettings(max_body=max_body_mb * 1024 * 1024, https=behind_https,
-                              base_url=base_url, scheduler=not no_scheduler)
     if workers < 1:
         raise InvalidInput("--workers must be at least 1.")
+    replay_dir = tempfile.mkdtemp(prefix="georeg-serve-") if workers > 1 else None
+    settings = ServerSettings(max_body=max_body_mb * 1024 * 1024, https=behind_https,
+                              base_url=base_url, scheduler=not no_scheduler,
+                              replay_store=(os.path.join(replay_dir, "digest-nonces.sqlite")
+                                            if replay_dir else None))
     listener = socket.create_server((host, port), reuse_port=False, backlog=1024)
     actual_port = int(listener.getsockname()[1])
     waitress_opts = {"threads": threads, "max_request_body_size": settings.max_body * 2,
@@ -344,6 +351,8 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         app.close()
+        if replay_dir is not None:
+            shutil.rmtree(replay_dir, ignore_errors=True)
 
 
 def _exit_with_parent(parent: int) -> None:

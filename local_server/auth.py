@@ -7,7 +7,8 @@ over https, and bearer tokens through a hook.
   checked against the HA1 values stored per user and realm (``users.py``).  Nonces are
   stateless: ``time.random:HMAC(server key, time.random)``; after ``settings.nonce_seconds`` an answer
   gets a fresh challenge with ``stale=true`` (clients retry without asking the user).
-  A replayed answer (same nonce, cnonce and nonce count) is refused.
+  A replayed answer (same nonce, cnonce and nonce count) is refused — across the
+  worker processes of ``serve --workers N`` too (``settings.replay_store``).
   Collect only offers MD5-or-omitted algorithms in its restricted profile, so the single
   challenge names MD5 (several challenges in one response confuse common clients).
 * **Basic**: answered only when the server runs behind https (``settings.https`` or the
@@ -172,7 +173,8 @@ def _digest_user(request: Request, ctx: Any, params: dict[str, str]) -> User | N
     if hmac.compare_digest(expected, params.get("response", "")):
         if qop == "auth" and not _fresh_count(nonce, params.get("cnonce", ""),
                                               params.get("nc", ""),
-                                              ctx.settings.nonce_seconds):
+                                              ctx.settings.nonce_seconds,
+                                              ctx.settings.replay_store):
             return None  # a replayed answer: a fresh challenge follows
         return user
     return None
@@ -181,16 +183,20 @@ def _digest_user(request: Request, ctx: Any, params: dict[str, str]) -> User | N
 # --- replay protection ---------------------------------------------------------------
 # With qop=auth every answer carries a nonce count (nc) that the client increases for
 # each request under one nonce.  A captured request sent again repeats its count: it
-# is refused.  The counts live in memory for the life of a nonce (per process).
+# is refused.  The counts live for the life of a nonce: in memory for one process, in
+# a small SQLite file the workers share when ``serve --workers N`` runs several.
 _counts: dict[tuple[str, str], tuple[float, int]] = {}
 _counts_lock = threading.Lock()
 
 
-def _fresh_count(nonce: str, cnonce: str, nc: str, max_age: int) -> bool:
+def _fresh_count(nonce: str, cnonce: str, nc: str, max_age: int,
+                 store: str | None = None) -> bool:
     try:
         count = int(nc, 16)
     except ValueError:
         return False
+    if store is not None:
+        return _shared_counts(store).fresh(nonce, cnonce, count, max_age)
     now = time.monotonic()
     with _counts_lock:
         if len(_counts) > 10_000:
@@ -201,6 +207,62 @@ def _fresh_count(nonce: str, cnonce: str, nc: str, max_age: int) -> bool:
             return False
         _counts[(nonce, cnonce)] = (now, count)
     return True
+
+
+class SharedNonceCounts:
+    """Highest nonce count seen per (nonce, cnonce), in an SQLite file shared by the
+    worker processes of one server (each process opens its own connection).
+
+    One UPSERT per answer decides atomically across processes: it raises the stored
+    count only when the new one is higher, and a count that is not higher is a replay.
+    The file holds nothing secret (nonces are public) and lives in a private temporary
+    folder for the life of the server.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.pid = -1
+        self.calls = 0
+        self.conn: Any = None
+
+    def _connection(self) -> Any:
+        import os
+        import sqlite3
+
+        if self.conn is None or self.pid != os.getpid():  # a forked worker: its own
+            self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = OFF")  # a crash ends the server too
+            self.conn.execute("CREATE TABLE IF NOT EXISTS seen (nonce TEXT NOT NULL, "
+                              "cnonce TEXT NOT NULL, nc INTEGER NOT NULL, at REAL NOT NULL, "
+                              "PRIMARY KEY (nonce, cnonce)) WITHOUT ROWID")
+            self.pid = os.getpid()
+        return self.conn
+
+    def fresh(self, nonce: str, cnonce: str, count: int, max_age: int) -> bool:
+        now = time.time()
+        with self.lock:
+            conn = self._connection()
+            self.calls += 1
+            if self.calls % 1000 == 0:
+                conn.execute("DELETE FROM seen WHERE at < ?", (now - max_age,))
+            cur = conn.execute(
+                "INSERT INTO seen (nonce, cnonce, nc, at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (nonce, cnonce) DO UPDATE SET nc = excluded.nc, at = excluded.at "
+                "WHERE excluded.nc > seen.nc", (nonce, cnonce, count, now))
+            return bool(cur.rowcount == 1)
+
+
+_shared: dict[str, SharedNonceCounts] = {}
+
+
+def _shared_counts(path: str) -> SharedNonceCounts:
+    with _counts_lock:
+        if path not in _shared:
+            _shared[path] = SharedNonceCounts(path)
+        return _shared[path]
 
 
 #: Seconds a user's record (role, area, HA1) is reused between requests: a removed user or

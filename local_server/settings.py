@@ -26,3 +26,7 @@ class ServerSettings:
     durable_commits: bool = True
     #: Start the sync scheduler in-process (``georeg serve``).
     scheduler: bool = False
+    #: With several worker processes (``serve --workers N``): an SQLite file they share
+    #: for Digest replay protection, so a captured answer replayed to another worker is
+    #: refused too.  None: the counts stay in this process's memory (one process).
+    replay_store: str | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -358,3 +359,18 @@ def message(response: requests.Response) -> str:
     assert root.tag == f"{{{RESPONSE_NS}}}OpenRosaResponse", root.tag
     node = root.find(f"{{{RESPONSE_NS}}}message")
     return "" if node is None else (node.text or "")
+
+
+def digest_header(method: str, uri: str, user: str, password: str, challenge: str,
+                  algorithm: str = "MD5") -> str:
+    """A Digest ``Authorization`` header answering ``challenge`` (nc 1, a fixed cnonce)."""
+    fields = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
+    h = (lambda s: hashlib.sha256(s.encode()).hexdigest()) if algorithm == "SHA-256" else (
+        lambda s: hashlib.md5(s.encode()).hexdigest())
+    ha1 = h(f"{user}:{fields['realm']}:{password}")
+    ha2 = h(f"{method}:{uri}")
+    cnonce, nc = "0a4f113b", "00000001"
+    response = h(f"{ha1}:{fields['nonce']}:{nc}:{cnonce}:auth:{ha2}")
+    return (f'Digest username="{user}", realm="{fields["realm"]}", nonce="{fields["nonce"]}", '
+            f'uri="{uri}", algorithm={algorithm}, qop=auth, nc={nc}, cnonce="{cnonce}", '
+            f'response="{response}", opaque="{fields["opaque"]}"')

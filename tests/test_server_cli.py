@@ -164,6 +164,54 @@ def test_serve_workers_share_the_port_and_die_with_the_parent(tmp_path: Path) ->
         assert submissions.count_submissions(reg) == 6
 
 
+def test_a_replay_is_refused_by_every_worker(tmp_path: Path) -> None:
+    """With --workers 2 a captured Digest answer replayed on new connections (which
+    the kernel hands to either process) is refused by both, not only by the worker
+    that saw it first."""
+    import os
+    import signal
+
+    import requests
+    from requests.auth import HTTPDigestAuth
+
+    from tests.openrosa_helpers import digest_header, free_port, wait_up
+
+    setup = build_registry(tmp_path / "r.gpkg")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "georeg.cli", "serve", str(setup.path), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--no-scheduler", "--qr-png",
+         str(tmp_path / "qr.png")],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_up(base)
+        replays: list[int] = []
+        for _ in range(5):
+            challenge = requests.get(base + "/formList", timeout=30).headers[
+                "WWW-Authenticate"]
+            header = digest_header("GET", "/formList", "kofi", setup.passwords["kofi"],
+                                   challenge)
+            first = requests.get(base + "/formList", headers={"Authorization": header},
+                                 timeout=30)
+            assert first.status_code == 200
+            for _ in range(8):  # a new connection each time
+                again = requests.get(base + "/formList", headers={"Authorization": header,
+                                                                  "Connection": "close"},
+                                     timeout=30)
+                replays.append(again.status_code)
+        assert replays == [401] * 40
+        # honest clients counting up under one nonce go on working, whichever worker
+        session = requests.Session()
+        session.auth = HTTPDigestAuth("kofi", setup.passwords["kofi"])
+        assert all(session.get(base + "/formList", timeout=30).status_code == 200
+                   for _ in range(5))
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(10)
+
+
 @pytest.mark.postgis
 def test_serve_a_postgresql_registry_runs_its_schedule(tmp_path: Path, postgis_url: str) -> None:
     """A shared PostgreSQL registry is served like a file: the QR image lands in the

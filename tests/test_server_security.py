@@ -5,9 +5,7 @@ missing or wrong credentials, a collector outside their area, parallel duplicate
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import signal
 import threading
 import time
@@ -29,6 +27,7 @@ from tests.openrosa_helpers import (
     Setup,
     SyntheticCollect,
     build_registry,
+    digest_header,
     instance_xml,
     message,
     process_server,
@@ -138,24 +137,10 @@ def test_credentials(server: str, setup: Setup) -> None:
     assert r.status_code == 401
 
 
-def _digest(method: str, uri: str, user: str, password: str, challenge: str,
-            algorithm: str) -> str:
-    fields = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
-    h = (lambda s: hashlib.sha256(s.encode()).hexdigest()) if algorithm == "SHA-256" else (
-        lambda s: hashlib.md5(s.encode()).hexdigest())
-    ha1 = h(f"{user}:{fields['realm']}:{password}")
-    ha2 = h(f"{method}:{uri}")
-    cnonce, nc = "0a4f113b", "00000001"
-    response = h(f"{ha1}:{fields['nonce']}:{nc}:{cnonce}:auth:{ha2}")
-    return (f'Digest username="{user}", realm="{fields["realm"]}", nonce="{fields["nonce"]}", '
-            f'uri="{uri}", algorithm={algorithm}, qop=auth, nc={nc}, cnonce="{cnonce}", '
-            f'response="{response}", opaque="{fields["opaque"]}"')
-
-
 def test_digest_sha256_and_tampering(server: str, setup: Setup) -> None:
     for algorithm in ("SHA-256", "MD5"):
         challenge = requests.get(server + "/formList", timeout=30).headers["WWW-Authenticate"]
-        header = _digest("GET", "/formList", "kofi", setup.passwords["kofi"], challenge,
+        header = digest_header("GET", "/formList", "kofi", setup.passwords["kofi"], challenge,
                          algorithm)
         r = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
         assert r.status_code == 200, algorithm
@@ -165,7 +150,7 @@ def test_digest_sha256_and_tampering(server: str, setup: Setup) -> None:
     assert r.status_code == 401
     # a forged nonce is refused
     forged = challenge.replace('nonce="', 'nonce="AAAA')
-    header = _digest("GET", "/formList", "kofi", setup.passwords["kofi"], forged, "MD5")
+    header = digest_header("GET", "/formList", "kofi", setup.passwords["kofi"], forged, "MD5")
     r = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
     assert r.status_code == 401
 
@@ -173,7 +158,7 @@ def test_digest_sha256_and_tampering(server: str, setup: Setup) -> None:
 def test_a_replayed_digest_answer_is_refused(server: str, setup: Setup) -> None:
     """Someone on the Wi-Fi who captured a request cannot send it again."""
     challenge = requests.get(server + "/formList", timeout=30).headers["WWW-Authenticate"]
-    header = _digest("GET", "/formList", "kofi", setup.passwords["kofi"], challenge, "MD5")
+    header = digest_header("GET", "/formList", "kofi", setup.passwords["kofi"], challenge, "MD5")
     first = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
     again = requests.get(server + "/formList", headers={"Authorization": header}, timeout=30)
     assert first.status_code == 200
@@ -263,7 +248,7 @@ def test_stale_nonce_gets_stale_challenge(setup: Setup) -> None:
     with thread_server(setup.path, nonce_seconds=1) as base:
         challenge = requests.get(base + "/formList", timeout=30).headers["WWW-Authenticate"]
         time.sleep(2.2)
-        header = _digest("GET", "/formList", "kofi", setup.passwords["kofi"], challenge, "MD5")
+        header = digest_header("GET", "/formList", "kofi", setup.passwords["kofi"], challenge, "MD5")
         r = requests.get(base + "/formList", headers={"Authorization": header}, timeout=30)
         assert r.status_code == 401 and "stale=true" in r.headers["WWW-Authenticate"]
         # requests answers the fresh challenge on its own
