@@ -324,7 +324,7 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
                 code = 0
                 try:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    _exit_with_parent(os.getppid())
+                    _exit_with_parent(os.getppid(), replay_dir)
                     child_app = create_app(location, settings)
                     create_server(child_app, sockets=[listener], **waitress_opts).run()
                 except BaseException:  # noqa: BLE001 - a worker never returns into the CLI
@@ -355,14 +355,17 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
             shutil.rmtree(replay_dir, ignore_errors=True)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker ends when the main process is gone (even after ``kill -9``)."""
+def _exit_with_parent(parent: int, leftover: str | None = None) -> None:
+    """A worker ends when the main process is gone (even after ``kill -9``), removing
+    the folder the main process would have removed (``leftover``)."""
     import threading
     import time
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
+        if leftover is not None:
+            shutil.rmtree(leftover, ignore_errors=True)
         os._exit(0)
 
     threading.Thread(target=watch, daemon=True).start()

@@ -129,12 +129,14 @@ def test_serve_workers_share_the_port_and_die_with_the_parent(tmp_path: Path) ->
     import os
     import signal
     import socket
+    import tempfile
     import time
 
     from tests.openrosa_helpers import SyntheticCollect, free_port, wait_up
 
     setup = build_registry(tmp_path / "r.gpkg")
     port = free_port()
+    started = time.time() - 1
     proc = subprocess.Popen(
         [sys.executable, "-m", "georeg.cli", "serve", str(setup.path), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "2", "--no-scheduler", "--qr-png",
@@ -160,6 +162,8 @@ def test_serve_workers_share_the_port_and_die_with_the_parent(tmp_path: Path) ->
         time.sleep(0.2)
     else:
         raise AssertionError("a worker kept serving after the main process was killed")
+    assert not [p for p in Path(tempfile.gettempdir()).glob("georeg-serve-*")
+                if p.stat().st_mtime >= started], "the workers' shared folder was left behind"
     with Registry.open(setup.path) as reg:
         assert submissions.count_submissions(reg) == 6
 
