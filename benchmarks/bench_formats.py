@@ -28,7 +28,10 @@ GUI pays it once).  Goal: ≤ 1.5× ogr2ogr for GeoPackage and GeoJSON.
 Stages: the reading alone is timed too, each in its own process (the import's
 reader with every unit drawn; ``read_version`` with every unit drawn, in the column
 batches the writers read); a second
-table prints it and the rest (total − reading: the writer, or the import job).
+table prints it and the rest (total − reading: the writer, or the import job).  For
+the imports it also prints the bulk loader alone (``storage/bulk.py``, with creating
+the registry), timed in its own process on the same records read and validated
+beforehand: the rest minus the loader is the import job's own validation and handoff.
 
     .venv/bin/python benchmarks/bench_formats.py [--size 100000] [--repeat 1]
 """
@@ -107,6 +110,44 @@ def child_read(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "units": units}
 
 
+def child_load(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
+    """The import's bulk loader alone: the file is read and its records validated
+    first (not timed, as the import job does it: ``_Validated``); then what is timed is
+    creating the registry and ``BulkLoader`` taking the records, as the job drives it
+    (types, groups, units, memberships, ``finish``: tree, indexes, audit) in one
+    write transaction."""
+    from storage.bulk import BulkLoader
+    from storage.registry import Registry
+    from storage.versions import ensure_source, insert_version
+    from sync import formats
+    from sync.exchange import gc_paused
+    from sync.importing import ImportReport, _Validated
+
+    c.remove_db(registry)
+    with gc_paused():
+        payload = formats.module(fmt).read_file(src)
+        report = ImportReport()
+        records = list(_Validated(payload.units, report, fix_geometry=False,
+                                  keep_invalid=payload.invalid_geometry == "keep", job=None,
+                                  total=payload.total))
+        assert not report.rejected, report.rows[:3]
+        start = time.perf_counter()
+        reg = Registry.create(registry, overwrite=True)
+        try:
+            with reg.write(origin=c.ORIGIN) as conn:
+                loader = BulkLoader(reg, conn, insert_version(conn, ensure_source(conn, c.SOURCE)))
+                for t in payload.types:
+                    loader.add_type(t.name, t.depth, t.short_name)
+                for g in payload.groups:
+                    loader.add_group(g.ref, g.name, g.short_name, g.code)
+                loader.add_units(records)
+                loader.add_memberships(payload.memberships)
+                units = loader.finish().units
+        finally:
+            reg.close()
+    return {"seconds": time.perf_counter() - start, "units": units}
+
+
 # --- the benchmark -----------------------------------------------------------------------
 
 
@@ -167,6 +208,13 @@ def run(size: int = 100_000, *, seed: int = 1, repeat: int = 1,
                                  str(geojson)], repeat)[0],
     }
     stages["export geojson"] = stages["export iaso-gpkg"]
+    # the bulk loader alone on the same records (a separate process each)
+    loads = {
+        "import iaso-gpkg": _ours(["--child", "load", "--registry", str(out / "formats-load.gpkg"),
+                                   "--format", "iaso-gpkg", "--file", str(iaso)], repeat)[0],
+        "import geojson": _ours(["--child", "load", "--registry", str(out / "formats-load.gpkg"),
+                                 "--format", "geojson", "--file", str(geojson)], repeat)[0],
+    }
     for name, res in (("iaso-gpkg import", imp_iaso), ("geojson import", imp_json)):
         assert res["created"] == size and res["rejected"] == 0, (name, res)
     for name, res in (("iaso-gpkg export", exp_iaso), ("geojson export", exp_json)):
@@ -196,12 +244,18 @@ def run(size: int = 100_000, *, seed: int = 1, repeat: int = 1,
         read = stages[name]["seconds"]
         rest = max(res["seconds"] - read, 0.0)
         what = "read_version" if name.startswith("export") else "reader"
+        load = loads[name]["seconds"] if name in loads else None
         stage_rows.append([name, f"{what} {read:.2f}", f"{read / base_secs:.2f}x",
-                           f"{rest:.2f}", f"{rest / base_secs:.2f}x"])
-        results["cases"][name]["stages"] = {"read_seconds": read, "rest_seconds": rest}
-    print("stages (reading alone measured in its own process; the rest = total - reading; "
-          "ratios to the same baseline):")
-    print(c.table(["case", "reading s", "ratio", "writer / job s", "ratio"], stage_rows))
+                           f"{rest:.2f}", f"{rest / base_secs:.2f}x",
+                           "" if load is None else f"{load:.2f}",
+                           "" if load is None else f"{load / base_secs:.2f}x"])
+        results["cases"][name]["stages"] = {"read_seconds": read, "rest_seconds": rest,
+                                            "loader_seconds": load}
+    print("stages (reading alone, and the import's bulk loader alone on the same records, "
+          "each measured in its own process; the rest = total - reading; ratios to the same "
+          "baseline):")
+    print(c.table(["case", "reading s", "ratio", "writer / job s", "ratio",
+                   "of which loader s", "ratio"], stage_rows))
     print(f"files: iaso-gpkg {iaso.stat().st_size / 1e6:.0f} MB "
           f"({exp_iaso['summary']['layers']} layers), GeoJSON {ours_json.stat().st_size / 1e6:.0f}"
           f" MB; ogr2ogr GeoJSON {ogr_json.stat().st_size / 1e6:.0f} MB")
@@ -216,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=1, help="runs per case; the best counts")
     ap.add_argument("--out", type=Path, default=c.DEFAULT_OUT)
-    ap.add_argument("--child", choices=["export", "import", "read"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["export", "import", "read", "load"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--registry", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--format", help=argparse.SUPPRESS)
     ap.add_argument("--file", type=Path, help=argparse.SUPPRESS)
@@ -225,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child_export(args.registry, args.format, args.file), default=str))
     elif args.child == "read":
         print(json.dumps(child_read(args.registry, args.format, args.file), default=str))
+    elif args.child == "load":
+        print(json.dumps(child_load(args.registry, args.format, args.file), default=str))
     elif args.child == "import":
         print(json.dumps(child_import(args.registry, args.format, args.file), default=str))
     else:

@@ -241,26 +241,38 @@ def copy_version_content(
     """Copy units, territories, groups and memberships set-wise: no row leaves SQL.
 
     Stable keys (unit_key, group_key, set_key) and paths are kept, so nothing is remapped
-    but the territories' link to their unit's new row id.
+    but the territories' link to their unit's new row id.  Callers switch the per-row
+    audit off: the copy is logged as one 'version create' entry.
     """
     p = {"src": from_id, "dst": to_id}
-    units = conn.execute(
-        text(
-            f"INSERT INTO org_unit (version_id, {_UNIT_COPY_COLUMNS}) "
-            f"SELECT :dst, {_UNIT_COPY_COLUMNS} FROM org_unit WHERE version_id = :src"
-        ),
-        p,
-    ).rowcount
-    territories = conn.execute(
-        text(
-            "INSERT INTO org_unit_territory (territory, unit_fid, version_id, name) "
-            "SELECT t.territory, n.fid, :dst, t.name FROM org_unit_territory t "
-            "JOIN org_unit o ON o.fid = t.unit_fid "
-            "JOIN org_unit n ON n.version_id = :dst AND n.unit_key = o.unit_key "
-            "WHERE o.version_id = :src"
-        ),
-        p,
-    ).rowcount
+    if conn.dialect.name == "sqlite":
+        units, offset = _copy_units_sqlite(reg, conn, from_id, to_id)
+        territories = conn.execute(
+            text(
+                "INSERT INTO org_unit_territory (territory, unit_fid, version_id, name) "
+                "SELECT t.territory, t.unit_fid + :off, :dst, t.name FROM org_unit_territory t "
+                "JOIN org_unit o ON o.fid = t.unit_fid WHERE o.version_id = :src ORDER BY t.fid"
+            ),
+            p | {"off": offset},
+        ).rowcount
+    else:
+        units = conn.execute(
+            text(
+                f"INSERT INTO org_unit (version_id, {_UNIT_COPY_COLUMNS}) "
+                f"SELECT :dst, {_UNIT_COPY_COLUMNS} FROM org_unit WHERE version_id = :src"
+            ),
+            p,
+        ).rowcount
+        territories = conn.execute(
+            text(
+                "INSERT INTO org_unit_territory (territory, unit_fid, version_id, name) "
+                "SELECT t.territory, n.fid, :dst, t.name FROM org_unit_territory t "
+                "JOIN org_unit o ON o.fid = t.unit_fid "
+                "JOIN org_unit n ON n.version_id = :dst AND n.unit_key = o.unit_key "
+                "WHERE o.version_id = :src"
+            ),
+            p,
+        ).rowcount
     groups = conn.execute(
         text(
             "INSERT INTO org_unit_group (version_id, group_key, source_ref, name, short_name, code) "
@@ -292,6 +304,104 @@ def copy_version_content(
         p,
     )
     return {"units": units, "territories": territories, "groups": groups, "memberships": members}
+
+
+#: per-row insert triggers on org_unit that a copy sets aside (see ``_copy_units_sqlite``)
+_GUARD, _AUDIT, _FILL = "org_unit_insert_published", "org_unit_audit_insert", "org_unit_fill"
+_SPATIAL = {
+    Backend.GEOPACKAGE: ("rtree_org_unit_location_insert",),
+    Backend.SPATIALITE: ("ggi_org_unit_location", "tmi_org_unit_location",
+                         "gii_org_unit_location"),
+}
+_RTREE = {
+    Backend.GEOPACKAGE: ("rtree_org_unit_location", "id, minx, maxx, miny, maxy"),
+    Backend.SPATIALITE: ("idx_org_unit_location", "pkid, xmin, xmax, ymin, ymax"),
+}
+
+
+def _copy_units_sqlite(
+    reg: Registry, conn: Connection, from_id: int, to_id: int
+) -> tuple[int, int]:
+    """SQLite: the units of ``from_id`` into ``to_id``; returns (count, fid offset).
+
+    Each copy gets row id ``fid + offset`` (rows in the same order, after every row id
+    ever used), so the territories and the spatial index follow without a lookup.
+    What the per-row insert triggers would do is done once for the whole set: the
+    published-version guard is checked here, the identity/path fill has nothing to fill
+    (kept in place if a source row lacks its key, uuid or depth), the insert audit is
+    quiet (kept if the caller left the audit on).  The spatial index gets the source
+    units' boxes — the same geometries, so the very boxes its trigger would compute —
+    bulk-loaded under its root (``bulk.fill_rtree``) instead of one R-tree insertion
+    per unit: that insertion was half the copy's time.  SpatiaLite's per-row geometry
+    check has nothing to check (the same column's values) and its insert-time stamp
+    is set once.  DDL is transactional in SQLite and we hold the write lock: nobody
+    sees the triggers missing, and an error rolls their drop back.
+    """
+    from storage.bulk import fill_rtree  # numpy and shapely: loaded when a copy runs
+
+    status = conn.execute(
+        text("SELECT status FROM source_version WHERE fid = :v"), {"v": to_id}
+    ).scalar()
+    if status == "published":
+        raise _published(version_by_id(conn, to_id))
+    bounds = conn.execute(
+        text(
+            "SELECT min(fid), max(fid), count(*), sum(unit_key IS NULL OR uuid IS NULL "
+            "OR depth IS NULL) FROM org_unit WHERE version_id = :v"
+        ),
+        {"v": from_id},
+    ).one()
+    if not bounds[2]:
+        return 0, 0
+    next_fid = conn.execute(
+        text(
+            "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'org_unit'), 0), "
+            "COALESCE((SELECT max(fid) FROM org_unit), 0)) + 1"
+        )
+    ).scalar_one()
+    offset = int(next_fid) - int(bounds[0])
+    names = [_GUARD, *_SPATIAL.get(reg.backend, ())]
+    if not bounds[3]:
+        names.append(_FILL)
+    if not conn.execute(text("SELECT audit FROM edit_context WHERE fid = 1")).scalar():
+        names.append(_AUDIT)
+    aside = [
+        (r[0], r[1])
+        for r in conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                f"AND tbl_name = 'org_unit' AND name IN ({', '.join(repr(n) for n in names)})"
+            )
+        )
+    ]
+    for name, _sql in aside:
+        conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+    p = {"src": from_id, "dst": to_id, "off": offset}
+    units = conn.execute(
+        text(
+            f"INSERT INTO org_unit (fid, version_id, {_UNIT_COPY_COLUMNS}) "
+            f"SELECT fid + :off, :dst, {_UNIT_COPY_COLUMNS} FROM org_unit "
+            "WHERE version_id = :src ORDER BY fid"
+        ),
+        p,
+    ).rowcount
+    dropped = {name for name, _sql in aside}
+    if reg.backend in _RTREE and _SPATIAL[reg.backend][-1] in dropped:
+        rtree, cols = _RTREE[reg.backend]
+        key = cols.split(",")[0]
+        boxes = (
+            f"SELECT r.{key} + {offset}, {', '.join('r.' + c.strip() for c in cols.split(',')[1:])} "
+            f'FROM "{rtree}" r JOIN org_unit o ON o.fid = r.{key} WHERE o.version_id = {from_id}'
+        )
+        fill_rtree(conn.connection.dbapi_connection, rtree, boxes)  # type: ignore[arg-type]
+    if "tmi_org_unit_location" in dropped:
+        conn.exec_driver_sql(
+            "UPDATE geometry_columns_time SET last_insert = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+            "WHERE Lower(f_table_name) = 'org_unit' AND Lower(f_geometry_column) = 'location'"
+        )
+    for _name, sql in aside:
+        conn.exec_driver_sql(sql)
+    return units, offset
 
 
 def publish_version(

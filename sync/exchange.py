@@ -28,6 +28,7 @@ from storage.backends import Backend
 from storage.bulk import UnitRecord
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef, resolve_version
+from sync.formats.gpkg_sql import plain_points
 
 
 @dataclass
@@ -225,29 +226,36 @@ def read_version(reg: Registry, source: str, number: int | None = None,
     group_ref = {r[0]: (r[1] or f"group:{r[0]}") for r in group_rows}
     groups = [GroupDef(group_ref[r[0]], r[2], r[3], r[4]) for r in group_rows]
 
+    mark = "?" if b.is_sqlite else "%s"  # the driver's parameter marker
+    unit_sql = (
+        "SELECT u.uuid, u.source_ref, u.name, u.unit_key, u.parent_key, u.path, "
+        "u.depth, t.name, u.code, u.opening_date, u.closed_date, "
+        "u.validation_status, u.aliases, u.extra_fields, "
+        f"{geometry.select_sql(b, 'u.location')}, "
+        f"{geometry.select_sql(b, 'te.territory')} "
+        "FROM org_unit u LEFT JOIN org_unit_type t ON t.fid = u.type_id "
+        "LEFT JOIN org_unit_territory te ON te.unit_fid = u.fid "
+        f"WHERE u.version_id = {mark} AND u.path > {mark} ORDER BY u.path LIMIT {mark}")
+
     def batches() -> Iterator[UnitBatch]:
         ref_of: dict[int, str] = {}  # unit_key -> ref, of the units seen so far
         last_path = ""
         while True:
             with reg.read() as conn:
-                rows = conn.execute(text(
-                    "SELECT u.uuid, u.source_ref, u.name, u.unit_key, u.parent_key, u.path, "
-                    "u.depth, t.name, u.code, u.opening_date, u.closed_date, "
-                    "u.validation_status, u.aliases, u.extra_fields, "
-                    f"{geometry.select_sql(b, 'u.location')}, "
-                    f"{geometry.select_sql(b, 'te.territory')} "
-                    "FROM org_unit u LEFT JOIN org_unit_type t ON t.fid = u.type_id "
-                    "LEFT JOIN org_unit_territory te ON te.unit_fid = u.fid "
-                    "WHERE u.version_id = :v AND u.path > :after ORDER BY u.path LIMIT :n"),
-                    {"v": version.id, "after": last_path, "n": batch}).all()
+                # straight to the driver: 100k rows through SQLAlchemy's Result cost ~20%
+                cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                cur.execute(unit_sql, (version.id, last_path, batch))
+                rows = cur.fetchall()
                 keys = [r[3] for r in rows]
                 members: dict[int, list[str]] = {}
                 if keys:
-                    for m in conn.execute(text(
-                        "SELECT unit_key, group_key FROM group_membership WHERE version_id = :v "
-                        "AND unit_key IN (" + ", ".join(str(int(k)) for k in keys) + ")"),
-                            {"v": version.id}):
+                    cur.execute(
+                        f"SELECT unit_key, group_key FROM group_membership WHERE version_id = {mark} "
+                        "AND unit_key IN (" + ", ".join(map(str, map(int, keys))) + ")",
+                        (version.id,))
+                    for m in cur.fetchall():
                         members.setdefault(m[0], []).append(group_ref[m[1]])
+                cur.close()
             if not rows:
                 return
             (uuids, source_refs, names, _keys, parent_keys, paths, depths, type_names, codes,
@@ -306,6 +314,11 @@ def _decode_many(backend: Backend, values: list[Any]) -> list[BaseGeometry | Non
     if not present:
         return out
     if backend is Backend.GEOPACKAGE:
+        points = plain_points([values[i] for i in present])
+        if points is not None:
+            for i, geom in zip(present, points.tolist(), strict=True):
+                out[i] = geom
+            return out
         wkbs = []
         for i in present:
             blob = bytes(values[i])

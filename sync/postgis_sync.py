@@ -35,11 +35,11 @@ side wins).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import itertools
 import json
 import re
-import struct
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,6 +59,27 @@ from storage.backends import Backend, Location
 from storage.errors import Cancelled, ConflictError, GeoregError, InvalidInput, RegistryNotFound
 from storage.jobs import Job
 from storage.registry import Registry, json_value
+from sync.postgis_copytext import (
+    _AFTER,
+    _COPY_CHUNK,
+    _DEPTH,
+    _FID,
+    _GEOM,
+    _NULL,
+    _ODD,
+    _PKEY,
+    _REST,
+    _UKEY,
+    _UNIT_COPY,
+    _UPTO,
+    _UUID,
+    _copy_geometry,
+    _copy_text,
+    _ewkb_from,
+    _fetch,
+    _local_lines,
+    _stream,
+)
 
 SYNC_ORIGIN = "sync"
 UNIT_ENTITIES = ("org_unit", "territory", "group_membership")
@@ -307,6 +328,24 @@ def sync_states(reg: Registry) -> list[dict[str, Any]]:
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _in_rows(conn: Connection, sql: str, name: str, values: Iterable[Any],
+             params: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Rows of ``sql``, whose ``… IN :name`` holds ``values``: on PostgreSQL one statement
+    with an array (``= ANY``: one round trip, and one query text psycopg parses once);
+    on SQLite in chunks of expanding ``IN`` lists."""
+    wanted = sorted(set(values))
+    if not wanted:
+        return
+    params = params or {}
+    if conn.dialect.name == "postgresql":
+        stmt = text(sql.replace(f" IN :{name}", f" = ANY(:{name})"))
+        yield from conn.execute(stmt, params | {name: wanted}).all()
+        return
+    stmt = text(sql).bindparams(bindparam(name, expanding=True))
+    for part in _chunks(wanted):
+        yield from conn.execute(stmt, params | {name: list(part)}).all()
 
 
 def _is_pg(reg: Registry) -> bool:
@@ -695,10 +734,8 @@ def read_units(
     units: list[Unit] = []
     base = _unit_sql(reg)
     if uuids is not None:
-        wanted = sorted(set(uuids))
-        stmt = text(base + " AND u.uuid IN :u").bindparams(bindparam("u", expanding=True))
-        for part in _chunks(wanted):
-            units += [_to_unit(reg, r) for r in conn.execute(stmt, {"v": version_id, "u": part})]
+        units = [_to_unit(reg, r) for r in _in_rows(conn, base + " AND u.uuid IN :u", "u",
+                                                     uuids, {"v": version_id})]
         units.sort(key=lambda u: (u.depth, u.fid or 0))
         _decode_locations(reg, units)
     else:
@@ -714,39 +751,32 @@ def read_units(
     want_ter = [u for u in units if everything or (territory_for and u.uuid in territory_for)]
     if want_ter:
         sel = geometry.select_sql(reg.backend, "territory")
-        stmt = text(
-            f"SELECT unit_fid, {sel} FROM org_unit_territory WHERE unit_fid IN :f"
-        ).bindparams(bindparam("f", expanding=True))
         by_fid = {u.fid: u for u in want_ter}
-        for part in _chunks(list(by_fid)):
-            for fid, geom in conn.execute(stmt, {"f": part}):
-                by_fid[fid].territory = geometry.decode(reg.backend, geom)
+        for fid, geom in _in_rows(
+                conn, f"SELECT unit_fid, {sel} FROM org_unit_territory WHERE unit_fid IN :f",
+                "f", by_fid):
+            by_fid[fid].territory = geometry.decode(reg.backend, geom)
     want_groups = [u for u in units if everything or (groups_for and u.uuid in groups_for)]
     if want_groups:
         by_key = {u.unit_key: u for u in want_groups}
         for u in want_groups:
             u.groups = set()
-        stmt = text(
-            "SELECT m.unit_key, g.source_ref, g.name FROM group_membership m "
-            "JOIN org_unit_group g ON g.version_id = m.version_id AND g.group_key = m.group_key "
-            "WHERE m.version_id = :v AND m.unit_key IN :k"
-        ).bindparams(bindparam("k", expanding=True))
-        for part in _chunks(list(by_key)):
-            for key, ref, name in conn.execute(stmt, {"v": version_id, "k": part}):
-                groups = by_key[key].groups
-                assert groups is not None
-                groups.add(group_identity(ref, name))
+        for key, ref, name in _in_rows(
+                conn,
+                "SELECT m.unit_key, g.source_ref, g.name FROM group_membership m "
+                "JOIN org_unit_group g ON g.version_id = m.version_id "
+                "AND g.group_key = m.group_key WHERE m.version_id = :v AND m.unit_key IN :k",
+                "k", by_key, {"v": version_id}):
+            groups = by_key[key].groups
+            assert groups is not None
+            groups.add(group_identity(ref, name))
     return units
 
 
 def _existing_uuids(conn: Connection, version_id: int, uuids: Iterable[str]) -> set[str]:
-    stmt = text("SELECT uuid FROM org_unit WHERE version_id = :v AND uuid IN :u").bindparams(
-        bindparam("u", expanding=True)
-    )
-    found: set[str] = set()
-    for part in _chunks(sorted(set(uuids))):
-        found.update(conn.execute(stmt, {"v": version_id, "u": part}).scalars())
-    return found
+    return {r[0] for r in _in_rows(
+        conn, "SELECT uuid FROM org_unit WHERE version_id = :v AND uuid IN :u", "u", uuids,
+        {"v": version_id})}
 
 
 @dataclass
@@ -858,15 +888,9 @@ class UnitWriter:
         }
 
     def _tree_info(self, uuids: Iterable[str]) -> dict[str, tuple[int, str, int]]:
-        stmt = text(
-            "SELECT uuid, unit_key, path, depth FROM org_unit WHERE version_id = :v "
-            "AND uuid IN :u"
-        ).bindparams(bindparam("u", expanding=True))
-        out: dict[str, tuple[int, str, int]] = {}
-        for part in _chunks(sorted(set(uuids))):
-            for r in self.conn.execute(stmt, {"v": self.version_id, "u": part}):
-                out[r.uuid] = (int(r.unit_key), r.path, int(r.depth))
-        return out
+        return {r.uuid: (int(r.unit_key), r.path, int(r.depth)) for r in _in_rows(
+            self.conn, "SELECT uuid, unit_key, path, depth FROM org_unit WHERE version_id = :v "
+            "AND uuid IN :u", "u", uuids, {"v": self.version_id})}
 
     # the upsert
     def upsert(
@@ -888,13 +912,18 @@ class UnitWriter:
         fig = self.fig
         fig.units_sent += len(units)
         uuids = {u.uuid for u in units}
+        # territories and memberships are compared only where asked for (new units get
+        # theirs whole)
         existing = {} if fresh else {
             u.uuid: u
             for u in read_units(self.reg, self.conn, self.version_id, uuids=uuids,
-                                territory_for=uuids, groups_for=uuids)
+                                territory_for=uuids if everything else territory_for,
+                                groups_for=uuids if everything else groups_for)
         }
         parents = {u.values["parent_uuid"] for u in units if u.values["parent_uuid"]}
-        tree = self._tree_info(parents | set(existing))
+        tree = {u.uuid: (int(u.unit_key or 0), u.path or "", u.depth)
+                for u in existing.values()}
+        tree |= self._tree_info(parents - set(tree))
         new = [u for u in units if u.uuid not in existing]
         fids = self._next_fids(len(new))
         copy = self.backend is Backend.POSTGIS and len(new) >= COPY_FROM
@@ -936,7 +965,10 @@ class UnitWriter:
             if mine["parent_uuid"] != theirs["parent_uuid"]:
                 moves.append(u)
         if updates:
-            self.conn.execute(self._update, updates)
+            if self.backend is Backend.POSTGIS:
+                self._update_set(updates)
+            else:
+                self.conn.execute(self._update, updates)
             fig.units_updated += len(updates)
         moved: list[dict[str, Any]] = []
         for u in sorted(moves, key=lambda m: m.depth):
@@ -958,6 +990,40 @@ class UnitWriter:
             everything or u.uuid in inserted
             or (groups_for is not None and u.uuid in groups_for))]
         self._memberships(grp, existing)
+
+    #: (column, PostgreSQL type) of the set-wise update of units
+    _SET_COLUMNS = (("fid", "bigint"), ("location", "bytea"), ("source_ref", "text"),
+                    ("name", "text"), ("code", "text"), ("type_id", "bigint"),
+                    ("validation_status", "text"), ("opening_date", "date"),
+                    ("closed_date", "date"), ("aliases", "jsonb"), ("extra_fields", "jsonb"))
+
+    def _update_set(self, updates: list[dict[str, Any]]) -> None:
+        """PostgreSQL: every update in one statement that also writes their change-log
+        rows set-wise — the rows travel as arrays (``unnest``), the per-row audit is off
+        for the statement, and the log rows are what the audit trigger writes (the same
+        snapshots, only for units whose values changed; ``o`` is read with the statement's
+        snapshot, so it is each unit's state before the update).  The other row triggers
+        (published guard, names to territories) run per row as before."""
+        cols = self._SET_COLUMNS
+        sets = ", ".join(
+            f"{c} = ST_GeomFromWKB(n.{c}, {geometry.SRID})" if c == "location" else f"{c} = n.{c}"
+            for c, _t in cols if c != "fid")
+        arrays = ", ".join(f"CAST(:{c} AS {t}[])" for c, t in cols)
+        names = ", ".join(c for c, _t in cols)
+        changed = " OR ".join(f"o.{f} IS DISTINCT FROM u.{f}" for f in audit_sql.UNIT_FIELDS)
+        changed += " OR NOT (o.location IS NOT DISTINCT FROM u.location)"
+        _join, ctx = audit_sql.context_columns(Backend.POSTGIS)
+        self.reg.set_audit(self.conn, False)
+        self.conn.execute(
+            text(f"WITH u AS (UPDATE org_unit u SET {sets} FROM unnest({arrays}) AS n({names}) "
+                 "WHERE u.fid = n.fid RETURNING u.*) "
+                 f"INSERT INTO change_log ({audit_sql.LOG_COLUMNS}) SELECT u.version_id, "
+                 "'org_unit', 'update', u.uuid, u.unit_key, u.fid, "
+                 f"{audit_sql.unit_json(Backend.POSTGIS, 'o')}, "
+                 f"{audit_sql.unit_json(Backend.POSTGIS, 'u')}, {ctx} "
+                 f"FROM u JOIN org_unit o ON o.fid = u.fid WHERE {changed} ORDER BY u.fid"),
+            {c: [row[c] for row in updates] for c, _t in cols})
+        self.reg.set_audit(self.conn, True)
 
     def _copy_new(self, new: list[Unit], rows: list[dict[str, Any]]) -> None:
         """Many new units on PostgreSQL: COPY them (with their territories and memberships)
@@ -1427,10 +1493,26 @@ def push(
     run = _Run(reg, central, state, fig, max(1, batch_size), prefer, progress, job,
                f"push:{client}:{uuidlib.uuid4().hex[:12]}", full_batch=max(1, full_batch_size))
     try:
-        with exclusive(central, client):
+        with exclusive(central, client), _gc_paused():
             return _push(run, created)
     finally:
         central.close()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No automatic cyclic garbage collection meanwhile: a push makes and drops rows by the
+    thousand (freed by reference counting) and Python's collector, started every 700
+    allocations and walking every object of the process at times, took ~15 % of a push of
+    1,000 changes.  Switched back on afterwards if it was on (process-wide: another thread
+    merely has its collections deferred until then)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _push(run: _Run, created: bool) -> dict[str, Any]:
@@ -1673,19 +1755,6 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
     state.save(run.reg)
 
 
-def _ewkb_hex(wkb: bytes | None) -> str | None:
-    """ISO WKB (2D) → hex EWKB with the registry's SRID, what PostGIS reads from COPY."""
-    if wkb is None:
-        return None
-    order = "<" if wkb[0] == 1 else ">"
-    (gtype,) = struct.unpack(order + "I", wkb[1:5])
-    if gtype >= 1000:  # Z/M flavours: let shapely write it
-        return str(shapely.to_wkb(shapely.set_srid(shapely.from_wkb(wkb), geometry.SRID),
-                                  hex=True, byte_order=1, include_srid=True))
-    return (wkb[:1] + struct.pack(order + "II", gtype | 0x20000000, geometry.SRID)
-            + wkb[5:]).hex().upper()
-
-
 def _owns(cconn: Connection, table: str) -> bool:
     return bool(cconn.execute(text(
         "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
@@ -1699,138 +1768,6 @@ def _plain_indexes(cconn: Connection, table: str) -> list[tuple[str, str]]:
         "i.indexname AND c.relnamespace = to_regnamespace(i.schemaname) "
         "WHERE i.schemaname = current_schema() AND i.tablename = :t AND NOT EXISTS "
         "(SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid)"), {"t": table})]
-
-
-_AFTER = " AND (u.depth > :d OR (u.depth = :d AND u.fid > :f))"
-_UPTO = " AND (u.depth < :d2 OR (u.depth = :d2 AND u.fid <= :f2))"
-#: positions in the rows of ``_local_lines``
-_FID, _DEPTH, _UUID, _UKEY, _PKEY, _GEOM, _ODD, _REST = range(8)
-_NULL = "\\N"
-
-
-def _copy_text(backend: Backend, column: str) -> str:
-    """SQL for a text column as a COPY (text format) field: escaped, NULL as ``\\N``."""
-    tab, nl, cr = ("char(9)", "char(10)", "char(13)") if backend is not Backend.POSTGIS else (
-        "chr(9)", "chr(10)", "chr(13)")
-    escaped = (f"replace(replace(replace(replace({column}, '\\', '\\\\'), {tab}, '\\t'), "
-               f"{nl}, '\\n'), {cr}, '\\r')")
-    if backend is Backend.POSTGIS:
-        return f"COALESCE({escaped}, '\\N')"
-    # SQLite: most values need no escaping, and one GLOB says so faster than four replace()
-    return (f"CASE WHEN {column} IS NULL THEN '\\N' WHEN {column} GLOB "
-            f"'*[' || char(92, 9, 10, 13) || ']*' THEN {escaped} ELSE {column} END")
-
-
-def _copy_geometry(backend: Backend, column: str, w: str = "w") -> tuple[str, str, str]:
-    """SQL for (the geometry's WKB, to be selected as ``w`` by the caller; from ``w``, the
-    hex EWKB with the registry's SRID — what PostGIS reads from COPY — or NULL where Python
-    must convert it; the geometry for those only, as ``_ewkb_from`` reads it).
-
-    On SQLite the common case (little-endian 2D WKB: the points and polygons Georeg
-    writes) is rewritten in SQL: GeoPackage header stripped, SRID flag and SRID put in;
-    anything else (big-endian, Z/M) goes through shapely."""
-    if backend is Backend.POSTGIS:
-        return ("NULL", f"upper(encode(ST_AsEWKB(ST_SetSRID({column}, {geometry.SRID})), "
-                "'hex'))", "NULL")
-    if backend is Backend.GEOPACKAGE:
-        # header: 8 bytes + an envelope whose size is coded in bits 1-3 of the flags byte
-        code = (f"((instr('0123456789ABCDEF', substr(hex(substr({column}, 4, 1)), 2, 1)) - 1)"
-                " / 2)")
-        wkb = (f"substr({column}, 9 + CASE {code} WHEN 0 THEN 0 WHEN 1 THEN 32 "
-               "WHEN 2 THEN 48 WHEN 3 THEN 48 WHEN 4 THEN 64 END)")
-    else:
-        wkb = f"AsBinary({column})"
-    srid = struct.pack("<I", geometry.SRID).hex().upper()
-    plain = (f"substr({w}, 1, 1) = x'01' AND substr({w}, 3, 3) = x'000000' AND "
-             f"substr({w}, 2, 1) BETWEEN x'01' AND x'07'")
-    fast = (f"CASE WHEN {plain} THEN '01' || hex(substr({w}, 2, 1)) || '000020{srid}' || "
-            f"hex(substr({w}, 6)) END")
-    odd = (f"CASE WHEN {w} IS NOT NULL AND NOT ({plain}) THEN "
-           f"{geometry.select_sql(backend, column)} END")
-    return wkb, fast, odd
-
-
-def _ewkb_from(backend: Backend, value: Any) -> str:
-    """Hex EWKB of a geometry as ``geometry.select_sql`` reads it (the rare cases)."""
-    blob = bytes(value)
-    return _ewkb_hex(geometry.gpkg_wkb(blob) if backend is Backend.GEOPACKAGE else blob) or _NULL
-
-
-def _local_lines(backend: Backend, type_map: dict[int, int | None], after: bool) -> str:
-    """The local units of a version, parents first, as COPY text: (fid, depth, uuid,
-    unit_key, parent_key, hex EWKB, odd geometry, the rest of the COPY line)."""
-    wkb, geom, odd = _copy_geometry(backend, "u.location", "k.w")
-    types = " ".join(f"WHEN {int(k)} THEN '{int(v)}'" for k, v in type_map.items()
-                     if v is not None)
-    type_sql = f"CASE u.type_id {types} ELSE '\\N' END" if types else "'\\N'"
-    if backend is Backend.POSTGIS:
-        date = "COALESCE(CAST({} AS text), '\\N')"
-        jsn = "CAST({} AS text)"
-        cat = " || chr(9) || "
-        status = "COALESCE(NULLIF(u.validation_status, ''), 'valid')"
-    else:
-        date = "COALESCE(NULLIF(substr({}, 1, 10), ''), '\\N')"
-        jsn = "{}"
-        cat = " || char(9) || "
-        status = "COALESCE(NULLIF(u.validation_status, ''), 'valid')"
-    rest = cat.join([
-        _copy_text(backend, "u.uuid"), _copy_text(backend, "u.source_ref"),
-        _copy_text(backend, "u.name"), _copy_text(backend, "u.code"), type_sql,
-        "CAST(u.depth AS text)", status, date.format("u.opening_date"),
-        date.format("u.closed_date"), _copy_text(backend, jsn.format("u.aliases")),
-        _copy_text(backend, jsn.format("u.extra_fields")),
-    ])
-    # Only the keys are sorted (k); each row is formatted as it is read, so on SQLite (a
-    # CROSS JOIN keeps k the outer loop, in its order) the first rows come at once and
-    # the COPY starts while SQLite formats the rest.
-    # (the geometry's WKB is cut out there too, once per row)
-    keys = (f"SELECT u.fid, u.depth, {wkb} AS w FROM org_unit u WHERE u.version_id = :v"
-            f"{_AFTER if after else ''} ORDER BY u.depth, u.fid LIMIT :n")
-    join, order = ("JOIN", " ORDER BY u.depth, u.fid") if backend is Backend.POSTGIS else (
-        "CROSS JOIN", "")
-    return (f"SELECT u.fid, u.depth, u.uuid, u.unit_key, u.parent_key, {geom}, {odd}, {rest} "
-            f"FROM ({keys}) k {join} org_unit u ON u.fid = k.fid{order}")
-
-
-#: the columns of ``_local_lines`` rows, as COPY receives them
-_UNIT_COPY = ("COPY org_unit (fid, unit_key, parent_key, path, version_id, location, uuid, "
-              "source_ref, name, code, type_id, depth, validation_status, opening_date, "
-              "closed_date, aliases, extra_fields) FROM STDIN")
-
-
-def _fetch(conn: Connection, sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
-    """Rows as plain tuples (on SQLite straight from the driver: 100k rows a second faster
-    than through SQLAlchemy's Row objects)."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    if conn.dialect.name == "sqlite":
-        cur = raw.cursor()
-        try:
-            return cur.execute(sql, params).fetchall()
-        finally:
-            cur.close()
-    with raw.cursor() as pcur:
-        return pcur.execute(re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql), params).fetchall()
-
-
-def _stream(conn: Connection, sql: str, params: dict[str, Any]
-            ) -> Iterator[Sequence[Sequence[Any]]]:
-    """``_fetch`` in chunks of ``_COPY_CHUNK`` rows, read as they are consumed."""
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    if conn.dialect.name == "sqlite":
-        cur = raw.cursor()
-        try:
-            cur.execute(sql, params)
-            while chunk := cur.fetchmany(_COPY_CHUNK):
-                yield chunk
-        finally:
-            cur.close()
-        return
-    with raw.cursor() as pcur:
-        pcur.execute(re.sub(r"(?<!:):(\w+)", r"%(\1)s", sql), params)
-        while chunk := pcur.fetchmany(_COPY_CHUNK):
-            yield chunk
 
 
 def _copy_version(run: _Run, meta: dict[str, Any], cvid: int, cursor: dict[str, Any]) -> bool:
@@ -1898,10 +1835,6 @@ def _copy_version(run: _Run, meta: dict[str, Any], cvid: int, cursor: dict[str, 
                  message=f"Pushing {meta['source']} v{meta['number']}")
         if last_batch:
             return True
-
-
-#: rows per ``copy.write`` (one string of ~2-3 MB)
-_COPY_CHUNK = 10_000
 
 
 def _copy_batch(run: _Run, meta: dict[str, Any], *, cconn: Connection, cvid: int, n: int,
@@ -2083,21 +2016,16 @@ def _foreign_changed(cconn: Connection, cvid: int, uuids: Iterable[str], state: 
     """Units changed centrally (not by our pushes) since the last pull."""
     if state.last_pull_marker is None:
         return set()
-    stmt = text(
-        "SELECT DISTINCT unit_uuid FROM change_log WHERE fid > :m AND version_id = :v "
-        "AND entity IN ('org_unit', 'territory', 'group_membership') AND unit_uuid IN :u "
-        "AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :own)"
-    ).bindparams(bindparam("u", expanding=True))
-    found: set[str] = set()
     own = _own_push_like(state.client_id)
     if _pushed_whole(cconn, cvid, int(state.last_pull_marker), own):
         # another registry sent the version whole since: every unit there came with it
         return _existing_uuids(cconn, cvid, uuids)
-    for part in _chunks(sorted(set(uuids))):
-        found.update(cconn.execute(stmt, {
-            "m": int(state.last_pull_marker), "v": cvid, "u": part, "own": own,
-        }).scalars())
-    return found
+    return {r[0] for r in _in_rows(
+        cconn,
+        "SELECT DISTINCT unit_uuid FROM change_log WHERE fid > :m AND version_id = :v "
+        "AND entity IN ('org_unit', 'territory', 'group_membership') AND unit_uuid IN :u "
+        "AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :own)", "u", uuids,
+        {"m": int(state.last_pull_marker), "v": cvid, "own": own})}
 
 
 def _log_chunks(reg: Registry, state: SyncState, after: int, high: int, size: int
@@ -2127,18 +2055,17 @@ def _log_chunks(reg: Registry, state: SyncState, after: int, high: int, size: in
 
 def _below(conn: Connection, version_id: int, uuids: Iterable[str]) -> dict[str, set[str]]:
     """For each unit, the uuids of every unit below it (on the side of ``conn``)."""
-    stmt = text("SELECT uuid, path FROM org_unit WHERE version_id = :v AND uuid IN :u"
-                ).bindparams(bindparam("u", expanding=True))
     out: dict[str, set[str]] = {}
-    for part in _chunks(sorted(set(uuids))):
-        for uuid, path in conn.execute(stmt, {"v": version_id, "u": part}).all():
-            if not path:
-                continue
-            out[uuid] = set(conn.execute(
-                text("SELECT uuid FROM org_unit WHERE version_id = :v AND path > :lo "
-                     "AND path < :hi"),
-                {"v": version_id, "lo": path, "hi": path[:-1] + "0"},
-            ).scalars())
+    for uuid, path in list(_in_rows(
+            conn, "SELECT uuid, path FROM org_unit WHERE version_id = :v AND uuid IN :u", "u",
+            uuids, {"v": version_id})):
+        if not path:
+            continue
+        out[uuid] = set(conn.execute(
+            text("SELECT uuid FROM org_unit WHERE version_id = :v AND path > :lo "
+                 "AND path < :hi"),
+            {"v": version_id, "lo": path, "hi": path[:-1] + "0"},
+        ).scalars())
     return out
 
 
@@ -2243,11 +2170,9 @@ def _hold_conflicts(run: _Run, meta: dict[str, Any], cconn: Connection, cvid: in
     """Units changed centrally since the last pull (or in a conflict already reported)
     whose two states differ: report them and hold them back."""
     lvid = meta["fid"]
-    stmt = text(
-        "SELECT uuid FROM org_unit WHERE version_id = :v AND uuid IN :u FOR UPDATE"
-    ).bindparams(bindparam("u", expanding=True))
-    for part in _chunks(sorted(uuids)):
-        cconn.execute(stmt, {"v": cvid, "u": part}).all()
+    for _row in _in_rows(cconn, "SELECT uuid FROM org_unit WHERE version_id = :v AND uuid IN :u "
+                         "FOR UPDATE", "u", uuids, {"v": cvid}):
+        pass
     foreign = _foreign_changed(cconn, cvid, uuids, run.state) | known
     if not foreign:
         return set()

@@ -166,6 +166,31 @@ def test_point_and_territory_stay_one_plain_polygon_feature(tmp_path: Path) -> N
     assert b.location == Point(1, 2) and b.territory is None
 
 
+def test_each_feature_is_the_json_of_its_dict_whatever_the_text(tmp_path: Path) -> None:
+    """The writer puts features together from column texts; each line must be exactly
+    ``json.dumps`` of the feature as a dict, for plain columns, columns that need
+    escaping (quotes, backslashes, control characters), columns with nulls and
+    columns of a few repeated values."""
+    odd = ['He said "hi"', "back\\slash", "tab\tand\nnewline", "Ségou é", "\u0001x",
+           "plain", "plain", "plain"]
+    units = [export_unit(ref=f"R{i}", name=name, code=None if i % 3 else name,
+                         type=["Région", None][i % 2], opening_date="2001-02-03",
+                         closed_date=None if i else "2020-01-01",
+                         validation_status="valid", aliases=[name] if i == 1 else [],
+                         extra_fields={"k": name} if i == 2 else {},
+                         groups=["G1"] if i == 3 else [],
+                         location=Point(i, -i) if i % 2 else None,
+                         territory=box(0, 0, 1, 1) if i == 5 else None)
+             for i, name in enumerate(odd * 4)]
+    path = tmp_path / "odd.geojson"
+    write(path, units)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    features = [line.rstrip(",") for line in lines if line.startswith('{"type":"Feature"')]
+    assert features == [json.dumps(geojson.feature(u), ensure_ascii=False,
+                                   separators=(",", ":")) for u in units]
+    assert [r.name for r in read(path)] == odd * 4
+
+
 def test_geometry_collection_and_location_variants_are_read(tmp_path: Path) -> None:
     path = dump(tmp_path / "gc.geojson", fc(
         feat({"name": "gc", "ref": "a"}, {"type": "GeometryCollection", "geometries": [

@@ -250,6 +250,30 @@ def test_bad_blobs_are_told_apart() -> None:
         assert caught.value.index == 1
 
 
+def test_a_column_of_plain_points_reads_like_any_other() -> None:
+    """Plain points are read with numpy for the whole column; a null, an empty point,
+    a point with an envelope or a polygon in the column take the general way, with
+    the same result."""
+    points = [shapely.Point(x / 7, -x / 3) for x in range(50)]
+    blobs = gpkg_sql.encode_blobs(np.array(points, dtype=object))[0]
+    got = gpkg_sql.decode_blobs(blobs)
+    assert gpkg_sql.plain_points(blobs) is not None
+    assert all(g.equals_exact(p, 0) for g, p in zip(got, points, strict=True))
+    empty = gpkg_sql.encode_blobs(np.array([shapely.Point()], dtype=object))[0][0]
+    square = gpkg_sql.encode_blobs(np.array([shapely.box(0, 0, 1, 1)], dtype=object))[0][0]
+    assert blobs[0] is not None and empty is not None
+    with_envelope = blobs[0][:3] + bytes([blobs[0][3] | 0b10]) + blobs[0][4:8] + \
+        bytes(32) + blobs[0][8:]  # a valid envelope (its values are not checked)
+    for odd, want in [(None, None), (empty, shapely.Point()), (square, shapely.box(0, 0, 1, 1)),
+                      (with_envelope, points[0])]:
+        column = [*blobs[:10], odd]
+        assert gpkg_sql.plain_points(column) is None
+        got = gpkg_sql.decode_blobs(column)
+        assert all(g.equals_exact(p, 0) for g, p in zip(got[:10], points, strict=False))
+        assert (got[10] is None) if want is None else (got[10].equals(want)
+                                                        or got[10].is_empty and want.is_empty)
+
+
 def test_z_geometries_are_read_flat(tmp_path: Path) -> None:
     path = tmp_path / "z.gpkg"
     with gpkg_sql.Writer(path) as w:

@@ -259,6 +259,50 @@ def test_first_push_by_copy_logs_one_version_row(demo: Registry,
         assert [tuple(r) for r in logged] == [("org_unit", "update", "sync", "Renamed here")]
 
 
+def test_a_pushed_update_is_logged_centrally_as_the_audit_trigger_logs_it(
+        demo: Registry, central: tuple[str, str]) -> None:
+    """An incremental push updates units set-wise and writes their central change-log rows
+    itself: the same before/after snapshots as the per-row audit trigger writes for the
+    same edit made centrally."""
+    push(demo, *central)
+    edit: dict[str, Any] = {"name": "Renamed (both ways)", "code": "X-1",
+                            "closed_date": "2024-01-31",
+                            "aliases": ["Old name"]}
+    with open_central(central) as reg:
+        uuid_ = get_unit(reg, "SL", FACILITIES[0])["uuid"]
+        # the trigger's rows, for the same edit made centrally (rolled back)
+        with reg.engine.connect() as conn, conn.begin() as tx:
+            conn.execute(text("SELECT set_config('georeg.origin', 'sync', true)"))
+            conn.execute(text(
+                "UPDATE org_unit SET name = :name, code = :code, closed_date = :closed, "
+                "aliases = CAST(:aliases AS jsonb), location = ST_SetSRID(ST_MakePoint(-11.5, "
+                "7.5), 4326) WHERE uuid = :u"),
+                {"name": edit["name"], "code": edit["code"], "closed": edit["closed_date"],
+                 "aliases": '["Old name"]', "u": uuid_})
+            by_trigger = conn.execute(text(
+                "SELECT entity, op, unit_uuid, unit_key, record_fid, before, after, origin "
+                "FROM change_log WHERE entity = 'org_unit'")).all()
+            tx.rollback()
+        with reg.read() as conn:
+            before = conn.execute(text("SELECT max(fid) FROM change_log")).scalar_one()
+    assert len(by_trigger) == 1
+    edit_unit(demo, "SL", FACILITIES[0], **edit)
+    set_geometry(demo, "SL", FACILITIES[0], location=shapely.Point(-11.5, 7.5))
+    edit_unit(demo, "SL", FACILITIES[1], name="Changed here too")
+    result = push(demo, *central)
+    assert result["units_updated"] == 2
+    with open_central(central) as reg, reg.read() as conn:
+        by_push = conn.execute(text(
+            "SELECT entity, op, unit_uuid, unit_key, record_fid, before, after, origin "
+            "FROM change_log WHERE fid > :b AND entity = 'org_unit' AND unit_uuid = :u"),
+            {"b": before, "u": uuid_}).all()
+        operations = set(conn.execute(text(
+            "SELECT operation FROM change_log WHERE fid > :b"), {"b": before}).scalars())
+    assert [tuple(r) for r in by_push] == [tuple(r) for r in by_trigger]
+    assert all(op and op.startswith("push:") for op in operations), operations
+    assert_equal(demo, central)
+
+
 def test_first_push_copies_awkward_text_and_geometry_exactly(demo: Registry,
                                                             central: tuple[str, str]) -> None:
     """The COPY lines are made in SQL: tabs, newlines, backslashes and quotes in text and

@@ -13,7 +13,7 @@ import shapely
 
 from storage import geometry
 from storage.backends import Backend
-from sync.postgis_sync import _copy_geometry, _copy_text, _ewkb_from
+from sync.postgis_copytext import _copy_geometry, _copy_text, _ewkb_from
 
 GEOMS = [
     shapely.Point(-11.75, 8.25),

@@ -468,7 +468,8 @@ def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], prese
             territory=territory,
             validation_status=status.lower() if status else "valid",
             uuid=unit_uuid,
-            groups=_split_groups(group_refs) if has_groups else None,
+            groups=(_split_groups(group_refs) if group_refs is not None and group_refs != ""
+                    else []) if has_groups else None,
             where=where,
         )
 
@@ -738,10 +739,11 @@ def _write_layer(w: gpkg_sql.Writer, name: str, rows: _LayerRows) -> None:
     """One layer: a layer whose type has polygons holds them (points then go
     to longitude/latitude); otherwise it holds the points."""
     n = len(rows.rows)
-    geoms = np.empty(n, dtype=object)
     polygons = any(t is not None for t in rows.territories)
+    # (``np.fromiter``: filling an object array from a list of geometries makes numpy
+    # probe each one as a possible sequence, ~30x slower)
+    geoms = np.fromiter(rows.territories if polygons else rows.locations, dtype=object, count=n)
     if polygons:
-        geoms[:] = rows.territories
         has = np.flatnonzero(~shapely.is_missing(geoms))
         kinds = shapely.get_type_id(geoms[has])
         single = has[kinds != 6]  # Polygon … -> MultiPolygon, as the layer type says
@@ -750,8 +752,6 @@ def _write_layer(w: gpkg_sql.Writer, name: str, rows: _LayerRows) -> None:
         for row, loc in zip(rows.rows, rows.locations, strict=True):
             if loc is not None:  # the geometry column holds the polygon: keep the point
                 row[_LON], row[_LAT] = loc.x, loc.y
-    else:
-        geoms[:] = rows.locations
     types = dict(_SQL_TYPES)
     w.features(name, [(c, types.get(c, "TEXT")) for c in OUT_COLUMNS], rows.rows, geoms,
                "MultiPolygon" if polygons else "Point")
