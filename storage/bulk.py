@@ -19,12 +19,10 @@ failure — or a killed process — leaves no partial version.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 import sqlite3
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +35,7 @@ from storage import audit_sql, geometry
 from storage.backends import Backend
 from storage.errors import CycleError, GeoregError, InvalidInput, PublishedVersionError
 from storage.ids import uuid7_many
+from storage.jobs import gc_paused
 from storage.migrations.schema_0001 import PUBLISHED_MSG
 from storage.registry import Registry, translate_db_error
 
@@ -432,7 +431,7 @@ class BulkLoader:
     # --- units ---------------------------------------------------------------------
 
     def add_units(self, records: Iterable[UnitRecord]) -> None:
-        with _gc_paused():
+        with gc_paused():
             batch, size = self._batch, self.batch_size
             for rec in records:
                 batch.append(rec)
@@ -784,7 +783,7 @@ class BulkLoader:
     # --- checks, tree, writing, audit ----------------------------------------------
 
     def finish(self) -> LoadStats:
-        with _gc_paused():
+        with gc_paused():
             self._flush()
             conn = self.conn
             if self._staged:
@@ -1023,24 +1022,6 @@ def _date(known: dict[Any, str | None], value: Any, rec: UnitRecord, name: str) 
 def _who(src: str | None, ref: str | None, name: str | None) -> str:
     """A staged row's ``where`` (or its default, as :func:`_where` builds it)."""
     return src or f"unit {ref or name!r}"
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for the load (re-entrant).
-
-    A load makes millions of short-lived objects while its caller may hold hundreds of
-    thousands; each full collection walks all of them and finds no cycle worth
-    collecting (reference counting frees these objects).  Switched back on at the end,
-    even on an error.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _geom_from(backend: Backend, column: str) -> str:

@@ -11,10 +11,8 @@ these plain structures.
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,27 +178,6 @@ class VersionData:
     #: the same units in column batches (from :func:`read_version`; None when the units
     #: were made another way).  A writer reads either ``units`` or ``batches()``.
     batches: Callable[[], Iterator[UnitBatch]] | None = None
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for one bounded bulk step (an import, an
-    export), as a ``with`` block or a decorator.
-
-    Reading or writing 100k units makes millions of small objects while hundreds of
-    thousands stay alive, and each full collection walks all of them: 15–40% of an
-    import's or export's time in ``benchmarks/bench_formats.py``.  These steps make
-    no reference cycles worth collecting (reference counting frees their objects);
-    the collector is switched back on when the step ends, even on an error.
-    Re-entrant: an inner pause leaves an outer one in force.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def internal_ref(uuid: str) -> str:

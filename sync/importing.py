@@ -33,7 +33,7 @@ from sqlalchemy import Connection, text
 from storage import geometry
 from storage.bulk import VALIDATION_STATUSES, BulkLoader, UnitRecord, parse_date
 from storage.errors import CycleError, GeoregError, InvalidInput
-from storage.jobs import Job
+from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
 from storage.units import set_territory
 from storage.versions import (
@@ -44,7 +44,7 @@ from storage.versions import (
     resolve_version,
     version_by_id,
 )
-from sync.exchange import ImportPayload, gc_paused, internal_ref
+from sync.exchange import ImportPayload, internal_ref
 
 MAX_LISTED = 1000  # rows listed in a report (counts are always complete)
 

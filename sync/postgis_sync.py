@@ -35,7 +35,6 @@ side wins).
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import hashlib
 import itertools
 import json
@@ -57,7 +56,7 @@ from sqlalchemy import Connection, bindparam, create_engine, exc, text
 from storage import audit_sql, geometry
 from storage.backends import Backend, Location
 from storage.errors import Cancelled, ConflictError, GeoregError, InvalidInput, RegistryNotFound
-from storage.jobs import Job
+from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
 from sync.postgis_copytext import (
     _AFTER,
@@ -1493,26 +1492,10 @@ def push(
     run = _Run(reg, central, state, fig, max(1, batch_size), prefer, progress, job,
                f"push:{client}:{uuidlib.uuid4().hex[:12]}", full_batch=max(1, full_batch_size))
     try:
-        with exclusive(central, client), _gc_paused():
+        with exclusive(central, client), gc_paused():
             return _push(run, created)
     finally:
         central.close()
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No automatic cyclic garbage collection meanwhile: a push makes and drops rows by the
-    thousand (freed by reference counting) and Python's collector, started every 700
-    allocations and walking every object of the process at times, took ~15 % of a push of
-    1,000 changes.  Switched back on afterwards if it was on (process-wide: another thread
-    merely has its collections deferred until then)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _push(run: _Run, created: bool) -> dict[str, Any]:

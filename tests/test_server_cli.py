@@ -125,6 +125,16 @@ def test_collect_payload_roundtrip(payload: str) -> None:
     assert data == {"general": {"server_url": payload, "username": "ama"}, "admin": {}}
 
 
+def _serve_two_workers(registry: Path, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """``georeg serve --workers 2`` on 127.0.0.1:PORT as a user starts it (its own process)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "georeg.cli", "serve", str(registry), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--no-scheduler", "--qr-png",
+         str(tmp_path / "qr.png")],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
+
+
 def test_serve_workers_share_the_port_and_die_with_the_parent(tmp_path: Path) -> None:
     import os
     import signal
@@ -137,12 +147,7 @@ def test_serve_workers_share_the_port_and_die_with_the_parent(tmp_path: Path) ->
     setup = build_registry(tmp_path / "r.gpkg")
     port = free_port()
     started = time.time() - 1
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "georeg.cli", "serve", str(setup.path), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2", "--no-scheduler", "--qr-png",
-         str(tmp_path / "qr.png")],
-        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
+    proc = _serve_two_workers(setup.path, port, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_up(base)
@@ -182,12 +187,7 @@ def test_a_replay_is_refused_by_every_worker(tmp_path: Path) -> None:
 
     setup = build_registry(tmp_path / "r.gpkg")
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "georeg.cli", "serve", str(setup.path), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2", "--no-scheduler", "--qr-png",
-         str(tmp_path / "qr.png")],
-        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
+    proc = _serve_two_workers(setup.path, port, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_up(base)

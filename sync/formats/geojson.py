@@ -59,6 +59,7 @@ from shapely.geometry.base import BaseGeometry
 from storage import geometry
 from storage.bulk import UnitRecord
 from storage.errors import InvalidInput
+from storage.jobs import gc_paused
 from sync.exchange import (
     GroupDef,
     ImportPayload,
@@ -66,7 +67,6 @@ from sync.exchange import (
     TypeDef,
     UnitBatch,
     VersionData,
-    gc_paused,
     unit_batches,
 )
 

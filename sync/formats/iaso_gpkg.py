@@ -57,13 +57,13 @@ from shapely.geometry.base import BaseGeometry
 from storage import geometry
 from storage.bulk import UnitRecord
 from storage.errors import InvalidInput
+from storage.jobs import gc_paused
 from sync.exchange import (
     GroupDef,
     ImportPayload,
     ReadOptions,
     TypeDef,
     VersionData,
-    gc_paused,
     unit_batches,
 )
 from sync.formats import gpkg_sql
