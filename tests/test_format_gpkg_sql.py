@@ -345,3 +345,13 @@ def test_a_wal_file_another_program_is_writing_is_read_at_its_last_commit(
     finally:
         writer.close()
     assert "Renamed by QGIS" in names
+
+
+def test_a_truncated_wal_file_is_refused_and_nothing_is_left_beside_it(tmp_path: Path) -> None:
+    source = tmp_path / "trunc.gpkg"
+    source.write_bytes((DATA / "minimal.gpkg").read_bytes()[:20000])
+
+    with pytest.raises(InvalidInput, match="trunc.gpkg.*truncated or damaged"):
+        list(iaso_gpkg.read_file(source, ReadOptions()).units)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trunc.gpkg"]

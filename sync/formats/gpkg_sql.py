@@ -143,16 +143,16 @@ def open_readonly(path: Path) -> sqlite3.Connection:
 
     A file in WAL mode (GDAL and Iaso write those) opened ``mode=ro`` gets a
     ``-wal`` and ``-shm`` created next to it, so when no ``-wal`` is pending it is
-    opened ``immutable`` (SQLite then creates nothing); with a pending ``-wal``
-    (another program has the file open) ``mode=ro`` sees that program's last
-    commit.  A read-only folder needs ``immutable`` too.  Raises the last
-    ``sqlite3.Error`` when neither way opens it.
+    opened ``immutable`` only (SQLite then creates nothing, even when the file turns
+    out to be damaged); with a pending ``-wal`` (another program has the file open)
+    ``mode=ro`` sees that program's last commit, and a read-only folder falls back to
+    ``immutable``.  Raises the last ``sqlite3.Error`` when no way opens it.
     """
     path = Path(path)
     uri = path.resolve().as_uri()
     modes = ["?mode=ro", "?immutable=1"]
     if _wal_mode(path) and not Path(f"{path}-wal").exists():
-        modes.reverse()
+        modes = ["?immutable=1"]  # mode=ro could see no more, and would leave files
     last: sqlite3.Error | None = None
     for mode in modes:
         try:
