@@ -93,9 +93,10 @@ def child_read(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
     drawn from it; for an export (``src`` is ``-``), ``read_version`` with every unit,
     in the column batches both writers read (``unit_batches``).
     With the garbage collector paused, as the import job and the writers pause it."""
+    from storage.jobs import gc_paused
     from storage.registry import Registry
     from sync import formats
-    from sync.exchange import gc_paused, read_version, unit_batches
+    from sync.exchange import read_version, unit_batches
 
     start = time.perf_counter()
     with gc_paused():
@@ -117,10 +118,10 @@ def child_load(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
     (types, groups, units, memberships, ``finish``: tree, indexes, audit) in one
     write transaction."""
     from storage.bulk import BulkLoader
+    from storage.jobs import gc_paused
     from storage.registry import Registry
     from storage.versions import ensure_source, insert_version
     from sync import formats
-    from sync.exchange import gc_paused
     from sync.importing import ImportReport, _Validated
 
     c.remove_db(registry)
@@ -135,7 +136,8 @@ def child_load(registry: Path, fmt: str, src: Path) -> dict[str, Any]:
         reg = Registry.create(registry, overwrite=True)
         try:
             with reg.write(origin=c.ORIGIN) as conn:
-                loader = BulkLoader(reg, conn, insert_version(conn, ensure_source(conn, c.SOURCE)))
+                vid = insert_version(conn, ensure_source(conn, c.SOURCE))
+                loader = BulkLoader(reg, conn, vid, new_version=True)  # as the job does
                 for t in payload.types:
                     loader.add_type(t.name, t.depth, t.short_name)
                 for g in payload.groups:

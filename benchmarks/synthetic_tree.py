@@ -372,14 +372,12 @@ def iter_geojson_features(path: str | Path) -> Iterator[dict[str, object]]:
 def read_geojson_units(path: str | Path, batch: int = 5000) -> Iterator[UnitRecord]:
     """UnitRecords streamed back from a file written by :func:`write_geojson`.
 
-    Points are made ``batch`` at a time with one vectorised ``shapely.points`` call
-    (a shapely ``Point(...)`` per feature costs more than parsing its JSON).
+    Points are handed over as ``(x, y)`` pairs, as the GeoJSON importer does (a
+    shapely ``Point(...)`` per feature costs more than parsing its JSON).
     """
     pending: list[tuple[dict[str, object], dict[str, object]]] = []
 
     def emit() -> Iterator[UnitRecord]:
-        coords = [g["coordinates"] for _, g in pending if g["type"] == "Point"]
-        points = iter(shapely.points(coords).tolist()) if coords else iter(())
         for props, geom in pending:
             is_point = geom["type"] == "Point"
             yield UnitRecord(
@@ -389,7 +387,7 @@ def read_geojson_units(path: str | Path, batch: int = 5000) -> Iterator[UnitReco
                 type_name=str(props["type"]),
                 code=props["code"],  # type: ignore[arg-type]
                 opening_date=props["opening_date"],  # type: ignore[arg-type]
-                location=next(points) if is_point else None,
+                location=tuple(geom["coordinates"]) if is_point else None,  # type: ignore[arg-type]
                 territory=None if is_point else Polygon(geom["coordinates"][0]),  # type: ignore[index]
             )
         pending.clear()

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from storage import geometry
+from storage import audit_sql, geometry
 from storage.registry import Registry, json_value
 from storage.versions import resolve_version
 
@@ -42,6 +42,30 @@ def _type_label(conn: Connection, type_id: Any) -> str | None:
     return name or f"type #{type_id}"
 
 
+#: whole-version operations that bring units without a change-log row per unit
+WHOLE_VERSION_OPS = ("push", "import")
+
+
+def _as_arrived(reg: Registry, conn: Connection, version_id: int, uuid: str,
+                since: int) -> dict[str, Any] | None:
+    """A unit as it arrived with a version sent or imported whole: the before-snapshot
+    of its first own change after that (every later change logs one), else its row now."""
+    first = conn.execute(text(
+        "SELECT before FROM change_log WHERE unit_uuid = :u AND version_id = :v AND "
+        "entity = 'org_unit' AND fid > :f AND before IS NOT NULL ORDER BY fid LIMIT 1"),
+        {"u": uuid, "v": version_id, "f": since}).first()
+    if first is not None:
+        snap = json_value(first[0])
+    else:
+        row = conn.execute(text(
+            f"SELECT {audit_sql.unit_json(reg.backend, 'u')} FROM org_unit u "
+            "WHERE u.version_id = :v AND u.uuid = :u"), {"v": version_id, "u": uuid}).first()
+        snap = json_value(row[0]) if row is not None else None
+    if isinstance(snap, dict) and snap.get("location"):
+        snap["location"] = _geom_text(reg, snap["location"])
+    return snap if isinstance(snap, dict) else None
+
+
 def changed_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
     """{field: [before, after]} for the fields that differ."""
     before, after = before or {}, after or {}
@@ -75,9 +99,14 @@ def history(
                 unit = row[0] if row else unit
         if unit is not None:
             # with the row of a version sent whole by a sync push (op 'push', see
-            # docs/sync-postgis.md): where the unit came from, when it has no row of its own
-            where.append("(c.unit_uuid = :u OR (c.entity = 'version' AND c.op = 'push' AND "
-                         "c.version_id IN (SELECT version_id FROM org_unit WHERE uuid = :u)))")
+            # docs/sync-postgis.md) or loaded whole by an import (op 'import', see
+            # docs/architecture.md): where the unit came from, when it has no row of its own
+            # (a unit added to that version later has an 'insert' row there: not those)
+            where.append("(c.unit_uuid = :u OR (c.entity = 'version' AND c.op IN "
+                         f"{WHOLE_VERSION_OPS} AND c.version_id IN "
+                         "(SELECT version_id FROM org_unit WHERE uuid = :u) AND NOT EXISTS "
+                         "(SELECT 1 FROM change_log i WHERE i.unit_uuid = :u AND i.version_id "
+                         "= c.version_id AND i.entity = 'org_unit' AND i.op = 'insert')))")
             params["u"] = unit
         if since_id is not None:
             where.append("c.fid > :since")
@@ -100,9 +129,15 @@ def history(
                     for key in GEOMETRY_KEYS:
                         if key in snap:
                             snap[key] = _geom_text(reg, snap[key])
+            arrived = r.entity == "version" and r.op in WHOLE_VERSION_OPS
+            if unit is not None and arrived:
+                # what the unit was when it arrived with the version (the version's
+                # row holds counts; the unit's values are where ``_as_arrived`` says)
+                after = _as_arrived(reg, conn, r.version_id, unit, r.fid)
             name = (after or {}).get("name") or (before or {}).get("name")
             changes = (
-                changed_fields(before, after) if r.entity != "version" else (after or {})
+                changed_fields(before, after) if r.entity != "version"
+                or (unit is not None and arrived) else (after or {})
             )
             if "parent_key" in changes:
                 changes["parent"] = [

@@ -38,6 +38,7 @@ from storage.ids import uuid7_many
 from storage.jobs import gc_paused
 from storage.migrations.schema_0001 import PUBLISHED_MSG
 from storage.registry import Registry, translate_db_error
+from storage.versions import log_version
 
 VALIDATION_STATUSES = ("new", "valid", "rejected")
 DEFER_INDEXES_BELOW = 20_000  # units already in the registry
@@ -81,7 +82,9 @@ class UnitRecord:
     closed_date: str | dt.date | None = None
     aliases: list[str] | None = None
     extra_fields: dict[str, Any] | None = None
-    location: BaseGeometry | None = None
+    #: a shapely Point, or a point as an ``(x, y)`` pair of floats (longitude, latitude)
+    #: — cheaper for big imports: no geometry object is made per unit
+    location: BaseGeometry | tuple[float, float] | None = None
     territory: BaseGeometry | None = None
     validation_status: str = "valid"
     uuid: str | None = None
@@ -173,6 +176,36 @@ def encode_geometries(backend: Backend, geoms: Sequence[BaseGeometry | None]) ->
     return out
 
 
+_WKB_POINT = [("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")]
+_POINT_ROWS = {True: np.dtype([("head", "V8"), *_WKB_POINT]), False: np.dtype(_WKB_POINT)}
+
+
+def point_blobs(backend: Backend, xy: np.ndarray) -> list[bytes]:
+    """``(n, 2)`` coordinates → what the backend's insert takes for points, as
+    :func:`encode_geometries` makes it from shapely points (GeoPackage blob without
+    envelope, or ISO WKB), packed by numpy in one pass."""
+    gpkg = backend is Backend.GEOPACKAGE
+    rows = np.empty(len(xy), dtype=_POINT_ROWS[gpkg])
+    if gpkg:
+        rows["head"] = np.void(_GPKG_POINT)
+    rows["order"], rows["type"] = 1, 1  # little-endian, Point
+    rows["x"], rows["y"] = xy[:, 0], xy[:, 1]
+    return rows.view(f"V{rows.itemsize}").tolist()  # type: ignore[no-any-return]
+
+
+def point_pairs(values: list[Any]) -> np.ndarray | None:
+    """``[(x, y), …]`` as an ``(n, 2)`` float array; None unless each is two finite
+    numbers."""
+    if not values:
+        return np.empty((0, 2))
+    numbers = (float, int)
+    if not all(len(p) == 2 and type(p[0]) in numbers and type(p[1]) in numbers
+               for p in values):  # (not bools, not texts numpy would read as numbers)
+        return None
+    xy = np.array(values, dtype=np.float64)
+    return xy if np.isfinite(xy).all() else None
+
+
 class BulkLoader:
     """Load units into a draft version inside an open write transaction.
 
@@ -192,7 +225,19 @@ class BulkLoader:
         *,
         batch_size: int = 5000,
         progress: Callable[[int], None] | None = None,
+        new_version: bool = False,
+        log_details: dict[str, Any] | None = None,
     ) -> None:
+        """``new_version``: the caller created ``version_id`` in this same transaction
+        for this load (an import into a new version).  The load is then logged as one
+        ``version import`` change-log row (counts, and ``log_details`` such as the file)
+        instead of one row per unit, territory and membership: the after-snapshot of
+        every unit *is* the row just written (until a later edit, whose own log row keeps
+        the value before it), so storing it twice would only double the file — as a
+        version copy or a sync push is logged.  Nobody can have seen the version before
+        this transaction commits, so nothing that reads the change log (history, sync)
+        misses a change.  Refused when the version already holds units.
+        """
         self.reg = reg
         self.backend = reg.backend
         self.conn = conn
@@ -210,6 +255,12 @@ class BulkLoader:
         self._existing = int(conn.execute(
             text("SELECT count(*) FROM org_unit WHERE version_id = :v"), {"v": version_id}
         ).scalar_one())
+        if new_version and self._existing:
+            raise ValueError(f"version {version_id} already holds {self._existing} units: "
+                             "new_version=True is for a version created for this load")
+        #: one change-log row per unit, territory and membership (else one for the load)
+        self._log_rows = not new_version
+        self._log_details = dict(log_details or {})
         #: the per-row audit triggers stay quiet for the load; ``finish`` writes the same
         #: change-log rows set-wise
         reg.set_audit(conn, False)
@@ -474,24 +525,16 @@ class BulkLoader:
         n = len(batch)
         fids = self._take_fids(n, "org_unit")
         # geometry first, vectorised for the batch: type check, blobs, R-tree boxes
-        loc_arr = np.empty(n, dtype=object)
-        loc_arr[:] = [rec.location for rec in batch]
-        present = ~shapely.is_missing(loc_arr)
-        bad = np.flatnonzero(present & (shapely.get_type_id(loc_arr) != 0))
-        if len(bad):
-            rec = batch[int(bad[0])]
-            raise InvalidInput(f"{_where(rec)}: field 'location' must be a point, not a "
-                               f"{rec.location.geom_type}.")  # type: ignore[union-attr]
+        loc_blobs, at, xs, ys = self._locations(batch)
         ter_geoms = [None if rec.territory is None else geometry.as_multipolygon(rec.territory)
                      for rec in batch]
-        loc_blobs = encode_geometries(self.backend, loc_arr.tolist())
         ter_blobs = encode_geometries(self.backend, ter_geoms)
         ter_at = [i for i, t in enumerate(ter_blobs) if t is not None]
         tfids = self._take_fids(len(ter_at), "org_unit_territory")
         tfid_col: list[int | None] = [None] * n
         for i, t in zip(ter_at, tfids, strict=True):
             tfid_col[i] = t
-        boxes = (self._boxes(fids, loc_arr, present, ter_geoms, ter_at, tfids)
+        boxes = (self._boxes(fids, at, xs, ys, ter_geoms, ter_at, tfids)
                  if self.backend.is_sqlite else ([], []))
         rows: list[tuple[Any, ...]] = []
         srcs: list[tuple[int, str]] = []
@@ -565,7 +608,7 @@ class BulkLoader:
             self._stage(rows)
             self._staged += len(rows)
         self.stats.units += n
-        self.stats.locations += int(present.sum())
+        self.stats.locations += sum(1 for b in loc_blobs if b is not None)
         self.stats.territories += len(ter_at)
         if self.progress:
             self.progress(self.stats.units)
@@ -627,11 +670,12 @@ class BulkLoader:
                 except sqlite3.IntegrityError as error:
                     raise translate_db_error(error) from error
                 cur.execute("DELETE FROM georeg_batch")
-                # their audit rows, while the pages are warm (staged units: in ``finish``)
-                cur.execute(self._audit_units_sql, (units[0][0], units[-1][0]))
-                tfids = [u[15] for u in units if u[15] is not None]
-                if tfids:
-                    cur.execute(self._audit_ters_sql, (tfids[0], tfids[-1]))
+                if self._log_rows:
+                    # their audit rows, while the pages are warm (staged units: in ``finish``)
+                    cur.execute(self._audit_units_sql, (units[0][0], units[-1][0]))
+                    tfids = [u[15] for u in units if u[15] is not None]
+                    if tfids:
+                        cur.execute(self._audit_ters_sql, (tfids[0], tfids[-1]))
         finally:
             cur.close()
         if staged:
@@ -716,7 +760,48 @@ class BulkLoader:
         return InvalidInput(f"{here}: source ref {value!r} is already used by {oname!r} in this "
                             "version; each unit needs its own ref.")
 
-    def _boxes(self, fids: list[int], locs: np.ndarray, present: np.ndarray,
+    def _locations(self, batch: list[UnitRecord]
+                   ) -> tuple[list[bytes | None], np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's locations: the blobs to write, and where the non-empty points are
+        (batch positions, x, y) for the R-tree.
+
+        A batch whose points all come as ``(x, y)`` pairs (what readers of plain
+        coordinates hand over) is packed straight into blobs by numpy: no geometry
+        object is made per unit.  Otherwise shapely points (pairs among them made into
+        points) go through :func:`encode_geometries`.
+        """
+        locs = [rec.location for rec in batch]
+        n = len(locs)
+        at = [i for i, loc in enumerate(locs) if loc is not None]
+        pairs = [i for i in at if type(locs[i]) is tuple]
+        xy = point_pairs([locs[i] for i in pairs])
+        if xy is None:  # name the first bad one
+            for i in pairs:
+                if point_pairs([locs[i]]) is None:
+                    raise InvalidInput(f"{_where(batch[i])}: field 'location' must be a "
+                                       f"point: two finite numbers (x, y), not {locs[i]!r}.")
+        assert xy is not None
+        if len(pairs) == len(at):
+            blobs: list[bytes | None] = [None] * n
+            for i, blob in zip(at, point_blobs(self.backend, xy), strict=True):
+                blobs[i] = blob
+            return blobs, np.asarray(at, dtype=np.int64), xy[:, 0], xy[:, 1]
+        arr = np.fromiter(locs, dtype=object, count=n)
+        if pairs:
+            arr[pairs] = shapely.points(xy)
+        present = ~shapely.is_missing(arr)
+        bad = np.flatnonzero(present & (shapely.get_type_id(arr) != 0))
+        if len(bad):
+            rec = batch[int(bad[0])]
+            raise InvalidInput(f"{_where(rec)}: field 'location' must be a point, not a "
+                               f"{rec.location.geom_type}.")  # type: ignore[union-attr]
+        usable = present.copy()
+        usable[usable] = ~shapely.is_empty(arr[usable])
+        idx = np.flatnonzero(usable)
+        return (encode_geometries(self.backend, arr.tolist()), idx,
+                shapely.get_x(arr[idx]), shapely.get_y(arr[idx]))
+
+    def _boxes(self, fids: list[int], at: np.ndarray, xs: np.ndarray, ys: np.ndarray,
                territories: list[BaseGeometry | None], ter_at: list[int],
                tfids: list[int]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """SQLite: the R-tree boxes of the batch's points and territories.
@@ -728,13 +813,9 @@ class BulkLoader:
         """
         points: list[tuple[Any, ...]] = []
         areas: list[tuple[Any, ...]] = []
-        usable = present.copy()
-        usable[usable] = ~shapely.is_empty(locs[usable])
-        if usable.any():
-            idx = np.flatnonzero(usable)
-            xs, ys = shapely.get_x(locs[idx]), shapely.get_y(locs[idx])
+        if len(at):
             self._extend("location", xs, xs)
-            points = list(zip((idx + fids[0]).tolist(), xs.tolist(), ys.tolist(), strict=True))
+            points = list(zip((at + fids[0]).tolist(), xs.tolist(), ys.tolist(), strict=True))
         if ter_at:
             ter = np.empty(len(ter_at), dtype=object)
             ter[:] = [territories[i] for i in ter_at]
@@ -958,7 +1039,13 @@ class BulkLoader:
         ).scalar_one()
 
     def _write_audit(self) -> None:
-        """The same change-log rows the per-row triggers would have written, set-wise."""
+        """The same change-log rows the per-row triggers would have written, set-wise
+        (or, for a new version, the one ``version import`` row: see ``__init__``)."""
+        if not self._log_rows:
+            stats = self.stats.to_dict()
+            del stats["warnings"]
+            log_version(self.conn, self.version_id, "import", stats | self._log_details)
+            return
         b = self.backend
         join, ctx = audit_sql.context_columns(b)
         cols = audit_sql.LOG_COLUMNS

@@ -202,7 +202,7 @@ def create_version(
             conn, src.fid, description=description, copied_from_id=base.id if base else None
         )
         counts = copy_version_content(reg, conn, base.id, vid) if base else {"units": 0}
-        _log_version(conn, vid, "create", {"copied_from": base.number if base else None} | counts)
+        log_version(conn, vid, "create", {"copied_from": base.number if base else None} | counts)
         version = version_by_id(conn, vid)
     return version.to_dict() | {"copied_from": base.number if base else None, **counts}
 
@@ -214,7 +214,7 @@ def _author(conn: Connection, reg: Registry | None = None) -> str | None:
     return conn.execute(text("SELECT NULLIF(current_setting('georeg.author', true), '')")).scalar()
 
 
-def _log_version(conn: Connection, version_id: int, op: str, after: dict[str, Any]) -> None:
+def log_version(conn: Connection, version_id: int, op: str, after: dict[str, Any]) -> None:
     """One change-log entry for a whole-version operation (copy, publish …)."""
     sqlite = conn.dialect.name == "sqlite"
     join, ctx = audit_sql.context_columns(Backend.GEOPACKAGE if sqlite else Backend.POSTGIS)
@@ -429,7 +429,7 @@ def publish_version(
                 text("UPDATE data_source SET default_version_id = :v WHERE fid = :s"),
                 {"v": version.id, "s": version.source_id},
             )
-        _log_version(conn, version.id, "publish", {"number": number, "default": make_default})
+        log_version(conn, version.id, "publish", {"number": number, "default": make_default})
         return version_by_id(conn, version.id).to_dict()
 
 
@@ -458,7 +458,7 @@ def set_default_version(
             text("UPDATE data_source SET default_version_id = :v WHERE fid = :s"),
             {"v": version.id, "s": version.source_id},
         )
-        _log_version(conn, version.id, "set_default", {"number": number})
+        log_version(conn, version.id, "set_default", {"number": number})
         return version.to_dict() | {"default": True}
 
 
@@ -501,4 +501,4 @@ def delete_version(reg: Registry, source: str, number: int, *, origin: str = "ap
             {"v": version.id},
         )
         conn.execute(text("DELETE FROM source_version WHERE fid = :v"), {"v": version.id})
-        _log_version(conn, version.id, "delete", {"number": number})
+        log_version(conn, version.id, "delete", {"number": number})

@@ -79,7 +79,7 @@ def _day(value: Any) -> str | None:
 
 def _log(conn: Connection, version_id: int | None, entity: str, op: str,
          rows: list[dict[str, Any]]) -> None:
-    """change_log rows written by hand (same style as storage.versions._log_version)."""
+    """change_log rows written by hand (same style as storage.versions.log_version)."""
     if not rows:
         return
     sqlite = conn.dialect.name == "sqlite"

@@ -31,7 +31,7 @@ from shapely.validation import explain_validity
 from sqlalchemy import Connection, text
 
 from storage import geometry
-from storage.bulk import VALIDATION_STATUSES, BulkLoader, UnitRecord, parse_date
+from storage.bulk import VALIDATION_STATUSES, BulkLoader, UnitRecord, parse_date, point_pairs
 from storage.errors import CycleError, GeoregError, InvalidInput
 from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
@@ -121,7 +121,12 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
                            f"expected one of {', '.join(VALIDATION_STATUSES)}.")
     loc = rec.location
     if loc is not None:
-        if point is None:
+        if point is None and type(loc) is tuple:
+            if point_pairs([loc]) is None:
+                raise InvalidInput(f"{where}: field 'location' must be a point: two numbers "
+                                   f"(longitude, latitude), not {loc!r}.")
+            point = (0, float(loc[0]), float(loc[1]))
+        elif point is None:
             point = (int(shapely.get_type_id(loc)), *_xy(loc))
         kind, x, y = point
         if kind != 0 or x != x:  # not a point, or an empty one (NaN)
@@ -153,6 +158,40 @@ def _iso_date(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _points(locs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shapely type id (-1: no location, -2: a pair that is not two numbers), x and y
+    (NaN: none, or an empty point) of a chunk's locations, vectorised.  Locations come
+    as shapely geometries or as ``(x, y)`` pairs (fast readers); a chunk of pairs needs
+    no geometry object at all."""
+    n = len(locs)
+    kinds = np.full(n, -1, dtype=np.int64)
+    xs, ys = np.full(n, np.nan), np.full(n, np.nan)
+    pairs = [i for i, loc in enumerate(locs) if type(loc) is tuple]
+    if pairs:
+        xy = point_pairs([locs[i] for i in pairs])
+        if xy is not None:
+            kinds[pairs], xs[pairs], ys[pairs] = 0, xy[:, 0], xy[:, 1]
+        else:  # one at a time: the bad ones get their message from ``validate``
+            for i in pairs:
+                one = point_pairs([locs[i]])
+                if one is None:
+                    kinds[i] = -2
+                else:
+                    kinds[i], xs[i], ys[i] = 0, one[0, 0], one[0, 1]
+    if len(pairs) < n:
+        # (``np.fromiter``: filling an object array from a list of geometries makes
+        # numpy probe each one as a possible sequence, ~30x slower)
+        geoms = np.fromiter((None if type(loc) is tuple else loc for loc in locs),
+                            dtype=object, count=n)
+        found = shapely.get_type_id(geoms)  # -1 for None
+        shaped = found >= 0
+        kinds[shaped] = found[shaped]
+        usable = found == 0
+        usable[usable] = ~shapely.is_empty(geoms[usable])
+        xs[usable], ys[usable] = shapely.get_x(geoms[usable]), shapely.get_y(geoms[usable])
+    return kinds, xs, ys
 
 
 def _xy(geom: BaseGeometry) -> tuple[float, float]:
@@ -193,17 +232,9 @@ class _Validated:
         point or none, no territory, a known status, ISO dates) only has its name and
         refs normalised as :func:`validate` does, inline; any other row goes through
         :func:`validate`, which also writes the message of a rejected row."""
-        # (``np.fromiter``: filling an object array from a list of geometries makes
-        # numpy probe each one as a possible sequence, ~30x slower)
-        locs = np.fromiter([rec.location for rec in chunk], dtype=object, count=len(chunk))
-        kinds_arr = shapely.get_type_id(locs)  # -1 for None
-        usable = kinds_arr == 0
-        usable[usable] = ~shapely.is_empty(locs[usable])
-        xs_arr = np.full(len(chunk), np.nan)
-        ys_arr = np.full(len(chunk), np.nan)
-        xs_arr[usable], ys_arr[usable] = shapely.get_x(locs[usable]), shapely.get_y(locs[usable])
+        kinds_arr, xs_arr, ys_arr = _points([rec.location for rec in chunk])
         with np.errstate(invalid="ignore"):
-            plain_arr = (kinds_arr == -1) | (usable & (np.abs(xs_arr) <= 180)
+            plain_arr = (kinds_arr == -1) | ((kinds_arr == 0) & (np.abs(xs_arr) <= 180)
                                              & (np.abs(ys_arr) <= 90))  # NaN: False
         kinds, xs, ys = kinds_arr.tolist(), xs_arr.tolist(), ys_arr.tolist()  # NaN: no point
         # the chunk's distinct text dates that are ISO already (others: ``validate``)
@@ -232,7 +263,7 @@ class _Validated:
                 continue
             try:
                 yield validate(rec, fix_geometry=self.fix_geometry, keep_invalid=self.keep,
-                               point=(kind, x, y) if kind >= 0 else None)
+                               point=(kind, x, y) if kind >= 0 else None)  # -2: see there
             except InvalidInput as error:
                 self.report.add("rejected", rec, message=error.message)
 
@@ -284,7 +315,8 @@ class ImportJob(Job[dict[str, Any]]):
         source_id = ensure_source(conn, self.source)
         version_id = insert_version(conn, source_id, description=self.description
                                     or self.payload.description or None)
-        loader = BulkLoader(self.reg, conn, version_id)
+        details = {"from": self.payload.description} if self.payload.description else {}
+        loader = BulkLoader(self.reg, conn, version_id, new_version=True, log_details=details)
         for t in self.payload.types:
             loader.add_type(t.name, t.depth, t.short_name)
         for g in self.payload.groups:
@@ -400,6 +432,8 @@ class _Upsert:
         seen: dict[str, str] = {}
         incoming: list[UnitRecord] = []
         for rec in records:
+            if type(rec.location) is tuple:  # compared and written one by one: a Point
+                rec.location = shapely.Point(rec.location)
             if rec.source_ref is None:
                 self.report.add("rejected", rec, message=f"{rec.where}: field 'ref' is empty; "
                                 "re-importing into a version matches units by ref.")
@@ -479,9 +513,10 @@ class _Upsert:
         if self.job.set_status and self.job.set_status != old["validation_status"]:
             changes["validation_status"] = [old["validation_status"], self.job.set_status]
             sets["validation_status"] = self.job.set_status
-        if rec.location is not None and not _same(rec.location, old["location"]):
-            changes["location"] = [_wkt(old["location"]), rec.location.wkt]
-            sets["location"] = geometry.encode(b, rec.location)
+        loc = rec.location
+        if loc is not None and not isinstance(loc, tuple) and not _same(loc, old["location"]):
+            changes["location"] = [_wkt(old["location"]), loc.wkt]
+            sets["location"] = geometry.encode(b, loc)
         if sets:
             assigns = ", ".join(
                 f"{k} = {geometry.bind_sql(b, k)}" if k == "location" else f"{k} = :{k}"

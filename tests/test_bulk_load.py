@@ -189,3 +189,39 @@ def test_every_column_lands_on_every_backend(registry: Registry) -> None:
     assert child[1] == "Child" and child[4] == "2020-02-29" and child[5] == "new"
     assert child[6] == recs[1].uuid and child[10] == 2
     assert [tuple(r) for r in log] == [("group_membership", 1), ("org_unit", 2), ("territory", 1)]
+
+
+def test_points_given_as_coordinate_pairs_are_stored_as_shapely_points_would_be(
+        registry: Registry) -> None:
+    """Fast readers hand points over as (x, y): the stored geometry, the R-tree and the
+    counts are those of the same points given as shapely Points; a batch may mix both."""
+    as_points = records(600)
+    as_pairs = records(600)
+    for i, rec in enumerate(as_pairs):
+        if rec.location is not None and i % 7:  # most as pairs, some left as Points
+            rec.location = (rec.location.x, rec.location.y)  # type: ignore[union-attr]
+    v1, v2 = load(registry, as_points), load(registry, as_pairs)
+    with registry.read() as conn:
+        def stored(v: int) -> list[tuple[object, ...]]:
+            return [tuple(r) for r in conn.execute(text(
+                "SELECT source_ref, location FROM org_unit WHERE version_id = :v "
+                "ORDER BY source_ref"), {"v": v})]
+        assert stored(v1) == stored(v2)
+        assert sum(1 for _ref, loc in stored(v2) if loc is not None) == 600
+    if registry.backend is not Backend.POSTGIS:
+        with sqlite3.connect(registry.location.path) as db:  # type: ignore[arg-type]
+            rtree = "rtree_org_unit_location" if registry.backend is Backend.GEOPACKAGE \
+                else "idx_org_unit_location"
+            assert db.execute(f"SELECT count(*) FROM {rtree}").fetchone()[0] == 1200
+
+
+@pytest.mark.parametrize("bad", [(1.0,), (1.0, "2"), (True, 2.0), (float("nan"), 1.0),
+                                 (1.0, 2.0, 3.0)])
+def test_a_bad_coordinate_pair_is_refused_naming_the_unit(registry: Registry,
+                                                          bad: tuple[object, ...]) -> None:
+    recs = records(50)
+    recs[17].location = bad  # type: ignore[assignment]
+    with pytest.raises(InvalidInput, match=r"unit 'F17': field 'location' must be a point"):
+        load(registry, recs)
+    with registry.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM org_unit")).scalar_one() == 0

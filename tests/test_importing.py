@@ -172,3 +172,38 @@ def test_our_own_export_reimported_into_the_same_version_changes_nothing(
     report = import_payload(demo, iaso_gpkg.read_file(out, ReadOptions()), source="SL", number=1)
     assert (report["created"], report["updated"], report["rejected"]) == (0, 0, 0)
     assert report["unchanged"] == 1333
+
+
+def test_an_import_into_a_new_version_is_one_log_entry_and_history_still_shows_each_unit(
+        registry: Registry) -> None:
+    """The import is logged as one 'version import' row (its units' values are the rows
+    just written); a unit's history still starts with what it was when imported, then
+    each later edit — and a unit added afterwards has its own insert row instead."""
+    from sqlalchemy import text
+
+    report = import_payload(registry, read_files(DEMO_FILES), source="SL")
+    vid = report["version"]["id"]
+    with registry.read() as conn:
+        rows = conn.execute(text(
+            "SELECT entity, op, after FROM change_log WHERE version_id = :v ORDER BY fid"),
+            {"v": vid}).all()
+    assert [(r.entity, r.op) for r in rows] == [("version", "import")]
+    counts = json.loads(rows[0].after) if isinstance(rows[0].after, str) else rows[0].after
+    assert (counts["units"], counts["territories"]) == (1332, 165)
+
+    facility = units.get_unit(registry, "SL", FACILITY)
+    assert history(registry, unit=facility["uuid"])[0]["changes"]["name"] == [
+        None, "Allen Town Health Post"]
+    units.edit_unit(registry, "SL", FACILITY, name="Allen Town Health Centre")
+    units.set_geometry(registry, "SL", FACILITY, location=Point(-13.1551, 8.4177))
+    log = history(registry, unit=facility["uuid"])
+    assert [e["op"] for e in log] == ["update", "update", "import"]
+    imported = log[-1]
+    assert imported["changes"]["name"] == [None, "Allen Town Health Post"]
+    was = imported["changes"]["location"][1]
+    assert was.startswith("POINT") and "-13.1551" not in was  # the location before the move
+    assert log[1]["changes"]["name"] == ["Allen Town Health Post", "Allen Town Health Centre"]
+
+    added = units.add_unit(registry, "SL", name="Kakua New CHP", parent=CHIEFDOM,
+                           type="Facility")
+    assert [e["op"] for e in history(registry, unit=added["uuid"])] == ["insert"]

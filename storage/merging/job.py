@@ -26,9 +26,9 @@ from storage.merging.three_way import DUPLICATE_DISTANCE_M, Conflict, plan_three
 from storage.registry import Registry
 from storage.versions import (
     VersionRef,
-    _log_version,
     copy_version_content,
     insert_version,
+    log_version,
     resolve_version,
     version_by_id,
 )
@@ -76,7 +76,7 @@ class _MergeJob(Job[dict[str, Any]]):
         self.reg.set_audit(conn, False)
         counts = copy_version_content(self.reg, conn, ref.id, vid)
         self.reg.set_audit(conn, True)
-        _log_version(conn, vid, "create", {"copied_from": ref.number, "merge": kind} | counts)
+        log_version(conn, vid, "create", {"copied_from": ref.number, "merge": kind} | counts)
         version = version_by_id(conn, vid)
         # the copy holds exactly what ``base`` holds (same uuids, keys, values, groups)
         return version, Snapshot(version, base.units, base.groups)

@@ -413,9 +413,6 @@ def _extra(value: Any, where: str) -> dict[str, Any] | None:
     return value or None
 
 
-_CHUNK = 2000
-
-
 def _simple_point(raw: Any) -> list[float] | None:
     """``[x, y]`` of a plain 2-D GeoJSON Point (the common case), else None."""
     if type(raw) is dict and raw.get("type") == "Point":
@@ -428,21 +425,8 @@ def _simple_point(raw: Any) -> list[float] | None:
 
 
 def _records(path: Path, tr: Transformer | None) -> Iterator[UnitRecord]:
-    """Units in chunks: plain points are made with one ``shapely.points`` call per chunk."""
-    chunk: list[tuple[dict[str, Any], Any, str, list[float] | None]] = []
+    """Units one by one (plain points as ``(x, y)`` pairs: see ``UnitRecord.location``)."""
     file = path.name
-
-    def emit() -> Iterator[UnitRecord]:
-        simple = [xy for *_, xy in chunk if xy is not None]
-        points = iter(shapely.points(simple).tolist() if simple else ())
-        for props, feat, where, xy in chunk:
-            if xy is not None:
-                location, territory = next(points), None
-            else:
-                location, territory = _geometry(props, feat, where, tr)
-            yield _record(props, where, location, territory)
-        chunk.clear()
-
     for i, feat in enumerate(_features(path), start=1):
         if type(feat) is dict and feat.get("type") == "Feature" \
                 and type(props := feat.get("properties")) is dict:
@@ -453,13 +437,14 @@ def _records(path: Path, tr: Transformer | None) -> Iterator[UnitRecord]:
         ref = (ref.strip() or None) if type(ref) is str else _text(ref)
         where = f"{file}, feature {i} (ref {ref})" if ref else f"{file}, feature {i}"
         xy = _simple_point(feat.get("geometry")) if tr is None else None
-        chunk.append((props, feat, where, xy))
-        if len(chunk) >= _CHUNK:
-            yield from emit()
-    yield from emit()
+        if xy is not None:  # a plain point: handed over as (x, y), no geometry object
+            yield _record(props, where, (xy[0], xy[1]), None)
+        else:
+            yield _record(props, where, *_geometry(props, feat, where, tr))
 
 
-def _record(props: dict[str, Any], where: str, location: BaseGeometry | None,
+def _record(props: dict[str, Any], where: str,
+            location: BaseGeometry | tuple[float, float] | None,
             territory: BaseGeometry | None) -> UnitRecord:
     # ``_text`` inlined for the common case, a text (100k rows: a tenth of the reading)
     get = props.get

@@ -424,6 +424,12 @@ _POINT_WKB_HEAD = np.array([1, 1, 0, 0, 0], dtype=np.uint8)  # little-endian, ty
 def plain_points(blobs: Sequence[bytes | None]) -> np.ndarray | None:
     """The common layer of points (no null, no envelope, 2-D little-endian WKB), read
     with numpy for the whole column; None for anything else (the general way)."""
+    xy = plain_xy(blobs)
+    return None if xy is None else shapely.points(xy)  # type: ignore[no-any-return]
+
+
+def plain_xy(blobs: Sequence[bytes | None]) -> np.ndarray | None:
+    """:func:`plain_points`' coordinates, ``(n, 2)``, without making the points."""
     if not blobs or None in blobs or set(map(type, blobs)) != {bytes} \
             or set(map(len, blobs)) != {_POINT_BLOB}:  # type: ignore[arg-type]
         return None
@@ -436,7 +442,7 @@ def plain_points(blobs: Sequence[bytes | None]) -> np.ndarray | None:
     xy = cells[:, 13:].copy().view("<f8")
     if np.isnan(xy).any():
         return None
-    return shapely.points(xy)  # type: ignore[no-any-return]
+    return xy
 
 
 def decode_blobs(blobs: Sequence[bytes | None]) -> np.ndarray:

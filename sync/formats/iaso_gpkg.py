@@ -414,8 +414,14 @@ def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], prese
     fids, blobs, refs, names, *values = (list(c) for c in zip(*rows, strict=True))
     cols = dict(zip(present, values, strict=True))
     none: list[Any] = [None] * n
-    geoms = _geometries(path, layer, fids, blobs, transform)
-    kinds = shapely.get_type_id(geoms).tolist()  # -1: no geometry, 0: point
+    xy = gpkg_sql.plain_xy(blobs) if transform is None else None
+    if xy is not None:  # a layer of plain points: handed over as (x, y), no geometry object
+        geoms: Any = list(map(tuple, xy.tolist()))
+        kinds = [0] * n
+    else:
+        arr = _geometries(path, layer, fids, blobs, transform)
+        kinds = shapely.get_type_id(arr).tolist()  # -1: no geometry, 0: point
+        geoms = arr.tolist()
     refs, names = _texts(refs), _texts(names)
     text_cols = {c: _texts(cols[c]) if c in cols else none
                  for c in ("uuid", "validation_status", "parent_ref", "code")}
@@ -423,7 +429,7 @@ def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], prese
                  for c in ("opening_date", "closed_date")}
     for (fid, ref, name, geom, kind, lon, lat, uuid_text, status, parent, code, opening, closed,
          aliases, extra, group_refs) in zip(
-            fids, refs, names, geoms.tolist(), kinds,
+            fids, refs, names, geoms, kinds,
             cols.get("longitude", none), cols.get("latitude", none),
             text_cols["uuid"], text_cols["validation_status"], text_cols["parent_ref"],
             text_cols["code"], date_cols["opening_date"], date_cols["closed_date"],
