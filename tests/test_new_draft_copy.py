@@ -155,3 +155,27 @@ def test_the_database_rules_are_back_after_a_copy(registry: Registry) -> None:
         assert "published" in str(error)
     else:
         raise AssertionError("a published version took a new unit")
+
+
+def test_a_copy_of_a_version_edited_after_another_was_made_gets_every_unit(
+        registry: Registry) -> None:
+    """v1's row ids stop being one block once a unit is added to it after v2 was copied:
+    the next copy must still take exactly v1's units (and their index entries)."""
+    recs = grid(GRAFT_FROM + 200)
+    load(registry, recs)
+    create_version(registry, "S", copy_from=1, origin="test")  # v2: the block after v1's
+    with registry.write(origin="test") as conn:
+        root = conn.execute(text("SELECT unit_key FROM org_unit WHERE version_id = 1 "
+                                 "AND source_ref = 'Uroot'")).scalar_one()
+        conn.execute(text(
+            "INSERT INTO org_unit (version_id, name, source_ref, parent_key, location) "
+            "SELECT 1, 'Late', 'Ulate', :p, location FROM org_unit WHERE version_id = 1 "
+            "AND source_ref = 'U1'"), {"p": root})
+    made = create_version(registry, "S", copy_from=1, origin="test")  # v3
+    assert made["units"] == len(recs) + 1
+    with registry.read() as conn:
+        refs = set(conn.execute(text(
+            "SELECT source_ref FROM org_unit WHERE version_id = :v"), {"v": made["id"]}).scalars())
+        assert refs == {str(r.source_ref) for r in recs} | {"Ulate"}
+    recs.append(UnitRecord(name="Late", source_ref="Ulate", location=recs[2].location))
+    index_is_right(registry, recs, [3])
