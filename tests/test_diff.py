@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from storage.registry import Registry
 from storage.versions import create_version, ensure_source, insert_version
 from sync.diff_export import export_diff, iaso_csv_text
 from tests.conftest import location_for
+from tests.qgis_helpers import qgis_layers
 
 DATA = Path(__file__).parent / "data" / "diff"
 SRC = "Ministry"
@@ -438,27 +437,10 @@ def test_qgis_opens_the_diff_with_the_stored_styles(gpkg_scenario: Registry,
     diff = diff_versions(gpkg_scenario, f"{SRC}:1", f"{SRC}:2")
     out = tmp_path / "diff.gpkg"
     export_diff(diff, out)
-    script = tmp_path / "load.py"
-    script.write_text(
-        "import sys\n"
-        "from qgis.core import QgsApplication, QgsVectorLayer\n"
-        "app = QgsApplication([], False); app.initQgis()\n"
-        "for name in sys.argv[2:]:\n"
-        "    layer = QgsVectorLayer(sys.argv[1] + '|layername=' + name, name, 'ogr')\n"
-        "    symbol = layer.renderer().symbol()\n"
-        "    print(name, layer.isValid(), layer.featureCount(), layer.renderer().type(),\n"
-        "          symbol.color().name(), flush=True)\n"
-        "    del layer\n"
-        "app.exitQgis()\n"
-    )
     names = ["new_points", "deleted_points", "moved_points", "modified_territories",
              "point_moves"]
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(tmp_path))
-    os.chmod(tmp_path, 0o700)
-    run = subprocess.run([sys.executable, str(script), str(out), *names], capture_output=True,
-                         text=True, env=env, timeout=120)
-    assert run.returncode == 0, run.stderr
-    lines = [line.split() for line in run.stdout.splitlines()]
+    lines = qgis_layers(out, names, "layer.featureCount(), layer.renderer().type(), "
+                        "layer.renderer().symbol().color().name()", tmp_path)
     # QGIS's default would be a random colour: these come from layer_styles.
     assert lines == [
         ["new_points", "True", "1", "singleSymbol", "#1a9641"],

@@ -10,7 +10,6 @@ files as the unit-by-unit path.
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import subprocess
@@ -28,6 +27,7 @@ from sync.dhis2_json import import_dhis2_files
 from sync.exchange import ReadOptions, VersionData, read_version, unit_batches
 from sync.formats import geojson, gpkg_sql, iaso_gpkg
 from tests.conftest import DEMO_FILES
+from tests.qgis_helpers import qgis_layers
 
 VALIDATE_GPKG = Path("/usr/lib/python3/dist-packages/osgeo_utils/samples/validate_gpkg.py")
 DATA = Path(__file__).parent / "data" / "iaso_gpkg"
@@ -172,27 +172,12 @@ def test_gdal_edits_after_export_keep_the_rtree_right(export: Path, tmp_path: Pa
 
 @pytest.mark.qgis
 def test_qgis_loads_every_layer_of_the_export(export: Path, tmp_path: Path) -> None:
-    script = tmp_path / "load.py"
-    script.write_text(
-        "import sys\n"
-        "from qgis.core import QgsApplication, QgsVectorLayer\n"
-        "app = QgsApplication([], False); app.initQgis()\n"
-        "for name in sys.argv[2:]:\n"
-        "    layer = QgsVectorLayer(sys.argv[1] + '|layername=' + name, name, 'ogr')\n"
-        "    print(layer.isValid(), layer.featureCount(), flush=True)\n"
-        "    del layer\n"
-        "app.exitQgis()\n"
-    )
     names = layer_names(export)
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(tmp_path))
-    run = subprocess.run([sys.executable, str(script), str(export), *names],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0, run.stderr
+    lines = qgis_layers(export, names, "layer.featureCount()", tmp_path)
     with sqlite3.connect(export) as conn:
         counts = [conn.execute(f"SELECT count(*) FROM {gpkg_sql.quote(n)}").fetchone()[0]
                   for n in names]
-    assert [line.split() for line in run.stdout.splitlines()] == [
-        ["True", str(c)] for c in counts]
+    assert lines == [[n, "True", str(c)] for n, c in zip(names, counts, strict=True)]
 
 
 @pytest.mark.parametrize("n", [1, 3, 167, 168, 5000, 40_000])
