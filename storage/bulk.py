@@ -193,17 +193,20 @@ def point_blobs(backend: Backend, xy: np.ndarray) -> list[bytes]:
     return rows.view(f"V{rows.itemsize}").tolist()  # type: ignore[no-any-return]
 
 
-def point_pairs(values: list[Any]) -> np.ndarray | None:
-    """``[(x, y), …]`` as an ``(n, 2)`` float array; None unless each is two finite
-    numbers."""
-    if not values:
-        return np.empty((0, 2))
+def point_pairs(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``[(x, y), …]`` → an ``(n, 2)`` float array and, per pair, whether it is two finite
+    numbers (not bools, not texts numpy would read as numbers); the others are NaN."""
+    n = len(values)
     numbers = (float, int)
-    if not all(len(p) == 2 and type(p[0]) in numbers and type(p[1]) in numbers
-               for p in values):  # (not bools, not texts numpy would read as numbers)
-        return None
-    xy = np.array(values, dtype=np.float64)
-    return xy if np.isfinite(xy).all() else None
+    ok = np.fromiter((len(p) == 2 and type(p[0]) in numbers and type(p[1]) in numbers
+                      for p in values), dtype=bool, count=n)
+    xy = np.full((n, 2), np.nan)
+    good = np.flatnonzero(ok)
+    if len(good):
+        xy[good] = np.array(values if len(good) == n else [values[i] for i in good],
+                            dtype=np.float64)
+    ok &= np.isfinite(xy).all(axis=1)
+    return xy, ok
 
 
 class BulkLoader:
@@ -774,13 +777,11 @@ class BulkLoader:
         n = len(locs)
         at = [i for i, loc in enumerate(locs) if loc is not None]
         pairs = [i for i in at if type(locs[i]) is tuple]
-        xy = point_pairs([locs[i] for i in pairs])
-        if xy is None:  # name the first bad one
-            for i in pairs:
-                if point_pairs([locs[i]]) is None:
-                    raise InvalidInput(f"{_where(batch[i])}: field 'location' must be a "
-                                       f"point: two finite numbers (x, y), not {locs[i]!r}.")
-        assert xy is not None
+        xy, ok = point_pairs([locs[i] for i in pairs])
+        if not ok.all():
+            i = pairs[int(np.flatnonzero(~ok)[0])]
+            raise InvalidInput(f"{_where(batch[i])}: field 'location' must be a point: two "
+                               f"finite numbers (x, y), not {locs[i]!r}.")
         if len(pairs) == len(at):
             blobs: list[bytes | None] = [None] * n
             for i, blob in zip(at, point_blobs(self.backend, xy), strict=True):

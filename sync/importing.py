@@ -122,7 +122,7 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
     loc = rec.location
     if loc is not None:
         if point is None and type(loc) is tuple:
-            if point_pairs([loc]) is None:
+            if not point_pairs([loc])[1][0]:
                 raise InvalidInput(f"{where}: field 'location' must be a point: two numbers "
                                    f"(longitude, latitude), not {loc!r}.")
             point = (0, float(loc[0]), float(loc[1]))
@@ -169,17 +169,9 @@ def _points(locs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     kinds = np.full(n, -1, dtype=np.int64)
     xs, ys = np.full(n, np.nan), np.full(n, np.nan)
     pairs = [i for i, loc in enumerate(locs) if type(loc) is tuple]
-    if pairs:
-        xy = point_pairs([locs[i] for i in pairs])
-        if xy is not None:
-            kinds[pairs], xs[pairs], ys[pairs] = 0, xy[:, 0], xy[:, 1]
-        else:  # one at a time: the bad ones get their message from ``validate``
-            for i in pairs:
-                one = point_pairs([locs[i]])
-                if one is None:
-                    kinds[i] = -2
-                else:
-                    kinds[i], xs[i], ys[i] = 0, one[0, 0], one[0, 1]
+    if pairs:  # the bad ones (-2) get their message from ``validate``
+        xy, ok = point_pairs([locs[i] for i in pairs])
+        kinds[pairs], xs[pairs], ys[pairs] = np.where(ok, 0, -2), xy[:, 0], xy[:, 1]
     if len(pairs) < n:
         # (``np.fromiter``: filling an object array from a list of geometries makes
         # numpy probe each one as a possible sequence, ~30x slower)
