@@ -107,6 +107,20 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_checkin(dbapi_conn: Any, _record: Any) -> None:
+    """A connection back in the pool: files a bulk load attached (``FileRows``) are
+    detached — SQLite refuses that inside the transaction that read them."""
+    if dbapi_conn is None:  # invalidated
+        return
+    try:
+        names = [row[1] for row in dbapi_conn.execute("PRAGMA database_list")]
+        for name in names:
+            if name not in ("main", "temp"):
+                dbapi_conn.execute(f'DETACH DATABASE "{name}"')
+    except sqlite3.Error:
+        pass  # still in use somewhere: the next load attaches under another name
+
+
 def _sqlite_begin(conn: Any) -> None:
     # pysqlite runs in autocommit mode (isolation_level=None); we emit BEGIN
     # ourselves so DDL is transactional and writers take the lock up front.
@@ -138,5 +152,6 @@ def make_engine(location: Location) -> Engine:
     )
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
+    event.listen(engine, "checkin", _sqlite_checkin)
     engine.dialect.georeg_backend = location.backend  # type: ignore[attr-defined]
     return engine

@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import sqlite3
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,86 @@ class UnitRecord:
     where: str = ""
 
 
+#: the columns, in this order, of a :class:`FileRows` query
+FILE_ROW_COLUMNS = ("ord", "location", "uuid", "ref", "name", "code", "parent_ref", "status",
+                    "opening_date", "closed_date")
+#: what a plain point is in a GeoPackage registry: header (no envelope, EPSG:4326) + WKB
+#: little-endian Point — 29 bytes, as :func:`point_blobs` writes it
+_PLAIN_POINT_HEAD = _GPKG_POINT + b"\x01\x01\x00\x00\x00"
+
+
+@dataclass
+class FileRows:
+    """Units kept in a table of an SQLite file (a GeoPackage layer), handed to the
+    loader as a query instead of one record each: ``BulkLoader`` copies them with one
+    ``INSERT … SELECT`` over the attached file — no row goes through Python.
+
+    ``select`` runs with the file attached under the schema name ``{src}`` (formatted
+    in) and returns :data:`FILE_ROW_COLUMNS` in file order (``ord``: a sort key), each
+    value already what the import's checks would make of the row's record: texts
+    stripped and blank ones NULL, a known status, ISO dates, ``location`` a GeoPackage
+    point blob or NULL.  The reader vouches for that; what only the load can see — a
+    parent not written yet, a uuid used twice, a point that is not a plain
+    longitude/latitude pair — sends the rows to ``records`` instead, the same units as
+    :class:`UnitRecord` s (``validated``: as the import job checks them).
+    """
+
+    path: Any  # the file (a pathlib.Path)
+    select: str
+    count: int
+    type_name: str | None
+    records: Callable[[], Iterable[UnitRecord]]
+    #: (group ref, unit ref) pairs of these rows
+    memberships: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
+    #: every row gets this status (``import --set-status``) instead of its own
+    validation_status: str | None = None
+    #: the records as checked by the import job (set by it; default: as they come)
+    validated: Callable[[], Iterable[UnitRecord]] | None = None
+    #: when the ``ord`` values are ``count`` consecutive integers, the first: the loader
+    #: then numbers the rows from it instead of sorting them by a window function
+    first_ord: int | None = None
+
+
+class _NotCopied(Exception):
+    """FileRows that must go the records way after all (see ``BulkLoader._copy_rows``)."""
+
+
+def _not_plain() -> None:
+    """Called by a :class:`FileRows` query on a row that is not plain: ends the copy."""
+    raise _NotCopied
+
+
+def _with_status(rec: UnitRecord, status: str) -> UnitRecord:
+    rec.validation_status = status
+    return rec
+
+
+def _uuid_source() -> Iterator[str]:
+    """New uuids, made 5,000 at a time as they are asked for."""
+    while True:
+        yield from uuid7_many(5000)
+
+
+def _plain_lonlat(blobs: Sequence[bytes]) -> np.ndarray | None:
+    """``(n, 2)`` longitudes and latitudes of GeoPackage point blobs that are exactly what
+    :func:`point_blobs` writes (29 bytes, no envelope, EPSG:4326, little-endian WKB Point)
+    with finite coordinates within ±180 / ±90; None if any blob is not."""
+    if not blobs:
+        return np.empty((0, 2))
+    if any(len(b) != 29 for b in blobs):
+        return None
+    joined = b"".join(blobs)
+    raw = np.frombuffer(joined, dtype=np.uint8).reshape(len(blobs), 29)
+    if not (raw[:, :13] == np.frombuffer(_PLAIN_POINT_HEAD, dtype=np.uint8)).all():
+        return None
+    rows = np.frombuffer(joined, dtype=_POINT_ROWS[True])
+    xy = np.column_stack([rows["x"], rows["y"]]).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = bool(np.isfinite(xy).all() and (np.abs(xy[:, 0]) <= 180).all()
+                  and (np.abs(xy[:, 1]) <= 90).all())
+    return xy if ok else None
+
+
 @dataclass
 class LoadStats:
     units: int = 0
@@ -102,6 +182,8 @@ class LoadStats:
     groups: int = 0
     memberships: int = 0
     types: int = 0
+    #: units copied from their file in SQL (``FileRows``), not record by record
+    copied: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +194,7 @@ class LoadStats:
             "groups": self.groups,
             "memberships": self.memberships,
             "types": self.types,
+            "copied": self.copied,
             "warnings": self.warnings,
         }
 
@@ -251,6 +334,8 @@ class BulkLoader:
         self._types: dict[str, int] = {
             r.name: r.fid for r in conn.execute(text("SELECT fid, name FROM org_unit_type"))
         }
+        self._undescribed: set[int] = set()  # types this load created without a depth
+        self._attached: dict[Any, str] = {}  # files of FileRows, by path: schema name
         self._batch: list[UnitRecord] = []
         self._given_uuids = 0
         self._staged = 0
@@ -419,7 +504,14 @@ class BulkLoader:
     ) -> int:
         name = name.strip()
         if name in self._types:
-            return self._types[name]
+            fid = self._types[name]
+            if fid in self._undescribed and (depth is not None or short_name is not None):
+                # first met on a unit (a reader that learns types while its units stream):
+                # its depth and short name arrive now
+                self.conn.execute(text("UPDATE org_unit_type SET depth = :d, short_name = :s "
+                                       "WHERE fid = :f"), {"d": depth, "s": short_name, "f": fid})
+                self._undescribed.discard(fid)
+            return fid
         fid = self.conn.execute(
             text(
                 "INSERT INTO org_unit_type (name, short_name, depth) VALUES (:n, :s, :d) "
@@ -428,6 +520,8 @@ class BulkLoader:
             {"n": name, "s": short_name, "d": depth},
         ).scalar_one()
         self._types[name] = int(fid)
+        if depth is None and short_name is None:
+            self._undescribed.add(int(fid))
         self.stats.types += 1
         return int(fid)
 
@@ -484,15 +578,116 @@ class BulkLoader:
 
     # --- units ---------------------------------------------------------------------
 
-    def add_units(self, records: Iterable[UnitRecord]) -> None:
+    def add_units(self, records: Iterable[UnitRecord | FileRows]) -> None:
         with gc_paused():
             batch, size = self._batch, self.batch_size
             for rec in records:
-                batch.append(rec)
+                if type(rec) is FileRows:
+                    self._flush()
+                    if not self._copy_rows(rec):
+                        self.add_units(self._fallback(rec))
+                    batch = self._batch
+                    continue
+                batch.append(rec)  # type: ignore[arg-type]
                 if len(batch) >= size:
                     self._flush()
                     batch = self._batch
             self._flush()
+
+    @staticmethod
+    def _fallback(rows: FileRows) -> Iterable[UnitRecord]:
+        records = (rows.validated or rows.records)()
+        status = rows.validation_status
+        if status is None:
+            return records
+        return (_with_status(rec, status) for rec in records)
+
+    def _copy_rows(self, rows: FileRows) -> bool:
+        """GeoPackage registry, direct loads: ``rows`` copied from their file into
+        ``org_unit`` with one ``INSERT … SELECT`` (parents joined from the units already
+        written, new uuids made by a function the query calls), their R-tree boxes staged
+        as any batch's.  False, with nothing changed, when they cannot be: the caller
+        then loads ``rows.records`` one by one, which says what is wrong, if anything.
+        """
+        if not (self._direct and rows.count and self.backend is Backend.GEOPACKAGE):
+            return False
+        conn = self._driver()
+        if rows.path not in self._attached:
+            alias = f"georeg_file_{id(self):x}_{len(self._attached)}"
+            try:  # detached when the connection goes back to the pool (storage.backends)
+                conn.execute(f"ATTACH DATABASE ? AS {alias}", (str(rows.path),))
+            except sqlite3.Error:
+                return False
+            self._attached[rows.path] = alias
+        alias = self._attached[rows.path]
+        conn.create_function("georeg_new_uuid", 0, _uuid_source().__next__)
+        conn.create_function("georeg_not_plain", 0, _not_plain)
+        type_id = self._type_id(rows.type_name) if rows.type_name else None
+        self._check_draft()
+        first, saved = self._next_fid, dict(self._extents)
+        status = "s.status" if rows.validation_status is None else "?"
+        params: list[Any]
+        if rows.first_ord is None:
+            numbered, params = "? + row_number() OVER (ORDER BY ord)", [first - 1]
+        else:
+            numbered, params = "ord + ?", [first - rows.first_ord]
+        if rows.validation_status is not None:
+            params.insert(0, rows.validation_status)
+        cur = conn.cursor()
+        cur.execute("SAVEPOINT georeg_copy")
+        try:
+            cur.execute(
+                "INSERT INTO org_unit (fid, location, version_id, unit_key, uuid, source_ref, "
+                "name, code, type_id, parent_key, path, depth, validation_status, "
+                "opening_date, closed_date) "
+                f"SELECT f, s.location, {int(self.version_id)}, f, "
+                "COALESCE(s.uuid, georeg_new_uuid()), s.ref, s.name, s.code, "
+                f"{'NULL' if type_id is None else int(type_id)}, p.unit_key, "
+                "CASE WHEN s.parent_ref IS NULL THEN '/' || f || '/' ELSE p.path || f || '/' END, "
+                f"CASE WHEN s.parent_ref IS NULL THEN 1 ELSE p.depth + 1 END, {status}, "
+                "s.opening_date, s.closed_date FROM "
+                f"(SELECT {numbered} AS f, * FROM "
+                f"({rows.select.format(src=alias)})) s LEFT JOIN org_unit p ON "
+                f"p.version_id = {int(self.version_id)} AND p.source_ref = s.parent_ref "
+                f"AND p.fid >= {int(self._first_fid or 0)} ORDER BY f", params)
+            n = cur.rowcount
+            last = first + n - 1
+            if n != rows.count or cur.execute(
+                    "SELECT 1 FROM org_unit WHERE fid BETWEEN ? AND ? AND path IS NULL LIMIT 1",
+                    (first, last)).fetchone():
+                raise _NotCopied  # a row changed since it was counted, or a parent is not in
+            found = cur.execute("SELECT fid, location FROM org_unit WHERE fid BETWEEN ? AND ? "
+                                "AND location IS NOT NULL", (first, last)).fetchall()
+            ids, blobs = (list(c) for c in zip(*found, strict=True)) if found else ([], [])
+            xy = _plain_lonlat(blobs)
+            if xy is None:
+                raise _NotCopied
+            if ids:
+                self._extend("location", xy[:, 0], xy[:, 0])
+                cur.executemany("INSERT INTO georeg_lbox (id, x, y) VALUES (?, ?, ?)",
+                                zip(ids, xy[:, 0].tolist(), xy[:, 1].tolist(), strict=True))
+            if self._log_rows:
+                cur.execute(self._audit_units_sql, (first, last))
+        except (_NotCopied, sqlite3.DatabaseError):
+            # (a uuid or ref used twice, a row that is not plain, a damaged file: the
+            # records way names the row and what is wrong with it)
+            cur.execute("ROLLBACK TO georeg_copy")
+            cur.execute("RELEASE georeg_copy")
+            cur.close()
+            self._extents = saved
+            return False
+        cur.execute("RELEASE georeg_copy")
+        cur.close()
+        self._next_fid = first + n
+        pairs = list(rows.memberships())
+        if pairs:
+            self._stage_members(pairs)
+        self.stats.units += n
+        self.stats.copied += n
+        self.stats.locations += len(ids)
+        if self.progress:
+            self.progress(self.stats.units)
+        return True
 
     def _sqlite_next_fid(self, table: str) -> int:
         return int(self.conn.exec_driver_sql(
@@ -655,7 +850,6 @@ class BulkLoader:
         this batch only.  The unique indexes refuse a ref or uuid used twice;
         :meth:`_explain` then names both rows.
         """
-        v = (self.version_id,)
         self._check_draft()
         cur = self._driver().cursor()
         try:
@@ -665,25 +859,33 @@ class BulkLoader:
                 cur.executemany(
                     f"INSERT INTO georeg_batch VALUES ({', '.join('?' * 17)})", units)
                 try:
-                    cur.execute(self._unit_sql, v)
+                    self._move_batch(cur, units, (units[0][0], units[-1][0]))
                 except sqlite3.IntegrityError as error:
                     raise self._explain(error, units, dict(srcs)) from error
-                try:
-                    cur.execute(self._ter_sql, v)
-                except sqlite3.IntegrityError as error:
-                    raise translate_db_error(error) from error
-                cur.execute("DELETE FROM georeg_batch")
-                if self._log_rows:
-                    # their audit rows, while the pages are warm (staged units: in ``finish``)
-                    cur.execute(self._audit_units_sql, (units[0][0], units[-1][0]))
-                    tfids = [u[15] for u in units if u[15] is not None]
-                    if tfids:
-                        cur.execute(self._audit_ters_sql, (tfids[0], tfids[-1]))
         finally:
             cur.close()
         if staged:
             self._stage(staged)
             self._staged += len(staged)
+
+    def _move_batch(self, cur: sqlite3.Cursor, units: list[tuple[Any, ...]] | None,
+                    fids: tuple[int, int]) -> None:
+        """The batch table (units ``fids[0]``..``fids[1]``) into ``org_unit`` and
+        ``org_unit_territory``, with their audit rows when the load logs rows.
+        A unique index's refusal of a unit comes out as ``sqlite3.IntegrityError``."""
+        v = (self.version_id,)
+        cur.execute(self._unit_sql, v)
+        try:
+            cur.execute(self._ter_sql, v)
+        except sqlite3.IntegrityError as error:
+            raise translate_db_error(error) from error
+        cur.execute("DELETE FROM georeg_batch")
+        if self._log_rows:
+            # their audit rows, while the pages are warm (staged units: in ``finish``)
+            cur.execute(self._audit_units_sql, fids)
+            tfids = [u[15] for u in units or () if u[15] is not None]
+            if tfids:
+                cur.execute(self._audit_ters_sql, (tfids[0], tfids[-1]))
 
     def _placed(self, refs: set[str]) -> dict[str, tuple[int, str, int]]:
         """Units of this load already in ``org_unit``, by ref: (unit key, path, depth)."""

@@ -85,6 +85,9 @@ class ImportPayload:
     #: invalid polygons: "reject" the row (files), or "keep" them as the source has them
     #: and warn (mirrors of an upstream such as DHIS2, which must stay faithful to it)
     invalid_geometry: str = "reject"
+    #: the same units for a bulk load into a new version, where the reader can hand
+    #: whole tables over as ``storage.bulk.FileRows`` (copied in SQL); else ``units``
+    load_units: Callable[[], Iterable[Any]] | None = None
 
 
 @dataclass

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,14 @@ from shapely.validation import explain_validity
 from sqlalchemy import Connection, text
 
 from storage import geometry
-from storage.bulk import VALIDATION_STATUSES, BulkLoader, UnitRecord, parse_date, point_pairs
+from storage.bulk import (
+    VALIDATION_STATUSES,
+    BulkLoader,
+    FileRows,
+    UnitRecord,
+    parse_date,
+    point_pairs,
+)
 from storage.errors import CycleError, GeoregError, InvalidInput
 from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
@@ -200,7 +208,9 @@ class _Validated:
 
     def __init__(self, records: Iterable[UnitRecord], report: ImportReport, *,
                  fix_geometry: bool, keep_invalid: bool, job: Job[Any] | None,
-                 total: int | None) -> None:
+                 total: int | None | Callable[[], int | None]) -> None:
+        """``total``: units expected, for progress; a callable when the reader refines
+        its estimate while the units stream."""
         self.records = records
         self.report = report
         self.fix_geometry = fix_geometry
@@ -212,13 +222,35 @@ class _Validated:
     def __iter__(self) -> Iterator[UnitRecord]:
         chunk: list[UnitRecord] = []
         for rec in self.records:
+            if type(rec) is FileRows:
+                # rows the reader vouches for, copied by the loader in SQL; if it cannot,
+                # it takes their records, checked here as any others
+                yield from self._check(chunk)
+                chunk = []
+                rec.validated = partial(self._checked, rec.records)
+                yield rec  # type: ignore[misc]
+                self.seen += rec.count
+                if self.job is not None:
+                    total = self.total
+                    self.job.report(self.seen, total() if callable(total) else total,
+                                    "Importing units")
+                continue
             chunk.append(rec)
             if len(chunk) >= _CHUNK:
                 yield from self._check(chunk)
                 chunk = []
         yield from self._check(chunk)
 
-    def _check(self, chunk: list[UnitRecord]) -> Iterator[UnitRecord]:
+    def _checked(self, records: Callable[[], Iterable[UnitRecord]]) -> Iterator[UnitRecord]:
+        chunk: list[UnitRecord] = []
+        for rec in records():
+            chunk.append(rec)
+            if len(chunk) >= _CHUNK:
+                yield from self._check(chunk, count=False)
+                chunk = []
+        yield from self._check(chunk, count=False)
+
+    def _check(self, chunk: list[UnitRecord], count: bool = True) -> Iterator[UnitRecord]:
         """Validate a chunk.  The points' type and coordinates, and the chunk's distinct
         dates, are checked once for the chunk; a row that needs nothing more (a usable
         point or none, no territory, a known status, ISO dates) only has its name and
@@ -238,9 +270,9 @@ class _Validated:
         job, total = self.job, self.total
         for rec, kind, x, y, plain in zip(chunk, kinds, xs, ys, plain_arr.tolist(),
                                           strict=True):
-            self.seen += 1
-            if job is not None and self.seen % 1000 == 0:
-                job.report(self.seen, total, "Importing units")
+            self.seen += count
+            if count and job is not None and self.seen % 1000 == 0:
+                job.report(self.seen, total() if callable(total) else total, "Importing units")
             name = rec.name
             if (plain and rec.territory is None and type(name) is str
                     and (name := name.strip()) and rec.validation_status in statuses
@@ -309,20 +341,31 @@ class ImportJob(Job[dict[str, Any]]):
                                     or self.payload.description or None)
         details = {"from": self.payload.description} if self.payload.description else {}
         loader = BulkLoader(self.reg, conn, version_id, new_version=True, log_details=details)
-        for t in self.payload.types:
+        payload = self.payload
+        for t in payload.types:
             loader.add_type(t.name, t.depth, t.short_name)
-        for g in self.payload.groups:
+        added = set()
+        for g in payload.groups:
             loader.add_group(g.ref, g.name, g.short_name, g.code)
-        for gs in self.payload.group_sets:
-            loader.add_group_set(gs.ref, gs.name, gs.group_refs, short_name=gs.short_name,
-                                 compulsory=gs.compulsory)
-        records = _Validated(self.payload.units, report, fix_geometry=self.fix_geometry,
-                             keep_invalid=self.payload.invalid_geometry == "keep", job=self,
-                             total=self.payload.total)
+            added.add(g.ref)
+        units = payload.load_units() if payload.load_units is not None else payload.units
+        records = _Validated(units, report, fix_geometry=self.fix_geometry,
+                             keep_invalid=payload.invalid_geometry == "keep", job=self,
+                             total=lambda: payload.total)
         if self.set_status:
             records = _with_status(records, self.set_status)  # type: ignore[assignment]
         loader.add_units(records)
-        loader.add_memberships(self.payload.memberships)
+        # A reader may learn types and groups while its units stream (one pass over the
+        # file): those it listed since are added now, before memberships are resolved.
+        for t in payload.types:
+            loader.add_type(t.name, t.depth, t.short_name)
+        for g in payload.groups:
+            if g.ref not in added:
+                loader.add_group(g.ref, g.name, g.short_name, g.code)
+        for gs in payload.group_sets:
+            loader.add_group_set(gs.ref, gs.name, gs.group_refs, short_name=gs.short_name,
+                                 compulsory=gs.compulsory)
+        loader.add_memberships(payload.memberships)
         if report.rejected and not self.skip_invalid:
             raise _rejection_error(report)
         stats = loader.finish()
@@ -334,7 +377,7 @@ class ImportJob(Job[dict[str, Any]]):
 
 def _with_status(records: Iterable[UnitRecord], status: str) -> Iterator[UnitRecord]:
     for rec in records:
-        rec.validation_status = status
+        rec.validation_status = status  # (FileRows: for every row)
         yield rec
 
 
@@ -406,6 +449,10 @@ class _Upsert:
         job, conn, v = self.job, self.conn, self.version.id
         existing = self._existing()
         key_to_ref = {e["unit_key"]: ref for ref, e in existing.items()}
+        # the records first: a reader may list types and groups while its units stream
+        records = list(_Validated(job.payload.units, self.report, fix_geometry=job.fix_geometry,
+                                  keep_invalid=job.payload.invalid_geometry == "keep", job=job,
+                                  total=lambda: job.payload.total))
         groups = {r[1]: r[0] for r in conn.execute(text(
             "SELECT group_key, source_ref FROM org_unit_group WHERE version_id = :v"), {"v": v})}
         for g in job.payload.groups:
@@ -418,9 +465,6 @@ class _Upsert:
         if job.payload.group_sets:
             self.report.warnings.append(
                 "Group sets are not updated when importing into an existing version.")
-        records = list(_Validated(job.payload.units, self.report, fix_geometry=job.fix_geometry,
-                                  keep_invalid=job.payload.invalid_geometry == "keep", job=job,
-                                  total=job.payload.total))
         seen: dict[str, str] = {}
         incoming: list[UnitRecord] = []
         for rec in records:

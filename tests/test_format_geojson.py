@@ -235,10 +235,12 @@ def test_group_refs_without_a_groups_member_become_groups(tmp_path: Path) -> Non
         feat({"name": "B", "ref": "b", "groups": "Public;Rural"}),
         groups=[{"ref": "CHC", "name": "Centres de santé"}]))
     payload = geojson.read_file(path)
+    assert [(g.ref, g.name) for g in payload.groups] == [("CHC", "Centres de santé")]
+    assert [u.groups for u in payload.units] == [["CHC", "Public"], ["Public", "Rural"]]
+    # groups named only by features are learned as the units stream (one pass)
     assert [(g.ref, g.name) for g in payload.groups] == [
         ("CHC", "Centres de santé"), ("Public", "Public"), ("Rural", "Rural")]
     assert "Public, Rural are not in member 'groups'" in payload.warnings[0]
-    assert [u.groups for u in payload.units] == [["CHC", "Public"], ["Public", "Rural"]]
 
 
 # --- bad files -----------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def test_not_json_names_line_and_column(tmp_path: Path) -> None:
     cut = tmp_path / "cut.geojson"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(InvalidInput, match=r"cut.geojson: not valid JSON \(line \d+, column"):
-        geojson.read_file(cut)
+        read(cut)  # found as the units stream
     with pytest.raises(InvalidInput, match="nope.geojson: file not found"):
         geojson.read_file(tmp_path / "nope.geojson")
     latin = tmp_path / "latin.geojson"
@@ -275,9 +277,9 @@ def test_not_a_feature_collection(tmp_path: Path) -> None:
         geojson.read_file(dump(tmp_path / "n.json", {"type": "FeatureCollection",
                                                      "features": None}))
     with pytest.raises(InvalidInput, match=r"x.json, feature 2: expected a GeoJSON Feature"):
-        geojson.read_file(dump(tmp_path / "x.json", fc(feat({"name": "a"}), {"name": "b"})))
+        read(dump(tmp_path / "x.json", fc(feat({"name": "a"}), {"name": "b"})))
     with pytest.raises(InvalidInput, match=r"p.json, feature 1: field 'properties' must be"):
-        geojson.read_file(dump(tmp_path / "p.json", fc(feat([1]))))  # type: ignore[arg-type]
+        read(dump(tmp_path / "p.json", fc(feat([1]))))  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="p2.json: no features"):
         geojson.read_file(dump(tmp_path / "p2.json", fc()))
 
@@ -312,7 +314,7 @@ def test_no_name_at_all_suggests_a_mapping(tmp_path: Path) -> None:
              {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]})))
     with pytest.raises(InvalidInput, match=r"no feature has a 'name' property \(properties "
                        r"here: ADM1_EN, ADM1_PCODE\)\. For other column names give --mapping"):
-        geojson.read_file(path)
+        read(path)  # known once every feature is read
     (rec,) = read(path, ReadOptions(mapping={"name": "ADM1_EN", "ref": "ADM1_PCODE"}))
     assert (rec.name, rec.source_ref) == ("Bo", "SL01") and rec.territory is not None
 
@@ -371,11 +373,11 @@ def test_100k_features_stream_through_bounded_memory(tmp_path: Path) -> None:
     took = time.perf_counter() - start
     assert count == payload.total == n
     tracemalloc.start()
-    geojson._scan(path)  # the whole file streams through a bounded buffer
+    sum(1 for _ in geojson.read_file(path).units)  # streams through a bounded buffer
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"100k features, {path.stat().st_size / 1e6:.0f} MB: write {wrote:.1f}s, "
-          f"read {took:.1f}s, scan peak {peak / 1e6:.0f} MB")
+          f"read {took:.1f}s, read peak {peak / 1e6:.0f} MB")
     assert peak < 0.25 * path.stat().st_size  # speed: benchmarks/bench_formats.py
 
 
@@ -402,3 +404,248 @@ def test_registry_round_trip(demo: Registry, tmp_path: Path) -> None:
     copy = read_version(demo, "Copy")
     assert [(g.ref, g.name) for g in copy.groups] == [(g.ref, g.name) for g in before.groups]
     assert [(t.name, t.depth) for t in copy.types] == [(t.name, t.depth) for t in before.types]
+
+
+# --- one pass: what the features tell is learned as the units stream ---------------------------
+
+POLY = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}
+TREE = [
+    feat({"name": "Top", "ref": "top", "level": 1, "type": "Country"}, POLY),
+    feat({"name": "R1", "ref": "r1", "parent_ref": "top", "level": 2, "type": "Region",
+          "groups": ["G1", "Only"]}),
+    feat({"name": "R2", "ref": "r2", "parent_ref": "top", "level": 2, "type": "Region"}),
+    feat({"name": "D1", "ref": "d1", "parent_ref": "r1", "level": 3, "type": "District",
+          "groups": "G2;Late"}),
+    feat({"name": "X1", "ref": "x1", "parent_ref": "d1", "level": 4, "type": "Mixed"},
+         {"type": "Point", "coordinates": [0.5, 0.5]}),
+    feat({"name": "X2", "ref": "x2", "parent_ref": "r2", "level": 3, "type": "Mixed"},
+         {"type": "Point", "coordinates": [0.2, 0.3]}),
+    feat({"name": "F1", "ref": "f1", "parent_ref": "x1", "level": 5, "type": "Facility",
+          "groups": ["G1"]}, {"type": "Point", "coordinates": [0.1, 0.1]}),
+]
+DECLARED = {"types": [{"name": "Region", "depth": 2, "short_name": "Rég"},
+                      {"name": "Unused", "depth": 9}],
+            "groups": [{"ref": "G1", "name": "Group one", "code": "C1"},
+                       {"ref": "G2", "name": "Group two"}]}
+#: what the two-pass reader (before the one-pass one) gave for TREE with DECLARED
+TREE_REGISTRY = {
+    "types": [("Country", 1, None), ("District", 3, None), ("Facility", 5, None),
+              ("Mixed", None, None), ("Region", 2, "Rég"), ("Unused", 9, None)],
+    "groups": [("G1", "Group one", None, "C1"), ("G2", "Group two", None, None),
+               ("Late", "Late", None, None), ("Only", "Only", None, None)],
+    "members": [("G1", "f1"), ("G1", "r1"), ("G2", "d1"), ("Late", "d1"), ("Only", "r1")],
+    "units": [("d1", "D1", "r1", "District", 3), ("f1", "F1", "x1", "Facility", 5),
+              ("r1", "R1", "top", "Region", 2), ("r2", "R2", "top", "Region", 2),
+              ("top", "Top", None, "Country", 1), ("x1", "X1", "d1", "Mixed", 4),
+              ("x2", "X2", "r2", "Mixed", 3)],
+}
+
+
+def tree_file(path: Path, before: dict[str, Any], after: dict[str, Any],
+              features: list[dict[str, Any]] | None = None,
+              kind: str | None = "FeatureCollection") -> Path:
+    """A FeatureCollection (``"type": kind`` first, unless None) with ``before`` members
+    ahead of ``features`` and ``after`` behind."""
+    head = json.dumps({"type": kind, **before} if kind else before)[1:-1]
+    tail = json.dumps(after)[1:-1]
+    path.write_text("{" + head + (", " if head else "") + '"features": '
+                    + json.dumps(TREE if features is None else features)
+                    + (", " + tail if tail else "") + "}", encoding="utf-8")
+    return path
+
+
+def contents(reg: Registry, source: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Types (all: they are shared), and the source's groups, memberships and units."""
+    from sqlalchemy import text
+
+    with reg.read() as conn:
+        v = {"s": source}
+        version = ("SELECT v.fid FROM source_version v JOIN data_source s ON s.fid = v.source_id "
+                   "WHERE s.name = :s")
+        return {
+            "types": sorted(tuple(r) for r in conn.execute(text(
+                "SELECT name, depth, short_name FROM org_unit_type"))),
+            "groups": sorted(tuple(r) for r in conn.execute(text(
+                "SELECT source_ref, name, short_name, code FROM org_unit_group "
+                f"WHERE version_id IN ({version})"), v)),
+            "members": sorted(tuple(r) for r in conn.execute(text(
+                "SELECT g.source_ref, u.source_ref FROM group_membership m "
+                "JOIN org_unit_group g ON g.group_key = m.group_key AND g.version_id = m.version_id "
+                "JOIN org_unit u ON u.unit_key = m.unit_key AND u.version_id = m.version_id "
+                f"WHERE m.version_id IN ({version})"), v)),
+            "units": sorted(tuple(r) for r in conn.execute(text(
+                "SELECT u.source_ref, u.name, p.source_ref, t.name, u.depth FROM org_unit u "
+                "LEFT JOIN org_unit p ON p.unit_key = u.parent_key AND p.version_id = u.version_id "
+                "LEFT JOIN org_unit_type t ON t.fid = u.type_id "
+                f"WHERE u.version_id IN ({version})"), v)),
+        }
+
+
+def table_counts(reg: Registry) -> dict[str, int]:
+    from sqlalchemy import text
+
+    tables = ("data_source", "source_version", "org_unit", "org_unit_territory", "org_unit_type",
+              "org_unit_group", "group_membership", "change_log")
+    with reg.read() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+
+
+MIXED = "type 'Mixed' has features at levels 3, 4; it is given no depth."
+UNNAMED = "group(s) Only, Late are not in member 'groups'; named by their ref."
+
+
+def test_one_pass_gives_the_registry_the_two_passes_gave(registry: Registry,
+                                                          tmp_path: Path) -> None:
+    path = tree_file(tmp_path / "tree.geojson", {"name": "x", "foo": {"bar": 1}, **DECLARED}, {})
+    payload = geojson.read_file(path)
+    # before the units: what the header declares (types learned from features, groups
+    # named only by features come as the units stream)
+    assert [(t.name, t.depth, t.short_name) for t in payload.types] == [
+        ("Region", 2, "Rég"), ("Unused", 9, None)]
+    assert [g.ref for g in payload.groups] == ["G1", "G2"]
+    report = import_payload(registry, payload, source="S")
+    assert report["created"] == 7 and report["rejected"] == 0
+    assert report["warnings"] == [f"tree.geojson: {MIXED}", f"tree.geojson: {UNNAMED}"]
+    assert contents(registry, "S") == TREE_REGISTRY
+
+
+def test_types_groups_and_foreign_members_after_the_features(registry: Registry,
+                                                              tmp_path: Path) -> None:
+    """Members after ``features`` are read at the end; a type first met on a unit (Region
+    here) gets its depth and short name then."""
+    path = tree_file(tmp_path / "late.geojson", {"name": "x"}, {"foo": [1, 2], **DECLARED})
+    payload = geojson.read_file(path)
+    assert payload.types == [] and payload.groups == []
+    report = import_payload(registry, payload, source="S")
+    assert report["warnings"] == [f"late.geojson: {MIXED}", f"late.geojson: {UNNAMED}"]
+    assert contents(registry, "S") == TREE_REGISTRY
+
+
+def test_types_learned_from_levels_and_a_type_at_two_levels(tmp_path: Path) -> None:
+    path = tree_file(tmp_path / "bare.geojson", {}, {})
+    payload = geojson.read_file(path)
+    assert payload.types == [] and payload.groups == [] and payload.warnings == []
+    assert len(list(payload.units)) == 7
+    assert [(t.name, t.depth) for t in payload.types] == [
+        ("Country", 1), ("Region", 2), ("District", 3), ("Facility", 5), ("Mixed", None)]
+    assert [(g.ref, g.name) for g in payload.groups] == [
+        ("G1", "G1"), ("Only", "Only"), ("G2", "G2"), ("Late", "Late")]
+    assert payload.warnings == [f"bare.geojson: {MIXED}"]  # groups: none declared, no warning
+
+
+def test_several_files_keep_the_first_definition_of_a_type(registry: Registry,
+                                                          tmp_path: Path) -> None:
+    """As when each file was read whole first: a type learned from the first file's
+    features wins over the second file's declaration; a group named by its ref in the
+    first file takes the name the second declares."""
+    first = dump(tmp_path / "a.geojson", fc(
+        feat({"name": "A", "ref": "a", "level": 1, "type": "Region", "groups": ["G"]})))
+    second = dump(tmp_path / "b.geojson", fc(
+        feat({"name": "B", "ref": "b", "parent_ref": "a", "level": 2, "type": "District"}),
+        types=[{"name": "Region", "depth": 7}], groups=[{"ref": "G", "name": "Named"}]))
+    payload = geojson.read_files([first, second])
+    import_payload(registry, payload, source="S")
+    assert payload.total == 2
+    got = contents(registry, "S")
+    assert got["types"] == [("District", 2, None), ("Region", 1, None)]
+    assert got["groups"] == [("G", "Named", None, None)] and got["members"] == [("G", "a")]
+
+
+def test_a_failure_while_the_units_stream_leaves_the_registry_unchanged(
+        registry: Registry, tmp_path: Path) -> None:
+    """Found only after units were written (more than a loader batch): the import's one
+    transaction rolls back — no version, unit, type or group is left, new or upserted."""
+    import_payload(registry, geojson.read_file(tree_file(tmp_path / "t.geojson", DECLARED, {})),
+                   source="S")
+    before = table_counts(registry)
+    many = [feat({"name": f"N{i}", "ref": f"n{i}", "level": 1, "type": "Brand new",
+                  "groups": ["NEWG"]}, {"type": "Point", "coordinates": [1, 2]})
+            for i in range(6000)]
+    good = tree_file(tmp_path / "many.geojson", {}, {}, many)
+    cut = tmp_path / "cut.geojson"
+    cut.write_bytes(good.read_bytes()[:-200])
+    late_type = tree_file(tmp_path / "topo.geojson", {}, {"type": "Topology"}, many, None)
+    late_crs = tree_file(tmp_path / "crs.geojson", {}, {"crs": {
+        "type": "name", "properties": {"name": "EPSG:32628"}}}, many)
+    for path, number, error in (
+            (cut, None, "cut.geojson: not valid JSON"),
+            (cut, 1, "cut.geojson: not valid JSON"),
+            (late_type, None, "not a GeoJSON FeatureCollection .*'Topology'"),
+            (late_crs, 1, "member 'crs' comes after 'features'")):
+        payload = geojson.read_file(path)  # the header and the first feature are fine
+        with pytest.raises(InvalidInput, match=error):
+            import_payload(registry, payload, source="S", number=number)
+        assert table_counts(registry) == before, path.name
+    assert contents(registry, "S") == TREE_REGISTRY
+
+
+def test_text_coordinates_are_rejected_per_row_with_the_other_rows(registry: Registry,
+                                                                    tmp_path: Path) -> None:
+    path = dump(tmp_path / "pts.geojson", fc(
+        feat({"name": "ok", "ref": "a"}, {"type": "Point", "coordinates": [12.5, 8]}),
+        feat({"name": "text", "ref": "b"}, {"type": "Point", "coordinates": ["12.5", 8]}),
+        feat({"name": "far", "ref": "c"}, {"type": "Point", "coordinates": [8.4, 200]}),
+        feat({"name": " ", "ref": "d"}),
+        feat({"name": "bool", "ref": "e"}, {"type": "Point", "coordinates": [True, 8]}),
+        feat({"name": "poly", "ref": "f"}, POLY),
+    ))
+    with pytest.raises(InvalidInput) as caught:
+        import_payload(registry, geojson.read_file(path), source="S")
+    message = caught.value.message
+    assert "4 row(s) rejected; nothing was imported" in message
+    for line in ("pts.geojson, feature 2 (ref b): field 'location' must be a point: two "
+                 "numbers (longitude, latitude), not ('12.5', 8)",
+                 "pts.geojson, feature 3 (ref c): field 'latitude' is 200",
+                 "pts.geojson, feature 4 (ref d): field 'name' is missing or empty",
+                 "pts.geojson, feature 5 (ref e): field 'location' must be a point"):
+        assert line in message
+    report = import_payload(registry, geojson.read_file(path), source="S", skip_invalid=True)
+    assert (report["created"], report["rejected"]) == (2, 4)
+    # with a CRS to reproject from, too
+    utm = {"type": "name", "properties": {"name": "EPSG:32628"}}
+    path = dump(tmp_path / "utm.geojson", fc(
+        feat({"name": "text"}, {"type": "Point", "coordinates": [500000, "900000"]}), crs=utm))
+    (rec,) = list(geojson.read_file(path).units)
+    assert rec.location == (500000, "900000")
+
+
+def test_upsert_into_an_existing_draft_learns_types_and_groups(demo: Registry,
+                                                              tmp_path: Path) -> None:
+    """Into an existing draft the job reads the records first, then the types and groups
+    the reader learned from them."""
+    from sqlalchemy import text
+
+    unit = next(u for u in read_version(demo, "SL").units if u.parent_ref and u.type)
+    path = dump(tmp_path / "up.geojson", fc(
+        feat({"ref": unit.ref, "name": unit.name + " (renamed)", "parent_ref": unit.parent_ref,
+              "level": unit.depth, "type": unit.type}),
+        feat({"ref": "NEW1", "name": "New kiosk", "parent_ref": unit.ref,
+              "level": unit.depth + 1, "type": "Kiosk", "groups": ["NEWG"]},
+             {"type": "Point", "coordinates": [-11.7, 8.1]})))
+    report = import_payload(demo, geojson.read_file(path), source="SL", number=1)
+    assert (report["created"], report["updated"], report["rejected"]) == (1, 1, 0)
+    with demo.read() as conn:
+        assert conn.execute(text("SELECT depth FROM org_unit_type WHERE name = 'Kiosk'")
+                            ).scalar_one() == unit.depth + 1
+    new = next(u for u in read_version(demo, "SL").units if u.ref == "NEW1")
+    assert new.groups == ["NEWG"] and new.parent_ref == unit.ref and new.type == "Kiosk"
+
+
+def test_the_unit_count_is_estimated_while_reading_then_exact(registry: Registry,
+                                                              tmp_path: Path) -> None:
+    from sync.importing import ImportJob
+
+    n = 5000
+    path = tree_file(tmp_path / "n.geojson", {}, {}, [
+        feat({"name": f"N{i}", "ref": f"n{i}"}, {"type": "Point", "coordinates": [1, 2]})
+        for i in range(n)])
+    payload = geojson.read_file(path)
+    assert payload.total is not None and 0.8 * n < payload.total < 1.2 * n  # from feature 1
+    job = ImportJob(registry, payload, source="S")
+    seen: list[tuple[int, int | None]] = []
+    job.on_progress(lambda p: seen.append((p.done, p.total)))
+    job.run()
+    assert len(seen) >= n // 1000
+    assert all(total is not None and 0.8 * n < total < 1.2 * n for _, total in seen)
+    assert all(done <= (total or 0) for done, total in seen)
+    assert seen[-1][1] == payload.total == n

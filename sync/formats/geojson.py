@@ -28,24 +28,35 @@ its polygons as they are — an invalid polygon the registry kept from DHIS2 com
 back with a warning instead of refusing the file; other files follow the usual
 rule (refused unless ``--fix-geometry``).
 
-**Reading** parses the file incrementally (``json.JSONDecoder.raw_decode`` over a
-sliding buffer): a first pass checks the structure and collects types, groups and
-the count; the units are then streamed in a second pass, so memory does not grow
-with the file.  Values that are wrong for one row (an empty name, latitude 200,
-an invalid polygon, a bad date) are passed on to the import job, which checks
-every row and reports them all together with the file and feature number; a file
-that is not JSON, not a FeatureCollection, or a feature that is not a feature, is
-refused here.  A GeoJSON with other column names: give ``--mapping`` (or
+**Reading** parses the file once, incrementally (the C scanner of ``json``'s
+``raw_decode`` over a sliding buffer), so memory does not grow with the file.  The members before
+``features`` (``types``, ``groups``, ``crs``, ``georeg``: our writer puts them there)
+and the first feature are read when the file is opened: a file that is empty, not
+JSON, not a FeatureCollection or without features is refused before anything is
+written.  The units then stream; the types (with their depth, from the features'
+``level`` when ``types`` does not give it), the groups named only by features and
+members after ``features`` are learned on the way and listed in the payload at the
+end, which the import job adds after the units (a type at several levels gets no
+depth, with a warning).  A problem found only then (a ``type`` member after the
+features that is not ``FeatureCollection``, no feature with a name, a ``crs`` after
+the features) fails the import, which is rolled back.  The unit count for the
+progress bar is estimated from the share of the file read, exact at the end.
+Values that are wrong for one row (an empty name, latitude 200, a coordinate that is
+a text, an invalid polygon, a bad date) are passed on to the import job, which
+checks every row and reports them all together with the file and feature number; a
+file that is not JSON, not a FeatureCollection, or a feature that is not a feature,
+is refused here.  A GeoJSON with other column names: give ``--mapping`` (or
 ``--parent-by-location``) and it is read by the generic vector reader.
 """
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,6 +87,7 @@ PROPERTIES = ("ref", "name", "parent_ref", "level", "type", "code", "opening_dat
 _WGS84 = CRS.from_epsg(4326)
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]  # set in __init__, untyped
 
 
 # --- incremental JSON -------------------------------------------------------------------
@@ -86,24 +98,44 @@ class _Syntax(Exception):
 
 
 class _JsonStream:
-    """Just enough of a pull parser: the top-level object and the ``features`` array."""
+    """Just enough of a pull parser: the top-level object and the ``features`` array.
+
+    Bytes are decoded here (not by a text file) so the stream knows how far into the
+    file it is: :meth:`offset` estimates the byte position of the parser, from which
+    the reader estimates the number of features before it has seen them all."""
 
     CHUNK = 1 << 20
 
-    def __init__(self, fh: IO[str]) -> None:
+    def __init__(self, fh: IO[bytes]) -> None:
         self.fh, self.buf, self.pos, self.eof = fh, "", 0, False
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.dropped = 0  # characters read before ``buf[0]``
+        self.nbytes = self.nchars = 0  # bytes read, characters decoded
 
     def _fill(self) -> bool:
         if self.eof:
             return False
         pending = len(self.buf) - self.pos
-        data = self.fh.read(max(self.CHUNK, pending))  # doubles for one huge value
+        while True:
+            raw = self.fh.read(max(self.CHUNK, pending))  # doubles for one huge value
+            data = self.decoder.decode(raw, final=not raw)
+            if data or not raw:  # (a chunk may end inside a character: read on)
+                break
         if not data:
             self.eof = True
             return False
+        self.nbytes += len(raw)
+        self.nchars += len(data)
+        self.dropped += self.pos
         self.buf = self.buf[self.pos:] + data
         self.pos = 0
         return True
+
+    def offset(self) -> float:
+        """About how many bytes of the file the parser has gone through."""
+        if not self.nchars:
+            return 0.0
+        return (self.dropped + self.pos) * self.nbytes / self.nchars
 
     def peek(self) -> str:
         """The next non-blank character ('' at the end), not consumed."""
@@ -120,13 +152,16 @@ class _JsonStream:
         self.pos += 1
 
     def value(self) -> Any:
-        pos = self.pos
-        if pos >= len(self.buf) or self.buf[pos] in " \t\n\r":
-            self.peek()
+        buf, pos = self.buf, self.pos
+        if pos >= len(buf) or buf[pos] in " \t\n\r":
+            self.pos = pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= len(buf):
+                self.peek()
         while True:
             try:
-                obj, end = _DECODER.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError:
+                # the C scanner itself: ``raw_decode`` without its Python frame
+                obj, end = _SCAN(self.buf, self.pos)
+            except (StopIteration, json.JSONDecodeError):
                 if self._fill():
                     continue
                 raise _Syntax("value") from None
@@ -184,13 +219,14 @@ class _Items:
         self.items = items
 
 
-#: ``header["features"]`` once the array has been streamed
+#: ``header["features"]`` once the array has been met (and is being streamed)
 STREAMED: Any = object()
+_NONE: Any = object()  # no feature (an empty array)
 
 
-def _open(path: Path) -> IO[str]:
+def _open(path: Path) -> IO[bytes]:
     try:
-        return path.open(encoding="utf-8-sig")
+        return path.open("rb")
     except FileNotFoundError:
         raise InvalidInput(f"{path}: file not found.") from None
     except OSError as error:
@@ -211,34 +247,7 @@ def _syntax_error(path: Path) -> InvalidInput:
     return InvalidInput(f"{path}: expected a GeoJSON FeatureCollection (a JSON object).")
 
 
-def _features(path: Path, header: dict[str, Any] | None = None) -> Iterator[Any]:
-    """Stream the features of ``path``; the other members land in ``header``."""
-    with _open(path) as fh:
-        stream = _JsonStream(fh)
-        try:
-            for key, value in stream.members():
-                if isinstance(value, _Items):
-                    yield from value.items
-                    value = STREAMED
-                if header is not None:
-                    header[key] = value
-        except (_Syntax, UnicodeDecodeError):
-            raise _syntax_error(path) from None
-
-
 # --- reading ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Scan:
-    """What the first pass learns about a file."""
-
-    header: dict[str, Any] = field(default_factory=dict)
-    count: int = 0
-    named: int = 0
-    keys: dict[str, None] = field(default_factory=dict)
-    type_depths: dict[str, set[int]] = field(default_factory=dict)
-    group_refs: dict[str, None] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str | None:
@@ -273,52 +282,6 @@ def _check_feature(path: Path, i: int, feat: Any) -> dict[str, Any]:
     if not isinstance(props, dict):
         raise InvalidInput(f"{path.name}, feature {i}: field 'properties' must be an object.")
     return props
-
-
-def _scan(path: Path) -> _Scan:
-    scan = _Scan()
-    keys, type_depths, group_refs = scan.keys, scan.type_depths, scan.group_refs
-    count = named = 0
-    for feat in _features(path, scan.header):
-        count += 1
-        if type(feat) is dict and feat.get("type") == "Feature" \
-                and type(props := feat.get("properties")) is dict:
-            pass  # the common case, without a call
-        else:
-            props = _check_feature(path, count, feat)
-        get = props.get
-        keys.update(dict.fromkeys(props))
-        name = get("name")
-        if (name.strip() if type(name) is str else _text(name)):
-            named += 1
-        type_name = get("type")
-        type_name = (type_name.strip() or None) if type(type_name) is str else _text(type_name)
-        if type_name:
-            depths = type_depths.get(type_name)
-            if depths is None:
-                depths = type_depths[type_name] = set()
-            level = get("level")
-            if type(level) is int:
-                depths.add(level)
-        groups = get("groups")
-        if groups is not None:
-            group_refs.update(dict.fromkeys(_str_list(groups)))
-    scan.count, scan.named = count, named
-    kind = scan.header.get("type")
-    if kind != "FeatureCollection":
-        raise InvalidInput(f"{path}: not a GeoJSON FeatureCollection (its member 'type' is "
-                           f"{kind!r}).")
-    if scan.header.get("features") is not STREAMED:
-        raise InvalidInput(f"{path}: member 'features' must be an array of features.")
-    if not scan.count:
-        raise InvalidInput(f"{path}: no features.")
-    if not scan.named:
-        shown = ", ".join(list(scan.keys)[:30]) or "none"
-        raise InvalidInput(
-            f"{path}: no feature has a 'name' property (properties here: {shown}). "
-            "For other column names give --mapping (see docs/formats.md)."
-        )
-    return scan
 
 
 def _transformer(path: Path, header: dict[str, Any], opts: ReadOptions) -> Transformer | None:
@@ -424,27 +387,20 @@ def _simple_point(raw: Any) -> list[float] | None:
     return None
 
 
-def _records(path: Path, tr: Transformer | None) -> Iterator[UnitRecord]:
-    """Units one by one (plain points as ``(x, y)`` pairs: see ``UnitRecord.location``)."""
-    file = path.name
-    for i, feat in enumerate(_features(path), start=1):
-        if type(feat) is dict and feat.get("type") == "Feature" \
-                and type(props := feat.get("properties")) is dict:
-            pass  # the common case, without a call
-        else:
-            props = _check_feature(path, i, feat)
-        ref = props.get("ref")
-        ref = (ref.strip() or None) if type(ref) is str else _text(ref)
-        where = f"{file}, feature {i} (ref {ref})" if ref else f"{file}, feature {i}"
-        xy = _simple_point(feat.get("geometry")) if tr is None else None
-        if xy is not None:  # a plain point: handed over as (x, y), no geometry object
-            yield _record(props, where, (xy[0], xy[1]), None)
-        else:
-            yield _record(props, where, *_geometry(props, feat, where, tr))
+def _bad_point(raw: Any) -> tuple[Any, ...] | None:
+    """The coordinates, as they are, of a GeoJSON Point whose coordinates are not all
+    numbers (``["12.5", 8]``, ``[true, 8]``), else None.  Handed over as the unit's
+    location, they are rejected by the import job with the other rows' problems —
+    the geometry parser would read a text as a number, or stop the whole read."""
+    if type(raw) is dict and raw.get("type") == "Point":
+        xy = raw.get("coordinates")
+        if type(xy) is list and not all(type(v) is float or type(v) is int for v in xy):
+            return tuple(xy)
+    return None
 
 
 def _record(props: dict[str, Any], where: str,
-            location: BaseGeometry | tuple[float, float] | None,
+            location: BaseGeometry | tuple[Any, ...] | None,
             territory: BaseGeometry | None) -> UnitRecord:
     # ``_text`` inlined for the common case, a text (100k rows: a tenth of the reading)
     get = props.get
@@ -463,7 +419,7 @@ def _record(props: dict[str, Any], where: str,
         closed_date=(closed.strip() or None) if type(closed) is str else _text(closed),
         aliases=(_str_list(aliases) or None) if aliases is not None else None,
         extra_fields=_extra(extra, where) if extra is not None else None,
-        location=location,
+        location=location,  # (a bad point: for the job to reject)
         territory=territory,
         validation_status=status or "valid",
         uuid=(uuid.strip() or None) if type(uuid) is str else _text(uuid),
@@ -472,9 +428,11 @@ def _record(props: dict[str, Any], where: str,
     )
 
 
-def _types(path: Path, scan: _Scan) -> list[TypeDef]:
+def _declared_types(path: Path, declared: Any) -> dict[str, TypeDef]:
+    """Member ``types``: ``[{name, depth, short_name}]``."""
     types: dict[str, TypeDef] = {}
-    declared = scan.header.get("types") or []
+    if not declared:
+        return types
     if not isinstance(declared, list):
         raise InvalidInput(f"{path}: member 'types' must be a list of {{name, depth}}.")
     for i, t in enumerate(declared, start=1):
@@ -484,15 +442,14 @@ def _types(path: Path, scan: _Scan) -> list[TypeDef]:
         types[_text(t["name"]) or ""] = TypeDef(
             _text(t["name"]) or "", depth if isinstance(depth, int) else None,
             _text(t.get("short_name")))
-    for name, depths in scan.type_depths.items():
-        if name not in types:
-            types[name] = TypeDef(name, next(iter(depths)) if len(depths) == 1 else None)
-    return sorted(types.values(), key=lambda t: (t.depth is None, t.depth or 0, t.name))
+    return types
 
 
-def _groups(path: Path, scan: _Scan, warnings: list[str]) -> list[GroupDef]:
+def _declared_groups(path: Path, declared: Any) -> dict[str, GroupDef]:
+    """Member ``groups``: ``[{ref, name, short_name, code}]``."""
     groups: dict[str, GroupDef] = {}
-    declared = scan.header.get("groups") or []
+    if not declared:
+        return groups
     if not isinstance(declared, list):
         raise InvalidInput(f"{path}: member 'groups' must be a list of {{ref, name}}.")
     for i, g in enumerate(declared, start=1):
@@ -501,18 +458,241 @@ def _groups(path: Path, scan: _Scan, warnings: list[str]) -> list[GroupDef]:
             raise InvalidInput(f"{path}: member 'groups', item {i}: field 'ref' is missing.")
         groups[ref] = GroupDef(ref, _text(g.get("name")) or ref, _text(g.get("short_name")),
                                _text(g.get("code")))
-    undeclared = [r for r in scan.group_refs if r not in groups]
-    for ref in undeclared:
-        groups[ref] = GroupDef(ref, ref)
-    if undeclared and declared:
-        shown = ", ".join(undeclared[:10]) + (" …" if len(undeclared) > 10 else "")
-        warnings.append(f"{path.name}: group(s) {shown} are not in member 'groups'; "
-                        "named by their ref.")
-    return list(groups.values())
+    return groups
+
+
+def _by_depth(types: Iterable[TypeDef]) -> list[TypeDef]:
+    return sorted(types, key=lambda t: (t.depth is None, t.depth or 0, t.name))
+
+
+def _add_types(payload: ImportPayload, types: Iterable[TypeDef]) -> None:
+    """Types not listed yet (a name already listed keeps its first definition)."""
+    known = {t.name for t in payload.types}
+    payload.types.extend(t for t in types if t.name not in known)
+
+
+def _add_groups(payload: ImportPayload, groups: Iterable[GroupDef]) -> None:
+    """Groups not listed yet; a group listed by its ref alone takes a real name."""
+    at = {g.ref: i for i, g in enumerate(payload.groups)}
+    for g in groups:
+        i = at.get(g.ref)
+        if i is None:
+            at[g.ref] = len(payload.groups)
+            payload.groups.append(g)
+        elif payload.groups[i].name == g.ref != g.name:
+            payload.groups[i] = g
+
+
+class _Reader:
+    """One FeatureCollection read in one pass.
+
+    Created, it reads the members before ``features`` (our writer puts ``types``,
+    ``groups``, ``crs`` and ``georeg`` there) and the first feature, so a file that is
+    empty, not JSON, not a FeatureCollection or without features is refused before
+    the import writes anything.  :meth:`units` then streams the units, learning as
+    they pass what the old first pass collected (types and their levels, group refs
+    named by features, whether any feature has a name), and at the end reads the
+    members after ``features``, checks what could only be checked then, and lists the
+    types, groups and warnings it learned in the payload (the import job adds them
+    after the units: see ``ImportJob``); an error raised then rolls the import back.
+    ``payload.total`` is an estimate while the units stream (from the share of the
+    file read so far), exact at the end.
+    """
+
+    def __init__(self, path: Path, opts: ReadOptions) -> None:
+        self.path, self.opts = path, opts
+        self.next: _Reader | None = None  # the file after this one, in one import
+        self.header: dict[str, Any] = {}
+        self.total = 0  # units expected: an estimate until the end
+        self.fh = _open(path)
+        try:
+            self.size = os.fstat(self.fh.fileno()).st_size
+            self.stream = _JsonStream(self.fh)
+            self.members = self.stream.members()
+            self._head()
+        except BaseException:
+            self.fh.close()
+            raise
+        self.total = self._estimate(1)
+
+    def _head(self) -> None:
+        """The members before ``features`` and its first item (or the whole file, when
+        the array is empty or absent), checked."""
+        header, path = self.header, self.path
+        self.streamed, self.first, self.items = False, _NONE, iter(())
+        self.start = 0.0  # where the features begin (bytes)
+        try:
+            for key, value in self.members:
+                if isinstance(value, _Items):
+                    header[key], self.streamed, self.items = STREAMED, True, value.items
+                    break
+                header[key] = value
+            if self.streamed:
+                self.start = self.stream.offset()
+                self.first = next(self.items, _NONE)
+                if self.first is _NONE:  # no features: read on to the end
+                    for key, value in self.members:
+                        header.setdefault(key, value)
+        except (_Syntax, UnicodeDecodeError):
+            raise _syntax_error(path) from None
+        if "type" in header or self.first is _NONE:
+            self._check_type(header)
+        if not self.streamed:
+            raise InvalidInput(f"{path}: member 'features' must be an array of features.")
+        if self.first is _NONE:
+            raise InvalidInput(f"{path}: no features.")
+        self.tr = _transformer(path, header, self.opts)
+        self.types = _declared_types(path, header.get("types"))
+        self.groups = _declared_groups(path, header.get("groups"))
+
+    def _check_type(self, members: dict[str, Any]) -> None:
+        kind = members.get("type")
+        if kind != "FeatureCollection":
+            raise InvalidInput(f"{self.path}: not a GeoJSON FeatureCollection (its member "
+                               f"'type' is {kind!r}).")
+
+    def _estimate(self, count: int) -> int:
+        """Units expected, from the ``count`` seen in the bytes read so far."""
+        done = self.stream.offset() - self.start
+        left = self.size - self.start
+        return max(count, round(count * left / done) if done > 0 else 0)
+
+    def units(self, payload: ImportPayload, readers: list[_Reader]) -> Iterator[UnitRecord]:
+        """The units; ``payload`` (shared by ``readers``, the files of one import) gets
+        the running estimate of the total and, at the end, what the file told."""
+        try:
+            yield from self._units(payload, readers)
+        finally:
+            self.fh.close()
+
+    def _units(self, payload: ImportPayload, readers: list[_Reader]) -> Iterator[UnitRecord]:
+        path, file, tr = self.path, self.path.name, self.tr
+        keys: dict[str, None] = {}  # property names, shown when no feature has a name
+        type_depths: dict[str, set[int]] = {}
+        seen_types: set[tuple[str, int | None]] = set()
+        group_refs: dict[str, None] = {}
+        named = False
+        i = 0
+        try:
+            for feat in itertools.chain((self.first,), self.items):
+                i += 1
+                if not i & 1023:  # the estimate, refined as the file is read
+                    self.total = self._estimate(i)
+                    payload.total = sum(r.total for r in readers)
+                if type(feat) is dict and feat.get("type") == "Feature" \
+                        and type(props := feat.get("properties")) is dict:
+                    pass  # the common case, without a call
+                else:
+                    props = _check_feature(path, i, feat)
+                ref = props.get("ref")
+                ref = (ref.strip() or None) if type(ref) is str else _text(ref)
+                where = f"{file}, feature {i} (ref {ref})" if ref else f"{file}, feature {i}"
+                raw = feat.get("geometry")
+                xy = _simple_point(raw) if tr is None else None
+                if xy is not None:  # a plain point: handed over as (x, y), no geometry object
+                    rec = _record(props, where, (xy[0], xy[1]), None)
+                elif (bad := _bad_point(raw)) is not None:
+                    rec = _record(props, where, bad, None)
+                else:
+                    rec = _record(props, where, *_geometry(props, feat, where, tr))
+                if not named:
+                    if rec.name:
+                        named = True
+                    else:
+                        keys.update(dict.fromkeys(props))
+                kind = rec.type_name
+                if kind is not None:
+                    level = props.get("level")
+                    seen = (kind, level if type(level) is int else None)
+                    if seen not in seen_types:
+                        seen_types.add(seen)
+                        depths = type_depths.setdefault(kind, set())
+                        if seen[1] is not None:
+                            depths.add(seen[1])
+                if rec.groups:
+                    group_refs.update(dict.fromkeys(rec.groups))
+                yield rec
+            trailer: dict[str, Any] = {}
+            for key, value in self.members:  # members after ``features``
+                trailer.setdefault(key, value)
+        except (_Syntax, UnicodeDecodeError):
+            raise _syntax_error(path) from None
+        self._end(payload, readers, i, named, keys, type_depths, group_refs, trailer)
+
+    def _end(self, payload: ImportPayload, readers: list[_Reader], count: int, named: bool,
+             keys: dict[str, None], type_depths: dict[str, set[int]],
+             group_refs: dict[str, None], trailer: dict[str, Any]) -> None:
+        """What the whole file tells: checks, then its types, groups and warnings."""
+        path = self.path
+        if "type" not in self.header:
+            self._check_type(trailer)
+        if not named:
+            shown = ", ".join(list(keys)[:30]) or "none"
+            raise InvalidInput(
+                f"{path}: no feature has a 'name' property (properties here: {shown}). "
+                "For other column names give --mapping (see docs/formats.md)."
+            )
+        if self.opts.crs is None and "crs" in trailer and "crs" not in self.header \
+                and _transformer(path, trailer, self.opts) is not None:
+            raise InvalidInput(f"{path}: member 'crs' comes after 'features', too late to "
+                               "reproject them; move it before 'features' or give --crs.")
+        types = {**self.types, **_declared_types(path, trailer.get("types"))}
+        learned = []
+        for name, depths in type_depths.items():
+            if name in types:
+                continue
+            learned.append(TypeDef(name, next(iter(depths)) if len(depths) == 1 else None))
+            if len(depths) > 1:
+                levels = ", ".join(map(str, sorted(depths)))
+                payload.warnings.append(f"{path.name}: type {name!r} has features at levels "
+                                        f"{levels}; it is given no depth.")
+        _add_types(payload, _by_depth([*types.values(), *learned]))
+        groups = {**self.groups, **_declared_groups(path, trailer.get("groups"))}
+        undeclared = [r for r in group_refs if r not in groups]
+        if undeclared and groups:
+            shown = ", ".join(undeclared[:10]) + (" …" if len(undeclared) > 10 else "")
+            payload.warnings.append(f"{path.name}: group(s) {shown} are not in member "
+                                    "'groups'; named by their ref.")
+        _add_groups(payload, [*groups.values(), *(GroupDef(r, r) for r in undeclared)])
+        if self.next is not None:  # the next file's header, in the files' order
+            _add_types(payload, _by_depth(self.next.types.values()))
+            _add_groups(payload, self.next.groups.values())
+        self.total = count
+        payload.total = sum(r.total for r in readers)
+
+    @property
+    def keep_invalid(self) -> bool:
+        """A Georeg export holds what a registry already accepted: its polygons are kept
+        as they are (warned).  The marker counts before ``features`` only (our writer
+        puts it there): the job decides before the units come."""
+        return isinstance(self.header.get("georeg"), dict)
 
 
 def _delegate(opts: ReadOptions | None) -> bool:
     return bool(opts and (opts.mapping or opts.parent_by_location))
+
+
+def _payload(readers: list[_Reader], description: str) -> ImportPayload:
+    """One import of ``readers``' files.  What the first file declares before its
+    features is listed now; the rest as the units stream (see :class:`_Reader`), in the
+    order the files come, so that the first definition of a type wins and a group
+    named by its ref alone takes the first real name, as when each file was read
+    whole first.  (A group named by its ref waits for the end too, in case a later
+    member names it: the import job adds what is listed up front before the units.)"""
+    for r, after in zip(readers, readers[1:], strict=False):
+        r.next = after
+    first = readers[0]
+    payload = ImportPayload(
+        units=(),
+        types=_by_depth(first.types.values()),
+        groups=[g for g in first.groups.values() if g.name != g.ref],
+        warnings=[],
+        total=sum(r.total for r in readers),
+        description=description,
+        invalid_geometry="keep" if all(r.keep_invalid for r in readers) else "reject",
+    )
+    payload.units = (u for r in readers for u in r.units(payload, readers))
+    return payload
 
 
 @gc_paused()
@@ -524,48 +704,28 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
 
         return vector.read_file(path, opts)
     path = Path(path)
-    scan = _scan(path)
-    tr = _transformer(path, scan.header, opts)
-    warnings: list[str] = []
-    return ImportPayload(
-        units=_records(path, tr),
-        types=_types(path, scan),
-        groups=_groups(path, scan, warnings),
-        warnings=warnings,
-        total=scan.count,
-        description=f"Imported from {path.name}",
-        # a Georeg export holds what a registry already accepted: keep it as it is (warned)
-        invalid_geometry="keep" if isinstance(scan.header.get("georeg"), dict) else "reject",
-    )
+    return _payload([_Reader(path, opts)], f"Imported from {path.name}")
 
 
+@gc_paused()
 def read_files(paths: Sequence[Path], opts: ReadOptions | None = None) -> ImportPayload:
     """Several FeatureCollections as one import (or, with --parent-by-location or
-    --mapping, one file per level through the vector reader)."""
+    --mapping, one file per level through the vector reader).  Every file's header is
+    read and checked first; the files are then streamed one after the other."""
     opts = opts or ReadOptions()
     if _delegate(opts):
         from sync.formats import vector
 
         return vector.read_files(list(paths), opts)
-    payloads = [read_file(Path(p), opts) for p in paths]
-    types: dict[str, TypeDef] = {}
-    groups: dict[str, GroupDef] = {}
-    for p in payloads:
-        for t in p.types:
-            types.setdefault(t.name, t)
-        for g in p.groups:
-            if g.ref not in groups or groups[g.ref].name == g.ref:
-                groups[g.ref] = g
-    return ImportPayload(
-        units=(u for p in payloads for u in p.units),
-        types=list(types.values()),
-        groups=list(groups.values()),
-        warnings=[w for p in payloads for w in p.warnings],
-        total=sum(p.total or 0 for p in payloads),
-        description="Imported from " + ", ".join(Path(p).name for p in paths),
-        invalid_geometry="keep" if all(p.invalid_geometry == "keep" for p in payloads)
-        else "reject",
-    )
+    readers: list[_Reader] = []
+    try:
+        for p in paths:
+            readers.append(_Reader(Path(p), opts))
+    except BaseException:
+        for r in readers:
+            r.fh.close()
+        raise
+    return _payload(readers, "Imported from " + ", ".join(Path(p).name for p in paths))
 
 
 # --- writing ----------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import sqlite3
 import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from storage import geometry
-from storage.bulk import UnitRecord
+from storage.bulk import FileRows, UnitRecord
 from storage.errors import InvalidInput
 from storage.jobs import gc_paused
 from sync.exchange import (
@@ -129,6 +130,7 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
                          f"{seen.depth} and {layer.depth}; one type, depth {seen.depth}, is kept.")
     return ImportPayload(
         units=_records(path, layers, opts),
+        load_units=partial(_load_units, path, layers, opts),
         types=sorted(types.values(), key=lambda t: (t.depth is None, t.depth or 0, t.name)),
         groups=groups,
         warnings=warns,
@@ -387,24 +389,168 @@ _OPTIONAL = ("longitude", "latitude", "uuid", "validation_status", "parent_ref",
 
 def _records(path: Path, layers: list[_Layer], opts: ReadOptions) -> Iterator[UnitRecord]:
     seen_uuids: dict[str, str] = {}
-    q = gpkg_sql.quote
     with _connect(path) as conn:
         for layer in layers:
-            present = [c for c in _OPTIONAL if c in layer.fields]
-            geom_sql = q(layer.geometry_column) if layer.geometry_column else "NULL"
-            cur = conn.execute(
-                f"SELECT {q(layer.fid)}, {geom_sql}, {', '.join(map(q, ('ref', 'name', *present)))}"
-                f" FROM {q(layer.name)} ORDER BY {q(layer.fid)}")
-            transform = _transformer(path, layer, opts)
-            prefix = f"{path.name}, layer {layer.name!r}, row "
-            has_groups = "group_refs" in layer.fields
-            while True:
-                rows = cur.fetchmany(_CHUNK)
-                if not rows:
-                    break
-                yield from _chunk_records(path, layer, rows, present, transform, prefix,
-                                          has_groups, seen_uuids)
-            cur.close()
+            yield from _layer_records(conn, path, layer, opts, seen_uuids)
+
+
+def _load_units(path: Path, layers: list[_Layer], opts: ReadOptions
+                ) -> Iterator[UnitRecord | FileRows]:
+    """:func:`_records` for a bulk load: a layer whose every row is plain (see
+    :func:`_copyable`, :func:`_plain_row`) comes as one :class:`FileRows` the loader copies in SQL."""
+    seen_uuids: dict[str, str] = {}
+    with _connect(path) as conn:
+        for i, layer in enumerate(layers):
+            if not _copyable(conn, path, layer, opts):
+                yield from _layer_records(conn, path, layer, opts, seen_uuids)
+                continue
+            read: list[bool] = []  # the loader took the records way
+            yield _file_rows(path, layer, opts, seen_uuids, read)
+            if i + 1 < len(layers) and not read:
+                # copied: later layers' records must know its uuids (a uuid met twice
+                # is given a new one, as on the records way)
+                where = f"{path.name}, layer {layer.name!r}"
+                for (value,) in conn.execute(f"SELECT NULLIF(uuid, '') FROM "
+                                             f"{gpkg_sql.quote(layer.name)} WHERE uuid "
+                                             "IS NOT NULL" if "uuid" in layer.fields
+                                             else "SELECT NULL WHERE 0"):
+                    if value is not None:
+                        seen_uuids.setdefault(value, where)
+
+
+def _layer_records(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOptions,
+                   seen_uuids: dict[str, str]) -> Iterator[UnitRecord]:
+    q = gpkg_sql.quote
+    present = [c for c in _OPTIONAL if c in layer.fields]
+    geom_sql = q(layer.geometry_column) if layer.geometry_column else "NULL"
+    cur = conn.execute(
+        f"SELECT {q(layer.fid)}, {geom_sql}, {', '.join(map(q, ('ref', 'name', *present)))}"
+        f" FROM {q(layer.name)} ORDER BY {q(layer.fid)}")
+    transform = _transformer(path, layer, opts)
+    prefix = f"{path.name}, layer {layer.name!r}, row "
+    has_groups = "group_refs" in layer.fields
+    while True:
+        rows = cur.fetchmany(_CHUNK)
+        if not rows:
+            break
+        yield from _chunk_records(path, layer, rows, present, transform, prefix,
+                                  has_groups, seen_uuids)
+    cur.close()
+
+
+# --- layers copied by the loader in SQL ---------------------------------------------------
+
+#: what ``str.strip()`` removes, as a literal for SQLite's ``trim``
+_SPACES_SQL = "'" + "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + "'"
+#: those beyond the ASCII controls and space
+_WIDE_SPACES = ", ".join(str(c) for c in range(33, 0x3001) if chr(c).isspace())
+_UUID_GLOB = "-".join("[0-9a-f]" * n for n in (8, 4, 4, 4, 12))
+_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+#: GeoPackage blob of a plain point as the registry stores it: no envelope, EPSG:4326,
+#: little-endian WKB Point (29 bytes)
+_POINT_HEAD = "x'47500001e61000000101000000'"
+
+
+def _copyable(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOptions) -> bool:
+    """Worth handing over as :class:`FileRows`: rows in EPSG:4326 whose geometries are
+    all plain points or none (a polygon layer goes the records way at once)."""
+    if not layer.count or _transformer(path, layer, opts) is not None:
+        return False
+    if layer.geometry_column is None:
+        return True
+    g = gpkg_sql.quote(layer.geometry_column)
+    return conn.execute(f"SELECT 1 FROM {gpkg_sql.quote(layer.name)} WHERE {g} IS NOT NULL "
+                        f"AND substr({g}, 1, 13) <> {_POINT_HEAD} LIMIT 1").fetchone() is None
+
+
+def _plain_row(layer: _Layer) -> str:
+    """SQL: the row's record would be its cells stripped, as they are — texts (no numbers
+    to convert), refs that are neither Iaso nor Georeg internal refs, a known status in
+    lower case, ISO dates, canonical uuids, no aliases or extra fields, a plain
+    longitude/latitude point blob or no geometry (then no longitude or latitude)."""
+    f = set(layer.fields)
+    q = gpkg_sql.quote
+
+    def lead_ok(c: str) -> str:  # no space before the first character: GLOB sees the ref
+        return f"(unicode({c}) BETWEEN 33 AND 126 OR unicode({c}) NOT IN ({_WIDE_SPACES}))"
+
+    def text_ok(column: str, extra: str = "") -> str | None:
+        if column not in f:
+            return None
+        c = q(column)
+        return f"({c} IS NULL OR (typeof({c}) = 'text'{f' AND ({extra})' if extra else ''}))"
+
+    # (a modifier makes SQLite normalise the date: 2001-02-29 becomes 2001-03-01)
+    date_ok = ("{c} = '' OR ({c} GLOB '" + _DATE_GLOB + "' AND date({c}, '+0 days') = {c} "
+               "AND {c} NOT GLOB '0000*')")
+    checks = [
+        f"typeof(ref) = 'text' AND ref NOT GLOB 'iaso*' AND ref NOT GLOB 'georeg:*' AND "
+        f"{lead_ok('ref')}",
+        "typeof(name) = 'text'",
+        text_ok("code"),
+        text_ok("parent_ref", f"parent_ref NOT GLOB 'iaso*' AND {lead_ok('parent_ref')}"),
+        text_ok("validation_status", "validation_status IN ('', 'new', 'valid', 'rejected')"),
+        text_ok("uuid", f"uuid = '' OR uuid GLOB '{_UUID_GLOB}'"),
+        text_ok("opening_date", date_ok.format(c="opening_date")),
+        text_ok("closed_date", date_ok.format(c="closed_date")),
+        *(f"{c} IS NULL" for c in ("aliases", "extra_fields") if c in f),
+    ]
+    lonlat = " AND ".join(f"{c} IS NULL" for c in ("longitude", "latitude") if c in f) or "1"
+    if layer.geometry_column:
+        g = q(layer.geometry_column)
+        checks.append(f"({g} IS NULL AND {lonlat}) OR (length({g}) = 29 AND "
+                      f"substr({g}, 1, 13) = {_POINT_HEAD})")
+    else:
+        checks.append(lonlat)
+    return " AND ".join(f"({c})" for c in checks if c is not None)
+
+
+def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[str, str],
+               read: list[bool]) -> FileRows:
+    """The layer as :class:`FileRows`: its query, and its records for the other way."""
+    q = gpkg_sql.quote
+    f = set(layer.fields)
+
+    def col(name: str, strip: bool = True) -> str:
+        if name not in f:
+            return "NULL"
+        if strip:
+            return f"NULLIF(trim({q(name)}, {_SPACES_SQL}), '')"
+        return f"NULLIF({q(name)}, '')"  # (a uuid, a status, a date: nothing to strip)
+
+    geom = q(layer.geometry_column) if layer.geometry_column else "NULL"
+    status = (f"COALESCE({col('validation_status', False)}, 'valid')"
+              if "validation_status" in f else "'valid'")
+    select = (
+        f"SELECT {q(layer.fid)} AS ord, "
+        f"CASE WHEN {_plain_row(layer)} THEN {geom} ELSE georeg_not_plain() END AS location, "
+        f"{col('uuid', False)} AS uuid, {col('ref')} AS ref, {col('name')} AS name, "
+        f"{col('code')} AS code, {col('parent_ref')} AS parent_ref, {status} AS status, "
+        f"{col('opening_date', False)} AS opening_date, "
+        f"{col('closed_date', False)} AS closed_date "
+        f"FROM {{src}}.{q(layer.name)}")
+
+    def records() -> Iterator[UnitRecord]:
+        read.append(True)
+        with _connect(path) as conn:
+            yield from _layer_records(conn, path, layer, opts, seen_uuids)
+
+    def memberships() -> list[tuple[str, str]]:
+        if "group_refs" not in f:
+            return []
+        with _connect(path) as conn:
+            return [(g, ref) for ref, raw in conn.execute(
+                f"SELECT ref, group_refs FROM {q(layer.name)} "
+                f"WHERE group_refs IS NOT NULL AND group_refs <> '' ORDER BY {q(layer.fid)}")
+                for g in _split_groups(raw)]
+
+    with _connect(path) as conn:  # (the ends of the rowid b-tree: no scan)
+        low, high = conn.execute(f"SELECT min({q(layer.fid)}), max({q(layer.fid)}) FROM "
+                                 f"{q(layer.name)}").fetchone()
+    contiguous = type(low) is int and type(high) is int and high - low + 1 == layer.count
+    return FileRows(path=path, select=select, count=layer.count, type_name=layer.type_name,
+                    records=records, memberships=memberships,
+                    first_ord=low if contiguous else None)
 
 
 def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], present: list[str],
