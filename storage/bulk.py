@@ -154,26 +154,6 @@ def _uuid_source() -> Iterator[str]:
         yield from uuid7_many(5000)
 
 
-def _plain_lonlat(blobs: Sequence[bytes]) -> np.ndarray | None:
-    """``(n, 2)`` longitudes and latitudes of GeoPackage point blobs that are exactly what
-    :func:`point_blobs` writes (29 bytes, no envelope, EPSG:4326, little-endian WKB Point)
-    with finite coordinates within ±180 / ±90; None if any blob is not."""
-    if not blobs:
-        return np.empty((0, 2))
-    if any(len(b) != 29 for b in blobs):
-        return None
-    joined = b"".join(blobs)
-    raw = np.frombuffer(joined, dtype=np.uint8).reshape(len(blobs), 29)
-    if not (raw[:, :13] == np.frombuffer(_PLAIN_POINT_HEAD, dtype=np.uint8)).all():
-        return None
-    rows = np.frombuffer(joined, dtype=_POINT_ROWS[True])
-    xy = np.column_stack([rows["x"], rows["y"]]).astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        ok = bool(np.isfinite(xy).all() and (np.abs(xy[:, 0]) <= 180).all()
-                  and (np.abs(xy[:, 1]) <= 90).all())
-    return xy if ok else None
-
-
 @dataclass
 class LoadStats:
     units: int = 0
@@ -656,16 +636,26 @@ class BulkLoader:
                     "SELECT 1 FROM org_unit WHERE fid BETWEEN ? AND ? AND path IS NULL LIMIT 1",
                     (first, last)).fetchone():
                 raise _NotCopied  # a row changed since it was counted, or a parent is not in
-            found = cur.execute("SELECT fid, location FROM org_unit WHERE fid BETWEEN ? AND ? "
-                                "AND location IS NOT NULL", (first, last)).fetchall()
-            ids, blobs = (list(c) for c in zip(*found, strict=True)) if found else ([], [])
-            xy = _plain_lonlat(blobs)
-            if xy is None:
+            # the points' R-tree boxes, staged as any batch's — read from the blobs by
+            # SpatiaLite (loaded on every registry connection: GDAL's R-tree triggers
+            # call it), after checking each blob is a plain point (29 bytes, the header
+            # and WKB type ``point_blobs`` write) with a longitude and a latitude
+            if cur.execute(
+                    "SELECT 1 FROM org_unit WHERE fid BETWEEN ? AND ? AND location IS NOT NULL "
+                    "AND NOT (length(location) = 29 AND substr(location, 1, 13) = ?) LIMIT 1",
+                    (first, last, _PLAIN_POINT_HEAD)).fetchone():
                 raise _NotCopied
-            if ids:
-                self._extend("location", xy[:, 0], xy[:, 0])
-                cur.executemany("INSERT INTO georeg_lbox (id, x, y) VALUES (?, ?, ?)",
-                                zip(ids, xy[:, 0].tolist(), xy[:, 1].tolist(), strict=True))
+            cur.execute("INSERT INTO georeg_lbox (id, x, y) SELECT fid, ST_MinX(location), "
+                        "ST_MinY(location) FROM org_unit WHERE fid BETWEEN ? AND ? AND "
+                        "location IS NOT NULL", (first, last))
+            boxes, x0, x1, bad = cur.execute(
+                "SELECT count(*), min(x), max(x), count(*) FILTER (WHERE NOT (x BETWEEN -180 "
+                "AND 180 AND y BETWEEN -90 AND 90) OR x IS NULL OR y IS NULL) FROM georeg_lbox "
+                "WHERE id BETWEEN ? AND ?", (first, last)).fetchone()
+            if bad:  # (NaN reads as NULL)
+                raise _NotCopied
+            if boxes:
+                self._grow("location", boxes, x0, x1)
             if self._log_rows:
                 cur.execute(self._audit_units_sql, (first, last))
         except (_NotCopied, sqlite3.DatabaseError):
@@ -684,7 +674,7 @@ class BulkLoader:
             self._stage_members(pairs)
         self.stats.units += n
         self.stats.copied += n
-        self.stats.locations += len(ids)
+        self.stats.locations += boxes
         if self.progress:
             self.progress(self.stats.units)
         return True
@@ -1032,11 +1022,12 @@ class BulkLoader:
         """Count and x-range of the R-tree boxes staged so far (for ``fill_rtree``)."""
         present = ~np.isnan(mins)
         count = int(present.sum())
-        if not count:
-            return
-        n, x0, x1 = self._extents.get(kind, (0, np.inf, -np.inf))
-        self._extents[kind] = (n + count, min(x0, float(mins[present].min())),
-                               max(x1, float(maxs[present].max())))
+        if count:
+            self._grow(kind, count, float(mins[present].min()), float(maxs[present].max()))
+
+    def _grow(self, kind: str, count: int, x0: float, x1: float) -> None:
+        n, low, high = self._extents.get(kind, (0, np.inf, -np.inf))
+        self._extents[kind] = (n + count, min(low, x0), max(high, x1))
 
     def _driver(self) -> Any:
         return self.conn.connection.driver_connection  # type: ignore[union-attr]

@@ -480,6 +480,11 @@ def _copyable(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOpt
 
 
 def _plain_row(layer: _Layer) -> str:
+    """SQL: every one of :func:`_row_checks`."""
+    return " AND ".join(f"({c})" for c in _row_checks(layer))
+
+
+def _row_checks(layer: _Layer) -> list[str]:
     """SQL: the row's record would be its cells stripped, as they are — texts (no numbers
     to convert), refs that are neither Iaso nor Georeg internal refs, a known status in
     lower case, ISO dates, canonical uuids, no aliases or extra fields, a plain
@@ -518,7 +523,7 @@ def _plain_row(layer: _Layer) -> str:
                       f"substr({g}, 1, 13) = {_POINT_HEAD})")
     else:
         checks.append(lonlat)
-    return " AND ".join(f"({c})" for c in checks if c is not None)
+    return [c for c in checks if c is not None]
 
 
 def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[str, str],
