@@ -147,7 +147,9 @@ def make_engine(location: Location) -> Engine:
     assert location.path is not None
     engine = create_engine(
         f"sqlite:///{location.path}",
-        connect_args={"isolation_level": None, "check_same_thread": False},
+        # (uri: a bulk load attaches files read-only by ``file:`` URI; a plain path is
+        # still a plain path)
+        connect_args={"isolation_level": None, "check_same_thread": False, "uri": True},
         future=True,
     )
     event.listen(engine, "connect", _sqlite_connect)

@@ -118,7 +118,7 @@ class FileRows:
     :class:`UnitRecord` s (``validated``: as the import job checks them).
     """
 
-    path: Any  # the file (a pathlib.Path)
+    path: str  # the file as SQLite attaches it: a path or a ``file:`` URI (``?mode=ro``)
     select: str
     count: int
     type_name: str | None

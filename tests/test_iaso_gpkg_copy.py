@@ -158,9 +158,16 @@ def point_blob(x: float, y: float) -> bytes:
     return struct.pack("<2sBBiBIdd", b"GP", 0, 1, 4326, 1, 1, x, y)
 
 
-def test_a_facility_at_latitude_200_is_refused_as_before(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sql", "params", "said"), [
+    pytest.param(f'UPDATE "{LAYER}" SET geom = ? WHERE fid = 12', (point_blob(12.5, 200),),
+                 ("row 12", "200"), id="latitude 200"),
+    pytest.param(f'UPDATE "{LAYER}" SET parent_ref = \'D-9\' WHERE fid = 12', (),
+                 ("row 12", "'D-9'"), id="unknown parent"),
+])
+def test_a_bad_facility_is_refused_as_before(tmp_path: Path, sql: str, params: tuple[Any, ...],
+                                             said: tuple[str, ...]) -> None:
     source = ministry_file(tmp_path)
-    edit_file(source, f'UPDATE "{LAYER}" SET geom = ? WHERE fid = 12', point_blob(12.5, 200))
+    edit_file(source, sql, *params)
     messages = []
     for name, records_only in (("fast.gpkg", False), ("slow.gpkg", True)):
         with pytest.raises(InvalidInput) as refused:
@@ -172,7 +179,7 @@ def test_a_facility_at_latitude_200_is_refused_as_before(tmp_path: Path) -> None
             assert conn.execute(text("SELECT count(*) FROM source_version")).scalar_one() == 0
         reg.close()
     assert messages[0] == messages[1]
-    assert f"layer '{LAYER}', row 12" in messages[0] and "200" in messages[0]
+    assert f"layer '{LAYER}'" in messages[0] and all(part in messages[0] for part in said)
 
 
 def test_set_status_reaches_copied_rows(tmp_path: Path) -> None:
@@ -199,3 +206,21 @@ def test_the_file_is_let_go_after_the_import(tmp_path: Path) -> None:
         assert conn.execute(text("SELECT count(*) FROM org_unit WHERE name LIKE '% (2)'")
                             ).scalar_one() == FACILITIES
     assert internal_ref  # (re-exported name used by export_unit)
+
+
+def test_a_file_in_wal_mode_is_read_without_a_trace(tmp_path: Path) -> None:
+    """GDAL and Iaso write GeoPackages in WAL mode; attaching one plainly would make
+    SQLite create its -wal and -shm files next to the user's file (and fail in a
+    read-only folder): it is attached read-only, as the reader opens it."""
+    from sync.importing import ImportJob
+
+    source = ministry_file(tmp_path)
+    with sqlite3.connect(source) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    reg = Registry.create(tmp_path / "fast.gpkg")
+    job = ImportJob(reg, read_file(source), source="MoH")
+    seen: set[str] = set()  # files next to the source while the import runs
+    job.on_progress(lambda _p: seen.update(p.name for p in tmp_path.glob("ministry.gpkg-*")))
+    result = job.run()
+    assert result["loaded"]["copied"] == FACILITIES
+    assert seen == set() and not list(tmp_path.glob("ministry.gpkg-*"))

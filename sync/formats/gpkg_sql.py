@@ -138,6 +138,16 @@ def _wal_mode(path: Path) -> bool:
     return len(head) == 20 and head[:16] == b"SQLite format 3\x00" and head[18] == 2
 
 
+def readonly_uris(path: Path) -> list[str]:
+    """The ``file:`` URIs :func:`open_readonly` tries, in order (also what a registry
+    attaches to copy a layer: ``storage.bulk.FileRows``)."""
+    path = Path(path)
+    uri = path.resolve().as_uri()
+    if _wal_mode(path) and not Path(f"{path}-wal").exists():
+        return [uri + "?immutable=1"]  # mode=ro could see no more, and would leave files
+    return [uri + "?mode=ro", uri + "?immutable=1"]
+
+
 def open_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection that leaves the user's file, and its folder, as they were.
 
@@ -148,15 +158,10 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     ``mode=ro`` sees that program's last commit, and a read-only folder falls back to
     ``immutable``.  Raises the last ``sqlite3.Error`` when no way opens it.
     """
-    path = Path(path)
-    uri = path.resolve().as_uri()
-    modes = ["?mode=ro", "?immutable=1"]
-    if _wal_mode(path) and not Path(f"{path}-wal").exists():
-        modes = ["?immutable=1"]  # mode=ro could see no more, and would leave files
     last: sqlite3.Error | None = None
-    for mode in modes:
+    for uri in readonly_uris(path):
         try:
-            conn = sqlite3.connect(uri + mode, uri=True)
+            conn = sqlite3.connect(uri, uri=True)
         except sqlite3.Error as error:
             last = error
             continue

@@ -569,7 +569,9 @@ def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[st
         low, high = conn.execute(f"SELECT min({q(layer.fid)}), max({q(layer.fid)}) FROM "
                                  f"{q(layer.name)}").fetchone()
     contiguous = type(low) is int and type(high) is int and high - low + 1 == layer.count
-    return FileRows(path=path, select=select, count=layer.count, type_name=layer.type_name,
+    # attached read-only, as the reader opens it: a file in WAL mode gets no -wal/-shm
+    uri = gpkg_sql.readonly_uris(path)[0]
+    return FileRows(path=uri, select=select, count=layer.count, type_name=layer.type_name,
                     records=records, memberships=memberships,
                     first_ord=low if contiguous else None)
 
