@@ -31,7 +31,7 @@ FACILITIES = 40
 LAYER = "level-3-Facility"
 
 
-def ministry_file(folder: Path) -> Path:
+def ministry_file(folder: Path, size: int = FACILITIES) -> Path:
     """A country, two districts (polygons) and their facilities (points, uuids, codes,
     dates, statuses, groups; one without a point)."""
     country = export_unit("0190c0de-0000-7000-8000-000000000001", "SL", "Sierra Léone", None,
@@ -47,15 +47,16 @@ def ministry_file(folder: Path) -> Path:
                     closed_date="2021-02-28" if n % 5 == 0 else None,
                     validation_status=("valid", "new", "rejected")[n % 3],
                     groups=["g-1"] if n % 2 else [],
-                    location=None if n == 7 else Point(10 * (n % 2) + n / 10, 1 + n / 7))
-        for n in range(100, 100 + FACILITIES)]
+                    location=None if n == 107 else Point(10 * (n % 2) + n / 10,
+                                                         1 + (n % 500) / 7))
+        for n in range(100, 100 + size)]
     out = folder / "ministry.gpkg"
     write_file(VersionData(version=None,  # type: ignore[arg-type]
                            types=[TypeDef("Country", 1), TypeDef("District", 2),
                                   TypeDef("Facility", 3)],
                            groups=[GroupDef("g-1", "Hôpitaux publics")],
                            units=iter([country, *districts, *facilities]),
-                           count=3 + FACILITIES), out, ReadOptions())
+                           count=3 + size), out, ReadOptions())
     return out
 
 
@@ -152,6 +153,19 @@ def test_each_way_gives_the_registry_row_by_row_gives(tmp_path: Path, sql: str,
         got["units"] = [row[:2] + row[3:] for row in got["units"]]
         expected["units"] = [row[:2] + row[3:] for row in expected["units"]]
     assert got == expected
+
+
+def test_a_polygon_deep_in_a_point_layer_sends_it_the_records_way(tmp_path: Path) -> None:
+    """The copy is tried on the strength of the layer's first rows; a polygon further
+    down ends it, and the layer goes record by record (that unit gets a territory)."""
+    source = ministry_file(tmp_path, size=1100)
+    edit_file(source, f'UPDATE "{LAYER}" SET geom = (SELECT geom FROM "level-2-District" '
+                      'LIMIT 1) WHERE fid = 1050')
+    fast, result = imported(tmp_path, "fast.gpkg", source)
+    slow, reference = imported(tmp_path, "slow.gpkg", source, records_only=True)
+    assert result["loaded"]["copied"] == 0
+    assert result["loaded"]["territories"] == reference["loaded"]["territories"] == 4
+    assert content(fast) == content(slow)
 
 
 def point_blob(x: float, y: float) -> bytes:

@@ -461,7 +461,6 @@ _SPACES_SQL = "'" + "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) +
 #: those beyond the ASCII controls and space
 _WIDE_SPACES = ", ".join(str(c) for c in range(33, 0x3001) if chr(c).isspace())
 _UUID_GLOB = "-".join("[0-9a-f]" * n for n in (8, 4, 4, 4, 12))
-_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
 #: GeoPackage blob of a plain point as the registry stores it: no envelope, EPSG:4326,
 #: little-endian WKB Point (29 bytes)
 _POINT_HEAD = "x'47500001e61000000101000000'"
@@ -469,14 +468,17 @@ _POINT_HEAD = "x'47500001e61000000101000000'"
 
 def _copyable(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOptions) -> bool:
     """Worth handing over as :class:`FileRows`: rows in EPSG:4326 whose geometries are
-    all plain points or none (a polygon layer goes the records way at once)."""
+    plain points or none (a polygon layer goes the records way at once)."""
     if not layer.count or _transformer(path, layer, opts) is not None:
         return False
     if layer.geometry_column is None:
         return True
+    # (the first rows tell: a polygon layer starts with polygons; a later row that is not
+    # a plain point still ends the copy — see _row_checks)
     g = gpkg_sql.quote(layer.geometry_column)
-    return conn.execute(f"SELECT 1 FROM {gpkg_sql.quote(layer.name)} WHERE {g} IS NOT NULL "
-                        f"AND substr({g}, 1, 13) <> {_POINT_HEAD} LIMIT 1").fetchone() is None
+    return conn.execute(f"SELECT 1 FROM (SELECT {g} FROM {gpkg_sql.quote(layer.name)} LIMIT "
+                        f"1000) WHERE {g} IS NOT NULL AND substr({g}, 1, 13) <> {_POINT_HEAD} "
+                        "LIMIT 1").fetchone() is None
 
 
 def _plain_row(layer: _Layer) -> str:
@@ -501,9 +503,9 @@ def _row_checks(layer: _Layer) -> list[str]:
         c = q(column)
         return f"({c} IS NULL OR (typeof({c}) = 'text'{f' AND ({extra})' if extra else ''}))"
 
-    # (a modifier makes SQLite normalise the date: 2001-02-29 becomes 2001-03-01)
-    date_ok = ("{c} = '' OR ({c} GLOB '" + _DATE_GLOB + "' AND date({c}, '+0 days') = {c} "
-               "AND {c} NOT GLOB '0000*')")
+    # YYYY-MM-DD and a day that exists: SQLite's date() takes nothing else, and a
+    # modifier makes it normalise (2001-02-29 becomes 2001-03-01); Python has no year 0
+    date_ok = "{c} = '' OR (date({c}, '+0 days') = {c} AND {c} NOT GLOB '0000*')"
     checks = [
         f"typeof(ref) = 'text' AND ref NOT GLOB 'iaso*' AND ref NOT GLOB 'georeg:*' AND "
         f"{lead_ok('ref')}",
