@@ -649,3 +649,20 @@ def test_the_unit_count_is_estimated_while_reading_then_exact(registry: Registry
     assert all(total is not None and 0.8 * n < total < 1.2 * n for _, total in seen)
     assert all(done <= (total or 0) for done, total in seen)
     assert seen[-1][1] == payload.total == n
+
+
+def test_a_polygon_with_a_text_coordinate_is_refused_naming_the_feature(
+        registry: Registry, tmp_path: Path) -> None:
+    ring = [[0, 0], [1, 0], ["1", 1], [0, 0]]
+    for geom in ({"type": "Polygon", "coordinates": [ring]},
+                 {"type": "MultiPolygon", "coordinates": [[ring]]},
+                 {"type": "GeometryCollection", "geometries": [
+                     {"type": "Polygon", "coordinates": [ring]}]}):
+        path = dump(tmp_path / "poly.geojson", fc(
+            feat({"name": "ok", "ref": "a"}, {"type": "Point", "coordinates": [12.5, 8]}),
+            feat({"name": "area", "ref": "b"}, geom)))
+        before = table_counts(registry)
+        with pytest.raises(InvalidInput, match=r"poly.geojson, feature 2 \(ref b\): field "
+                           r"'geometry' has a coordinate that is not a number \('1'\)"):
+            import_payload(registry, geojson.read_file(path), source="S")
+        assert table_counts(registry) == before

@@ -308,6 +308,9 @@ def _transformer(path: Path, header: dict[str, Any], opts: ReadOptions) -> Trans
 def _geometry(props: dict[str, Any], feat: dict[str, Any], where: str,
               tr: Transformer | None) -> tuple[BaseGeometry | None, BaseGeometry | None]:
     raw = feat.get("geometry")
+    if (bad := _not_a_number(raw)) is not None:  # (shapely would read "12.5" as 12.5)
+        raise InvalidInput(f"{where}: field 'geometry' has a coordinate that is not a "
+                           f"number ({bad!r}); GeoJSON coordinates are numbers.")
     try:
         geom = geometry.from_geojson(raw)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError,
@@ -350,6 +353,27 @@ def _geometry(props: dict[str, Any], feat: dict[str, Any], where: str,
         location = _project(tr, location)
         territory = _project(tr, territory)
     return location, territory
+
+
+def _not_a_number(raw: Any) -> Any:
+    """The first coordinate value of a GeoJSON geometry that is not a number, else None."""
+    if type(raw) is not dict:
+        return None
+    if raw.get("type") == "GeometryCollection":
+        parts = raw.get("geometries")
+        for part in parts if type(parts) is list else ():
+            if (bad := _not_a_number(part)) is not None:
+                return bad
+        return None
+    coordinates = raw.get("coordinates")
+    stack = [coordinates] if type(coordinates) is list else []  # (else: not GeoJSON at all)
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(value)
+        elif value is not None and (type(value) is bool or not isinstance(value, (int, float))):
+            return value
+    return None
 
 
 def _project(tr: Transformer, geom: BaseGeometry | None) -> BaseGeometry | None:
