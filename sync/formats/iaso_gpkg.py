@@ -310,6 +310,13 @@ def _texts(values: list[Any]) -> list[str | None]:
             for v in values]
 
 
+def _not_blank(column: str) -> str:
+    """SQL: the cell is a text that starts with a character ``str.strip`` keeps."""
+    c = gpkg_sql.quote(column)
+    return (f"(typeof({c}) = 'text' AND (unicode({c}) BETWEEN 33 AND 126 OR (unicode({c}) > 126 "
+            f"AND unicode({c}) NOT IN ({_WIDE_SPACES}))))")
+
+
 def _stripped_texts(values: list[Any]) -> list[str | None]:
     """:func:`_texts`, with the common column of texts that are none of them blank
     stripped in one C-level pass."""
@@ -337,38 +344,39 @@ def _check_rows(conn: sqlite3.Connection, path: Path, layers: list[_Layer],
     warns: list[str] = []
     unknown_groups: dict[str, str] = {}
     q = gpkg_sql.quote
-    layer_refs: list[tuple[str, list[Any], list[str | None]]] = []  # (layer, fids, refs)
+    layer_refs: list[tuple[_Layer, list[str | None]]] = []  # refs in row order
     for layer in layers:
-        columns: list[str] = [c for c in ("ref", "name", "group_refs") if c in layer.fields]
-        rows = conn.execute(f"SELECT {q(layer.fid)}, {', '.join(map(q, columns))} FROM "
-                            f"{q(layer.name)} ORDER BY {q(layer.fid)}").fetchall()
-        if not rows:
-            continue
-        fids, *values = (list(c) for c in zip(*rows, strict=True))
-        raw_of = dict(zip(columns, values, strict=True))
-        texts = {c: _stripped_texts(raw_of[c]) for c in REQUIRED}
-        for column in REQUIRED:
-            if None in texts[column]:
-                for fid, raw, value in zip(fids, raw_of[column], texts[column], strict=True):
-                    if value is None:
-                        problems.append(f"{_where(path, layer.name, fid)}: field {column!r} "
-                                        f"{_emptiness(raw)}.")
-        refs = texts["ref"]
+        table, fid = q(layer.name), q(layer.fid)
+        # Only rows whose ref or name might be blank come to Python: a text whose first
+        # character is neither a control nor a space is not blank.
+        odd = conn.execute(f"SELECT {fid}, ref, name FROM {table} WHERE NOT ("
+                           f"{_not_blank('ref')} AND {_not_blank('name')}) ORDER BY {fid}"
+                           ).fetchall()
+        for i, column in enumerate(REQUIRED, start=1):
+            for row in odd:
+                if _text(row[i]) is None:
+                    problems.append(f"{_where(path, layer.name, row[0])}: field {column!r} "
+                                    f"{_emptiness(row[i])}.")
+        refs = _stripped_texts([r for (r,) in conn.execute(f"SELECT ref FROM {table} "
+                                                           f"ORDER BY {fid}")])
         if any(r is not None and r.startswith("iaso") for r in refs):
             refs = [_norm_ref(r) if r is not None and r.startswith("iaso") else r
                     for r in refs]
-        layer_refs.append((layer.name, fids, refs))
-        if "group_refs" in raw_of:
-            for fid, raw in zip(fids, raw_of["group_refs"], strict=True):
-                if raw is None or raw == "":
-                    continue
+        layer_refs.append((layer, refs))
+        if "group_refs" in layer.fields:
+            for row_fid, raw in conn.execute(
+                    f"SELECT {fid}, group_refs FROM {table} WHERE group_refs IS NOT NULL AND "
+                    f"group_refs <> '' ORDER BY {fid}"):
                 for g in _split_groups(raw):
                     if g not in group_refs and g not in unknown_groups:
-                        unknown_groups[g] = _where(path, layer.name, fid)
-    every = [r for _, _, refs in layer_refs for r in refs if r is not None]
+                        unknown_groups[g] = _where(path, layer.name, row_fid)
+    every = [r for _, refs in layer_refs for r in refs if r is not None]
     if len(set(every)) < len(every):  # a ref used twice: name each row after the first
         first_of: dict[str, tuple[str, Any]] = {}  # ref -> (layer, fid) of its first row
-        for name, fids, refs in layer_refs:
+        for layer, refs in layer_refs:
+            name = layer.name
+            fids = [f for (f,) in conn.execute(f"SELECT {q(layer.fid)} FROM {q(name)} "
+                                               f"ORDER BY {q(layer.fid)}")]
             for fid, ref in zip(fids, refs, strict=True):
                 if ref is None:
                     continue
