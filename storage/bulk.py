@@ -112,9 +112,11 @@ class FileRows:
     in) and returns :data:`FILE_ROW_COLUMNS` in file order (``ord``: a sort key), each
     value already what the import's checks would make of the row's record: texts
     stripped and blank ones NULL, a known status, ISO dates, ``location`` a GeoPackage
-    point blob or NULL.  The reader vouches for that; what only the load can see — a
-    parent not written yet, a uuid used twice, a point that is not a plain
-    longitude/latitude pair — sends the rows to ``records`` instead, the same units as
+    point blob or NULL.  The reader vouches for that by checking each row in the
+    query itself: a row that is not so calls ``georeg_not_plain()``, which ends the
+    copy.  That, and what only the load can see — a parent not written yet, a uuid
+    used twice, a point that is not a plain longitude/latitude pair — rolls the copy
+    back and sends the rows to ``records`` instead, the same units as
     :class:`UnitRecord` s (``validated``: as the import job checks them).
     """
 
