@@ -28,6 +28,7 @@ from requests.auth import HTTPDigestAuth
 
 from storage import versions
 from storage.registry import Registry
+from tests.server_helpers import stop_waitress
 
 ROOT = Path(__file__).resolve().parents[1]
 XLSFORMS = Path(__file__).parent / "data" / "xlsform"
@@ -153,8 +154,7 @@ def thread_server(path: Path | str, **settings: Any) -> Iterator[str]:
     try:
         yield base
     finally:
-        server.close()
-        thread.join(5)
+        stop_waitress(server, thread)
         app.close()
 
 

@@ -69,6 +69,20 @@ def build_demo_registry(path: Path, forms: Sequence[Path] = ()) -> tuple[Registr
     return reg, passwords
 
 
+def stop_waitress(server: Any, thread: threading.Thread) -> None:
+    """Stop a waitress server whose loop runs in ``thread``.  Its sockets are closed
+    inside the loop (the trigger runs the close there): closed from this thread while
+    the loop waits in ``select()`` on them, the loop thread died with EBADF."""
+    from waitress import wasyncore
+
+    channels = getattr(server, "_map", None)
+    if channels is None:
+        channels = server.map
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(channels))
+    thread.join(5)
+    server.task_dispatcher.shutdown()
+
+
 @contextmanager
 def demo_server(tmp: Path, forms: Sequence[Path] = ()) -> Iterator[LiveServer]:
     from waitress.server import create_server
@@ -95,8 +109,7 @@ def demo_server(tmp: Path, forms: Sequence[Path] = ()) -> Iterator[LiveServer]:
     try:
         yield LiveServer(base, reg, path, passwords)
     finally:
-        server.close()
-        thread.join(5)
+        stop_waitress(server, thread)
         app.close()
         reg.close()
 
