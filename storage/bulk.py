@@ -633,30 +633,26 @@ class BulkLoader:
                 f"SELECT f, s.location, {int(self.version_id)}, f, "
                 "COALESCE(s.uuid, georeg_new_uuid()), s.ref, s.name, s.code, "
                 f"{'NULL' if type_id is None else int(type_id)}, p.unit_key, "
-                "CASE WHEN s.parent_ref IS NULL THEN '/' || f || '/' ELSE p.path || f || '/' END, "
+                "CASE WHEN s.parent_ref IS NULL THEN '/' || f || '/' WHEN p.path IS NOT NULL "
+                "THEN p.path || f || '/' ELSE georeg_not_plain() END, "  # (parent not in)
                 f"CASE WHEN s.parent_ref IS NULL THEN 1 ELSE p.depth + 1 END, {status}, "
                 "s.opening_date, s.closed_date FROM "
                 f"(SELECT {numbered} AS f, * FROM "
                 f"({rows.select.format(src=alias)})) s LEFT JOIN georeg_parents p ON "
-                "p.source_ref = s.parent_ref ORDER BY f", params)
+                "p.source_ref = s.parent_ref", params)  # (in file order: f ascending)
             n = cur.rowcount
             last = first + n - 1
-            if n != rows.count or cur.execute(
-                    "SELECT 1 FROM org_unit WHERE fid BETWEEN ? AND ? AND path IS NULL LIMIT 1",
-                    (first, last)).fetchone():
-                raise _NotCopied  # a row changed since it was counted, or a parent is not in
+            if n != rows.count:
+                raise _NotCopied  # a row changed since it was counted
             # the points' R-tree boxes, staged as any batch's — read from the blobs by
             # SpatiaLite (loaded on every registry connection: GDAL's R-tree triggers
-            # call it), after checking each blob is a plain point (29 bytes, the header
-            # and WKB type ``point_blobs`` write) with a longitude and a latitude
-            if cur.execute(
-                    "SELECT 1 FROM org_unit WHERE fid BETWEEN ? AND ? AND location IS NOT NULL "
-                    "AND NOT (length(location) = 29 AND substr(location, 1, 13) = ?) LIMIT 1",
-                    (first, last, _PLAIN_POINT_HEAD)).fetchone():
-                raise _NotCopied
-            cur.execute("INSERT INTO georeg_lbox (id, x, y) SELECT fid, ST_MinX(location), "
-                        "ST_MinY(location) FROM org_unit WHERE fid BETWEEN ? AND ? AND "
-                        "location IS NOT NULL", (first, last))
+            # call it); a blob that is not a plain point (29 bytes, the header and WKB
+            # type ``point_blobs`` write) gets no x, which the count below refuses
+            cur.execute("INSERT INTO georeg_lbox (id, x, y) SELECT fid, CASE WHEN "
+                        "length(location) = 29 AND substr(location, 1, 13) = ? THEN "
+                        "ST_MinX(location) END, ST_MinY(location) FROM org_unit WHERE fid "
+                        "BETWEEN ? AND ? AND location IS NOT NULL",
+                        (_PLAIN_POINT_HEAD, first, last))
             boxes, x0, x1, bad = cur.execute(
                 "SELECT count(*), min(x), max(x), count(*) FILTER (WHERE NOT (x BETWEEN -180 "
                 "AND 180 AND y BETWEEN -90 AND 90) OR x IS NULL OR y IS NULL) FROM georeg_lbox "

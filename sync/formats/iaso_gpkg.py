@@ -104,6 +104,9 @@ class _Layer:
     has_geometry: bool
     geometry_column: str | None = None
     fid: str = "rowid"
+    #: every ref is a text ``str.strip`` leaves as it is (found by ``_check_rows``): a
+    #: copy in SQL need not strip them
+    refs_stripped: bool = False
 
 
 _CHUNK = 5000  # rows fetched and decoded at a time
@@ -372,7 +375,9 @@ def _check_rows(conn: sqlite3.Connection, path: Path, layers: list[_Layer],
                 if _text(row[i]) is None:
                     problems.append(f"{_where(path, layer.name, row[0])}: field {column!r} "
                                     f"{_emptiness(row[i])}.")
-        refs = _stripped_texts(_ref_column(conn, table, fid, layer.count, texts=not odd))
+        raw_refs = _ref_column(conn, table, fid, layer.count, texts=not odd)
+        refs = _stripped_texts(raw_refs)
+        layer.refs_stripped = refs == raw_refs
         if (any(map(str.startswith, cast(list[str], refs), repeat("iaso")))  # (C-level)
                 if None not in refs
                 else any(r is not None and r.startswith("iaso") for r in refs)):
@@ -561,6 +566,7 @@ def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[st
     f = set(layer.fields)
 
     def col(name: str, strip: bool = True) -> str:
+        strip = strip and not (name == "ref" and layer.refs_stripped)
         if name not in f:
             return "NULL"
         if strip:
