@@ -124,6 +124,9 @@ def test_plain_facilities_are_copied_and_land_as_row_by_row(tmp_path: Path) -> N
                  "code = '   ' WHERE fid = 3", True, id="spaces around a ref, a blank code"),
     pytest.param(f'DELETE FROM "{LAYER}" WHERE fid IN (9, 10)', True,
                  id="row ids with a gap"),
+    pytest.param(f'UPDATE "{LAYER}" SET parent_ref = \'\', uuid = \'\', opening_date = '
+                 "'', validation_status = '' WHERE fid = 11", True,
+                 id="empty parent ref (a root), uuid, date and status"),
     # the others: the records way
     pytest.param(f'UPDATE "{LAYER}" SET validation_status = \'Valid\' WHERE fid = 4', False,
                  id="status not in lower case"),
@@ -147,7 +150,7 @@ def test_each_way_gives_the_registry_row_by_row_gives(tmp_path: Path, sql: str,
     assert (result["created"], result["rejected"]) == (reference["created"],
                                                        reference["rejected"])
     got, expected = content(fast), content(slow)
-    if "SELECT uuid" in sql:  # the second one gets a new (random) uuid either way
+    if "SELECT uuid" in sql or "uuid = ''" in sql:  # a new (random) uuid either way
         uuids = [row[2] for row in got["units"]]
         assert len(set(uuids)) == len(uuids)
         got["units"] = [row[:2] + row[3:] for row in got["units"]]

@@ -444,7 +444,8 @@ def _records(path: Path, layers: list[_Layer], opts: ReadOptions) -> Iterator[Un
 def _load_units(path: Path, layers: list[_Layer], opts: ReadOptions
                 ) -> Iterator[UnitRecord | FileRows]:
     """:func:`_records` for a bulk load: a layer whose every row is plain (see
-    :func:`_copyable`, :func:`_plain_row`) comes as one :class:`FileRows` the loader copies in SQL."""
+    :func:`_copyable`, :func:`_copy_columns`) comes as one :class:`FileRows` the loader
+    copies in SQL."""
     seen_uuids: dict[str, str] = {}
     with _connect(path) as conn:
         for i, layer in enumerate(layers):
@@ -505,58 +506,78 @@ def _copyable(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOpt
     if layer.geometry_column is None:
         return True
     # (the first rows tell: a polygon layer starts with polygons; a later row that is not
-    # a plain point still ends the copy — see _row_checks)
+    # a plain point still ends the copy — see _copy_columns)
     g = gpkg_sql.quote(layer.geometry_column)
     return conn.execute(f"SELECT 1 FROM (SELECT {g} FROM {gpkg_sql.quote(layer.name)} LIMIT "
                         f"1000) WHERE {g} IS NOT NULL AND substr({g}, 1, 13) <> {_POINT_HEAD} "
                         "LIMIT 1").fetchone() is None
 
 
-def _plain_row(layer: _Layer) -> str:
-    """SQL: every one of :func:`_row_checks`."""
-    return " AND ".join(f"({c})" for c in _row_checks(layer))
+def _copy_columns(layer: _Layer) -> dict[str, str]:
+    """SQL, per :data:`storage.bulk.FILE_ROW_COLUMNS` column: the cell as the row's record
+    would have it — or, for a row that is not plain, a call to ``georeg_not_plain()``,
+    which ends the copy (the layer then goes the records way, which says what is wrong).
 
-
-def _row_checks(layer: _Layer) -> list[str]:
-    """SQL: the row's record would be its cells stripped, as they are — texts (no numbers
-    to convert), refs that are neither Iaso nor Georeg internal refs, a known status in
-    lower case, ISO dates, canonical uuids, no aliases or extra fields, a plain
-    longitude/latitude point blob or no geometry (then no longitude or latitude)."""
+    Plain: texts (no numbers to convert; stripped as ``str.strip`` strips them, blank →
+    NULL), refs that are neither Iaso nor Georeg internal refs, a status in lower case,
+    dates that exist as ``YYYY-MM-DD``, canonical lower-case uuids, no aliases or extra
+    fields, a plain longitude/latitude point blob or no geometry (and then no longitude
+    or latitude).  Each cell is read and checked once, in its own expression.
+    """
     f = set(layer.fields)
     q = gpkg_sql.quote
+    no = "georeg_not_plain()"
+
+    def text(column: str, *, strip: bool = True, extra: str = "") -> str:
+        if column not in f:
+            return "NULL"
+        c = q(column)
+        value = f"NULLIF(trim({c}, {_SPACES_SQL}), '')" if strip else f"NULLIF({c}, '')"
+        return (f"CASE WHEN {c} IS NULL OR {c} = '' THEN NULL WHEN typeof({c}) = 'text'"
+                f"{f' AND {extra}' if extra else ''} THEN {value} ELSE {no} END")
 
     def lead_ok(c: str) -> str:  # no space before the first character: GLOB sees the ref
         return f"(unicode({c}) BETWEEN 33 AND 126 OR unicode({c}) NOT IN ({_WIDE_SPACES}))"
 
-    def text_ok(column: str, extra: str = "") -> str | None:
-        if column not in f:
-            return None
-        c = q(column)
-        return f"({c} IS NULL OR (typeof({c}) = 'text'{f' AND ({extra})' if extra else ''}))"
-
     # YYYY-MM-DD and a day that exists: SQLite's date() takes nothing else, and a
     # modifier makes it normalise (2001-02-29 becomes 2001-03-01); Python has no year 0
-    date_ok = "{c} = '' OR (date({c}, '+0 days') = {c} AND {c} NOT GLOB '0000*')"
-    checks = [
-        f"typeof(ref) = 'text' AND ref NOT GLOB 'iaso*' AND ref NOT GLOB 'georeg:*' AND "
-        f"{lead_ok('ref')}",
-        "typeof(name) = 'text'",
-        text_ok("code"),
-        text_ok("parent_ref", f"parent_ref NOT GLOB 'iaso*' AND {lead_ok('parent_ref')}"),
-        text_ok("validation_status", "validation_status IN ('', 'new', 'valid', 'rejected')"),
-        text_ok("uuid", f"uuid = '' OR uuid GLOB '{_UUID_GLOB}'"),
-        text_ok("opening_date", date_ok.format(c="opening_date")),
-        text_ok("closed_date", date_ok.format(c="closed_date")),
-        *(f"{c} IS NULL" for c in ("aliases", "extra_fields") if c in f),
-    ]
+    def date(column: str) -> str:
+        return text(column, strip=False,
+                    extra=f"date({q(column)}, '+0 days') = {q(column)} AND {q(column)} NOT "
+                          "GLOB '0000*'")
+
+    ref = (f"CASE WHEN typeof(ref) = 'text' AND ref NOT GLOB 'iaso*' AND ref NOT GLOB "
+           f"'georeg:*' AND {lead_ok('ref')} THEN "
+           f"{'ref' if layer.refs_stripped else f'NULLIF(trim(ref, {_SPACES_SQL}), {chr(39) * 2})'}"
+           f" ELSE {no} END")
+    name = f"CASE WHEN typeof(name) = 'text' THEN NULLIF(trim(name, {_SPACES_SQL}), '') ELSE {no} END"
+    status = ("'valid'" if "validation_status" not in f else
+              "CASE WHEN validation_status IS NULL OR validation_status = '' THEN 'valid' "
+              "WHEN validation_status IN ('new', 'valid', 'rejected') THEN validation_status "
+              f"ELSE {no} END")
+    rest = [f"{c} IS NULL" for c in ("aliases", "extra_fields", "longitude", "latitude")
+            if c in f and (c in ("aliases", "extra_fields") or not layer.geometry_column)]
     lonlat = " AND ".join(f"{c} IS NULL" for c in ("longitude", "latitude") if c in f) or "1"
     if layer.geometry_column:
         g = q(layer.geometry_column)
-        checks.append(f"({g} IS NULL AND {lonlat}) OR (length({g}) = 29 AND "
-                      f"substr({g}, 1, 13) = {_POINT_HEAD})")
+        location = (f"CASE WHEN ({g} IS NULL AND {lonlat}) OR (length({g}) = 29 AND "
+                    f"substr({g}, 1, 13) = {_POINT_HEAD}) THEN {g} ELSE {no} END")
     else:
-        checks.append(lonlat)
-    return [c for c in checks if c is not None]
+        location = "NULL"
+    if rest:
+        location = f"CASE WHEN {' AND '.join(rest)} THEN {location} ELSE {no} END"
+    return {
+        "location": location,
+        "uuid": text("uuid", strip=False, extra=f"uuid GLOB '{_UUID_GLOB}'"),
+        "ref": ref,
+        "name": name,
+        "code": text("code"),
+        "parent_ref": text("parent_ref", extra=f"parent_ref NOT GLOB 'iaso*' AND "
+                                                f"{lead_ok('parent_ref')}"),
+        "status": status,
+        "opening_date": date("opening_date"),
+        "closed_date": date("closed_date"),
+    }
 
 
 def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[str, str],
@@ -565,24 +586,10 @@ def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[st
     q = gpkg_sql.quote
     f = set(layer.fields)
 
-    def col(name: str, strip: bool = True) -> str:
-        strip = strip and not (name == "ref" and layer.refs_stripped)
-        if name not in f:
-            return "NULL"
-        if strip:
-            return f"NULLIF(trim({q(name)}, {_SPACES_SQL}), '')"
-        return f"NULLIF({q(name)}, '')"  # (a uuid, a status, a date: nothing to strip)
-
-    geom = q(layer.geometry_column) if layer.geometry_column else "NULL"
-    status = (f"COALESCE({col('validation_status', False)}, 'valid')"
-              if "validation_status" in f else "'valid'")
+    columns = _copy_columns(layer)
     select = (
         f"SELECT {q(layer.fid)} AS ord, "
-        f"CASE WHEN {_plain_row(layer)} THEN {geom} ELSE georeg_not_plain() END AS location, "
-        f"{col('uuid', False)} AS uuid, {col('ref')} AS ref, {col('name')} AS name, "
-        f"{col('code')} AS code, {col('parent_ref')} AS parent_ref, {status} AS status, "
-        f"{col('opening_date', False)} AS opening_date, "
-        f"{col('closed_date', False)} AS closed_date "
+        f"{', '.join(f'{sql} AS {name}' for name, sql in columns.items())} "
         f"FROM {{src}}.{q(layer.name)}")
 
     def records() -> Iterator[UnitRecord]:
