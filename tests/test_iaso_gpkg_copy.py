@@ -136,6 +136,8 @@ def test_plain_facilities_are_copied_and_land_as_row_by_row(tmp_path: Path) -> N
                  id="a date that does not exist"),
     pytest.param(f'UPDATE "{LAYER}" SET parent_ref = \'HF-101\' WHERE fid = 8', False,
                  id="parent in the same layer"),
+    pytest.param(f'UPDATE "{LAYER}" SET parent_ref = parent_ref || \'  \' WHERE fid = 8',
+                 False, id="spaces after a parent ref"),
     pytest.param(f'UPDATE "{LAYER}" SET uuid = (SELECT uuid FROM "{LAYER}" WHERE fid = 1) '
                  'WHERE fid = 2', False, id="a uuid used twice"),
 ])

@@ -572,8 +572,10 @@ def _copy_columns(layer: _Layer) -> dict[str, str]:
         "ref": ref,
         "name": name,
         "code": text("code"),
-        "parent_ref": text("parent_ref", extra=f"parent_ref NOT GLOB 'iaso*' AND "
-                                                f"{lead_ok('parent_ref')}"),
+        # (not stripped: a parent ref with a space at its end matches no unit, and the
+        # copy ends there — the records way strips it)
+        "parent_ref": text("parent_ref", strip=False,
+                           extra=f"parent_ref NOT GLOB 'iaso*' AND {lead_ok('parent_ref')}"),
         "status": status,
         "opening_date": date("opening_date"),
         "closed_date": date("closed_date"),
