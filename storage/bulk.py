@@ -97,9 +97,9 @@ class UnitRecord:
 #: the columns, in this order, of a :class:`FileRows` query
 FILE_ROW_COLUMNS = ("ord", "location", "uuid", "ref", "name", "code", "parent_ref", "status",
                     "opening_date", "closed_date")
-#: what a plain point is in a GeoPackage registry: header (no envelope, EPSG:4326) + WKB
-#: little-endian Point — 29 bytes, as :func:`point_blobs` writes it
-_PLAIN_POINT_HEAD = _GPKG_POINT + b"\x01\x01\x00\x00\x00"
+#: the first 13 bytes of a plain point blob in a GeoPackage registry — header (no
+#: envelope, EPSG:4326) and little-endian WKB Point type; 29 bytes in all (``point_blobs``)
+PLAIN_POINT_HEAD = _GPKG_POINT + b"\x01\x01\x00\x00\x00"
 
 
 @dataclass
@@ -607,14 +607,11 @@ class BulkLoader:
         type_id = self._type_id(rows.type_name) if rows.type_name else None
         self._check_draft()
         first, saved = self._next_fid, dict(self._extents)
-        status = "s.status" if rows.validation_status is None else "?"
-        params: list[Any]
-        if rows.first_ord is None:
-            numbered, params = "? + row_number() OVER (ORDER BY ord)", [first - 1]
-        else:
-            numbered, params = "ord + ?", [first - rows.first_ord]
-        if rows.validation_status is not None:
-            params.insert(0, rows.validation_status)
+        status = "s.status" if rows.validation_status is None else ":status"
+        numbered = ("ord + :base" if rows.first_ord is not None
+                    else ":base + row_number() OVER (ORDER BY ord)")
+        params = {"status": rows.validation_status,
+                  "base": first - (rows.first_ord if rows.first_ord is not None else 1)}
         cur = conn.cursor()
         cur.execute("SAVEPOINT georeg_copy")
         try:
@@ -652,7 +649,7 @@ class BulkLoader:
                         "length(location) = 29 AND substr(location, 1, 13) = ? THEN "
                         "ST_MinX(location) END, ST_MinY(location) FROM org_unit WHERE fid "
                         "BETWEEN ? AND ? AND location IS NOT NULL",
-                        (_PLAIN_POINT_HEAD, first, last))
+                        (PLAIN_POINT_HEAD, first, last))
             boxes, x0, x1, bad = cur.execute(
                 "SELECT count(*), min(x), max(x), count(*) FILTER (WHERE NOT (x BETWEEN -180 "
                 "AND 180 AND y BETWEEN -90 AND 90) OR x IS NULL OR y IS NULL) FROM georeg_lbox "

@@ -220,35 +220,35 @@ class _Validated:
         self.keep: list[str] | None = report.warnings if keep_invalid else None
 
     def __iter__(self) -> Iterator[UnitRecord]:
+        return self._stream(self.records, count=True)
+
+    def _stream(self, records: Iterable[UnitRecord], *, count: bool) -> Iterator[UnitRecord]:
+        """The records checked in chunks (``count``: they advance the progress)."""
         chunk: list[UnitRecord] = []
-        for rec in self.records:
+        for rec in records:
             if type(rec) is FileRows:
                 # rows the reader vouches for, copied by the loader in SQL; if it cannot,
-                # it takes their records, checked here as any others
-                yield from self._check(chunk)
+                # it takes their records, checked here as any others (counted already)
+                yield from self._check(chunk, count)
                 chunk = []
-                rec.validated = partial(self._checked, rec.records)
+                rec.validated = partial(self._records_of, rec)
                 yield rec  # type: ignore[misc]
                 self.seen += rec.count
-                if self.job is not None:
-                    total = self.total
-                    self.job.report(self.seen, total() if callable(total) else total,
-                                    "Importing units")
+                self._report()
                 continue
             chunk.append(rec)
             if len(chunk) >= _CHUNK:
-                yield from self._check(chunk)
+                yield from self._check(chunk, count)
                 chunk = []
-        yield from self._check(chunk)
+        yield from self._check(chunk, count)
 
-    def _checked(self, records: Callable[[], Iterable[UnitRecord]]) -> Iterator[UnitRecord]:
-        chunk: list[UnitRecord] = []
-        for rec in records():
-            chunk.append(rec)
-            if len(chunk) >= _CHUNK:
-                yield from self._check(chunk, count=False)
-                chunk = []
-        yield from self._check(chunk, count=False)
+    def _records_of(self, rows: FileRows) -> Iterator[UnitRecord]:
+        return self._stream(rows.records(), count=False)
+
+    def _report(self) -> None:
+        if self.job is not None:
+            total = self.total
+            self.job.report(self.seen, total() if callable(total) else total, "Importing units")
 
     def _check(self, chunk: list[UnitRecord], count: bool = True) -> Iterator[UnitRecord]:
         """Validate a chunk.  The points' type and coordinates, and the chunk's distinct
@@ -267,12 +267,11 @@ class _Validated:
                                      if type(d) is str} if _iso_date(d)}
         iso.add(None)
         statuses = VALIDATION_STATUSES
-        job, total = self.job, self.total
         for rec, kind, x, y, plain in zip(chunk, kinds, xs, ys, plain_arr.tolist(),
                                           strict=True):
             self.seen += count
-            if count and job is not None and self.seen % 1000 == 0:
-                job.report(self.seen, total() if callable(total) else total, "Importing units")
+            if count and self.seen % 1000 == 0:
+                self._report()
             name = rec.name
             if (plain and rec.territory is None and type(name) is str
                     and (name := name.strip()) and rec.validation_status in statuses

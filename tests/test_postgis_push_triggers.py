@@ -63,6 +63,16 @@ def _top(reg: Registry) -> int:
                                 ).scalar_one())
 
 
+def _rename_bo(reg: Registry, name: str) -> Any:
+    """Rename Bo; the one change-log row it makes."""
+    top = _top(reg)
+    with reg.write() as conn:
+        conn.execute(text("UPDATE org_unit SET name = :n WHERE source_ref = :r"),
+                     {"n": name, "r": BO})
+    [row] = _log(reg, top)
+    return row
+
+
 def _snapshots(reg: Registry, where: str, params: dict[str, Any]) -> dict[str, Any]:
     with reg.read() as conn:
         return {r[0]: r[1] for r in conn.execute(text(
@@ -236,20 +246,12 @@ def test_a_0005_registry_is_upgraded_to_the_statement_triggers_and_back(
         with Registry.open(location) as reg:
             assert reg.schema_revision() == head_revision()
             assert STATEMENT_TRIGGERS <= _triggers(reg) and not ROW_TRIGGERS & _triggers(reg)
-            top = _top(reg)
-            with reg.write() as conn:
-                conn.execute(text("UPDATE org_unit SET name = 'Bo 2' WHERE source_ref = :r"),
-                             {"r": BO})
-            [row] = _log(reg, top)
+            top, row = _top(reg), _rename_bo(reg, "Bo 2")
             assert (row.before["name"], row.after["name"]) == ("Bo", "Bo 2")
             assert top == log  # the log is kept across the upgrade
         migrate("0005")  # the down migration brings the row triggers back
         assert ROW_TRIGGERS <= _triggers(old) and not STATEMENT_TRIGGERS & _triggers(old)
-        top = _top(old)
-        with old.write() as conn:
-            conn.execute(text("UPDATE org_unit SET name = 'Bo 3' WHERE source_ref = :r"),
-                         {"r": BO})
-        [row] = _log(old, top)
+        row = _rename_bo(old, "Bo 3")
         assert json.dumps(row.after["name"]) == '"Bo 3"'
     finally:
         with old.engine.begin() as conn:

@@ -57,7 +57,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from storage import geometry
-from storage.bulk import FileRows, UnitRecord
+from storage.bulk import PLAIN_POINT_HEAD, FileRows, UnitRecord
 from storage.errors import InvalidInput
 from storage.jobs import gc_paused
 from sync.exchange import (
@@ -331,8 +331,18 @@ def _ref_column(conn: sqlite3.Connection, table: str, fid: str, count: int, *, t
 def _not_blank(column: str) -> str:
     """SQL: the cell is a text that starts with a character ``str.strip`` keeps."""
     c = gpkg_sql.quote(column)
-    return (f"(typeof({c}) = 'text' AND (unicode({c}) BETWEEN 33 AND 126 OR (unicode({c}) > 126 "
-            f"AND unicode({c}) NOT IN ({_WIDE_SPACES}))))")
+    return f"(typeof({c}) = 'text' AND {_starts_kept(c)})"
+
+
+def _starts_kept(c: str) -> str:
+    """SQL: the first character of text ``c`` is one ``str.strip`` keeps (printable ASCII
+    first: the common case costs one comparison)."""
+    return f"(unicode({c}) BETWEEN 33 AND 126 OR unicode({c}) NOT IN ({_WIDE_SPACES}))"
+
+
+def _stripped_sql(c: str) -> str:
+    """SQL: text ``c`` stripped as ``str.strip`` strips it, blank → NULL."""
+    return f"NULLIF(trim({c}, {_SPACES_SQL}), '')"
 
 
 def _stripped_texts(values: list[Any]) -> list[str | None]:
@@ -493,9 +503,8 @@ _SPACES_SQL = "'" + "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) +
 #: those beyond the ASCII controls and space
 _WIDE_SPACES = ", ".join(str(c) for c in range(33, 0x3001) if chr(c).isspace())
 _UUID_GLOB = "-".join("[0-9a-f]" * n for n in (8, 4, 4, 4, 12))
-#: GeoPackage blob of a plain point as the registry stores it: no envelope, EPSG:4326,
-#: little-endian WKB Point (29 bytes)
-_POINT_HEAD = "x'47500001e61000000101000000'"
+#: the first 13 bytes of a plain point blob as the registry stores it, as SQL
+_POINT_HEAD = f"x'{PLAIN_POINT_HEAD.hex()}'"
 
 
 def _copyable(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOptions) -> bool:
@@ -532,12 +541,9 @@ def _copy_columns(layer: _Layer) -> dict[str, str]:
         if column not in f:
             return "NULL"
         c = q(column)
-        value = f"NULLIF(trim({c}, {_SPACES_SQL}), '')" if strip else f"NULLIF({c}, '')"
+        value = _stripped_sql(c) if strip else f"NULLIF({c}, '')"
         return (f"CASE WHEN {c} IS NULL OR {c} = '' THEN NULL WHEN typeof({c}) = 'text'"
                 f"{f' AND {extra}' if extra else ''} THEN {value} ELSE {no} END")
-
-    def lead_ok(c: str) -> str:  # no space before the first character: GLOB sees the ref
-        return f"(unicode({c}) BETWEEN 33 AND 126 OR unicode({c}) NOT IN ({_WIDE_SPACES}))"
 
     # YYYY-MM-DD and a day that exists: SQLite's date() takes nothing else, and a
     # modifier makes it normalise (2001-02-29 becomes 2001-03-01); Python has no year 0
@@ -546,24 +552,25 @@ def _copy_columns(layer: _Layer) -> dict[str, str]:
                     extra=f"date({q(column)}, '+0 days') = {q(column)} AND {q(column)} NOT "
                           "GLOB '0000*'")
 
+    # (a first character that is no space: the GLOBs see the ref as it will be)
     ref = (f"CASE WHEN typeof(ref) = 'text' AND ref NOT GLOB 'iaso*' AND ref NOT GLOB "
-           f"'georeg:*' AND {lead_ok('ref')} THEN "
-           f"{'ref' if layer.refs_stripped else f'NULLIF(trim(ref, {_SPACES_SQL}), {chr(39) * 2})'}"
-           f" ELSE {no} END")
-    name = f"CASE WHEN typeof(name) = 'text' THEN NULLIF(trim(name, {_SPACES_SQL}), '') ELSE {no} END"
+           f"'georeg:*' AND {_starts_kept('ref')} THEN "
+           f"{'ref' if layer.refs_stripped else _stripped_sql('ref')} ELSE {no} END")
+    name = f"CASE WHEN typeof(name) = 'text' THEN {_stripped_sql('name')} ELSE {no} END"
     status = ("'valid'" if "validation_status" not in f else
               "CASE WHEN validation_status IS NULL OR validation_status = '' THEN 'valid' "
               "WHEN validation_status IN ('new', 'valid', 'rejected') THEN validation_status "
               f"ELSE {no} END")
-    rest = [f"{c} IS NULL" for c in ("aliases", "extra_fields", "longitude", "latitude")
-            if c in f and (c in ("aliases", "extra_fields") or not layer.geometry_column)]
-    lonlat = " AND ".join(f"{c} IS NULL" for c in ("longitude", "latitude") if c in f) or "1"
+    lonlat = [f"{c} IS NULL" for c in ("longitude", "latitude") if c in f]
+    rest = [f"{c} IS NULL" for c in ("aliases", "extra_fields") if c in f]
     if layer.geometry_column:
+        lonlat_sql = " AND ".join(lonlat) or "1"
         g = q(layer.geometry_column)
-        location = (f"CASE WHEN ({g} IS NULL AND {lonlat}) OR (length({g}) = 29 AND "
+        location = (f"CASE WHEN ({g} IS NULL AND {lonlat_sql}) OR (length({g}) = 29 AND "
                     f"substr({g}, 1, 13) = {_POINT_HEAD}) THEN {g} ELSE {no} END")
-    else:
+    else:  # no geometry column: longitude and latitude must be empty too
         location = "NULL"
+        rest += lonlat
     if rest:
         location = f"CASE WHEN {' AND '.join(rest)} THEN {location} ELSE {no} END"
     return {
@@ -575,7 +582,8 @@ def _copy_columns(layer: _Layer) -> dict[str, str]:
         # (not stripped: a parent ref with a space at its end matches no unit, and the
         # copy ends there — the records way strips it)
         "parent_ref": text("parent_ref", strip=False,
-                           extra=f"parent_ref NOT GLOB 'iaso*' AND {lead_ok('parent_ref')}"),
+                           extra=f"parent_ref NOT GLOB 'iaso*' AND "
+                                 f"{_starts_kept('parent_ref')}"),
         "status": status,
         "opening_date": date("opening_date"),
         "closed_date": date("closed_date"),
