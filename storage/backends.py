@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 from sqlalchemy import Engine, create_engine, event
 
@@ -51,13 +51,13 @@ class Location:
     def parse(cls, location: str | Path) -> Location:
         text = str(location)
         if re.match(r"^postgres(ql)?(\+\w+)?://", text):
-            parts = urlsplit(text)
+            parts = split_pg_url(text)
             query = dict(parse_qsl(parts.query))
             schema = query.pop("schema", "public")
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):
                 raise InvalidInput(f"Schema name {schema!r} is not a plain SQL identifier.")
             scheme = "postgresql+psycopg"
-            url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
+            url = join_pg_url(scheme, parts, query)
             return cls(Backend.POSTGIS, url=url, schema=schema)
         path = Path(text)
         suffix = path.suffix.lower()
@@ -80,8 +80,58 @@ class Location:
             creds, host = netloc.rsplit("@", 1)
             user = creds.split(":", 1)[0]
             netloc = f"{user}@{host}"
-        shown = urlunsplit(("postgresql", netloc, parts.path, parts.query, ""))
+        shown = f"postgresql://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
         return shown + ("" if self.schema == "public" else f" (schema {self.schema})")
+
+
+_URL_HELP = ("percent-encode it in the URL (@ is %40, # is %23, / is %2F, ? is %3F, "
+             "% is %25), or keep the password out of the URL: ~/.pgpass, or --target NAME "
+             "with the URL in the secrets file")
+
+
+def split_pg_url(text: str) -> SplitResult:
+    """A PostgreSQL URL split into its parts, with a password typed as it is — ``@`` in
+    it included — encoded as a URL needs it; a clear error for what cannot be told apart
+    (``#``, ``/`` or ``?`` in a password) and never the password in a message."""
+    scheme, _, rest = text.partition("://")
+    if "#" in rest:
+        raise InvalidInput(f"A PostgreSQL URL cannot hold '#' (a password with one?): {_URL_HELP}.")
+    # the user information ends at the last '@' (a password may hold '@', '/' or '?'),
+    # unless that '@' is in a query parameter's value
+    at = rest.rfind("@")
+    query_at = rest.find("?")
+    if at != -1 and query_at != -1 and "=" in rest[query_at:at]:
+        at = rest.rfind("@", 0, query_at)
+    authority_end = len(rest)
+    for sep in "/?":
+        end = rest.find(sep, at + 1)
+        if end != -1:
+            authority_end = min(authority_end, end)
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, colon, password = userinfo.partition(":")
+        if "/" in user or "?" in user:
+            raise InvalidInput(f"The user name in a PostgreSQL URL has '/' or '?': {_URL_HELP}.")
+        authority = (f"{quote(unquote(user), safe='')}{colon}"
+                     f"{quote(unquote(password), safe='')}@{host}")
+    else:
+        host = authority
+    parts = urlsplit(f"{scheme}://{authority}{tail}")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise InvalidInput(
+            f"The port in postgresql://{host.rpartition(':')[0] or host}:… is not a number "
+            f"(or the password has '/' or '?'): {_URL_HELP}."
+        ) from None
+    return parts
+
+
+def join_pg_url(scheme: str, parts: SplitResult, query: dict[str, str]) -> str:
+    """The URL of ``parts`` with ``scheme`` and ``query`` (not ``urlunsplit``: it drops the
+    ``//`` of a URL with no host, ``postgresql:///registry`` on the local socket)."""
+    return f"{scheme}://{parts.netloc}{parts.path}" + (f"?{urlencode(query)}" if query else "")
 
 
 def load_spatialite(dbapi_conn: sqlite3.Connection) -> None:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import shapely
@@ -54,7 +54,7 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Connection, bindparam, create_engine, exc, text
 
 from storage import audit_sql, geometry
-from storage.backends import Backend, Location
+from storage.backends import Backend, Location, join_pg_url, split_pg_url
 from storage.errors import Cancelled, ConflictError, GeoregError, InvalidInput, RegistryNotFound
 from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
@@ -134,21 +134,22 @@ def central_location(url: str, schema: str | None = None) -> str:
         raise InvalidInput(
             f"--url {url!r} is not a PostgreSQL URL (postgresql://user@host:port/database)."
         )
-    parts = urlsplit(url)
+    parts = split_pg_url(url)
     query = dict(parse_qsl(parts.query))
     if schema:
         query["schema"] = schema
     query.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    return join_pg_url(parts.scheme, parts, query)
 
 
 def target_name(location: str) -> str:
     """The stable name of a central schema in ``sync_state`` (no user, no password)."""
     loc = Location.parse(location)
     parts = urlsplit(loc.url or "")
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"postgis://{host}{port}{parts.path}?schema={loc.schema}"
+    query = dict(parse_qsl(parts.query))  # postgresql:///db?host=…&port=… names it there
+    host = parts.hostname or query.get("host") or "localhost"
+    port = parts.port or query.get("port")
+    return f"postgis://{host}{f':{port}' if port else ''}{parts.path}?schema={loc.schema}"
 
 
 def _short(target: str) -> str:

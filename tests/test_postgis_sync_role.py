@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -54,6 +55,27 @@ def test_an_ordinary_role_pushes_and_pulls(role_url: str, postgis_url: str,
             owner = conn.execute("SELECT nspowner::regrole::text FROM pg_namespace "
                                  "WHERE nspname = %s", (schema,)).fetchone()
         assert owner == (ROLE,)
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_url_forms_people_type_reach_the_server(role_url: str, postgis_url: str,
+                                                    tmp_path: Path) -> None:
+    """A password typed with its '@' (the server here trusts loopback, so only the host
+    and user matter: before, the host was read as 'ss@127.0.0.1'), and a URL with no
+    host whose host and port come as parameters, as for a local socket."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(role_url)
+    typed = f"postgresql://{ROLE}:p@ss/w?rd@{parts.hostname}:{parts.port}{parts.path}"
+    hostless = f"postgresql://{parts.path}?host={parts.hostname}&port={parts.port}&user={ROLE}"
+    reg = Registry.create(tmp_path / "district.gpkg")
+    try:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        assert push(reg, typed, schema)["units_inserted"] == 1332
+        state = status(reg, hostless, schema, compare=True)
+        assert state["equal"] and state["pushed_before"]  # the same central, by name too
     finally:
         reg.close()
         with psycopg.connect(postgis_url, autocommit=True) as conn:

@@ -30,6 +30,31 @@ def test_backend_is_picked_from_the_location() -> None:
         Location.parse("postgresql://db/reg?schema=a;drop")
 
 
+@pytest.mark.parametrize("url, password, host", [
+    ("postgresql://georeg:p%40ss%2F1%23@db:5433/reg", "p@ss/1#", "db"),  # encoded
+    ("postgresql://georeg:p@ss@db:5433/reg", "p@ss", "db"),  # typed as it is
+    ("postgresql://georeg:a/b?c@db:5433/reg", "a/b?c", "db"),
+    ("postgresql:///reg?host=%2Frun%2Fpostgresql", None, None),  # the local socket
+])
+def test_a_password_is_read_as_typed(url: str, password: str | None, host: str | None
+                                     ) -> None:
+    from sqlalchemy.engine import make_url
+
+    loc = Location.parse(url)
+    parsed = make_url(loc.url or "")
+    assert (parsed.password, parsed.host, parsed.database) == (password, host, "reg")
+    if password:
+        assert password not in loc.display() and "georeg@db:5433/reg" in loc.display()
+
+
+def test_a_url_that_cannot_be_read_says_how_to_write_it() -> None:
+    with pytest.raises(InvalidInput, match="%23") as err:
+        Location.parse("postgresql://georeg:a#b@db/reg")
+    assert "a#b" not in str(err.value)
+    with pytest.raises(InvalidInput, match="port") as err:
+        Location.parse("postgresql://georeg@db:54x2/reg")
+
+
 def test_models_match_the_migrated_schema(registry: Registry) -> None:
     """The typed models describe exactly the tables the migrations made, on every backend."""
     inspector = inspect(registry.engine)
