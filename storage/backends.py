@@ -178,6 +178,17 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+#: sets a PostGIS registry's ``search_path``: its schema, ``public``, then the schema of
+#: the ``postgis`` extension when that is another one (``CREATE EXTENSION postgis SCHEMA
+#: postgis`` is a common DBA choice)
+PG_SEARCH_PATH = (
+    "SELECT set_config('search_path', format('%%I, public', CAST(%(s)s AS text)) || "
+    "COALESCE((SELECT ', ' || quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n "
+    "ON n.oid = e.extnamespace WHERE e.extname = 'postgis' "
+    "AND n.nspname NOT IN (CAST(%(s)s AS text), 'public')), ''), false)"
+)
+
+
 def make_engine(location: Location) -> Engine:
     """One engine per registry location, configured for its backend."""
     if location.backend is Backend.POSTGIS:
@@ -188,7 +199,9 @@ def make_engine(location: Location) -> Engine:
         @event.listens_for(engine, "connect")
         def _pg_connect(dbapi_conn: Any, _record: Any) -> None:
             with dbapi_conn.cursor() as cur:
-                cur.execute(f'SET search_path TO "{schema}", public')
+                # the registry's schema, public, and PostGIS's schema where a DBA put it
+                # elsewhere (one round trip, as the plain SET was)
+                cur.execute(PG_SEARCH_PATH, {"s": schema})
             dbapi_conn.commit()
 
         engine.dialect.georeg_backend = Backend.POSTGIS  # type: ignore[attr-defined]

@@ -25,11 +25,46 @@ from storage.errors import (
     GeoregError,
     InvalidInput,
     RegistryNotFound,
+    SetupError,
     from_database_error,
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "georeg_schema_version"
+
+
+def _ensure_postgis(conn: Connection, loc: Location) -> None:
+    """PostGIS in the database, in ``public`` when Georeg installs it.
+
+    Installed without a schema it would land in the first schema of the search path —
+    the new registry's — where the next registry (another district pushing to its own
+    schema) does not see it, and where dropping that registry drops PostGIS from under
+    every other one."""
+    if conn.exec_driver_sql("SELECT 1 FROM pg_extension WHERE extname = 'postgis'").first():
+        return
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql("CREATE EXTENSION postgis SCHEMA public")
+    except exc.DBAPIError as error:
+        first = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise SetupError(
+            f"{loc.display()}: the database has no PostGIS and this role cannot install it "
+            f"({first}). Ask its administrator to run: CREATE EXTENSION postgis;"
+        ) from error
+
+
+def _refuse_extension_schema(conn: Connection, loc: Location) -> None:
+    """Never drop a schema that holds an extension: with CASCADE, PostGIS would go, and
+    every geometry column of every other registry in the database with it."""
+    held = conn.execute(text(
+        "SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE n.nspname = :s"), {"s": loc.schema}).scalars().all()
+    if held:
+        raise ConflictError(
+            f"{loc.display()}: schema {loc.schema!r} holds the {', '.join(held)} "
+            "extension, which other schemas use; it cannot be replaced. Ask the database "
+            f"administrator to move it (ALTER EXTENSION {held[0]} SET SCHEMA public) first."
+        )
 
 
 def _alembic_config(conn: Connection) -> Any:
@@ -100,7 +135,9 @@ class Registry:
         reg = cls(loc, make_engine(loc))
         if loc.backend is Backend.POSTGIS:
             with reg.engine.begin() as conn:
+                _ensure_postgis(conn, loc)
                 if overwrite:
+                    _refuse_extension_schema(conn, loc)
                     conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{loc.schema}" CASCADE')
                 conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{loc.schema}"')
                 if reg._current_revision(conn) is not None:

@@ -1,0 +1,169 @@
+"""The ministry's PostgreSQL as it really is, not as the test cluster is.
+
+The DBA gives Georeg an ordinary role, not a superuser: ``CREATE`` on the database (for
+the schema) and PostGIS already installed.  People type passwords with ``@`` in URLs.
+PostGIS may not be installed yet (Georeg installs it, in ``public``, so that every
+district's schema sees it and none takes it along when dropped), or a DBA may have put
+it in a schema of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from storage import units
+from storage.errors import ConflictError, SetupError
+from storage.registry import Registry
+from sync.dhis2_json import import_dhis2_files
+from sync.postgis_sync import pull, push, status
+from tests.conftest import DEMO_FILES
+
+pytestmark = pytest.mark.postgis
+
+BO_CHIEFDOM = "vWbkYPRmKyS"  # Baoma chiefdom, in Bo
+WESTERN_AREA = "at6UHUQatSo"
+ROLE = "georeg_district"
+
+
+@pytest.fixture
+def role_url(postgis_url: str) -> Iterator[str]:
+    with psycopg.connect(postgis_url, autocommit=True) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone()
+        if not exists:
+            conn.execute(f"CREATE ROLE {ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+        conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {ROLE}')
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s",
+                            (ROLE,)).fetchone() == (False,)
+    yield postgis_url.replace("://postgres@", f"://{ROLE}@", 1)
+
+
+def test_an_ordinary_role_pushes_and_pulls(role_url: str, postgis_url: str,
+                                           tmp_path: Path) -> None:
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = Registry.create(tmp_path / "district.gpkg")
+    try:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        first = push(reg, role_url, schema)
+        assert first["units_inserted"] == 1332 and not first["warnings"]
+        units.move_unit(reg, "SL", BO_CHIEFDOM, WESTERN_AREA)
+        second = push(reg, role_url, schema)
+        assert second["units_moved"] == 1
+        assert pull(reg, role_url, schema)["conflict_count"] == 0
+        assert status(reg, role_url, schema, compare=True)["equal"]
+        with psycopg.connect(postgis_url) as conn:
+            owner = conn.execute("SELECT nspowner::regrole::text FROM pg_namespace "
+                                 "WHERE nspname = %s", (schema,)).fetchone()
+        assert owner == (ROLE,)
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_url_forms_people_type_reach_the_server(role_url: str, postgis_url: str,
+                                                    tmp_path: Path) -> None:
+    """A password typed with its '@' (the server here trusts loopback, so only the host
+    and user matter: before, the host was read as 'ss@127.0.0.1'), and a URL with no
+    host whose host and port come as parameters, as for a local socket."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(role_url)
+    typed = f"postgresql://{ROLE}:p@ss/w?rd@{parts.hostname}:{parts.port}{parts.path}"
+    hostless = f"postgresql://{parts.path}?host={parts.hostname}&port={parts.port}&user={ROLE}"
+    reg = Registry.create(tmp_path / "district.gpkg")
+    try:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        assert push(reg, typed, schema)["units_inserted"] == 1332
+        state = status(reg, hostless, schema, compare=True)
+        assert state["equal"] and state["pushed_before"]  # the same central, by name too
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def bare_db(postgis_url: str) -> Iterator[str]:
+    """A new database of the cluster, without PostGIS."""
+    name = f"bare_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgis_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgis_url.rpartition("/")[0] + f"/{name}"
+    with psycopg.connect(postgis_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _postgis_schema(url: str) -> str | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension "
+                           "WHERE extname = 'postgis'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def _demo(path: Path) -> Registry:
+    reg = Registry.create(path)
+    import_dhis2_files(reg, DEMO_FILES, source="SL")
+    return reg
+
+
+def test_two_districts_share_the_postgis_georeg_installs(bare_db: str, tmp_path: Path
+                                                        ) -> None:
+    bo, kenema = _demo(tmp_path / "bo.gpkg"), _demo(tmp_path / "kenema.gpkg")
+    try:
+        assert push(bo, bare_db, "district_bo")["units_inserted"] == 1332
+        assert _postgis_schema(bare_db) == "public"  # not district_bo
+        assert push(kenema, bare_db, "district_kenema")["units_inserted"] == 1332
+        with psycopg.connect(bare_db, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA district_bo CASCADE")  # Bo's registry retired
+        assert _postgis_schema(bare_db) == "public"
+        assert status(kenema, bare_db, "district_kenema", compare=True)["equal"]
+    finally:
+        bo.close()
+        kenema.close()
+
+
+def test_postgis_in_a_schema_of_its_own(bare_db: str, tmp_path: Path) -> None:
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA gis")
+        conn.execute("CREATE EXTENSION postgis SCHEMA gis")
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        assert push(reg, bare_db, "district_bo")["units_inserted"] == 1332
+        units.move_unit(reg, "SL", BO_CHIEFDOM, WESTERN_AREA)
+        assert push(reg, bare_db, "district_bo")["units_moved"] == 1
+        assert status(reg, bare_db, "district_bo", compare=True)["equal"]
+        assert _postgis_schema(bare_db) == "gis"
+    finally:
+        reg.close()
+
+
+def test_a_role_that_cannot_install_postgis_is_told_what_to_ask(
+        bare_db: str, role_url: str, tmp_path: Path) -> None:
+    as_role = bare_db.replace("://postgres@", f"://{ROLE}@", 1)
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        conn.execute(f"GRANT CREATE ON DATABASE {bare_db.rpartition('/')[2]} TO {ROLE}")
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        with pytest.raises(SetupError, match="CREATE EXTENSION postgis"):
+            push(reg, as_role, "district_bo")
+        with psycopg.connect(bare_db) as conn:
+            assert conn.execute("SELECT to_regnamespace('district_bo')").fetchone() == (None,)
+    finally:
+        reg.close()
+
+
+def test_a_schema_holding_postgis_is_never_dropped(bare_db: str) -> None:
+    """Registries made by earlier versions on a database without PostGIS have it in their
+    own schema: replacing such a registry would drop PostGIS from under the others."""
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA district_old")
+        conn.execute("CREATE EXTENSION postgis SCHEMA district_old")
+    with pytest.raises(ConflictError, match="ALTER EXTENSION postgis SET SCHEMA public"):
+        Registry.create(f"{bare_db}?schema=district_old", overwrite=True)
+    assert _postgis_schema(bare_db) == "district_old"
