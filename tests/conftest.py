@@ -11,6 +11,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,21 @@ def demo(registry: Registry) -> Registry:
 
     import_dhis2_files(registry, DEMO_FILES, source="SL")
     return registry
+
+
+@contextmanager
+def demo_in_schema(url: str, prefix: str) -> Iterator[Registry]:
+    """The demo (version 1 of source 'SL', a draft) in a new PostGIS registry, in a
+    schema of its own that is dropped afterwards."""
+    from sync.dhis2_json import import_dhis2_files
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    reg = Registry.create(f"{url}{'&' if '?' in url else '?'}schema={schema}")
+    try:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        yield reg
+    finally:
+        _drop(reg)
 
 
 def cli_location(reg: Registry) -> str:

@@ -27,7 +27,7 @@ from storage.backends import Location, make_engine
 from storage.checks import run_checks
 from storage.registry import Registry, _alembic_config
 from sync.dhis2_json import import_dhis2_files
-from tests.conftest import DEMO_FILES
+from tests.conftest import DEMO_FILES, demo_in_schema
 
 pytestmark = pytest.mark.postgis
 
@@ -56,13 +56,8 @@ def shifted_url(postgis_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def demo(shifted_url: str) -> Iterator[Registry]:
-    schema = f"coll_{uuid.uuid4().hex[:10]}"
-    reg = Registry.create(f"{shifted_url}?schema={schema}")
-    import_dhis2_files(reg, DEMO_FILES, source="SL")
-    yield reg
-    with reg.engine.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    reg.close()
+    with demo_in_schema(shifted_url, "coll") as reg:
+        yield reg
 
 
 def _paths(reg: Registry) -> dict[str, str]:

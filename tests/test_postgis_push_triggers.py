@@ -21,7 +21,7 @@ from storage.registry import Registry, _alembic_config, head_revision
 from storage.versions import publish_version
 from sync.dhis2_json import import_dhis2_files
 from sync.postgis_sync import _apart
-from tests.conftest import DEMO_FILES
+from tests.conftest import DEMO_FILES, demo_in_schema
 
 pytestmark = pytest.mark.postgis
 
@@ -34,13 +34,8 @@ ROW_TRIGGERS = {"org_unit_published", "org_unit_after"}
 @pytest.fixture
 def pg(postgis_url: str) -> Iterator[Registry]:
     """The demo in a fresh PostGIS registry (version 1 of source 'SL', a draft)."""
-    schema = f"trg_{uuid.uuid4().hex[:10]}"
-    reg = Registry.create(f"{postgis_url}{'&' if '?' in postgis_url else '?'}schema={schema}")
-    import_dhis2_files(reg, DEMO_FILES, source="SL")
-    yield reg
-    with reg.engine.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    reg.close()
+    with demo_in_schema(postgis_url, "trg") as reg:
+        yield reg
 
 
 def _triggers(reg: Registry) -> set[str]:

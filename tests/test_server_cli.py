@@ -135,6 +135,26 @@ def _serve_two_workers(registry: Path, port: int, tmp_path: Path) -> subprocess.
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
 
 
+def _ctrl_c(proc: subprocess.Popen[bytes], log: Path, within: float = 10) -> None:
+    """Stop ``serve`` as Ctrl-C does; if it is not gone ``within`` seconds, fail with
+    every thread's stack (``serve`` prints them on SIGUSR1) rather than a bare timeout."""
+    import os
+    import signal
+    import time
+
+    os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(within)
+        return
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(1)
+        proc.kill()
+        proc.wait(10)
+    pytest.fail(f"serve was still running {within:.0f} s after Ctrl-C; its threads then:\n"
+                + log.read_text(errors="replace")[-6000:])
+
+
 def test_serve_workers_share_the_port_and_die_with_the_parent(tmp_path: Path) -> None:
     import os
     import signal
@@ -177,8 +197,6 @@ def test_a_replay_is_refused_by_every_worker(tmp_path: Path) -> None:
     """With --workers 2 a captured Digest answer replayed on new connections (which
     the kernel hands to either process) is refused by both, not only by the worker
     that saw it first."""
-    import os
-    import signal
 
     import requests
     from requests.auth import HTTPDigestAuth
@@ -212,8 +230,7 @@ def test_a_replay_is_refused_by_every_worker(tmp_path: Path) -> None:
         assert all(session.get(base + "/formList", timeout=30).status_code == 200
                    for _ in range(5))
     finally:
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(10)
+        _ctrl_c(proc, tmp_path / "serve.log")
 
 
 @pytest.mark.postgis

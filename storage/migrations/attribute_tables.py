@@ -48,6 +48,16 @@ def current_backend() -> str:
     return str(op.get_bind().dialect.georeg_backend.value)  # type: ignore[attr-defined]
 
 
+def run_on_postgis(statements: Sequence[str]) -> None:
+    """Run ``statements`` when this migration runs on PostgreSQL (a PostgreSQL-only
+    migration leaves SQLite and GeoPackage registries as they are: just stamped)."""
+    if current_backend() != "postgis":
+        return
+    bind = op.get_bind()
+    for sql in statements:
+        bind.exec_driver_sql(sql)
+
+
 def render(tables: Sequence[Table], backend: str) -> list[str]:
     """The CREATE statements of ``tables`` (then their extra statements) for ``backend``."""
     tokens = POSTGRES if backend == "postgis" else SQLITE

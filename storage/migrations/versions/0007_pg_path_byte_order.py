@@ -16,9 +16,7 @@ limited to a district did not see all of it.  ``COLLATE "C"`` on the column fixe
 order for every query, trigger and index on it (the path index is rebuilt).
 """
 
-from alembic import op
-
-from storage.migrations.attribute_tables import current_backend
+from storage.migrations.attribute_tables import run_on_postgis
 
 revision = "0007"
 down_revision = "0006"
@@ -30,16 +28,8 @@ DOWNGRADE = ['ALTER TABLE org_unit ALTER COLUMN path TYPE text COLLATE pg_catalo
 
 
 def upgrade() -> None:
-    if current_backend() != "postgis":
-        return
-    bind = op.get_bind()
-    for sql in UPGRADE:
-        bind.exec_driver_sql(sql)
+    run_on_postgis(UPGRADE)
 
 
 def downgrade() -> None:
-    if current_backend() != "postgis":
-        return
-    bind = op.get_bind()
-    for sql in DOWNGRADE:
-        bind.exec_driver_sql(sql)
+    run_on_postgis(DOWNGRADE)
