@@ -593,6 +593,14 @@ def _send_events(client: Dhis2Client, batch: list[tuple[Submission, dict[str, An
         report["created"] += int(stats.get("created") or 0)
         report["updated"] += int(stats.get("updated") or 0)
         report["sent"] += len(batch)
+        if body.get("status") == "ERROR" and not errors:
+            # the import failed as a whole (DHIS2 could not commit: a database error, a
+            # deadlock…): no event was stored, so none is exported — they go next time
+            said = body.get("message") or "no reason given"
+            for sub, _ev in batch:
+                fail(sub, f"DHIS2 stored no event of this batch: {said}", {"dhis2": said})
+            raise GeoregError(f"DHIS2 refused the events as a whole: {said}. Nothing of this "
+                              "batch was stored; the submissions are sent again next time.")
         for sub, ev in batch:
             problems = errors.get(ev["event"])
             if problems:
@@ -603,8 +611,6 @@ def _send_events(client: Dhis2Client, batch: list[tuple[Submission, dict[str, An
                 report["exported"] += 1
                 rows.append({"instance_id": sub.instance_id, "status": "exported",
                              "remote_ref": ev["event"], "details": {"event": ev["event"]}})
-        if body.get("status") == "ERROR" and not errors:
-            raise GeoregError(f"DHIS2 refused the events: {body.get('message') or body}")
         return
     params = {"importStrategy": "CREATE_AND_UPDATE", "dryRun": str(dry_run).lower()}
     resp = client.request("POST", "events", params=params, json={"events": events},

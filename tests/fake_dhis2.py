@@ -59,7 +59,7 @@ OU = "org.hisp.dhis.organisationunit.OrganisationUnit"
 OUG = "org.hisp.dhis.organisationunit.OrganisationUnitGroup"
 OUGS = "org.hisp.dhis.organisationunit.OrganisationUnitGroupSet"
 UID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{10}$")
-FAULT_KINDS = ("timeout", "error500", "drop", "drop_mid", "conflict409")
+FAULT_KINDS = ("timeout", "error500", "drop", "drop_mid", "conflict409", "tracker_exception")
 
 
 # --- recordings -------------------------------------------------------------------------
@@ -1457,6 +1457,19 @@ class _Handler(BaseHTTPRequestHandler):
             elif fault.kind == "conflict409":
                 entry.status = 409
                 self._send(web_message(409, "Conflict (injected)"))
+                return
+            elif fault.kind == "tracker_exception":
+                # what DHIS2 2.38+ answers when the commit itself fails (a database error,
+                # a deadlock): 409, status ERROR, no error report for any event, and
+                # nothing stored (dhis2-core DefaultTrackerImportService)
+                entry.status = 409
+                self._send(Reply(409, {
+                    "status": "ERROR",
+                    "message": "Exception:could not execute statement (injected)",
+                    "validationReport": {"errorReports": [], "warningReports": []},
+                    "stats": {"created": 0, "updated": 0, "deleted": 0, "ignored": 0,
+                              "total": 0},
+                    "bundleReport": None}))
                 return
             elif fault.kind == "drop":
                 entry.status = -1

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from georeg.cli_dhis2 import dhis2_group
-from storage.errors import InvalidInput, NotFound
+from storage.errors import GeoregError, InvalidInput, NotFound
 from storage.registry import Registry
 from sync.dhis2_client import Dhis2Client, is_uid
 from sync.dhis2_data import (
@@ -187,6 +187,27 @@ def test_a_dropped_answer_then_a_new_push_makes_no_second_event(demo: Registry,
     report = push_data(demo, client_for(fake41), FORM, mapping)
     assert report["exported"] == 3 and report["updated"] == 3 and report["created"] == 0
     assert len(fake41.state.events) == 3  # the same uids: updated, not created twice
+
+
+def test_a_batch_dhis2_could_not_commit_is_not_marked_exported(demo: Registry,
+                                                               fake41: FakeDhis2) -> None:
+    """DHIS2 answers 409 with status ERROR and no error per event when its commit fails:
+    it stored nothing, so nothing may be marked exported — the next push sends them."""
+    for i in range(3):
+        add_submission(demo, f"uuid:c{i}", {"age": 20 + i, "admission_date": "2024-03-01"},
+                       unit=AGAPE)
+    mapping = parse_mapping(EVENTS)
+    fake41.inject("tracker_exception", method="POST", path="/api/tracker")
+    with pytest.raises(GeoregError, match="could not execute statement"):
+        push_data(demo, client_for(fake41), FORM, mapping)
+    target = f"{fake41.url}#events:eBAyeGv0exc"
+    states = export_states(demo, target)
+    assert {k: v["status"] for k, v in states.items()} == {f"uuid:c{i}": "failed"
+                                                          for i in range(3)}
+    assert not fake41.state.events
+    report = push_data(demo, client_for(fake41), FORM, mapping)
+    assert (report["sent"], report["exported"], report["failed"]) == (3, 3, 0)
+    assert len(fake41.state.events) == 3
 
 
 def test_old_events_api_before_2_38(demo: Registry, fake36: FakeDhis2) -> None:
