@@ -169,6 +169,11 @@ def parse_import_report(body: Any, http_status: int = 200) -> MetadataImportResu
             status = "ERROR"
         return MetadataImportResult(status=status, stats=dict(_EMPTY_STATS), errors=errors,
                                     http_status=http_status, envelope=envelope, message=message)
+    if not {"status", "stats", "typeReports", "importSummaries"} & set(report):
+        # not an import report at all (e.g. a metadata export, or a proxy's page): never
+        # read as "OK, nothing to do"
+        raise GeoregError(f"DHIS2 answered the import (HTTP {http_status}) with something "
+                          "that is not an import report; nothing is known to be stored.")
     type_reports = report.get("typeReports") or []
     if isinstance(type_reports, dict):  # some versions key them by class
         type_reports = list(type_reports.values())
@@ -221,6 +226,21 @@ def _base_url(url: str) -> str:
     if path.endswith("/api"):
         path = path[:-4]
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _redirect_base(resp: requests.Response, path: str) -> str | None:
+    """The DHIS2 root a redirect points to (its ``Location`` without ``/api/<path>``)."""
+    target = resp.headers.get("Location")
+    if not target:
+        return None
+    parts = urlsplit(requests.compat.urljoin(resp.url, target))
+    root = parts.path
+    cut = root.find("/api/")
+    if cut != -1:
+        root = root[:cut]
+    elif root.endswith("/" + path.lstrip("/")):
+        root = root[: -len(path.lstrip("/")) - 1]
+    return urlunsplit((parts.scheme, parts.netloc, root.rstrip("/"), "", ""))
 
 
 def _network_reason(error: BaseException) -> str:
@@ -324,8 +344,11 @@ class Dhis2Client:
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
             self.request_count += 1
             try:
+                # never followed: requests would re-send a POST as a GET without its body
+                # (an http→https redirect turned every metadata import into a metadata
+                # export read as "OK, nothing to do"), or drop the credentials on the way
                 resp = self.session.request(method, url, params=params, json=json,
-                                            timeout=self.timeout)
+                                            timeout=self.timeout, allow_redirects=False)
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as error:
                 last_reason = _network_reason(error)
@@ -349,6 +372,12 @@ class Dhis2Client:
     def _raise_for_status(self, resp: requests.Response, path: str,
                           accept: tuple[int, ...]) -> None:
         code = resp.status_code
+        if 300 <= code < 400 and code not in accept:
+            raise InvalidInput(
+                f"DHIS2 at {self.base_url} redirects {path} (HTTP {code}) to "
+                f"{resp.headers.get('Location') or 'another address'}: give "
+                f"{_redirect_base(resp, path) or 'that address'} as the DHIS2 URL.",
+                http_status=code)
         if code < 400 or code in accept:
             return
         detail = _web_message(resp)

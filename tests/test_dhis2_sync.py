@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -227,6 +228,46 @@ def test_parse_import_report_shapes() -> None:
     bare_conflict = {"httpStatus": "Conflict", "httpStatusCode": 409, "status": "ERROR",
                      "message": "Conflict"}
     assert parse_import_report(bare_conflict, 409).errors[0].message == "Conflict"
+
+
+@pytest.fixture
+def redirector(fake41: FakeDhis2) -> Iterator[str]:
+    """An nginx-style front answering every request with 301 to the same path on the
+    fake (``return 301 https://$host$request_uri``: the usual http → https rule)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Moved(BaseHTTPRequestHandler):
+        def _moved(self) -> None:
+            self.send_response(301)
+            self.send_header("Location", fake41.url + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = do_DELETE = _moved
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Moved)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redirected_address_is_refused_with_the_one_to_use(demo: Registry, fake41: FakeDhis2,
+                                                             redirector: str) -> None:
+    """Followed, the redirect would turn each POST /api/metadata into a GET (a metadata
+    export, read as "OK, nothing changed"): the push must stop and say which URL to give."""
+    edit_demo(demo)
+    client = Dhis2Client(redirector, username="admin", password=PASSWORD, retries=0)
+    with pytest.raises(InvalidInput, match=rf"give {re.escape(fake41.url)} as the DHIS2 URL"):
+        push(demo, client, "SL", 1)
+    assert not fake41.requests  # nothing reached DHIS2 by the back door
+    with pytest.raises(GeoregError, match="not an import report"):
+        parse_import_report({"system": {"id": "x"}, "organisationUnits": []}, 200)
 
 
 def test_group_put_as_iaso_does(fake: FakeDhis2) -> None:
