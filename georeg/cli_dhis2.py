@@ -261,7 +261,9 @@ def push_cmd(reg: str, source: str, number: int, url: str, user: str | None,
 
 def render_push_data(d: dict[str, Any]) -> str:
     verb = "Would send" if d["dry_run"] else "Sent"
-    lines = [f"{verb} form {d['form']} to {d['target']} ({d['endpoint']}): "
+    where = f"{d['server']} ({d['target'].partition('#')[2]})" if d.get("server") \
+        else d["target"]
+    lines = [f"{verb} form {d['form']} to {where} via {d['endpoint']}: "
              f"{d['submissions']} submission(s), {d['already_exported']} already exported, "
              f"{d['sent']} sent, {d['exported']} exported, {d['failed']} failed; "
              f"DHIS2 counted {d['created']} created, {d['updated']} updated; "

@@ -54,6 +54,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, text
 
@@ -326,10 +327,13 @@ def _date(value: Any, what: str) -> dt.date:
 
 
 class Builder:
-    def __init__(self, reg: Registry, mapping: Mapping, target: str) -> None:
+    def __init__(self, reg: Registry, mapping: Mapping, target: str,
+                 known_events: dict[str, str] | None = None) -> None:
         self.reg = reg
         self.m = mapping
         self.target = target
+        #: instance_id → the event uid DHIS2 already has for it (sent again: the same event)
+        self.known_events = known_events or {}
         self._units: dict[str, tuple[str | None, str]] = {}
 
     def _unit(self, key: str) -> tuple[str | None, str]:
@@ -402,7 +406,8 @@ class Builder:
                 raise SubmissionProblem(f"question {q!r} (the event date) is not answered")
             when = _date(raw, f"the answer to {q!r}")
         data_values = [{"dataElement": t.data_element, "value": v} for t, v in self.values(sub)]
-        ev: dict[str, Any] = {"event": event_uid(sub.instance_id, self.target),
+        uid = self.known_events.get(sub.instance_id) or event_uid(sub.instance_id, self.target)
+        ev: dict[str, Any] = {"event": uid,
                               "program": self.m.program, "programStage": self.m.program_stage,
                               "orgUnit": ou, "status": "COMPLETED", "dataValues": data_values}
         ev["occurredAt" if tracker else "eventDate"] = when.isoformat()
@@ -453,6 +458,39 @@ class Builder:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def export_target(client: Dhis2Client, suffix: str) -> tuple[str, str]:
+    """(the export target of ``suffix`` on this DHIS2, the name earlier versions gave it).
+
+    The target is the server's identity (``systemId``, which DHIS2 keeps for its whole
+    life), not the address it is reached by: the LAN address first, the host name later,
+    http then https must not make every submission "not yet exported" there — sent again
+    as new events.  Without a system id (an old or odd server) the address stands in,
+    with the spellings of one address (case, default port) made one."""
+    system_id = str(client.system_info().get("systemId") or "").strip()
+    legacy = f"{client.base_url}#{suffix}"
+    if system_id:
+        return f"dhis2:{system_id}#{suffix}", legacy
+    parts = urlsplit(client.base_url)
+    host = (parts.hostname or "").lower()
+    port = parts.port if parts.port not in (None, 80, 443) else None
+    return f"dhis2:{host}{f':{port}' if port else ''}{parts.path.rstrip('/')}#{suffix}", legacy
+
+
+def _adopt_target(reg: Registry, legacy: str, target: str) -> None:
+    """Export rows kept under the address-based name (before ``export_target``) move to
+    the server's target, so what was exported is not sent again."""
+    if legacy == target:
+        return
+    with reg.read() as conn:
+        if conn.execute(text("SELECT 1 FROM data_export WHERE target = :l LIMIT 1"),
+                        {"l": legacy}).first() is None:
+            return
+    with reg.write(origin="dhis2", audit=False) as conn:
+        conn.execute(text(
+            "UPDATE data_export SET target = :t WHERE target = :l AND instance_id NOT IN "
+            "(SELECT instance_id FROM data_export WHERE target = :t)"), {"t": target, "l": legacy})
 
 
 def export_states(reg: Registry, target: str, instance_ids: Iterable[str] | None = None
@@ -519,16 +557,23 @@ def push_data(reg: Registry, client: Dhis2Client, form_id: str, mapping: Mapping
     """
     reader = reader or TableSubmissions(reg)
     requests_before = client.request_count
-    target = f"{client.base_url}#{mapping.target_suffix}"
+    target, legacy = export_target(client, mapping.target_suffix)
     kind = KINDS[mapping.kind]
     subs = list(reader.submissions(form_id))
-    states = export_states(reg, target)
+    if dry_run:
+        states = export_states(reg, legacy) | export_states(reg, target)
+    else:
+        _adopt_target(reg, legacy, target)
+        states = export_states(reg, target)
     todo = [s for s in subs if again or states.get(s.instance_id, {}).get("status") != "exported"]
     major, minor = client.version
     tracker = (major, minor) >= (2, 38)
-    builder = Builder(reg, mapping, target)
+    builder = Builder(reg, mapping, target, {
+        i: str(st["remote_ref"]) for i, st in states.items()
+        if st.get("remote_ref") and is_uid(st["remote_ref"])})
     report: dict[str, Any] = {
-        "form": form_id, "target": target, "kind": mapping.kind, "dry_run": dry_run,
+        "form": form_id, "target": target, "server": client.base_url, "kind": mapping.kind,
+        "dry_run": dry_run,
         "endpoint": ("tracker" if tracker else "events") if mapping.kind == "events"
         else "dataValueSets",
         "submissions": len(subs), "already_exported": len(subs) - len(todo),

@@ -27,6 +27,7 @@ from sync.dhis2_data import (
     event_uid,
     export_history,
     export_states,
+    export_target,
     load_mapping,
     parse_mapping,
     push_data,
@@ -183,7 +184,7 @@ def test_a_dropped_answer_then_a_new_push_makes_no_second_event(demo: Registry,
     with pytest.raises(Exception, match="cut in the middle|closed the connection"):
         push_data(demo, client_for(fake41, retries=1), FORM, mapping)
     assert len(fake41.state.events) == 3
-    assert export_states(demo, f"{fake41.url}#events:eBAyeGv0exc") == {}
+    assert export_states(demo, export_target(client_for(fake41), "events:eBAyeGv0exc")[0]) == {}
     report = push_data(demo, client_for(fake41), FORM, mapping)
     assert report["exported"] == 3 and report["updated"] == 3 and report["created"] == 0
     assert len(fake41.state.events) == 3  # the same uids: updated, not created twice
@@ -200,7 +201,7 @@ def test_a_batch_dhis2_could_not_commit_is_not_marked_exported(demo: Registry,
     fake41.inject("tracker_exception", method="POST", path="/api/tracker")
     with pytest.raises(GeoregError, match="could not execute statement"):
         push_data(demo, client_for(fake41), FORM, mapping)
-    target = f"{fake41.url}#events:eBAyeGv0exc"
+    target = export_target(client_for(fake41), "events:eBAyeGv0exc")[0]
     states = export_states(demo, target)
     assert {k: v["status"] for k, v in states.items()} == {f"uuid:c{i}": "failed"
                                                           for i in range(3)}
@@ -208,6 +209,47 @@ def test_a_batch_dhis2_could_not_commit_is_not_marked_exported(demo: Registry,
     report = push_data(demo, client_for(fake41), FORM, mapping)
     assert (report["sent"], report["exported"], report["failed"]) == (3, 3, 0)
     assert len(fake41.state.events) == 3
+
+
+def test_another_address_of_the_same_dhis2_sends_nothing_twice(demo: Registry,
+                                                               fake41: FakeDhis2) -> None:
+    """The LAN address first, the host name later: still one DHIS2 (one system id), so
+    what was exported is not sent again as new events."""
+    for i in range(2):
+        add_submission(demo, f"uuid:a{i}", {"age": 30 + i, "admission_date": "2024-02-01"},
+                       unit=AGAPE)
+    mapping = parse_mapping(EVENTS)
+    first = push_data(demo, client_for(fake41), FORM, mapping)
+    assert first["exported"] == 2 and first["target"].startswith("dhis2:eed3d451-")
+    by_name = fake41.url.replace("127.0.0.1", "localhost")
+    again = push_data(demo, Dhis2Client(by_name, username="admin", password="district"),
+                      FORM, mapping)
+    assert (again["already_exported"], again["sent"]) == (2, 0)
+    assert len(fake41.state.events) == 2
+
+
+def test_exports_recorded_under_the_address_are_taken_over(demo: Registry,
+                                                          fake41: FakeDhis2) -> None:
+    """Rows an earlier Georeg kept under the address (``<url>#events:…``): not sent
+    again, and the uid DHIS2 has is the one used if one is re-sent (``again``)."""
+    add_submission(demo, "uuid:old", {"age": 30, "admission_date": "2024-02-01"}, unit=AGAPE)
+    mapping = parse_mapping(EVENTS)
+    legacy = f"{fake41.url}#events:eBAyeGv0exc"
+    first = push_data(demo, client_for(fake41), FORM, mapping)
+    # as the earlier version left it: its uid (made from the address) in DHIS2 and the row
+    uid = event_uid("uuid:old", legacy)
+    [(made, event)] = list(fake41.state.events.items())
+    fake41.state.events = {uid: {**event, "event": uid}}
+    assert made != uid
+    with demo.write(origin="test", audit=False) as conn:
+        conn.execute(text("UPDATE data_export SET target = :l, remote_ref = :r"),
+                     {"l": legacy, "r": uid})
+    report = push_data(demo, client_for(fake41), FORM, mapping)
+    assert (report["already_exported"], report["sent"]) == (1, 0)
+    assert set(export_states(demo, first["target"])) == {"uuid:old"}
+    assert export_states(demo, legacy) == {}
+    resent = push_data(demo, client_for(fake41), FORM, mapping, again=True)
+    assert resent["exported"] == 1 and list(fake41.state.events) == [uid]
 
 
 def test_old_events_api_before_2_38(demo: Registry, fake36: FakeDhis2) -> None:
