@@ -40,7 +40,7 @@ import socket
 import string
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -1080,6 +1080,8 @@ class FakeDhis2:
         self.render = Renderer(self.state)
         self.requests: list[LoggedRequest] = []
         self.faults: list[Fault] = []
+        #: (collection, page, fn): fn(fake) runs once, right after that page is served
+        self.page_hooks: list[tuple[str, int, Callable[[FakeDhis2], None]]] = []
         self.lock = threading.RLock()
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -1357,8 +1359,12 @@ class FakeDhis2:
             pager["prevPage"] = href(page - 1)
         if self.minor >= 38:
             pager["pageCount"] = count
-        return Reply(200, {"pager": pager,
-                           collection: [self.render.render(kind, o, spec) for o in items]})
+        reply = Reply(200, {"pager": pager,
+                            collection: [self.render.render(kind, o, spec) for o in items]})
+        for hook in [h for h in self.page_hooks if h[:2] == (collection, page)]:
+            self.page_hooks.remove(hook)
+            hook[2](self)  # someone else edits DHIS2 between two pages
+        return reply
 
     def _envelope(self, report: dict[str, Any], api_version: int | None) -> Reply:
         plain = self.minor < 38 or (api_version is not None and api_version < 38)

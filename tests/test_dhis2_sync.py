@@ -323,7 +323,8 @@ def test_pull_gives_the_sierra_leone_tree(registry: Registry, version: str) -> N
     assert (result["units"], result["levels"], result["groups"], result["group_sets"]) == \
         (1332, 4, 18, 4)
     assert result["version"]["number"] == 1 and result["version"]["status"] == "draft"
-    assert result["requests"] == 6  # info, levels, 2 unit pages, groups, group sets
+    # info, levels, 2 unit pages, the ids (checking the pages missed none), groups, group sets
+    assert result["requests"] == 7
     c = counts(registry, "SL")
     assert c["total"] == 1332
     assert [(lvl["level"], lvl["units"]) for lvl in c["levels"]] == [(1, 1), (2, 13), (3, 152),
@@ -342,6 +343,35 @@ def test_pull_gives_the_sierra_leone_tree(registry: Registry, version: str) -> N
     assert (groups, sets, members) == (18, 4, 3692)  # every membership DHIS2 has
     assert str(unit[1])[:10] == "1970-01-01" and json_value(unit[2]) == {"shortName": "Agape CHP"}
     assert json_value(log)["dhis2_version"].startswith(version)
+
+
+@pytest.mark.parametrize("edit", ["deleted", "created"])
+def test_a_pull_misses_no_unit_edited_in_dhis2_between_two_pages(registry: Registry,
+                                                                 edit: str) -> None:
+    """DHIS2 pages by offset: a unit deleted (or created) before the reading point while
+    the pages are read shifts the next pages — one unit would never be read (or one
+    twice).  The pull still gets every unit DHIS2 has."""
+    with FakeDhis2("2.41") as server:
+        first_page = list(server.state.units)[:200]
+        victim = next(uid for uid in first_page
+                      if not any(u.get("parent") == uid for u in server.state.units.values()))
+
+        def meanwhile(fake: FakeDhis2) -> None:
+            units = fake.state.units
+            if edit == "deleted":
+                units.pop(victim)
+            else:  # a new facility whose name sorts first
+                new = dict(units[victim]) | {"id": "Aaaaaaaaaa1", "name": "Aaa new CHP",
+                                             "code": None}
+                fake.state.units = {"Aaaaaaaaaa1": new} | units
+
+        server.page_hooks.append(("organisationUnits", 1, meanwhile))
+        result = pull(registry, client_for(server, page_size=200), "SL")
+        now = set(server.state.units)
+    with registry.read() as conn:
+        pulled = set(conn.execute(text("SELECT source_ref FROM org_unit")).scalars())
+    assert now <= pulled  # every unit DHIS2 has; the deleted one was read before it went
+    assert result["units"] == (1332 if edit == "deleted" else 1333)
 
 
 def test_incremental_pull_upserts_what_changed_upstream(registry: Registry) -> None:
