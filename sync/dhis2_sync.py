@@ -153,8 +153,13 @@ def fetch_by_ids(client: Dhis2Client, collection: str, ids: list[str], fields: s
     return out
 
 
-def parse_since(value: str) -> str:
-    """A date or date-time for ``filter=lastUpdated:gt:…`` (DHIS2 takes ISO 8601)."""
+def parse_since(value: str, server_zone: str | None = None) -> str:
+    """A date or date-time for ``filter=lastUpdated:gt:…``.
+
+    DHIS2 reads a time without an offset in its own time zone (``serverTimeZoneId`` of
+    ``/api/system/info``), so a time given with an offset (``Z``, ``+01:00``) is turned
+    into the server's local time — not UTC, which on a server west of Greenwich would
+    skip the changes of the hours in between."""
     raw = (value or "").strip()
     try:
         if len(raw) == 10:
@@ -164,8 +169,18 @@ def parse_since(value: str) -> str:
         raise InvalidInput(f"--since {value!r} is not a date or date-time (e.g. 2024-05-01 or "
                            "2024-05-01T10:00:00), nor 'last'.") from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+        moment = moment.astimezone(_zone(server_zone)).replace(tzinfo=None)
     return moment.isoformat(timespec="milliseconds")
+
+
+def _zone(name: str | None) -> dt.tzinfo:
+    """The server's time zone by its IANA name (UTC when unknown here)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name) if name else dt.UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
 
 
 # --- pull ---------------------------------------------------------------------------------------
@@ -243,7 +258,7 @@ class Dhis2PullJob(Job[dict[str, Any]]):
         if self.since is None:
             return None
         if str(self.since).strip().lower() != "last":
-            return parse_since(self.since)
+            return parse_since(self.since, self.client.system_info().get("serverTimeZoneId"))
         with self.reg.read() as conn:
             row = conn.execute(text(
                 "SELECT c.after FROM change_log c JOIN source_version v ON v.fid = c.version_id "

@@ -31,7 +31,14 @@ from storage.registry import Registry, json_value
 from storage.tree import counts
 from storage.versions import create_version, publish_version
 from sync.dhis2_client import Dhis2Client, is_uid, parse_import_report
-from sync.dhis2_sync import geometry_of, pull, push, push_history, same_geometry
+from sync.dhis2_sync import (
+    geometry_of,
+    parse_since,
+    pull,
+    push,
+    push_history,
+    same_geometry,
+)
 from sync.exchange import ImportPayload, read_version
 from sync.importing import ImportJob
 from tests.fake_dhis2 import VERSIONS, FakeDhis2
@@ -343,6 +350,16 @@ def test_pull_gives_the_sierra_leone_tree(registry: Registry, version: str) -> N
     assert (groups, sets, members) == (18, 4, 3692)  # every membership DHIS2 has
     assert str(unit[1])[:10] == "1970-01-01" and json_value(unit[2]) == {"shortName": "Agape CHP"}
     assert json_value(log)["dhis2_version"].startswith(version)
+
+
+def test_since_with_an_offset_is_read_in_the_servers_time_zone() -> None:
+    """DHIS2 reads lastUpdated:gt:<time> in its own zone (serverTimeZoneId)."""
+    assert parse_since("2024-05-01T10:00:00+01:00", "America/Bogota") == \
+        "2024-05-01T04:00:00.000"  # 09:00 UTC is 04:00 in Bogotá
+    assert parse_since("2024-05-01T10:00:00Z", "Africa/Freetown") == "2024-05-01T10:00:00.000"
+    assert parse_since("2024-05-01T10:00:00", "America/Bogota") == "2024-05-01T10:00:00.000"
+    assert parse_since("2024-05-01T10:00:00+02:00", "No/Such_Zone") == "2024-05-01T08:00:00.000"
+    assert parse_since("2024-05-01") == "2024-05-01"
 
 
 @pytest.mark.parametrize("edit", ["deleted", "created"])
