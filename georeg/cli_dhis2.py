@@ -142,6 +142,9 @@ def render_push(d: dict[str, Any]) -> str:
              f"{d['stats']['updated']} updated, {d['stats']['deleted']} deleted"]
     if d.get("uids_stored"):
         lines.append(f"  {d['uids_stored']} new DHIS2 uid(s) stored in the registry")
+    if p.get("codes_released"):
+        lines.append(f"  {p['codes_released']} unit(s) gave up a code another unit takes "
+                     "(sent first: DHIS2 checks codes against those stored before an import)")
     for note in d.get("notes", []):
         lines.append(f"  note: {note}")
     for c in d["changes"][:50]:

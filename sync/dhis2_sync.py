@@ -386,6 +386,8 @@ class _Target:
 
 @dataclass
 class _Plan:
+    #: units whose code another unit takes in this push: their code is cleared first
+    releases: list[_Target] = field(default_factory=list)
     creates: list[_Target] = field(default_factory=list)
     updates: list[_Target] = field(default_factory=list)
     groups: list[_Target] = field(default_factory=list)
@@ -393,7 +395,7 @@ class _Plan:
     changes: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {
         "create": 0, "update": 0, "close": 0, "delete": 0, "groups_create": 0,
-        "groups_update": 0, "unchanged": 0})
+        "groups_update": 0, "unchanged": 0, "codes_released": 0})
     notes: list[str] = field(default_factory=list)
 
     def note_change(self, change: dict[str, Any]) -> None:
@@ -678,6 +680,20 @@ class Dhis2PushJob(Job[dict[str, Any]]):
             order = sorted(deleted, key=lambda uid: -int(remote[uid].get("level") or 0))
             plan.deletes = [_Target("organisationUnits", "delete", {"id": uid},
                                     f"unit {names.get(uid)!r} (uid {uid})") for uid in order]
+        # DHIS2 checks a code against the codes stored before the import, not against the
+        # import's other objects: a code moving to another unit (a replacement facility
+        # taking a closed one's code, two units swapping codes) is refused (E5003) unless
+        # its holder lets go of it in an earlier import
+        # (who holds each code after the push, later lines winning: units left out of the
+        # version, then units of the version keeping theirs, then new and changed codes)
+        holders = {str(r["code"]): uid for uid, r in remote.items()
+                   if r.get("code") and uid not in by_uid and uid not in deleted}
+        holders |= {str(r["code"]): uid for uid, r in remote.items()
+                    if r.get("code") and uid in by_uid and "code" not in updates.get(uid, {})}
+        holders |= {str(values["code"]): uid for uid, values in updates.items()
+                    if values.get("code")}
+        holders |= {str(t.obj["code"]): str(t.obj["id"]) for t in plan.creates
+                    if t.obj.get("code")}
         if updates:
             owners = fetch_by_ids(self.client, "organisationUnits", sorted(updates), ":owner")
             for uid, values in updates.items():
@@ -689,6 +705,19 @@ class Dhis2PushJob(Job[dict[str, Any]]):
                 obj = {k: v for k, v in current.items()
                        if k not in ("path", "level", "href", "children", "ancestors",
                                     "displayName", "displayShortName", "access")}
+                code = current.get("code")
+                taker = holders.get(str(code)) if code else None
+                if taker is not None and taker != uid:
+                    released = {k: v for k, v in obj.items() if k != "code"}
+                    label = f"unit {names.get(uid)!r} (uid {uid})"
+                    plan.releases.append(_Target("organisationUnits", "release", released,
+                                                 label))
+                    plan.counts["codes_released"] += 1
+                    plan.note_change({"action": "release code", "kind": "unit", "uid": uid,
+                                      "name": names.get(uid), "code": code,
+                                      "taken_by": names.get(taker)})
+                    if "code" not in values:  # it is closed or keeps no code: it loses it
+                        values = values | {"code": None}
                 for key, value in values.items():
                     if key == "parent":
                         value = {"id": value} if value else None
@@ -771,8 +800,10 @@ class Dhis2PushJob(Job[dict[str, Any]]):
     def _send(self, plan: _Plan, report: dict[str, Any], labels: dict[str, str]) -> None:
         client = self.client
         mode = "VALIDATE" if self.dry_run else "COMMIT"
-        main = self._batches(plan.creates + plan.updates + plan.groups)
+        main = self._batches(plan.releases) + self._batches(
+            plan.creates + plan.updates + plan.groups)
         deletes = self._batches(plan.deletes)
+        released = {str(t.obj["id"]) for t in plan.releases}
         total = len(main) + len(deletes)
         report["batch_count"] = total
         created_before: set[str] = set()
@@ -785,8 +816,11 @@ class Dhis2PushJob(Job[dict[str, Any]]):
                 payload.setdefault(t.collection, []).append(t.obj)
             result = client.import_metadata(payload, import_mode=mode,
                                             import_strategy=strategy, atomic_mode="ALL")
+            # a dry run validates each batch against DHIS2 as it is: what an earlier batch
+            # would have created, or the codes it would have released, are not there yet
             errors = [e for e in result.errors
-                      if not (self.dry_run and _refers_to(e, created_before))]
+                      if not (self.dry_run and (_refers_to(e, created_before) or (
+                          e.error_code == "E5003" and _mentions(e, released))))]
             entry = {"batch": n, "strategy": strategy, "objects": len(batch),
                      "status": "OK" if not errors else "ERROR", "dhis2_status": result.status,
                      "http_status": result.http_status, "envelope": result.envelope,
@@ -867,8 +901,12 @@ def _geom_kind(geojson: Any) -> str | None:
 def _refers_to(error: ObjectError, uids: set[str]) -> bool:
     """A dry run validates batch by batch: a reference to a unit an earlier batch would
     create is not an error (it would exist by then)."""
-    if error.error_code not in ("E5002", "E4015") or not uids:
+    if error.error_code not in ("E5002", "E4015"):
         return False
+    return _mentions(error, uids)
+
+
+def _mentions(error: ObjectError, uids: set[str]) -> bool:
     text_ = f"{error.message} {error.value or ''}"
     return any(uid in text_ for uid in uids)
 

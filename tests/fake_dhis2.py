@@ -915,9 +915,12 @@ class MetadataImport:
             unique: dict[str, dict[Any, str]] = {"code": {}}
             if kind != "unit":
                 unique.update(name={}, shortName={})
+            # as dhis2-core's preheat: the values stored before the import, those of the
+            # objects being imported included (a code moving from one unit to another in
+            # the same import is refused)
             for prop in unique:
                 for uid, obj in table.items():
-                    if uid not in incoming[key] and obj.get(prop):
+                    if obj.get(prop):
                         unique[prop][obj[prop]] = uid
             for (_index, obj, _op), rep in zip(plan[key], reports[key], strict=True):
                 if rep["errorReports"]:

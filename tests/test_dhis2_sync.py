@@ -451,6 +451,37 @@ def edit_demo(reg: Registry) -> dict[str, str]:
             "long_name": long_name}
 
 
+@pytest.mark.parametrize("backend", ["gpkg"], indirect=True)
+def test_codes_that_move_between_units_are_released_first(demo: Registry,
+                                                          fake41: FakeDhis2) -> None:
+    """DHIS2 checks a code against those stored before the import: two facilities that
+    swap codes, and a new facility taking the code of one that is dropped, would be
+    refused (E5003) in one import — and every push after it.  The holders let go of
+    their codes in a first batch."""
+    parents = {u.get("parent") for u in fake41.state.units.values()}
+    a, b, gone = [uid for uid in fake41.state.units if uid not in parents][:3]
+    code = {uid: f"FAC_{n}" for n, uid in enumerate((a, b, gone))}
+    client = client_for(fake41)
+    for uid in (a, b, gone):  # the facilities have codes, in DHIS2 too
+        U.edit_unit(demo, "SL", uid, code=code[uid], number=1)
+    assert push(demo, client, "SL", 1)["ok"] and fake41.state.units[a]["code"] == code[a]
+    U.edit_unit(demo, "SL", a, code=code[b], number=1)
+    U.edit_unit(demo, "SL", b, code=code[a], number=1)
+    parent = fake41.state.units[gone]["parent"]
+    U.delete_unit(demo, "SL", gone, number=1)
+    new = U.add_unit(demo, "SL", number=1, name="Replacement CHP", parent=parent,
+                     type="Facility", code=code[gone])
+    dry = push(demo, client, "SL", 1, dry_run=True)
+    assert dry["ok"] and dry["planned"]["codes_released"] == 3, dry["errors"]
+    report = push(demo, client, "SL", 1)
+    assert report["ok"] and report["planned"]["codes_released"] == 3
+    units = fake41.state.units
+    assert (units[a]["code"], units[b]["code"]) == (code[b], code[a])
+    assert units[ref_of(demo, new["uuid"])]["code"] == code[gone]
+    assert units[gone].get("closedDate") and not units[gone].get("code")
+    assert_fake_matches_registry(fake41, demo, "SL", 1)
+
+
 def ref_of(reg: Registry, uuid: str) -> str:
     with reg.read() as conn:
         return str(conn.execute(text("SELECT source_ref FROM org_unit WHERE uuid = :u"),
@@ -465,7 +496,7 @@ def test_push_of_an_edited_version_sends_the_expected_metadata(demo: Registry,
     report = push(demo, client, "SL", 1)
     assert report["ok"] and report["planned"] == {
         "create": 3, "update": 3, "close": 1, "delete": 0, "groups_create": 1,
-        "groups_update": 2, "unchanged": 1328}
+        "groups_update": 2, "unchanged": 1328, "codes_released": 0}
     assert report["uids_stored"] == 4  # 3 units and 1 group, stored before sending
     chiefdom, chp, mchp = (ref_of(demo, new[k]) for k in ("chiefdom", "chp", "mchp"))
     assert all(is_uid(u) for u in (chiefdom, chp, mchp))
@@ -530,7 +561,7 @@ def test_push_of_a_merged_version(demo: Registry, fake41: FakeDhis2) -> None:
     pushed = push(demo, client_for(fake41), "SL", merged)
     assert pushed["ok"] and pushed["planned"] | {"unchanged": 0} == {
         "create": 1, "update": 3, "close": 0, "delete": 0, "groups_create": 0,
-        "groups_update": 0, "unchanged": 0}
+        "groups_update": 0, "unchanged": 0, "codes_released": 0}
     [sent] = metadata_posts(fake41)
     by_id = {u["id"]: u for u in sent["organisationUnits"]}
     assert by_id[ADONKIA]["name"] == "Adonkia Community Health Post"
