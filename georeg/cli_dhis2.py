@@ -273,6 +273,8 @@ def render_push_data(d: dict[str, Any]) -> str:
              f"{d['requests']} HTTP request(s)."]
     for e in d["errors"]:
         lines.append(f"  - {e['message']}" + (f" [{e['unit']}]" if e.get("unit") else ""))
+    for w in d.get("warnings", []):
+        lines.append(f"  warning: {w}")
     return "\n".join(lines)
 
 

@@ -577,7 +577,8 @@ def push_data(reg: Registry, client: Dhis2Client, form_id: str, mapping: Mapping
         "endpoint": ("tracker" if tracker else "events") if mapping.kind == "events"
         else "dataValueSets",
         "submissions": len(subs), "already_exported": len(subs) - len(todo),
-        "sent": 0, "exported": 0, "failed": 0, "created": 0, "updated": 0, "errors": []}
+        "sent": 0, "exported": 0, "failed": 0, "created": 0, "updated": 0, "errors": [],
+        "warnings": []}
     rows: list[dict[str, Any]] = []
 
     def fail(sub: Submission, message: str, details: Any = None, sent: bool = True) -> None:
@@ -607,6 +608,8 @@ def push_data(reg: Registry, client: Dhis2Client, form_id: str, mapping: Mapping
                              report, rows, fail)
         else:
             names = {t.data_element: q for q, t in mapping.data_elements.items()}
+            sent_before = [s for s in subs if s not in todo]
+            report["warnings"] = _shared_values(builder, ready, sent_before, names)
             for sub, body in ready:
                 _send_data_values(client, sub, body, dry_run, report, rows, fail, names)
     finally:
@@ -616,6 +619,37 @@ def push_data(reg: Registry, client: Dhis2Client, form_id: str, mapping: Mapping
     report["errors"] = report["errors"][:MAX_LISTED]
     report["ok"] = report["failed"] == 0
     return report
+
+
+def _shared_values(builder: Builder, ready: list[tuple[Submission, dict[str, Any]]],
+                   sent_before: list[Submission], names: dict[str, str]) -> list[str]:
+    """Warnings for data values two submissions give for the same cell.
+
+    DHIS2 keeps one value per data element, period, org unit and option combos: of two
+    submissions for the same facility and month (a per-visit form mapped to a monthly
+    data set, say), the one sent last replaces the other instead of adding to it."""
+    cells: dict[tuple[str, ...], list[str]] = {}
+    bodies = [(sub.instance_id, body) for sub, body in ready]
+    for sub in sent_before:
+        try:
+            bodies.append((sub.instance_id, builder.data_value_set(sub)))
+        except SubmissionProblem:
+            continue
+    for instance_id, body in bodies:
+        for dv in body["dataValues"]:
+            key = (dv["dataElement"], dv["period"], dv["orgUnit"],
+                   dv.get("categoryOptionCombo") or "", body.get("attributeOptionCombo") or "")
+            cells.setdefault(key, []).append(instance_id)
+    out = []
+    for (de, period, ou, _coc, _aoc), ids in cells.items():
+        if len(ids) < 2:
+            continue
+        unit = next((name for (ref, name) in builder._units.values() if ref == ou), ou)
+        out.append(f"Submissions {', '.join(ids)} all give question {names.get(de, de)!r} "
+                   f"(data element {de}) for {unit} in {period}: DHIS2 keeps one value per "
+                   "data element, period and unit, so the one sent last replaces the others. "
+                   "Map the form as events, or give each submission its own period.")
+    return out[:MAX_LISTED]
 
 
 def _send_events(client: Dhis2Client, batch: list[tuple[Submission, dict[str, Any]]],

@@ -300,6 +300,27 @@ def test_data_value_sets_with_conflicts_per_submission(demo: Registry, version: 
         assert again["already_exported"] == 1 and again["exported"] == 0
 
 
+def test_two_submissions_for_one_cell_are_warned_of(demo: Registry, fake41: FakeDhis2) -> None:
+    """Two visits at Agape in January, mapped to a monthly data set: DHIS2 keeps one value
+    for the month, so the second replaces the first — the report says so, naming both;
+    a third in a later push is checked against those already sent."""
+    add_submission(demo, "uuid:v1", {"afp_referrals": 3, "report_date": "2024-01-05"},
+                   unit=AGAPE)
+    add_submission(demo, "uuid:v2", {"afp_referrals": 4, "report_date": "2024-01-20"},
+                   unit=AGAPE)
+    add_submission(demo, "uuid:v3", {"afp_referrals": 1, "report_date": "2024-02-02"},
+                   unit=AGAPE)
+    report = push_data(demo, client_for(fake41), FORM, parse_mapping(VALUES))
+    [warning] = report["warnings"]
+    assert "uuid:v1, uuid:v2" in warning and "'afp_referrals'" in warning
+    assert "Agape CHP" in warning and "202401" in warning
+    assert report["exported"] == 3
+    add_submission(demo, "uuid:v4", {"afp_referrals": 2, "report_date": "2024-02-27"},
+                   unit=AGAPE)
+    later = push_data(demo, client_for(fake41), FORM, parse_mapping(VALUES))
+    assert any("uuid:v4" in w and "uuid:v3" in w and "202402" in w for w in later["warnings"])
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
