@@ -80,7 +80,11 @@ class Location:
             creds, host = netloc.rsplit("@", 1)
             user = creds.split(":", 1)[0]
             netloc = f"{user}@{host}"
-        shown = f"postgresql://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        # (connection tuning — timeouts, keepalives — is not part of where it is)
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query)
+                           if k not in ("connect_timeout", "keepalives", "keepalives_idle",
+                                        "keepalives_interval", "keepalives_count")])
+        shown = f"postgresql://{netloc}{parts.path}" + (f"?{query}" if query else "")
         return shown + ("" if self.schema == "public" else f" (schema {self.schema})")
 
 

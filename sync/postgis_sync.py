@@ -34,6 +34,7 @@ side wins).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -139,6 +140,11 @@ def central_location(url: str, schema: str | None = None) -> str:
     if schema:
         query["schema"] = schema
     query.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
+    # TCP keepalives: a long push keeps one connection idle (the lock's); firewalls and
+    # NAT routers drop connections silent for a few minutes
+    for name, value in (("keepalives", "1"), ("keepalives_idle", "60"),
+                        ("keepalives_interval", "10"), ("keepalives_count", "6")):
+        query.setdefault(name, value)
     return join_pg_url(parts.scheme, parts, query)
 
 
@@ -197,6 +203,10 @@ def exclusive(central: Registry, client: str) -> Iterator[None]:
     key = int(hashlib.sha1(f"georeg-sync:{client}".encode()).hexdigest()[:15], 16)
     conn = central.engine.connect()
     try:
+        # the lock's connection is idle for the whole push: a DBA's idle_session_timeout
+        # (PostgreSQL 14+) would end it — and the lock with it — half-way
+        conn.execute(text("SELECT set_config(name, '0', false) FROM pg_settings "
+                          "WHERE name = 'idle_session_timeout'"))
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
         conn.commit()
         if not got:
@@ -207,10 +217,14 @@ def exclusive(central: Registry, client: str) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
+            # a connection cut meanwhile (a firewall dropping idle connections) took the
+            # lock with it: nothing to release, and the work done stands
+            with contextlib.suppress(exc.DBAPIError):
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
     finally:
-        conn.close()
+        with contextlib.suppress(exc.DBAPIError):
+            conn.close()
 
 
 # --- local bookkeeping --------------------------------------------------------------
@@ -406,9 +420,16 @@ def _safe_max(conn: Connection, pg: bool, after: int) -> int:
     expected = after + 1
     for fid in fids:
         if fid != expected:
+            # a gap is an id taken by a transaction not committed yet — or rolled back:
+            # taken for rolled back only once old AND no other session is writing the
+            # change log (a QGIS edit session or a psql BEGIN left open for hours holds
+            # its lock until it commits)
             young = conn.execute(
                 text(
                     "SELECT CAST(at AS timestamptz) > now() - make_interval(secs => :g) "
+                    "OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.relation = "
+                    "to_regclass('change_log') AND l.mode = 'RowExclusiveLock' "
+                    "AND l.pid <> pg_backend_pid() AND l.granted) "
                     "FROM change_log WHERE fid = :f"
                 ),
                 {"f": fid, "g": GAP_GRACE_SECONDS},

@@ -9,6 +9,7 @@ it in a schema of its own.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from storage import units
 from storage.errors import ConflictError, SetupError
@@ -167,3 +169,64 @@ def test_a_schema_holding_postgis_is_never_dropped(bare_db: str) -> None:
     with pytest.raises(ConflictError, match="ALTER EXTENSION postgis SET SCHEMA public"):
         Registry.create(f"{bare_db}?schema=district_old", overwrite=True)
     assert _postgis_schema(bare_db) == "district_old"
+
+
+def test_a_dba_idle_session_timeout_does_not_fail_a_push(bare_db: str, tmp_path: Path
+                                                         ) -> None:
+    """The push holds its lock on a connection that stays idle while the work goes on;
+    a DBA's idle_session_timeout (PostgreSQL 14+) ended it, and the push — complete —
+    reported a failure (and the lock was gone half-way)."""
+    name = bare_db.rpartition("/")[2]
+    with psycopg.connect(bare_db, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION postgis")
+        conn.execute(f"ALTER DATABASE {name} SET idle_session_timeout = '1s'")
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        slow = push(reg, bare_db, "district_bo",
+                    progress=lambda _info: time.sleep(1.5))  # a slow link, say
+        assert slow["units_inserted"] == 1332
+        units.move_unit(reg, "SL", BO_CHIEFDOM, WESTERN_AREA)
+        assert push(reg, bare_db, "district_bo", progress=lambda _i: time.sleep(1.5)
+                    )["units_moved"] == 1
+        assert status(reg, bare_db, "district_bo", compare=True)["equal"]
+    finally:
+        reg.close()
+
+
+def test_an_edit_session_left_open_for_hours_is_pulled_when_it_commits(
+        postgis_url: str, tmp_path: Path) -> None:
+    """A QGIS edit session (or a psql BEGIN) on the central schema holds a change-log id
+    until it commits.  An id missing for over an hour was taken for a rolled-back
+    transaction and skipped for good: the edit was never pulled, and the next push
+    overwrote it.  While its transaction is open, the pull waits at the gap."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    qgis = psycopg.connect(postgis_url)
+    try:
+        push(reg, postgis_url, schema)
+        qgis.execute(f'SET search_path TO "{schema}", public')
+        qgis.execute("UPDATE org_unit SET name = 'Corrected in QGIS' WHERE source_ref = %s",
+                     (BO_CHIEFDOM,))  # not committed yet
+        with psycopg.connect(postgis_url, autocommit=True) as other:
+            other.execute(f'SET search_path TO "{schema}", public')
+            other.execute("UPDATE org_unit SET code = 'W1' WHERE source_ref = %s",
+                          (WESTERN_AREA,))
+            # …and two hours go by
+            other.execute("UPDATE change_log SET at = CAST(now() - interval '2 hours' AS text)"
+                          " WHERE fid = (SELECT max(fid) FROM change_log)")
+        first = pull(reg, postgis_url, schema)
+        assert first["conflict_count"] == 0
+        qgis.commit()
+        pull(reg, postgis_url, schema)
+        with reg.read() as conn:
+            name = conn.execute(text("SELECT name FROM org_unit WHERE source_ref = :r"),
+                                {"r": BO_CHIEFDOM}).scalar()
+            code = conn.execute(text("SELECT code FROM org_unit WHERE source_ref = :r"),
+                                {"r": WESTERN_AREA}).scalar()
+        assert (name, code) == ("Corrected in QGIS", "W1")
+        assert status(reg, postgis_url, schema, compare=True)["equal"]
+    finally:
+        qgis.close()
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
