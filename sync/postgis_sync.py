@@ -969,6 +969,8 @@ class UnitWriter:
         fig = self.fig
         fig.units_sent += len(units)
         uuids = {u.uuid for u in units}
+        if not fresh:
+            self._free_refs(units)
         # territories and memberships are compared only where asked for (new units get
         # theirs whole)
         existing = {} if fresh else {
@@ -1067,6 +1069,28 @@ class UnitWriter:
             everything or u.uuid in inserted
             or (groups_for is not None and u.uuid in groups_for))]
         self._memberships(grp, existing)
+
+    def _free_refs(self, units: list[Unit]) -> None:
+        """Refs these units take from other units here let go of first.
+
+        A unit deleted and made again with the same DHIS2 id, two units swapping refs, a
+        feature deleted and digitised again in QGIS: a version's refs are unique after
+        every statement, not only at the end, so writing the new holder first failed —
+        in every push (or pull) after it.  The holder on this side is gone, or changes
+        its ref, by the time the sync has caught up with the other side (in this batch
+        or a later one); its ref is cleared now (logged like any change)."""
+        wanted = {str(u.values["source_ref"]): u.uuid for u in units
+                  if u.values.get("source_ref")}
+        if not wanted:
+            return
+        holders = [uuid for uuid, ref in _in_rows(
+            self.conn, "SELECT uuid, source_ref FROM org_unit WHERE version_id = :v "
+            "AND source_ref IN :r", "r", wanted, {"v": self.version_id})
+            if wanted.get(str(ref)) != uuid]
+        stmt = text("UPDATE org_unit SET source_ref = NULL WHERE version_id = :v "
+                    "AND uuid IN :u").bindparams(bindparam("u", expanding=True))
+        for part in _chunks(sorted(holders)):
+            self.conn.execute(stmt, {"v": self.version_id, "u": part})
 
     #: (column, PostgreSQL type) of the set-wise update of units
     _SET_COLUMNS = (("fid", "bigint"), ("location", "bytea"), ("source_ref", "text"),

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.postgis
 
 BO_CHIEFDOM = "vWbkYPRmKyS"  # Baoma chiefdom, in Bo
 WESTERN_AREA = "at6UHUQatSo"
+FACILITY = "kbGqmM6ZWWV"  # Allen Town Health Post, Western Area / Freetown
 ROLE = "georeg_district"
 
 
@@ -227,6 +228,44 @@ def test_an_edit_session_left_open_for_hours_is_pulled_when_it_commits(
         assert status(reg, postgis_url, schema, compare=True)["equal"]
     finally:
         qgis.close()
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_ref_taken_by_another_unit_does_not_block_the_sync(postgis_url: str,
+                                                             tmp_path: Path) -> None:
+    """A facility deleted and made again with its DHIS2 id, two units swapping refs, a
+    feature deleted in QGIS and digitised again with the same ref: each blocked every
+    push (or pull) after it on the version's unique refs."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        push(reg, postgis_url, schema)
+        old = units.get_unit(reg, "SL", FACILITY)
+        units.delete_unit(reg, "SL", FACILITY)
+        units.add_unit(reg, "SL", name="Rebuilt CHP", parent=old["parent_uuid"],
+                       source_ref=FACILITY)
+        units.edit_unit(reg, "SL", BO_CHIEFDOM, source_ref="SWAP_TMP")
+        units.edit_unit(reg, "SL", WESTERN_AREA, source_ref=BO_CHIEFDOM)
+        units.edit_unit(reg, "SL", "SWAP_TMP", source_ref=WESTERN_AREA)
+        sent = push(reg, postgis_url, schema)
+        assert sent["units_deleted"] == 1 and sent["units_inserted"] == 1
+        assert status(reg, postgis_url, schema, compare=True)["equal"]
+        with psycopg.connect(postgis_url, autocommit=True) as qgis:  # delete, digitise again
+            qgis.execute(f'SET search_path TO "{schema}", public')
+            row = qgis.execute("SELECT parent_key, version_id FROM org_unit "
+                               "WHERE source_ref = %s", (FACILITY,)).fetchone()
+            assert row is not None
+            qgis.execute("DELETE FROM org_unit WHERE source_ref = %s", (FACILITY,))
+            qgis.execute("INSERT INTO org_unit (version_id, parent_key, name, source_ref, "
+                         "validation_status) VALUES (%s, %s, 'Digitised again', %s, 'valid')",
+                         (row[1], row[0], FACILITY))
+        pulled = pull(reg, postgis_url, schema)
+        assert pulled["conflict_count"] == 0
+        assert units.get_unit(reg, "SL", FACILITY)["name"] == "Digitised again"
+        assert status(reg, postgis_url, schema, compare=True)["equal"]
+    finally:
         reg.close()
         with psycopg.connect(postgis_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
