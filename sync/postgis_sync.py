@@ -958,19 +958,23 @@ class UnitWriter:
         groups_for: set[str] | None = None,
         everything: bool = False,
         fresh: bool = False,
+        releasable: Callable[[dict[str, str]], set[str]] | None = None,
     ) -> None:
         """Insert or update ``units`` (read from the other side, parents first).
 
         ``fresh``: the version was created on this side by this run, so none of these
-        units can exist here yet (saves looking them up).
+        units can exist here yet (saves looking them up).  ``releasable``: given the
+        units here that hold a ref one of ``units`` takes ({uuid: ref}), which of them
+        the other side has deleted or re-referenced (``_released_on``) — those let go of
+        their refs first.
         """
         if not units:
             return
         fig = self.fig
         fig.units_sent += len(units)
         uuids = {u.uuid for u in units}
-        if not fresh:
-            self._free_refs(units)
+        if not fresh and releasable is not None:
+            self._free_refs(units, releasable)
         # territories and memberships are compared only where asked for (new units get
         # theirs whole)
         existing = {} if fresh else {
@@ -1070,26 +1074,38 @@ class UnitWriter:
             or (groups_for is not None and u.uuid in groups_for))]
         self._memberships(grp, existing)
 
-    def _free_refs(self, units: list[Unit]) -> None:
+    def _free_refs(self, units: list[Unit],
+                   releasable: Callable[[dict[str, str]], set[str]]) -> None:
         """Refs these units take from other units here let go of first.
 
         A unit deleted and made again with the same DHIS2 id, two units swapping refs, a
         feature deleted and digitised again in QGIS: a version's refs are unique after
         every statement, not only at the end, so writing the new holder first failed —
-        in every push (or pull) after it.  The holder on this side is gone, or changes
-        its ref, by the time the sync has caught up with the other side (in this batch
-        or a later one); its ref is cleared now (logged like any change)."""
-        wanted = {str(u.values["source_ref"]): u.uuid for u in units
-                  if u.values.get("source_ref")}
+        in every push (or pull) after it.  A holder the other side has deleted or given
+        another ref has its ref cleared now (logged like any change).  A holder the
+        other side never had is another registry's unit: that stops the batch."""
+        wanted = {str(u.values["source_ref"]): u for u in units if u.values.get("source_ref")}
         if not wanted:
             return
-        holders = [uuid for uuid, ref in _in_rows(
+        holders = {uuid: str(ref) for uuid, ref in _in_rows(
             self.conn, "SELECT uuid, source_ref FROM org_unit WHERE version_id = :v "
             "AND source_ref IN :r", "r", wanted, {"v": self.version_id})
-            if wanted.get(str(ref)) != uuid]
+            if wanted[str(ref)].uuid != uuid}
+        if not holders:
+            return
+        free = releasable(holders)
+        stuck = sorted(set(holders) - free)
+        if stuck:
+            ref = holders[stuck[0]]
+            raise ConflictError(
+                f"Unit {wanted[ref].values['name']!r} ({wanted[ref].uuid}) has ref {ref}, "
+                f"which unit {stuck[0]} holds on the receiving side — a unit the sending "
+                f"side never had{f' (and {len(stuck) - 1} more like it)' if len(stuck) > 1 else ''}"
+                ". Is another registry pushing the same source and version to this schema? "
+                "Each registry needs a schema of its own. Nothing of this batch was written.")
         stmt = text("UPDATE org_unit SET source_ref = NULL WHERE version_id = :v "
                     "AND uuid IN :u").bindparams(bindparam("u", expanding=True))
-        for part in _chunks(sorted(holders)):
+        for part in _chunks(sorted(free)):
             self.conn.execute(stmt, {"v": self.version_id, "u": part})
 
     #: (column, PostgreSQL type) of the set-wise update of units
@@ -1274,6 +1290,24 @@ class UnitWriter:
             self.fig.units_deleted += self.conn.execute(
                 stmt, {"v": self.version_id, "u": part}
             ).rowcount
+
+
+def _released_on(reg: Registry, version_id: int) -> Callable[[dict[str, str]], set[str]]:
+    """For ``UnitWriter.upsert``: which holders of a ref ({uuid: ref} on the receiving
+    side) the sending side ``reg`` has given another ref, or deleted (its change log
+    says so) — as opposed to units it never had."""
+    def released(holders: dict[str, str]) -> set[str]:
+        with reg.read() as conn:
+            present = {r.uuid: r.source_ref for r in _in_rows(
+                conn, "SELECT uuid, source_ref FROM org_unit WHERE version_id = :v "
+                "AND uuid IN :u", "u", holders, {"v": version_id})}
+            absent = set(holders) - set(present)
+            deleted = {r.unit_uuid for r in _in_rows(
+                conn, "SELECT DISTINCT unit_uuid FROM change_log WHERE version_id = :v "
+                "AND entity = 'org_unit' AND op = 'delete' AND unit_uuid IN :u", "u", absent,
+                {"v": version_id})} if absent else set()
+        return {u for u, ref in present.items() if ref != holders[u]} | deleted
+    return released
 
 
 def _apart(moved: list[str], targets: list[str]) -> bool:
@@ -1822,8 +1856,22 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
         with run.central.write(origin=SYNC_ORIGIN, operation=run.op()) as cconn:
             if loaded in (1, 4) or loaded % 16 == 0:
                 _analyze(cconn)  # a growing table: keep the planner on the uuid index
-            UnitWriter(run.central, cconn, cvid, fig).upsert(units, everything=True,
-                                                             fresh=cvid in run.fresh)
+            fresh = cvid in run.fresh
+            if not fresh and run.prefer != "local":
+                # central units changed there since the last pull — all of them when this
+                # registry never pulled from there (it cannot tell what changed) — that
+                # differ from ours are held as conflicts, never overwritten
+                uuids = {u.uuid for u in units}
+                known = (_existing_uuids(cconn, cvid, uuids)
+                         if state.last_pull_marker is None else set())
+                stopped = {u for _, u in _hold_conflicts(run, meta, cconn, cvid, uuids, known)}
+                if stopped:
+                    held |= stopped
+                    state.held = state.held | {(lvid, u) for u in stopped}
+                    units = [u for u in units if u.uuid not in stopped]
+            UnitWriter(run.central, cconn, cvid, fig).upsert(
+                units, everything=True, fresh=fresh,
+                releasable=None if fresh else _released_on(run.reg, lvid))
         loaded += 1
         cursor["after"] = [last.depth, last.fid]
         state.details["cursor"] = cursor
@@ -1841,6 +1889,17 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
             text("SELECT uuid FROM org_unit WHERE version_id = :v"), {"v": cvid}
         ).scalars())
         extra = central_uuids - local_uuids
+        if extra and state.last_pull_marker is None and run.prefer != "local" \
+                and cvid not in run.fresh:
+            # never pulled from there: these may be another registry's units (two pushing
+            # to one schema) or central additions — not this registry's to delete
+            fig.warnings.append(
+                f"{len(extra)} unit(s) of {meta['source']} v{meta['number']} exist centrally "
+                "but not in this registry, which has never pulled from the central schema: "
+                "they were not deleted. Pull first (they are then added here), or push with "
+                "--prefer local to make the central version follow this registry. If "
+                "another registry pushes to the same schema, give each its own schema.")
+            extra = set()
         if extra and state.last_pull_marker is not None and run.prefer != "local":
             foreign = _foreign_changed(cconn, cvid, extra, state)
             for uuid in sorted(foreign):
@@ -2276,7 +2335,8 @@ def _push_version_changes(run: _Run, meta: dict[str, Any], central_version: tupl
             skip = set()
         sent = [u for u in units if u.uuid not in skip]
         extra = {u.uuid for u in sent} - uuids
-        writer.upsert(sent, territory_for=ter | extra, groups_for=grp | extra)
+        writer.upsert(sent, territory_for=ter | extra, groups_for=grp | extra,
+                      releasable=_released_on(run.reg, lvid))
         writer.delete(gone - skip)
     return held
 
@@ -2567,7 +2627,7 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
         with run.reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
             writer = UnitWriter(run.reg, conn, lvid, fig)
             writer.upsert(apply, territory_for=ter | ({u.uuid for u in apply} - part_set),
-                          groups_for=grp)
+                          groups_for=grp, releasable=_released_on(run.central, cvid))
             writer.delete(gone)
         if run.prefer == "central":
             run.state.held = {h for h in run.state.held if not (h[0] == lvid and h[1] in clash)}

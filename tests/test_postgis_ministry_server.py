@@ -269,3 +269,53 @@ def test_a_ref_taken_by_another_unit_does_not_block_the_sync(postgis_url: str,
         reg.close()
         with psycopg.connect(postgis_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_second_registry_pushing_to_the_same_schema_is_stopped(postgis_url: str,
+                                                                 tmp_path: Path) -> None:
+    """Two districts given the same schema by mistake, both with the source SL v1: the
+    second's first push deleted all of the first's units.  Now it stops, saying why, and
+    the first district's central copy is untouched."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    bo, kenema = _demo(tmp_path / "bo.gpkg"), _demo(tmp_path / "kenema.gpkg")
+    try:
+        push(bo, postgis_url, schema)
+        with pytest.raises(ConflictError, match="another registry pushing the same source"):
+            push(kenema, postgis_url, schema)
+        assert status(bo, postgis_url, schema, compare=True)["equal"]
+        assert push(bo, postgis_url, schema)["units_deleted"] == 0
+    finally:
+        bo.close()
+        kenema.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_same_central_by_another_address_overwrites_no_central_edit(
+        postgis_url: str, tmp_path: Path) -> None:
+    """The ministry's server renamed (or 'localhost' typed for '127.0.0.1'): a new sync
+    identity that has never pulled.  A correction made centrally in QGIS was silently
+    overwritten by the everything-again push; now it is a conflict, and nothing that
+    exists only centrally is deleted."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    alias = postgis_url.replace("127.0.0.1", "localhost")
+    assert alias != postgis_url
+    try:
+        push(reg, postgis_url, schema)
+        with psycopg.connect(postgis_url, autocommit=True) as qgis:
+            qgis.execute(f'SET search_path TO "{schema}", public')
+            qgis.execute("UPDATE org_unit SET name = 'Corrected at the ministry' "
+                         "WHERE source_ref = %s", (FACILITY,))
+        again = push(reg, alias, schema)
+        assert again["conflict_count"] >= 1 and again["units_deleted"] == 0
+        assert {c["uuid"] for c in again["conflicts"]} == {units.get_unit(reg, "SL", FACILITY)[
+            "uuid"]}
+        with psycopg.connect(postgis_url) as conn:
+            conn.execute(f'SET search_path TO "{schema}", public')
+            assert conn.execute("SELECT name FROM org_unit WHERE source_ref = %s",
+                                (FACILITY,)).fetchone() == ("Corrected at the ministry",)
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
