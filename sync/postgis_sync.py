@@ -854,10 +854,14 @@ class Figures:
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        out["conflicts"] = self.conflicts[:MAX_LISTED]
-        out["conflict_count"] = len(self.conflicts)
+        # a unit held in one phase of a push (a version sent whole) is looked at again
+        # in the next (held units): one row per unit and field
+        conflicts = list({(c["source"], c["version"], c["uuid"], c["field"]): c
+                          for c in self.conflicts}.values())
+        out["conflicts"] = conflicts[:MAX_LISTED]
+        out["conflict_count"] = len(conflicts)
         out["conflicting_units"] = len({(c["source"], c["version"], c["uuid"])
-                                        for c in self.conflicts})
+                                        for c in conflicts})
         out["refused"] = self.refused[:MAX_LISTED]
         out["warnings"] = self.warnings[:MAX_LISTED]
         return out
@@ -1677,6 +1681,19 @@ def _push(run: _Run, created: bool) -> dict[str, Any]:
         state.details["cursor"] = None
         state.last_change_id = None
         high = top
+    elif state.exists and (state.versions or state.last_pull_marker is not None) and (
+            created or _central_went_back(central, state)):
+        fig.warnings.append(
+            "The central schema does not hold what this registry last synced with it "
+            "(made anew, or restored from a backup?): everything is sent again; central "
+            "units that differ from this registry's are held as conflicts, not overwritten."
+        )
+        state.versions.clear()
+        state.details["cursor"] = None
+        state.last_change_id = None
+        state.last_pull_marker = None
+        state.details["marker_print"] = None
+        high = top
     cursor = state.details.get("cursor")
     if cursor and cursor.get("version") not in {m["fid"] for m in local_versions}:
         state.details["cursor"] = None  # the version was deleted before the push resumed
@@ -1689,6 +1706,11 @@ def _push(run: _Run, created: bool) -> dict[str, Any]:
             cmap[meta["fid"]] = _ensure_version(cconn, True, meta, fig)
             if fig.versions_created > created_before:
                 run.fresh.add(cmap[meta["fid"]][0])
+                if state.versions.pop(str(meta["fid"]), None) is not None:
+                    # sent before, gone centrally since (deleted there): all of it again
+                    fig.warnings.append(
+                        f"{meta['source']} v{meta['number']} had been deleted centrally: it "
+                        "was made again there and sent whole.")
         cmap_deleted = _delete_gone_versions(cconn, state, local_versions, fig)
     if cmap_deleted:
         state.save(reg)
@@ -2390,8 +2412,38 @@ def _advance_pull_marker(run: _Run) -> None:
             ),
             {"m": marker, "h": high, "own": _own_push_like(state.client_id)},
         ).scalar()
-    new = high if first_foreign is None else int(first_foreign) - 1
-    state.last_pull_marker = str(max(new, marker))
+        new = high if first_foreign is None else int(first_foreign) - 1
+        _set_marker(state, cconn, max(new, marker))
+
+
+def _marker_print(cconn: Connection, marker: int) -> str | None:
+    """The central change-log row at the pull marker, as time and operation: change-log
+    rows are never deleted or rewritten, so at the next sync the same row is there —
+    unless the central schema went back in time (restored from a dump, made anew)."""
+    if marker <= 0:
+        return None
+    row = cconn.execute(text("SELECT at, operation FROM change_log WHERE fid = :m"),
+                        {"m": marker}).first()
+    return None if row is None else f"{row.at}|{row.operation or ''}"
+
+
+def _set_marker(state: SyncState, cconn: Connection, marker: int) -> None:
+    state.last_pull_marker = str(marker)
+    state.details["marker_print"] = _marker_print(cconn, marker)
+
+
+def _central_went_back(central: Registry, state: SyncState) -> bool:
+    """Whether the central change log lacks the row this registry last synced up to."""
+    marker = int(state.last_pull_marker or 0)
+    if marker <= 0:
+        return False
+    with central.read() as cconn:
+        top = int(cconn.execute(text("SELECT COALESCE(max(fid), 0) FROM change_log")
+                                ).scalar_one())
+        if top < marker:
+            return True
+        seen = state.details.get("marker_print")
+        return seen is not None and _marker_print(cconn, marker) != seen
 
 
 # --- pull --------------------------------------------------------------------------------
@@ -2436,6 +2488,11 @@ def _pull(run: _Run) -> dict[str, Any]:
     reg, central, state, fig, prefer = run.reg, run.central, run.state, run.fig, run.prefer
     client, target = state.client_id, state.target
     marker = int(state.last_pull_marker or 0)
+    if _central_went_back(central, state):
+        raise ConflictError(
+            f"{target} does not hold what this registry last pulled from it (restored from "
+            "a backup, or made anew?). Nothing was pulled. Push first: it sends everything "
+            "again and holds the central units that differ as conflicts; pull after that.")
     with central.read() as cconn:
         high = _safe_max(cconn, True, marker)
         rows = cconn.execute(
@@ -2501,7 +2558,8 @@ def _pull(run: _Run) -> dict[str, Any]:
             _pull_groups(run, cmeta["fid"], lmeta["fid"])
         if cflags or cmeta["status"] != lmeta["status"]:
             _pull_version_changes(run, cmeta, lmeta, cflags)
-    state.last_pull_marker = str(high)
+    with run.central.read() as cconn:
+        _set_marker(state, cconn, high)
     result = fig.to_dict() | {
         "target": target, "last_pull_marker": state.last_pull_marker,
         "seconds": round(time.monotonic() - run.started, 3),

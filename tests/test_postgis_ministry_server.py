@@ -9,6 +9,7 @@ it in a schema of its own.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -315,6 +316,81 @@ def test_the_same_central_by_another_address_overwrites_no_central_edit(
             conn.execute(f'SET search_path TO "{schema}", public')
             assert conn.execute("SELECT name FROM org_unit WHERE source_ref = %s",
                                 (FACILITY,)).fetchone() == ("Corrected at the ministry",)
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _dump(url: str, schema: str, path: Path) -> None:
+    from tests.pg_cluster import find_bindir
+
+    parts = urlsplit(url)
+    subprocess.run([str(find_bindir() / "pg_dump"), "-h", str(parts.hostname), "-p",
+                    str(parts.port), "-U", "postgres", "-n", schema, "-Fc", "-f", str(path),
+                    parts.path.lstrip("/")], check=True, capture_output=True)
+
+
+def _restore(url: str, schema: str, path: Path) -> None:
+    from tests.pg_cluster import find_bindir
+
+    parts = urlsplit(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    subprocess.run([str(find_bindir() / "pg_restore"), "-h", str(parts.hostname), "-p",
+                    str(parts.port), "-U", "postgres", "-d", parts.path.lstrip("/"),
+                    str(path)], check=True, capture_output=True)
+
+
+def test_a_central_schema_restored_from_a_dump_is_caught_up(postgis_url: str,
+                                                           tmp_path: Path) -> None:
+    """The DBA restores last week's dump: the district's later pushes are missing
+    centrally, and edits made there since reuse change-log ids the district had already
+    pulled past.  The pull says so and changes nothing; the push sends everything again,
+    holding what differs; after that, both sides agree again."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        push(reg, postgis_url, schema)
+        _dump(postgis_url, schema, tmp_path / "central.dump")
+        units.edit_unit(reg, "SL", BO_CHIEFDOM, name="Renamed after the dump")
+        push(reg, postgis_url, schema)
+        pull(reg, postgis_url, schema)
+        _restore(postgis_url, schema, tmp_path / "central.dump")
+        with pytest.raises(ConflictError, match="restored from a backup"):
+            pull(reg, postgis_url, schema)
+        again = push(reg, postgis_url, schema)
+        assert any("made anew, or restored" in w for w in again["warnings"])
+        assert again["conflict_count"] == 1  # the rename: central has the old name
+        assert push(reg, postgis_url, schema, prefer="local")["conflict_count"] == 0
+        assert status(reg, postgis_url, schema, compare=True)["equal"]
+        assert pull(reg, postgis_url, schema)["conflict_count"] == 0
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_central_schema_made_anew_or_a_version_deleted_there_is_sent_whole(
+        postgis_url: str, tmp_path: Path) -> None:
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        push(reg, postgis_url, schema)
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        units.edit_unit(reg, "SL", BO_CHIEFDOM, name="Renamed")
+        anew = push(reg, postgis_url, schema)
+        assert anew["created_central"] and anew["units_inserted"] == 1332
+        assert status(reg, postgis_url, schema, compare=True)["equal"]
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{schema}", public')
+            conn.execute("DELETE FROM source_version")
+        units.edit_unit(reg, "SL", WESTERN_AREA, name="Renamed too")
+        whole = push(reg, postgis_url, schema)
+        assert whole["units_inserted"] == 1332 and any("deleted centrally" in w
+                                                       for w in whole["warnings"])
+        assert status(reg, postgis_url, schema, compare=True)["equal"]
     finally:
         reg.close()
         with psycopg.connect(postgis_url, autocommit=True) as conn:
