@@ -30,8 +30,26 @@ def to_gpkg_blob(geom: BaseGeometry | None) -> bytes | None:
     return to_gpkg_blobs([geom])[0]
 
 
+def flat(geom: BaseGeometry | None) -> BaseGeometry | None:
+    """The geometry without Z/M.  The registry is 2D: a GPS point with an altitude is
+    ordinary input, but the central PostGIS columns are 2D and refuse a Z, so every
+    geometry is stored (and read, and sent) flat."""
+    if geom is None or shapely.get_coordinate_dimension(geom) <= 2:
+        return geom
+    return shapely.force_2d(geom)
+
+
+def _flat_array(arr: Any) -> Any:
+    """``flat`` over an array of geometries (one vectorised check; most are 2D already)."""
+    deep = shapely.get_coordinate_dimension(arr) > 2
+    if deep.any():
+        arr = arr.copy()
+        arr[deep] = shapely.force_2d(arr[deep])
+    return arr
+
+
 def to_gpkg_blobs(geoms: Iterable[BaseGeometry | None]) -> list[bytes | None]:
-    """Vectorised encoder: one WKB pass through shapely for the whole batch."""
+    """Vectorised encoder: one WKB pass through shapely for the whole batch (2D out)."""
     arr = np.asarray(list(geoms), dtype=object)
     out: list[bytes | None] = [None] * len(arr)
     if len(arr) == 0:
@@ -39,7 +57,7 @@ def to_gpkg_blobs(geoms: Iterable[BaseGeometry | None]) -> list[bytes | None]:
     present = np.array([g is not None for g in arr], dtype=bool)
     if not present.any():
         return out
-    sub = arr[present]
+    sub = _flat_array(arr[present])
     wkbs = shapely.to_wkb(sub, byte_order=1, flavor="iso", include_srid=False)
     empties = shapely.is_empty(sub)
     types = shapely.get_type_id(sub)
@@ -60,14 +78,31 @@ def to_gpkg_blobs(geoms: Iterable[BaseGeometry | None]) -> list[bytes | None]:
 
 
 def gpkg_wkb(blob: bytes) -> bytes:
-    """Strip the GeoPackage header, leaving the WKB."""
+    """Strip the GeoPackage header, leaving the WKB (2D: see ``flat_wkb``)."""
     if len(blob) < 8 or blob[:2] != b"GP":
         raise InvalidInput("Not a GeoPackage geometry blob (no 'GP' magic).")
     flags = blob[3]
     envelope = (flags >> 1) & 0b111
     if envelope not in _ENVELOPE_SIZES:
         raise InvalidInput(f"GeoPackage geometry has an invalid envelope code {envelope}.")
-    return blob[8 + _ENVELOPE_SIZES[envelope] :]
+    return flat_wkb(blob[8 + _ENVELOPE_SIZES[envelope] :])
+
+
+def flat_wkb(wkb: bytes) -> bytes:
+    """WKB without Z/M.  What Georeg writes (2D ISO WKB) comes back as is, after a look
+    at the type word; a 3D geometry an older registry or another tool stored is read
+    as 2D, so it compares and syncs like the 2D one the central PostGIS holds."""
+    if len(wkb) >= 5:
+        if wkb[0] == 1:
+            plain = 1 <= wkb[1] <= 7 and wkb[2:5] == b"\0\0\0"
+        else:
+            plain = wkb[1:4] == b"\0\0\0" and 1 <= wkb[4] <= 7
+        if plain:
+            return wkb
+    geom = shapely.from_wkb(wkb)
+    if shapely.get_coordinate_dimension(geom) <= 2:
+        return wkb
+    return bytes(shapely.to_wkb(shapely.force_2d(geom), byte_order=1, flavor="iso"))
 
 
 def from_gpkg_blob(blob: bytes | None) -> BaseGeometry | None:
@@ -79,7 +114,7 @@ def from_gpkg_blob(blob: bytes | None) -> BaseGeometry | None:
 def from_wkb(data: bytes | memoryview | None) -> BaseGeometry | None:
     if data is None:
         return None
-    return shapely.from_wkb(bytes(data))
+    return flat(shapely.from_wkb(bytes(data)))
 
 
 def from_geojson(obj: dict[str, Any] | None) -> BaseGeometry | None:
@@ -145,17 +180,20 @@ def select_sql(backend: Backend, column: str) -> str:
 
 
 def encode(backend: Backend, geom: BaseGeometry | None) -> bytes | None:
+    """A geometry as ``bind_sql`` takes it; always 2D (Z/M dropped: see ``flat``)."""
     if geom is None:
         return None
     if backend is Backend.GEOPACKAGE:
         return to_gpkg_blob(geom)
-    return shapely.to_wkb(geom, byte_order=1, flavor="iso")
+    return shapely.to_wkb(flat(geom), byte_order=1, flavor="iso")
 
 
 def encode_many(backend: Backend, geoms: list[BaseGeometry | None]) -> list[bytes | None]:
+    """``encode`` of many geometries (2D out)."""
     if backend is Backend.GEOPACKAGE:
         return to_gpkg_blobs(geoms)
-    return [None if g is None else shapely.to_wkb(g, byte_order=1, flavor="iso") for g in geoms]
+    return [None if g is None else shapely.to_wkb(flat(g), byte_order=1, flavor="iso")
+            for g in geoms]
 
 
 def decode(backend: Backend, value: Any) -> BaseGeometry | None:

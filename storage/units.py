@@ -167,6 +167,30 @@ def _type_id(conn: Connection, type_name: str | None, where: str) -> int | None:
     return int(row[0])
 
 
+def check_no_nul(value: Any, where: str, field: str, inside: str = "") -> None:
+    """Refuse a NUL character (U+0000) anywhere in a text value, or inside a JSON value
+    (strings and keys, at any depth).  SQLite stores it, but PostgreSQL text and jsonb
+    cannot: a NUL kept here would make every later push to the central PostGIS fail
+    with a message naming no unit.  Such characters come from pasted or badly exported
+    text, so the message says exactly where it is (``inside``: the key or item path)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            place = f"field {field!r}" + (f" ({inside})" if inside else "")
+            raise InvalidInput(
+                f"{where}: {place} contains a NUL character (\\x00, often left by pasted or "
+                "exported text), which PostgreSQL cannot store; remove it."
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{inside}, " if inside else ""
+            check_no_nul(key, where, field, f"{here}the key {key!r}")
+            check_no_nul(item, where, field, f"{here}key {key!r}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_no_nul(item, where, field, f"{inside}, item {i + 1}" if inside
+                         else f"item {i + 1}")
+
+
 def _check_values(values: dict[str, Any], where: str) -> None:
     unknown = set(values) - set(EDITABLE_FIELDS)
     if unknown:
@@ -174,6 +198,8 @@ def _check_values(values: dict[str, Any], where: str) -> None:
             f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
             f"editable fields are {', '.join(EDITABLE_FIELDS)}."
         )
+    for key, value in values.items():
+        check_no_nul(value, where, key)
     if "name" in values and not (values["name"] or "").strip():
         raise InvalidInput(f"{where}: field 'name' cannot be empty.")
     if "validation_status" in values and values["validation_status"] not in VALIDATION_STATUSES:
@@ -210,9 +236,11 @@ def _draft(reg: Registry, source: str, number: int | None, origin: str, author: 
         yield conn, version
 
 
-def _check_point(location: BaseGeometry | None, where: str) -> None:
+def _check_point(location: BaseGeometry | None, where: str) -> BaseGeometry | None:
+    """The location to store: a lon/lat point, made 2D (a GPS altitude is dropped
+    quietly: the registry and the central PostGIS hold 2D points)."""
     if location is None:
-        return
+        return None
     if location.geom_type != "Point" or location.is_empty:
         raise InvalidInput(f"{where}: field 'location' must be a point with coordinates.")
     if not (-180 <= location.x <= 180 and -90 <= location.y <= 90):
@@ -220,6 +248,7 @@ def _check_point(location: BaseGeometry | None, where: str) -> None:
             f"{where}: field 'location' ({location.x}, {location.y}) is not a longitude/latitude "
             "in degrees (EPSG:4326)."
         )
+    return geometry.flat(location)
 
 
 def _check_dates(conn: Connection, fid: int, where: str) -> None:
@@ -261,7 +290,7 @@ def add_unit(
                     f"{where}: field 'source_ref': {cols['source_ref']!r} is already used by "
                     f"{clash[0]!r} in {version.label}."
                 )
-        _check_point(location, where)
+        location = _check_point(location, where)
         cols.update(
             version_id=version.id,
             uuid=uuid7(),
@@ -378,11 +407,12 @@ def delete_unit(
 
 
 def set_territory(reg: Registry, conn: Connection, fid: int, territory: BaseGeometry | None) -> None:
-    """Set (insert or replace) or clear a unit's territory inside an open write."""
+    """Set (insert or replace) or clear a unit's territory inside an open write; a
+    territory with Z/M is stored 2D (see ``geometry.flat``)."""
     if territory is None:
         conn.execute(text("DELETE FROM org_unit_territory WHERE unit_fid = :f"), {"f": fid})
         return
-    blob = geometry.encode(reg.backend, geometry.as_multipolygon(territory))
+    blob = geometry.encode(reg.backend, geometry.as_multipolygon(geometry.flat(territory)))
     bind = geometry.bind_sql(reg.backend, "g")
     updated = conn.execute(
         text(f"UPDATE org_unit_territory SET territory = {bind} WHERE unit_fid = :f"),
@@ -413,7 +443,7 @@ def set_geometry(
     with _draft(reg, source, number, origin, author) as (conn, version):
         handle = find_unit(conn, version, ident)
         if location is not _UNSET:
-            _check_point(location, f"Unit {ident!r}")
+            location = _check_point(location, f"Unit {ident!r}")
             conn.execute(
                 text(
                     f"UPDATE org_unit SET location = {geometry.bind_sql(reg.backend, 'g')} "
@@ -445,6 +475,8 @@ def add_group(
 ) -> dict[str, Any]:
     if not (name or "").strip():
         raise InvalidInput("A group needs a name (field 'name' is empty).")
+    check_no_nul(name, f"New group {name!r}", "name")
+    check_no_nul(source_ref, f"New group {name!r}", "source_ref")
     with _draft(reg, source, number, origin, None) as (conn, version):
         fid = conn.execute(
             text(

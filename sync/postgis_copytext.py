@@ -4,7 +4,8 @@
 On SQLite the common geometry (little-endian 2D WKB, what Georeg writes) is rewritten to hex
 EWKB in SQL — GeoPackage header stripped, SRID flag and SRID put in — and text is escaped in
 SQL; Python only adds each unit's central key and path (``sync.postgis_sync._copy_batch``).
-Rare geometries (big-endian, Z/M) come back raw and go through shapely (``_ewkb_from``).
+Rare geometries (big-endian, Z/M) come back raw and go through shapely (``_ewkb_from``),
+which sends them 2D like everything else (the central columns are 2D).
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ _COPY_CHUNK = 10_000
 
 
 def _ewkb_hex(wkb: bytes | None) -> str | None:
-    """ISO WKB (2D) → hex EWKB with the registry's SRID, what PostGIS reads from COPY."""
+    """ISO WKB → hex EWKB with the registry's SRID, what PostGIS reads from COPY.
+
+    Always 2D: the central columns refuse a Z, and a 3D point an older registry holds
+    (or any Z/M/EWKB flavour) is sent flat rather than failing the whole push."""
     if wkb is None:
         return None
     order = "<" if wkb[0] == 1 else ">"
     (gtype,) = struct.unpack(order + "I", wkb[1:5])
-    if gtype >= 1000:  # Z/M flavours: let shapely write it
-        return str(shapely.to_wkb(shapely.set_srid(shapely.from_wkb(wkb), geometry.SRID),
+    if gtype >= 1000:  # Z/M (ISO or EWKB flags) flavours: shapely writes it, flat
+        flat = geometry.flat(shapely.from_wkb(wkb))
+        return str(shapely.to_wkb(shapely.set_srid(flat, geometry.SRID),
                                   hex=True, byte_order=1, include_srid=True))
     return (wkb[:1] + struct.pack(order + "II", gtype | 0x20000000, geometry.SRID)
             + wkb[5:]).hex().upper()

@@ -50,7 +50,8 @@ def test_gpkg_blob_to_ewkb_in_sql(geom: shapely.Geometry, envelope: int) -> None
         assert (row[0] is not None) == (not big and not geom.has_z)
         back = shapely.from_wkb(bytes.fromhex(text))
         assert shapely.get_srid(back) == geometry.SRID
-        assert shapely.equals_exact(back, geom) and back.has_z == geom.has_z
+        # PostGIS columns are 2D: a Z/M geometry an old registry holds goes up flat
+        assert shapely.equals_exact(back, shapely.force_2d(geom)) and not back.has_z
         if row[0] is not None:
             assert text == shapely.to_wkb(_expected(geom), hex=True, byte_order=1,
                                           include_srid=True)
