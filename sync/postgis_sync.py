@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
+import psycopg
 import shapely
 from psycopg.copy import QueuedLibpqWriter
 from shapely.geometry.base import BaseGeometry
@@ -1650,8 +1651,40 @@ def push(
     try:
         with exclusive(central, client), gc_paused():
             return _push(run, created)
+    except (exc.DBAPIError, psycopg.Error, GeoregError) as error:
+        _explain_nul(reg, error)
+        raise
     finally:
         central.close()
+
+
+#: what PostgreSQL says of a NUL character in text (COPY, a parameter) or in jsonb
+_NUL_WORDS = ("0x00", "nul (0x00)", "\\u0000", "unsupported unicode escape sequence")
+
+
+def _explain_nul(reg: Registry, error: BaseException) -> None:
+    """PostgreSQL refused a NUL character: name the units that hold one, and say what to
+    do (the edit API refuses them, but an import, QGIS or an older Georeg may have put
+    one in the registry)."""
+    said = str(error).lower()
+    if not any(word in said for word in _NUL_WORDS) or _is_pg(reg):
+        return
+    cols = ("name", "code", "source_ref", "aliases", "extra_fields")
+    test = " OR ".join(f"instr({c}, char(0)) > 0 OR instr({c}, '\\u0000') > 0" for c in cols)
+    with reg.read() as conn:
+        rows = conn.execute(text(f"SELECT uuid, name, {', '.join(cols)} FROM org_unit "
+                                 f"WHERE {test} LIMIT 20")).all()
+    if not rows:
+        return
+    where = "; ".join(
+        f"{str(r.name).replace(chr(0), '?')!r} ({r.uuid}): "
+        + ", ".join(c for c in cols if getattr(r, c) is not None and (
+            "\0" in str(getattr(r, c)) or "\\u0000" in str(getattr(r, c))))
+        for r in rows)
+    raise InvalidInput(
+        f"PostgreSQL cannot store a NUL character (\\x00, often left by pasted or exported "
+        f"text), and these units hold one: {where}. Remove it (in QGIS or with georeg "
+        "unit edit) and push again; nothing of the batch that met it was sent.") from error
 
 
 def _push(run: _Run, created: bool) -> dict[str, Any]:

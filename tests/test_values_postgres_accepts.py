@@ -219,3 +219,35 @@ def test_an_old_registry_with_3d_points_pushes_to_postgis(tmp_path: Path,
         assert shapely.from_wkt(ter).equals(shapely.force_2d(chiefdom))
     finally:
         reg.close()
+
+
+def _write_nul(reg: Registry, ident: str, column: str, value: str) -> None:
+    """A NUL put in behind the API's back: an import of a pasted sheet, QGIS, an older
+    Georeg."""
+    with reg.write(origin="cli") as conn:
+        conn.execute(text(f"UPDATE org_unit SET {column} = :v WHERE source_ref = :r"),
+                     {"v": value, "r": ident})
+
+
+@pytest.mark.postgis
+@pytest.mark.parametrize("first", [True, False], ids=["first push", "change push"])
+def test_a_nul_already_in_the_registry_is_named_when_the_push_meets_it(
+        tmp_path: Path, central: tuple[str, str], first: bool) -> None:
+    reg = Registry.create(str(tmp_path / "district.gpkg"))
+    try:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        if not first:
+            push(reg, *central)
+        _write_nul(reg, FACILITY, "name", "Allen Town\x00 Health Post")
+        _write_nul(reg, BO_CHIEFDOM, "extra_fields", '{"note": "pasted\\u0000 from Excel"}')
+        with pytest.raises(InvalidInput) as err:
+            push(reg, *central)
+        said = err.value.message
+        assert "NUL character" in said and "Allen Town? Health Post" in said
+        assert "'Baoma'" in said and "extra_fields" in said
+        _write_nul(reg, FACILITY, "name", "Allen Town Health Post")
+        _write_nul(reg, BO_CHIEFDOM, "extra_fields", '{"note": "pasted from Excel"}')
+        push(reg, *central)
+        assert status(reg, *central, compare=True)["equal"]
+    finally:
+        reg.close()
