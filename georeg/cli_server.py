@@ -331,6 +331,14 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
                     code = 1
                 os._exit(code)
             children.append(pid)
+    # Ctrl-C and SIGTERM (systemd, kill) stop the server cleanly — also when it was
+    # started in the background by a script, where SIGINT comes in ignored (POSIX shells
+    # ignore it for '&' jobs, and Python then installs no KeyboardInterrupt handler)
+    def _stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     app = create_app(location, settings)
     server = create_server(app, sockets=[listener], **waitress_opts)
     scheduler = None

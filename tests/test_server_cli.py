@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import zipfile
@@ -125,14 +126,44 @@ def test_collect_payload_roundtrip(payload: str) -> None:
     assert data == {"general": {"server_url": payload, "username": "ama"}, "admin": {}}
 
 
-def _serve_two_workers(registry: Path, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
-    """``georeg serve --workers 2`` on 127.0.0.1:PORT as a user starts it (its own process)."""
+def _serve_two_workers(registry: Path, port: int, tmp_path: Path,
+                       background: bool = False) -> subprocess.Popen[bytes]:
+    """``georeg serve --workers 2`` on 127.0.0.1:PORT as a user starts it (its own process);
+    ``background``: as a script's ``georeg serve &`` does, with SIGINT ignored."""
+    import signal
+
     return subprocess.Popen(
         [sys.executable, "-m", "georeg.cli", "serve", str(registry), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "2", "--no-scheduler", "--qr-png",
          str(tmp_path / "qr.png")],
         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"),
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background
+        else None)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c in the background", "sigterm"])
+def test_serve_stops_cleanly_when_told_to(tmp_path: Path, how: str) -> None:
+    """Ctrl-C, or SIGTERM (systemd, kill): the server stops within seconds, workers
+    included — also when started by a script in the background, where SIGINT comes in
+    ignored (and once left it running, unstoppable but by kill -9)."""
+    import os
+    import signal
+
+    from tests.openrosa_helpers import free_port, wait_up
+
+    setup = build_registry(tmp_path / "r.gpkg")
+    port = free_port()
+    proc = _serve_two_workers(setup.path, port, tmp_path, background=how != "sigterm")
+    wait_up(f"http://127.0.0.1:{port}")
+    if how == "sigterm":
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    else:
+        _ctrl_c(proc, tmp_path / "serve.log")
+    assert proc.returncode == 0
+    with pytest.raises(OSError):  # nobody listens any more: the workers are gone too
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def _ctrl_c(proc: subprocess.Popen[bytes], log: Path, within: float = 10) -> None:
