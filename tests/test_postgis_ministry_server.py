@@ -395,3 +395,30 @@ def test_a_central_schema_made_anew_or_a_version_deleted_there_is_sent_whole(
         reg.close()
         with psycopg.connect(postgis_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_qgis_and_psql_edit_the_central_schema_with_their_own_search_path(
+        postgis_url: str, tmp_path: Path) -> None:
+    """QGIS (or psql) connects with the default search path and names the schema: the
+    registry's triggers still find their tables, the edit is logged as external, and
+    the district pulls it."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        push(reg, postgis_url, schema)
+        with psycopg.connect(postgis_url, autocommit=True) as qgis:
+            assert qgis.execute("SHOW search_path").fetchone() == ('"$user", public',)
+            qgis.execute(f'UPDATE "{schema}".org_unit SET name = %s WHERE source_ref = %s',
+                         ("Named at the ministry", FACILITY))
+            qgis.execute(f'UPDATE "{schema}".org_unit_group SET name = name || %s '
+                         "WHERE fid = (SELECT min(fid) FROM " + f'"{schema}".org_unit_group)',
+                         (" (renamed)",))
+            origin = qgis.execute(f'SELECT origin FROM "{schema}".change_log '
+                                  "ORDER BY fid DESC LIMIT 1").fetchone()
+        assert origin == ("external",)
+        pull(reg, postgis_url, schema)
+        assert units.get_unit(reg, "SL", FACILITY)["name"] == "Named at the ministry"
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
