@@ -2748,13 +2748,16 @@ def _expand_central_deletions(run: _Run, lmeta: dict[str, Any], cvid: int, gone:
         names = {u.uuid: u.values["name"] for u in read_units(run.reg, conn, lvid, uuids=gone)}
     extra: list[Unit] = []
     for top, units in below.items():
+        # (units below it changed here keep it — even those the central side deleted too
+        # in this batch: they are held as conflicts, so their parent must stay)
+        changed_here = units & pending
         units = units - part
-        if units & pending:
+        if changed_here:
             gone.discard(top)
             run.fig.conflicts.append({
                 "source": lmeta["source"], "version": lmeta["number"], "uuid": top,
                 "name": names.get(top), "field": "(unit)",
-                "local": f"{len(units & pending)} unit(s) below it changed here",
+                "local": f"{len(changed_here)} unit(s) below it changed here",
                 "central": "deleted", "changed_locally": True, "changed_centrally": True,
             })
             continue

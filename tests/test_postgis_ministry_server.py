@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from storage import units
+from storage import tree, units
 from storage.errors import ConflictError, SetupError
 from storage.registry import Registry
 from sync.dhis2_json import import_dhis2_files
@@ -418,6 +418,34 @@ def test_qgis_and_psql_edit_the_central_schema_with_their_own_search_path(
         assert origin == ("external",)
         pull(reg, postgis_url, schema)
         assert units.get_unit(reg, "SL", FACILITY)["name"] == "Named at the ministry"
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_subtree_deleted_centrally_with_a_unit_changed_here_is_a_conflict(
+        postgis_url: str, tmp_path: Path) -> None:
+    """The ministry deletes a chiefdom and its facilities; the district has just edited
+    one of those facilities.  The pull reports a conflict and deletes nothing — it used
+    to fail on every run with a foreign-key error, blocking every other central change."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        push(reg, postgis_url, schema)
+        facility = next(u for u in tree.subtree(reg, "SL", BO_CHIEFDOM) if u["depth"] == 4)
+        central = Registry.open(f"{postgis_url}?schema={schema}")
+        try:
+            units.delete_unit(central, "SL", BO_CHIEFDOM, recursive=True)
+            units.edit_unit(central, "SL", WESTERN_AREA, code="WA")  # another central change
+        finally:
+            central.close()
+        units.edit_unit(reg, "SL", facility["uuid"], name="Edited in the district")
+        pulled = pull(reg, postgis_url, schema)
+        assert pulled["conflict_count"] >= 1
+        assert units.get_unit(reg, "SL", facility["uuid"])["name"] == "Edited in the district"
+        assert units.get_unit(reg, "SL", BO_CHIEFDOM)["name"]  # still here
+        assert units.get_unit(reg, "SL", WESTERN_AREA)["code"] == "WA"  # the rest came
     finally:
         reg.close()
         with psycopg.connect(postgis_url, autocommit=True) as conn:
