@@ -235,7 +235,7 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--token-stdin", is_flag=True,
               help="Read a DHIS2 personal access token from standard input (stored as secret).")
 @click.option("--name", default=None, help="Job name (default: JOB-TARGET).")
-@click.option("--option", "option_pairs", multiple=True, help="Job option KEY=VALUE (repeat).")
+@click.option("--option", "option_pairs", multiple=True, help="Job option KEY=VALUE (repeat); the options of each job are listed in docs/sync.md, and checked here.")
 @click.option("--retries", type=int, default=3, show_default=True,
               help="Retries after a failed run.")
 @click.option("--retry-delay", type=float, default=30.0, show_default=True,

@@ -166,8 +166,49 @@ def _dhis2_client(secret: dict[str, Any], options: dict[str, Any]) -> Any:
     )
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
 def _flag(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
+    return _FLAGS.get(str(value).strip().lower(), False)
+
+
+def _checked_option(kind: str, key: str, value: Any) -> Any:
+    """An option as its runner will read it — or a clear error when the job is added,
+    not at two in the morning (``dry_run=maybe`` used to run a real push)."""
+    text_ = str(value).strip()
+    where = f"Option {key}={value!r} of {kind}"
+    if key in ("dry_run", "allow_delete"):
+        if text_.lower() not in _FLAGS:
+            raise InvalidInput(f"{where}: give true or false (yes/no, 1/0, on/off).")
+        return "true" if _FLAGS[text_.lower()] else "false"
+    if key in ("version", "batch_size", "page_size"):
+        if not text_.isdigit() or int(text_) < 1:
+            raise InvalidInput(f"{where}: give a whole number, 1 or more.")
+        return text_
+    if key == "prefer":
+        wanted = "local" if kind == "postgis-push" else "central"
+        if text_ != wanted:
+            raise InvalidInput(f"{where}: the only choice is prefer={wanted} (or leave it out).")
+        return text_
+    if key == "schema":
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", text_):
+            raise InvalidInput(f"{where}: a schema name is letters, digits and _ (at most "
+                               "63, not starting with a digit).")
+        return text_
+    if key == "since" and text_.lower() != "last":
+        from sync.dhis2_sync import parse_since
+
+        parse_since(text_)
+        return text_
+    if key == "mapping":
+        from sync.dhis2_data import load_mapping
+
+        path = Path(text_).expanduser().resolve()  # the scheduler runs from anywhere
+        load_mapping(path)  # names the file and the key at fault
+        return str(path)
+    return value
 
 
 def dhis2_pull(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
@@ -433,6 +474,7 @@ def add_job(
             f"Option(s) {', '.join(sorted(unknown))} mean nothing to {kind}; it takes "
             f"{', '.join(spec.options) or 'no options'}."
         )
+    options = {key: _checked_option(kind, key, value) for key, value in options.items()}
     if max_retries < 0 or retry_base_seconds <= 0 or retry_max_seconds < retry_base_seconds:
         raise InvalidInput("Retries: need retries ≥ 0 and 0 < retry delay ≤ maximum delay.")
     name = name or (f"{kind}-{target}" if target else kind)

@@ -137,6 +137,38 @@ def test_jobs_are_stored_in_the_registry(reg: Registry, fake_kind: None) -> None
     assert get_job(reg, "postgis-push-central").backoff(20) == 3600  # bounded
 
 
+def test_job_options_are_checked_when_the_job_is_added(reg: Registry, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo must not wait for two in the morning: dry_run=maybe used to run a real push
+    (only true-ish words counted), version=abc failed with a Python error at run time."""
+    def add(kind: str, **options: str) -> dict[str, Any]:
+        return add_job(reg, kind, every="1h", target="x", name=f"j{len(list_jobs(reg))}",
+                       options=options)
+
+    with pytest.raises(InvalidInput, match="true or false"):
+        add("dhis2-push", source="SL", dry_run="maybe")
+    with pytest.raises(InvalidInput, match="whole number"):
+        add("dhis2-push", source="SL", version="abc")
+    with pytest.raises(InvalidInput, match="prefer=local"):
+        add("postgis-push", prefer="bogus")
+    with pytest.raises(InvalidInput, match="prefer=central"):
+        add("postgis-pull", prefer="local")
+    with pytest.raises(InvalidInput, match="schema name"):
+        add("postgis-push", schema="district-bo")
+    with pytest.raises(InvalidInput, match="not a date"):
+        add("dhis2-pull", source="SL", since="yesterday")
+    assert add("dhis2-push", source="SL", dry_run="Yes")["options"]["dry_run"] == "true"
+    mapping = tmp_path / "m.json"
+    mapping.write_text(json.dumps({"kind": "events", "program": "eBAyeGv0exc",
+                                   "programStage": "Zj7UnCAulEk",
+                                   "dataElements": {"age": "qrur9Dvnyt5"}}))
+    monkeypatch.chdir(tmp_path)
+    stored = add("dhis2-push-data", form="f", mapping="m.json")["options"]["mapping"]
+    assert stored == str(mapping.resolve())  # the scheduler may run from anywhere
+    with pytest.raises(NotFound, match="nope.json"):
+        add("dhis2-push-data", form="f", mapping="nope.json")
+
+
 # --- secrets -------------------------------------------------------------------------------
 
 
