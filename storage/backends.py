@@ -54,8 +54,11 @@ class Location:
             parts = split_pg_url(text)
             query = dict(parse_qsl(parts.query))
             schema = query.pop("schema", "public")
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", schema):
-                raise InvalidInput(f"Schema name {schema!r} is not a plain SQL identifier.")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+                raise InvalidInput(
+                    f"Schema name {schema!r} is not a plain SQL identifier: use letters, "
+                    "digits and _ (not starting with a digit), at most 63 characters — "
+                    "e.g. district_bo.")
             scheme = "postgresql+psycopg"
             url = join_pg_url(scheme, parts, query)
             return cls(Backend.POSTGIS, url=url, schema=schema)
@@ -121,13 +124,17 @@ def split_pg_url(text: str) -> SplitResult:
                      f"{quote(unquote(password), safe='')}@{host}")
     else:
         host = authority
-    parts = urlsplit(f"{scheme}://{authority}{tail}")
+    try:
+        parts = urlsplit(f"{scheme}://{authority}{tail}")
+    except ValueError as error:  # e.g. "Invalid IPv6 URL": a '[' without its ']'
+        raise InvalidInput(f"postgresql://{host}…: {error} (an IPv6 address is written "
+                           "in brackets, [::1]).") from None
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise InvalidInput(
-            f"The port in postgresql://{host.rpartition(':')[0] or host}:… is not a number "
-            f"(or the password has '/' or '?'): {_URL_HELP}."
+            f"The port in postgresql://{host.rpartition(':')[0] or host}:… is not a port "
+            f"number, 1 to 65535 (or the password has '/' or '?'): {_URL_HELP}."
         ) from None
     return parts
 

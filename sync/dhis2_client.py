@@ -213,9 +213,15 @@ class _ApiTokenAuth(requests.auth.AuthBase):
         return "ApiTokenAuth(***)"
 
 
-def _base_url(url: str) -> str:
+def dhis2_base_url(url: str) -> str:
+    """The DHIS2 root of ``url`` (no trailing /api), or a clear error for a URL that
+    cannot be one."""
     url = (url or "").strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as error:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise InvalidInput(f"--url {url!r} is not a usable address: {error}.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"--url {url!r} is not an http(s) address of a DHIS2 server "
                            "(e.g. https://dhis2.example.org).")
@@ -285,7 +291,7 @@ class Dhis2Client:
                  token: str | None = None, timeout: float | tuple[float, float] = (10.0, 120.0),
                  retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0,
                  page_size: int = 1000, session: requests.Session | None = None) -> None:
-        self.base_url = _base_url(url)
+        self.base_url = dhis2_base_url(url)
         if token and (username or password):
             raise InvalidInput("Give either a user and password or a token, not both.")
         if not token and not (username and password):

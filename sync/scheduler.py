@@ -309,6 +309,15 @@ def save_target(path: Path, name: str, values: dict[str, Any]) -> Path:
     """Add or replace ``[targets.NAME]``; the file is (re)written with mode 0600."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise InvalidInput(f"Target name {name!r}: use letters, digits, '-' and '_'.")
+    url = str(values.get("url") or "")
+    if re.match(r"^postgres(ql)?(\+\w+)?://", url):  # checked now, not at run time
+        from storage.backends import Location
+
+        Location.parse(url)
+    elif url:
+        from sync.dhis2_client import dhis2_base_url
+
+        dhis2_base_url(url)
     data = load_secrets(path)
     targets = data.setdefault("targets", {})
     targets[name] = {k: v for k, v in values.items() if v is not None}

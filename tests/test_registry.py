@@ -53,6 +53,22 @@ def test_a_url_that_cannot_be_read_says_how_to_write_it() -> None:
     assert "a#b" not in str(err.value)
     with pytest.raises(InvalidInput, match="port") as err:
         Location.parse("postgresql://georeg@db:54x2/reg")
+    with pytest.raises(InvalidInput, match="1 to 65535"):
+        Location.parse("postgresql://georeg@db:99999/reg")
+    with pytest.raises(InvalidInput, match=r"brackets, \[::1\]"):
+        Location.parse("postgresql://georeg@[::1/reg")  # was a ValueError traceback
+    with pytest.raises(InvalidInput, match="letters, digits and _"):
+        Location.parse("postgresql://db/reg?schema=district-bo")
+    with pytest.raises(InvalidInput, match="at most 63"):
+        Location.parse(f"postgresql://db/reg?schema={'d' * 64}")  # PostgreSQL would cut it
+    from sync.dhis2_client import dhis2_base_url
+    from sync.scheduler import save_target
+
+    for bad in ("http://[::1:8080", "http://127.0.0.1:99999"):
+        with pytest.raises(InvalidInput, match="not a usable address"):
+            dhis2_base_url(bad)
+    with pytest.raises(InvalidInput, match="brackets"):  # refused before it is stored
+        save_target(Path("/nonexistent/secrets.toml"), "m", {"url": "postgresql://u@[::1/db"})
 
 
 def test_models_match_the_migrated_schema(registry: Registry) -> None:
