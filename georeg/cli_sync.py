@@ -40,7 +40,8 @@ TARGET = click.option("--target", default=None,
                       help="Name of a target in the secrets file (instead of --url).")
 SCHEMA = click.option("--schema", default=None,
                       help="Schema of the central registry (default: the URL's ?schema= or public).")
-BATCH = click.option("--batch-size", type=int, default=2000, show_default=True,
+BATCH = click.option("--batch-size", type=click.IntRange(min=1), default=2000,
+                     show_default=True,
                      help="Units per committed batch of changes (a version sent whole for "
                           "the first time goes by COPY, 100,000 units per batch).")
 
@@ -263,6 +264,11 @@ def schedule_add_cmd(reg: str, kind: str, every: str | None, cron: str | None,
         if not target:
             raise InvalidInput("--url needs --target NAME: the name it is stored under.")
         secret = sys.stdin.readline().strip() if (password_stdin or token_stdin) else None
+        if kind.startswith("dhis2") and not (token_stdin or (user and password_stdin)):
+            raise InvalidInput(
+                f"A {kind} job needs the DHIS2 credentials stored with its target: --user "
+                "with --password-stdin, or --token-stdin (a scheduled job cannot ask for "
+                "them).")
         stored = save_target(secrets_path(reg, secrets_file), target, {
             "url": url, "schema": schema, "username": user,
             "password": secret if password_stdin else None,

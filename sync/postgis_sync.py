@@ -57,7 +57,14 @@ from sqlalchemy import Connection, bindparam, create_engine, exc, text
 
 from storage import audit_sql, geometry
 from storage.backends import Backend, Location, join_pg_url, split_pg_url
-from storage.errors import Cancelled, ConflictError, GeoregError, InvalidInput, RegistryNotFound
+from storage.errors import (
+    Cancelled,
+    ConflictError,
+    GeoregError,
+    InvalidInput,
+    NotFound,
+    RegistryNotFound,
+)
 from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
 from sync.postgis_copytext import (
@@ -180,6 +187,10 @@ def _probe(location: str) -> tuple[bool, bool]:
             return schema is not None, reg is not None
     except exc.DBAPIError as error:
         msg = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        if re.search(r"password authentication failed|role .* does not exist|"
+                     r"database .* does not exist|no pg_hba.conf entry|permission denied",
+                     msg):
+            raise InvalidInput(f"{loc.display()} refused the connection: {msg}") from error
         raise UpstreamUnavailable(f"Cannot reach {loc.display()}: {msg}") from error
     finally:
         engine.dispose()
@@ -2550,6 +2561,14 @@ def _pull(run: _Run) -> dict[str, Any]:
         ).scalars())
         with reg.read() as conn:
             local_versions = _versions(conn)
+        if run.sources is not None:
+            known = {m["source"] for m in central_versions} | {m["source"]
+                                                               for m in local_versions}
+            unknown = sorted(set(run.sources) - known)
+            if unknown:
+                raise NotFound(
+                    f"No source {', '.join(map(repr, unknown))} here or centrally; sources: "
+                    f"{', '.join(sorted(known)) or 'none yet'}.")
         local_by_id = {(m["source"], m["number"]): m for m in local_versions}
         pushed_units: dict[int, list[str]] = {}
         for cmeta in central_versions:

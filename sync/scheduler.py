@@ -314,7 +314,7 @@ def save_target(path: Path, name: str, values: dict[str, Any]) -> Path:
         from storage.backends import Location
 
         Location.parse(url)
-    elif url:
+    elif re.match(r"^https?://", url, re.I):
         from sync.dhis2_client import dhis2_base_url
 
         dhis2_base_url(url)

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from storage import tree, units
-from storage.errors import ConflictError, SetupError
+from storage.errors import ConflictError, InvalidInput, NotFound, SetupError
 from storage.registry import Registry
 from sync.dhis2_json import import_dhis2_files
 from sync.postgis_sync import pull, push, status
@@ -446,6 +446,24 @@ def test_a_subtree_deleted_centrally_with_a_unit_changed_here_is_a_conflict(
         assert units.get_unit(reg, "SL", facility["uuid"])["name"] == "Edited in the district"
         assert units.get_unit(reg, "SL", BO_CHIEFDOM)["name"]  # still here
         assert units.get_unit(reg, "SL", WESTERN_AREA)["code"] == "WA"  # the rest came
+    finally:
+        reg.close()
+        with psycopg.connect(postgis_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_mistakes_in_the_command_say_what_is_wrong(postgis_url: str, tmp_path: Path) -> None:
+    """A role that does not exist is a refusal, not 'cannot reach'; a pull of a source
+    nobody has says which sources there are (it used to do nothing, exit 0)."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        stranger = postgis_url.replace("://postgres@", "://nosuchuser@", 1)
+        with pytest.raises(InvalidInput, match="refused the connection: .*nosuchuser"):
+            push(reg, stranger, schema)
+        push(reg, postgis_url, schema)
+        with pytest.raises(NotFound, match="No source 'NoSuch'.*sources: SL"):
+            pull(reg, postgis_url, schema, sources=["NoSuch"])
     finally:
         reg.close()
         with psycopg.connect(postgis_url, autocommit=True) as conn:
