@@ -184,7 +184,11 @@ def status_cmd(reg: str, url: str | None, target: str | None, schema: str | None
             f"({d['unpushed_changes']} unit change(s) not pushed yet)"
             if d["pushed_before"] else "  never pushed",
             f"  pulled up to central change {d['last_pull_marker'] or '(never)'}",
+            f"  central side: {d['central']}",
         ]
+        for v in d.get("versions_not_pushed", []):
+            lines.append(f"  {v['source']} v{v['number']} ({v['units']:,} units) has never been "
+                         "pushed whole: the next push sends it")
         if d["held"]:
             lines.append(f"  {len(d['held'])} unit(s) held back by conflicts")
         if d["resuming"]:

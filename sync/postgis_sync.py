@@ -2893,6 +2893,23 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
         "last_push": state.details.get("last_push"),
         "last_pull": state.details.get("last_pull"),
     }
+    # versions never sent whole (a new draft, a DHIS2 pull's new version): their units
+    # are not in the change-log count above
+    with reg.read() as conn:
+        out["versions_not_pushed"] = [
+            {"source": m["source"], "number": m["number"], "units": int(conn.execute(
+                text("SELECT count(*) FROM org_unit WHERE version_id = :v"),
+                {"v": m["fid"]}).scalar_one())}
+            for m in _versions(conn) if str(m["fid"]) not in state.versions]
+    # the central side itself: reachable, holding a registry (a typo in the URL or the
+    # schema shows here rather than as "never pushed")
+    try:
+        schema_there, registry_there = _probe(location)
+        out["central"] = ("holds a registry" if registry_there else
+                          "reachable; the schema holds no registry yet" if schema_there else
+                          "reachable; no such schema yet")
+    except GeoregError as error:
+        out["central"] = f"not reachable: {error.message}"
     if compare:
         central, _ = open_central(location, create=False)
         try:

@@ -613,6 +613,13 @@ def test_cli_push_status_pull(tmp_path: Path, central: tuple[str, str]) -> None:
         import_dhis2_files(reg, DEMO_FILES, source="SL")
     runner = CliRunner()
     url, schema = central
+    out = runner.invoke(sync_group, ["postgis", "status", str(path), "--url", url,
+                                     "--schema", schema])
+    assert "central side: reachable; no such schema yet" in out.output, out.output
+    assert "SL v1 (1,332 units) has never been pushed whole" in out.output
+    out = runner.invoke(sync_group, ["postgis", "status", str(path), "--url",
+                                     "postgresql://postgres@127.0.0.1:1/none"])
+    assert out.exit_code == 0 and "central side: not reachable" in out.output, out.output
     out = runner.invoke(sync_group, ["postgis", "push", str(path), "--url", url,
                                      "--schema", schema, "--json"])
     assert out.exit_code == 0, out.output
@@ -620,6 +627,8 @@ def test_cli_push_status_pull(tmp_path: Path, central: tuple[str, str]) -> None:
     out = runner.invoke(sync_group, ["postgis", "status", str(path), "--url", url,
                                      "--schema", schema, "--compare"])
     assert out.exit_code == 0 and "Both sides are equal." in out.output, out.output
+    assert "central side: holds a registry" in out.output and "never been pushed" not in \
+        out.output
     out = runner.invoke(sync_group, ["postgis", "pull", str(path), "--url", url,
                                      "--schema", schema])
     assert out.exit_code == 0 and "Pulled from" in out.output, out.output
