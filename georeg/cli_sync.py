@@ -313,6 +313,8 @@ def schedule_list_cmd(reg: str, as_json: bool) -> None:
             last = j["last_run"]
             last_text = (f"last {last['outcome']} at {last['started_at']}"
                          + (f" (retry at {last['retry_at']})" if last.get("retry_at") else "")
+                         + (f" — {last['error']}" if last["outcome"] == "ok"
+                            and last.get("error") else "")
                          if last else "never run")
             state = "" if j["enabled"] else " [disabled]"
             lines.append(f"{j['name']}{state}: {j['kind']} → {j['target'] or '-'}, "
@@ -359,7 +361,7 @@ def _run_text(r: dict[str, Any]) -> str:
     if shown:
         text += f": {shown}"
     if r.get("error"):
-        text += f"\n    error: {r['error']}"
+        text += f"\n    {'note' if r['outcome'] == 'ok' else 'error'}: {r['error']}"
     if r.get("retry_at"):
         text += f"\n    retry at {r['retry_at']}"
     return text

@@ -699,6 +699,10 @@ def execute(
             secret = get_target(secrets_path(location, secrets_file), job.target)
         figures = _figures(runner(reg, secret, dict(job.options)))
         outcome = "ok"
+        held = int(figures.get("conflict_count") or 0)
+        if held:  # done, but someone must look: say so where the run is shown
+            error = (f"{held} change(s) on both sides held, not overwritten: see 'georeg sync "
+                     "postgis status' and settle them (--prefer-local / --prefer-central).")
     except GeoregError as failure:
         outcome, error = "failed", failure.message
     except Exception as failure:  # noqa: BLE001 - any failure is recorded and retried

@@ -51,7 +51,9 @@ def fake_runner(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
     CALLS.append({"secret": secret, "options": options})
     if secret.get("fail"):
         raise RuntimeError("injected failure")
-    return {"units_sent": 7, "conflicts": [], "target": secret.get("url")}
+    held = int(secret.get("held") or 0)
+    return {"units_sent": 7, "conflicts": [{"uuid": f"u{i}"} for i in range(held)],
+            "conflict_count": held, "target": secret.get("url")}
 
 
 @pytest.fixture
@@ -167,6 +169,19 @@ def test_job_options_are_checked_when_the_job_is_added(reg: Registry, tmp_path: 
     assert stored == str(mapping.resolve())  # the scheduler may run from anywhere
     with pytest.raises(NotFound, match="nope.json"):
         add("dhis2-push-data", form="f", mapping="nope.json")
+
+
+def test_a_run_that_held_conflicts_says_so_in_the_list_and_history(
+        reg: Registry, secrets: Path, fake_kind: None) -> None:
+    """A nightly push that held units changed on both sides is done (no retry would
+    help) but needs someone: 'schedule list' and the history say so."""
+    save_target(secrets, "held", {"url": "https://example.org", "held": 2})
+    add_job(reg, "fake", every="1h", target="held", name="nightly")
+    [result] = run_now(reg, "nightly")
+    assert result.outcome == "ok" and result.retry_in is None
+    assert result.error is not None and "2 change(s) on both sides held" in result.error
+    [job] = list_jobs(reg)
+    assert "held" in (job["last_run"]["error"] or "")
 
 
 # --- secrets -------------------------------------------------------------------------------
