@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from georeg.cli import ORIGIN, command, emit, open_registry, run_job
-from storage.errors import InvalidInput
+from storage.errors import GeoregError, InvalidInput
 
 REG = click.argument("reg", metavar="REG")
 SECRETS = click.option(
@@ -285,12 +285,22 @@ def schedule_add_cmd(reg: str, kind: str, every: str | None, cron: str | None,
                        options=options, max_retries=retries, retry_base_seconds=retry_delay,
                        retry_max_seconds=retry_max, origin=ORIGIN)
     data["secrets_file"] = str(stored) if stored else None
+    data["warnings"] = []
+    if target and not stored:  # the job names a target: is it there to be used?
+        from sync.scheduler import get_target
+
+        try:
+            get_target(secrets_path(reg, secrets_file), target)
+        except GeoregError as missing:
+            data["warnings"].append(f"{missing.message} The job fails until it is there.")
 
     def render(d: dict[str, Any]) -> str:
         text = f"Scheduled {d['name']!r} ({d['kind']}, {d['schedule']})."
         if d["secrets_file"]:
             text += f"\nTarget {d['target']!r} stored in {d['secrets_file']} (mode 0600)."
         text += ("\nJobs run while 'georeg schedule serve REG' (or 'georeg serve') is running.")
+        for warning in d["warnings"]:
+            text += f"\nwarning: {warning}"
         return text
 
     emit(as_json, data, render)

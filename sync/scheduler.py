@@ -288,6 +288,11 @@ def load_secrets(path: Path) -> dict[str, Any]:
 
 
 def get_target(path: Path, name: str) -> dict[str, Any]:
+    if not path.exists():
+        raise NotFound(
+            f"The secrets file {path} does not exist (target {name!r} would be in it). "
+            f"Check {SECRETS_ENV} and --secrets, or create the target with 'georeg schedule "
+            f"add … --target {name} --url …'.")
     targets = load_secrets(path).get("targets", {})
     if name not in targets:
         raise NotFound(

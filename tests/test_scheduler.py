@@ -397,6 +397,13 @@ def test_cli_add_list_run_now_history_remove(tmp_path: Path, monkeypatch: pytest
     out = run("history", str(path), "--json")
     [entry] = json.loads(out.output)
     assert entry["outcome"] == "failed" and entry["triggered_by"] == "run-now"
+    out = run("add", str(path), "--job", "postgis-pull", "--every", "1h", "--target", "typo",
+              "--secrets", str(secrets_file))
+    assert out.exit_code == 0 and "warning: No target 'typo'" in out.output, out.output
+    out = run("run-now", str(path), "postgis-pull-typo", "--secrets",
+              str(tmp_path / "elsewhere.toml"))
+    assert "secrets file" in out.output and "does not exist" in out.output, out.output
+    run("remove", str(path), "postgis-pull-typo")
     out = run("remove", str(path), "postgis-push-central")
     assert out.exit_code == 0 and "Removed" in out.output
     out = run("history", str(path))
