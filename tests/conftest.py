@@ -39,6 +39,21 @@ def postgis_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def central(postgis_url: str) -> Iterator[tuple[str, str]]:
+    """(URL, schema) of a central registry on the throwaway PostGIS, dropped after."""
+    from sqlalchemy import create_engine
+
+    from storage.backends import Location
+
+    schema = f"central_{uuid.uuid4().hex[:10]}"
+    yield postgis_url, schema
+    engine = create_engine(Location.parse(postgis_url).url or "")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    engine.dispose()
+
+
 def location_for(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "gpkg":
         return str(tmp_path / "registry.gpkg")

@@ -13,6 +13,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -114,6 +115,20 @@ def _demo(path: Path) -> Registry:
     reg = Registry.create(path)
     import_dhis2_files(reg, DEMO_FILES, source="SL")
     return reg
+
+
+@contextmanager
+def _district(url: str, tmp_path: Path) -> Iterator[tuple[Registry, str]]:
+    """Bo district's registry (the demo) and a schema of its own on the central server,
+    dropped afterwards."""
+    schema = f"role_{uuid.uuid4().hex[:10]}"
+    reg = _demo(tmp_path / "bo.gpkg")
+    try:
+        yield reg, schema
+    finally:
+        reg.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_two_districts_share_the_postgis_georeg_installs(bare_db: str, tmp_path: Path
@@ -239,9 +254,7 @@ def test_a_ref_taken_by_another_unit_does_not_block_the_sync(postgis_url: str,
     """A facility deleted and made again with its DHIS2 id, two units swapping refs, a
     feature deleted in QGIS and digitised again with the same ref: each blocked every
     push (or pull) after it on the version's unique refs."""
-    schema = f"role_{uuid.uuid4().hex[:10]}"
-    reg = _demo(tmp_path / "bo.gpkg")
-    try:
+    with _district(postgis_url, tmp_path) as (reg, schema):
         push(reg, postgis_url, schema)
         old = units.get_unit(reg, "SL", FACILITY)
         units.delete_unit(reg, "SL", FACILITY)
@@ -266,10 +279,6 @@ def test_a_ref_taken_by_another_unit_does_not_block_the_sync(postgis_url: str,
         assert pulled["conflict_count"] == 0
         assert units.get_unit(reg, "SL", FACILITY)["name"] == "Digitised again"
         assert status(reg, postgis_url, schema, compare=True)["equal"]
-    finally:
-        reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_a_second_registry_pushing_to_the_same_schema_is_stopped(postgis_url: str,
@@ -348,9 +357,7 @@ def test_a_central_schema_restored_from_a_dump_is_caught_up(postgis_url: str,
     centrally, and edits made there since reuse change-log ids the district had already
     pulled past.  The pull says so and changes nothing; the push sends everything again,
     holding what differs; after that, both sides agree again."""
-    schema = f"role_{uuid.uuid4().hex[:10]}"
-    reg = _demo(tmp_path / "bo.gpkg")
-    try:
+    with _district(postgis_url, tmp_path) as (reg, schema):
         push(reg, postgis_url, schema)
         _dump(postgis_url, schema, tmp_path / "central.dump")
         units.edit_unit(reg, "SL", BO_CHIEFDOM, name="Renamed after the dump")
@@ -365,17 +372,11 @@ def test_a_central_schema_restored_from_a_dump_is_caught_up(postgis_url: str,
         assert push(reg, postgis_url, schema, prefer="local")["conflict_count"] == 0
         assert status(reg, postgis_url, schema, compare=True)["equal"]
         assert pull(reg, postgis_url, schema)["conflict_count"] == 0
-    finally:
-        reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_a_central_schema_made_anew_or_a_version_deleted_there_is_sent_whole(
         postgis_url: str, tmp_path: Path) -> None:
-    schema = f"role_{uuid.uuid4().hex[:10]}"
-    reg = _demo(tmp_path / "bo.gpkg")
-    try:
+    with _district(postgis_url, tmp_path) as (reg, schema):
         push(reg, postgis_url, schema)
         with psycopg.connect(postgis_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -391,10 +392,6 @@ def test_a_central_schema_made_anew_or_a_version_deleted_there_is_sent_whole(
         assert whole["units_inserted"] == 1332 and any("deleted centrally" in w
                                                        for w in whole["warnings"])
         assert status(reg, postgis_url, schema, compare=True)["equal"]
-    finally:
-        reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_qgis_and_psql_edit_the_central_schema_with_their_own_search_path(
@@ -402,9 +399,7 @@ def test_qgis_and_psql_edit_the_central_schema_with_their_own_search_path(
     """QGIS (or psql) connects with the default search path and names the schema: the
     registry's triggers still find their tables, the edit is logged as external, and
     the district pulls it."""
-    schema = f"role_{uuid.uuid4().hex[:10]}"
-    reg = _demo(tmp_path / "bo.gpkg")
-    try:
+    with _district(postgis_url, tmp_path) as (reg, schema):
         push(reg, postgis_url, schema)
         with psycopg.connect(postgis_url, autocommit=True) as qgis:
             assert qgis.execute("SHOW search_path").fetchone() == ('"$user", public',)
@@ -418,10 +413,6 @@ def test_qgis_and_psql_edit_the_central_schema_with_their_own_search_path(
         assert origin == ("external",)
         pull(reg, postgis_url, schema)
         assert units.get_unit(reg, "SL", FACILITY)["name"] == "Named at the ministry"
-    finally:
-        reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_a_subtree_deleted_centrally_with_a_unit_changed_here_is_a_conflict(
@@ -429,9 +420,7 @@ def test_a_subtree_deleted_centrally_with_a_unit_changed_here_is_a_conflict(
     """The ministry deletes a chiefdom and its facilities; the district has just edited
     one of those facilities.  The pull reports a conflict and deletes nothing — it used
     to fail on every run with a foreign-key error, blocking every other central change."""
-    schema = f"role_{uuid.uuid4().hex[:10]}"
-    reg = _demo(tmp_path / "bo.gpkg")
-    try:
+    with _district(postgis_url, tmp_path) as (reg, schema):
         push(reg, postgis_url, schema)
         facility = next(u for u in tree.subtree(reg, "SL", BO_CHIEFDOM) if u["depth"] == 4)
         central = Registry.open(f"{postgis_url}?schema={schema}")
@@ -446,25 +435,15 @@ def test_a_subtree_deleted_centrally_with_a_unit_changed_here_is_a_conflict(
         assert units.get_unit(reg, "SL", facility["uuid"])["name"] == "Edited in the district"
         assert units.get_unit(reg, "SL", BO_CHIEFDOM)["name"]  # still here
         assert units.get_unit(reg, "SL", WESTERN_AREA)["code"] == "WA"  # the rest came
-    finally:
-        reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def test_mistakes_in_the_command_say_what_is_wrong(postgis_url: str, tmp_path: Path) -> None:
     """A role that does not exist is a refusal, not 'cannot reach'; a pull of a source
     nobody has says which sources there are (it used to do nothing, exit 0)."""
-    schema = f"role_{uuid.uuid4().hex[:10]}"
-    reg = _demo(tmp_path / "bo.gpkg")
-    try:
+    with _district(postgis_url, tmp_path) as (reg, schema):
         stranger = postgis_url.replace("://postgres@", "://nosuchuser@", 1)
         with pytest.raises(InvalidInput, match="refused the connection: .*nosuchuser"):
             push(reg, stranger, schema)
         push(reg, postgis_url, schema)
         with pytest.raises(NotFound, match="No source 'NoSuch'.*sources: SL"):
             pull(reg, postgis_url, schema, sources=["NoSuch"])
-    finally:
-        reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

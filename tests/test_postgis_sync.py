@@ -21,7 +21,7 @@ import pytest
 import shapely
 from alembic import command
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from storage.backends import Backend, Location, make_engine
 from storage.bulk import BulkLoader, UnitRecord
@@ -55,16 +55,6 @@ gpkg_only = pytest.mark.parametrize("backend", ["gpkg"], indirect=True)
 BO = "O6uvpzGd5pu"  # district Bo
 FACILITIES = ["DiszpKrYNg8", "g8upMTyEZGZ", "BV4IomHvri4", "ctfiYW0ePJ8", "EJoI3HArJ2W",
               "Rp268JB6Ne4", "cDw53Ej8rju", "eoYV2p74eVz", "m0XorV4WWg0", "uFp0ztDOFbI"]
-
-
-@pytest.fixture
-def central(postgis_url: str) -> Iterator[tuple[str, str]]:
-    schema = f"central_{uuid.uuid4().hex[:10]}"
-    yield postgis_url, schema
-    engine = create_engine(Location.parse(postgis_url).url or "")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    engine.dispose()
 
 
 def open_central(central: tuple[str, str]) -> Registry:

@@ -9,7 +9,6 @@ import os
 import socket
 import stat
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -279,16 +278,6 @@ def test_dhis2_jobs_reach_dhis2_with_the_credentials_of_the_secrets_file(
         [validate] = fake.posts("/metadata")
         assert validate.param("importMode") == "VALIDATE"
         assert fake.state.units[bo]["name"] == "Bo"
-
-
-@pytest.fixture
-def central(postgis_url: str) -> Iterator[tuple[str, str]]:
-    schema = f"central_{uuid.uuid4().hex[:10]}"
-    yield postgis_url, schema
-    engine = create_engine(Location.parse(postgis_url).url or "")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    engine.dispose()
 
 
 @pytest.mark.postgis

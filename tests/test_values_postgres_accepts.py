@@ -11,8 +11,6 @@ an older registry already holds goes up 2D.
 from __future__ import annotations
 
 import struct
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +149,6 @@ def _gpkg_3d_blob(geom: Any) -> bytes:
     header with no envelope, then ISO WKB with the Z."""
     return struct.pack("<2sBBi", b"GP", 0, 0b00000001, geometry.SRID) + shapely.to_wkb(
         geom, byte_order=1, flavor="iso")
-
-
-@pytest.fixture
-def central(postgis_url: str) -> Iterator[tuple[str, str]]:
-    schema = f"nul_{uuid.uuid4().hex[:8]}"
-    yield postgis_url, schema
-    engine = create_engine(Location.parse(postgis_url).url or "")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    engine.dispose()
 
 
 def _write_3d(reg: Registry, ident: str, location: Any, territory: Any = None) -> None:
