@@ -22,6 +22,7 @@ object and field.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import string
@@ -50,6 +51,18 @@ ATOMIC_MODES = ("ALL", "NONE")
 def generate_uid() -> str:
     """A DHIS2 uid (``CodeGenerator``): 11 characters, a letter first, then letters/digits."""
     return secrets.choice(_LETTERS) + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(10))
+
+
+def derived_uid(seed: str) -> str:
+    """A DHIS2 uid derived from ``seed`` (SHA-256): the same seed gives the same uid on
+    every run — a retry, or a dry run and the push that follows it, agree."""
+    digest = int.from_bytes(hashlib.sha256(seed.encode()).digest(), "big")
+    chars = [_LETTERS[digest % len(_LETTERS)]]
+    digest //= len(_LETTERS)
+    for _ in range(10):
+        chars.append(_ALPHANUMERIC[digest % len(_ALPHANUMERIC)])
+        digest //= len(_ALPHANUMERIC)
+    return "".join(chars)
 
 
 def is_uid(value: Any) -> bool:

@@ -47,7 +47,6 @@ server module writes there.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -60,14 +59,12 @@ from sqlalchemy import bindparam, text
 
 from storage.errors import GeoregError, InvalidInput, NotFound
 from storage.registry import Registry, json_value
-from sync.dhis2_client import Dhis2Client, is_uid
+from sync.dhis2_client import Dhis2Client, derived_uid, is_uid
 
 KINDS = {"events": "event", "dataValueSets": "data_values"}
 PERIOD_TYPES = ("Daily", "Weekly", "Monthly", "Quarterly", "Yearly")
 PERIOD_RE = re.compile(r"^(\d{4}|\d{6}|\d{8}|\d{4}W\d{1,2}|\d{4}Q[1-4]|\d{4}S[12]|\d{4}BiW\d{1,2})$")
 EVENT_BATCH = 200
-_UID_FIRST = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_UID_REST = _UID_FIRST + "0123456789"
 MAX_LISTED = 200
 
 
@@ -297,13 +294,7 @@ class SubmissionProblem(Exception):
 def event_uid(instance_id: str, target: str) -> str:
     """The event's DHIS2 uid, derived from the submission and the target: the same on every
     attempt, so a retry after a lost answer updates the event instead of making a second."""
-    digest = int.from_bytes(hashlib.sha256(f"{target}|{instance_id}".encode()).digest(), "big")
-    chars = [_UID_FIRST[digest % len(_UID_FIRST)]]
-    digest //= len(_UID_FIRST)
-    for _ in range(10):
-        chars.append(_UID_REST[digest % len(_UID_REST)])
-        digest //= len(_UID_REST)
-    return "".join(chars)
+    return derived_uid(f"{target}|{instance_id}")
 
 
 def _period(date: dt.date, kind: str) -> str:

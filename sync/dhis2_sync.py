@@ -44,7 +44,7 @@ from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound
 from storage.jobs import Job, Progress
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef, create_version
-from sync.dhis2_client import Dhis2Client, MetadataImportResult, ObjectError, generate_uid, is_uid
+from sync.dhis2_client import Dhis2Client, MetadataImportResult, ObjectError, derived_uid, is_uid
 from sync.dhis2_json import Dhis2Payload, to_import_payload
 from sync.exchange import ExportUnit, read_version
 from sync.importing import ImportJob
@@ -512,13 +512,15 @@ class Dhis2PushJob(Job[dict[str, Any]]):
         ours = {u.source_ref for u in units if u.source_ref} | {
             g.ref for g in groups if not g.ref.startswith("group:")}
 
-        def fresh(known: str | None) -> str:
+        def fresh(known: str | None, seed: str) -> str:
             if known and known not in ours:  # given by an earlier push: DHIS2 may have it
                 ours.add(known)
                 return known
-            uid = generate_uid()
+            # derived from the unit (or group), so a dry run shows the uid the push makes
+            uid, n = derived_uid(seed), 0
             while uid in ours or uid in taken:
-                uid = generate_uid()
+                n += 1
+                uid = derived_uid(f"{seed}#{n}")
             ours.add(uid)
             return uid
 
@@ -528,13 +530,15 @@ class Dhis2PushJob(Job[dict[str, Any]]):
             if u.source_ref:
                 uids[u.ref] = u.source_ref
             else:
-                uids[u.ref] = new_units[u.uuid] = fresh(known_units.get(u.uuid))
+                uids[u.ref] = new_units[u.uuid] = fresh(known_units.get(u.uuid),
+                                                        f"unit:{u.uuid}")
         group_uids: dict[str, str] = {}
         new_groups: dict[int, str] = {}  # group_key -> uid
         for g in groups:
             if g.ref.startswith("group:"):
                 key = int(g.ref.split(":", 1)[1])
-                group_uids[g.ref] = new_groups[key] = fresh(known_groups.get(key))
+                group_uids[g.ref] = new_groups[key] = fresh(known_groups.get(key),
+                                                            f"group:{version.id}:{key}")
             else:
                 group_uids[g.ref] = g.ref
         if self.dry_run or not (new_units or new_groups):

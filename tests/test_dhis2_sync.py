@@ -624,6 +624,11 @@ def test_dry_run_changes_nothing(demo: Registry, fake41: FakeDhis2) -> None:
     small = push(demo, client_for(fake41), "SL", 1, dry_run=True, batch_size=2)
     assert small["ok"] and len(fake41.posts()) == 5 and small["planned"] == report["planned"]
     assert (fake41.state.units, fake41.state.groups) == state
+    # what the dry run showed is what the push makes: the same uids
+    previewed = {c["uid"] for c in report["changes"] if c["action"] == "create"}
+    pushed = push(demo, client_for(fake41), "SL", 1)
+    assert {c["uid"] for c in pushed["changes"] if c["action"] == "create"} == previewed
+    assert ref_of(demo, new["chp"]) in previewed
 
 
 def test_dropped_connection_then_new_push_creates_nothing_twice(demo: Registry,
