@@ -181,6 +181,23 @@ class LazyGroup(click.Group):
         for module in sorted({m for m, _help in self.lazy.values()}):
             self.load(module)
 
+    def main(self, args: Any = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """As click's, but with ``--json`` a usage error (a missing argument, a bad
+        option value) is JSON on stderr too, as every other error is (exit code 2)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or "--json" not in argv:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as error:
+            click.echo(json.dumps({"error": "usage", "message": error.format_message(),
+                                   "exit_code": 2}, ensure_ascii=False), err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            sys.exit(1)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self._registered and cmd_name in self.lazy:
             self.load(self.lazy[cmd_name][0])

@@ -85,6 +85,10 @@ def test_errors_have_exit_codes_and_say_what_to_do(reg: str, tmp_path: Path) -> 
         assert run("init", reg, code=5)["message"].endswith("--force to replace it.")
     text = CliRunner().invoke(main, ["unit", "move", reg, "--source", SOURCE, "x"])
     assert text.exit_code == 2 and "Error: Give either --parent UNIT or --root." in text.output
+    # a usage error (click's own) is JSON too when --json asks for it
+    usage = run("tree", code=2)
+    assert usage["error"] == "usage" and "Missing argument 'REG'" in usage["message"]
+    assert "No such option" in run("tree", reg, "--colour", "red", code=2)["message"]
 
 
 def test_check_reports_and_exit_code(reg: str, tmp_path: Path) -> None:
