@@ -558,8 +558,14 @@ def list_jobs(reg: Registry) -> list[dict[str, Any]]:
         if job.enabled:
             if job.cron:
                 nxt = job.trigger().get_next_fire_time(None, now)
-            else:
-                nxt = now + dt.timedelta(seconds=job.every_seconds or 0)
+            else:  # an interval counts from the last run (from now when it never ran)
+                every = dt.timedelta(seconds=job.every_seconds or 0)
+                nxt = now + every
+                if run is not None and run.started_at:
+                    with contextlib.suppress(ValueError):
+                        last_start = dt.datetime.fromisoformat(
+                            str(run.started_at).replace("Z", "+00:00"))
+                        nxt = max(last_start + every, now)
         data["next_run"] = _iso(nxt) if nxt else None
         out.append(data)
     return out

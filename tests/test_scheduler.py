@@ -181,6 +181,13 @@ def test_a_run_that_held_conflicts_says_so_in_the_list_and_history(
     assert result.error is not None and "2 change(s) on both sides held" in result.error
     [job] = list_jobs(reg)
     assert "held" in (job["last_run"]["error"] or "")
+    # the next run counts from the last one: the same answer on every call
+    started = dt.datetime.fromisoformat(job["last_run"]["started_at"].replace("Z", "+00:00"))
+    time.sleep(0.05)
+    [again] = list_jobs(reg)
+    assert again["next_run"] == job["next_run"]
+    assert dt.datetime.fromisoformat(job["next_run"].replace("Z", "+00:00")) == \
+        started + dt.timedelta(hours=1)
 
 
 # --- secrets -------------------------------------------------------------------------------
