@@ -190,7 +190,11 @@ def status_cmd(reg: str, url: str | None, target: str | None, schema: str | None
             lines.append(f"  {v['source']} v{v['number']} ({v['units']:,} units) has never been "
                          "pushed whole: the next push sends it")
         if d["held"]:
-            lines.append(f"  {len(d['held'])} unit(s) held back by conflicts")
+            lines.append(f"  {len(d['held'])} unit(s) held back by conflicts (changed on both "
+                         "sides; settle with push --prefer-local or pull --prefer-central):")
+            for h in d.get("held_units", [])[:20]:
+                lines.append(f"    {h['version'] or '?'} {h['name'] or '(deleted here)'} "
+                             f"[{h['uuid'][:8]}…]")
         if d["resuming"]:
             lines.append("  an interrupted push will be resumed")
         if "tables" in d:

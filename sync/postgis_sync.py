@@ -2896,6 +2896,15 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
     # versions never sent whole (a new draft, a DHIS2 pull's new version): their units
     # are not in the change-log count above
     with reg.read() as conn:
+        held_uuids = sorted(u for _, u in state.held)[:MAX_LISTED]
+        held_names = {r.uuid: (r.name, r.source, r.number) for r in _in_rows(
+            conn, "SELECT u.uuid, u.name, s.name AS source, v.number FROM org_unit u "
+            "JOIN source_version v ON v.fid = u.version_id JOIN data_source s ON "
+            "s.fid = v.source_id WHERE u.uuid IN :u", "u", held_uuids)} if held_uuids else {}
+        out["held_units"] = [
+            {"uuid": u, "name": held_names.get(u, (None,))[0],
+             "version": f"{held_names[u][1]} v{held_names[u][2]}" if u in held_names else None}
+            for u in held_uuids]
         out["versions_not_pushed"] = [
             {"source": m["source"], "number": m["number"], "units": int(conn.execute(
                 text("SELECT count(*) FROM org_unit WHERE version_id = :v"),

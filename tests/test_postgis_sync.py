@@ -546,6 +546,9 @@ def test_pull_reports_a_conflict_and_changes_nothing_for_it(demo: Registry,
     assert held["units_sent"] == 0 and held["held"] == 1 and held["conflict_count"] == 1
     with open_central(central) as reg:
         assert get_unit(reg, "SL", clash)["name"] == "Named at the ministry"
+    # status names it, for whoever looks the next morning
+    [named] = status(demo, *central)["held_units"]
+    assert named["name"] == "Named in the district" and named["version"] == "SL v1"
     # Choosing a side settles it.
     settled = pull(demo, *central, prefer="central")
     assert settled["conflict_count"] == 0
