@@ -632,7 +632,10 @@ def _figures(result: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in result.items():
         if isinstance(value, list):
-            out[key] = len(value) if key != "conflicts" else value[:20]
+            # what a person must read (conflicts, warnings, refusals) is kept, the first
+            # twenty; other lists are counted
+            out[key] = value[:20] if key in ("conflicts", "warnings", "refused", "notes",
+                                              "errors") else len(value)
         elif isinstance(value, (int, float, str, bool)) or value is None:
             out[key] = value
     return out
