@@ -89,6 +89,10 @@ class Mapping:
     data_set: str | None = None
     attribute_option_combo: str | None = None
     values: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: dataValueSets: two submissions for one cell (data element, period, unit…) —
+    #: "latest": the one sent last replaces the other (a monthly report corrected);
+    #: "sum": DHIS2 gets their total (one submission per visit, counted per month)
+    combine: str = "latest"
     file: str = "mapping"
 
     @property
@@ -117,7 +121,7 @@ def parse_mapping(raw: Any, file: str = "mapping") -> Mapping:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{file}: the mapping must be a JSON object.", file=file)
     known = {"kind", "program", "programStage", "orgUnit", "occurredAt", "period", "dataSet",
-             "attributeOptionCombo", "dataElements", "values", "description"}
+             "attributeOptionCombo", "dataElements", "values", "description", "combine"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InvalidInput(f"{file}: unknown key(s) {', '.join(map(repr, unknown))}; expected "
@@ -158,7 +162,7 @@ def parse_mapping(raw: Any, file: str = "mapping") -> Mapping:
                 set(occurred) == {"question"} and isinstance(occurred["question"], str)))):
             raise bad("occurredAt", '{"from": "received"} or {"question": "name"}')
         m.occurred_at = occurred
-        for key in ("period", "dataSet", "attributeOptionCombo"):
+        for key in ("period", "dataSet", "attributeOptionCombo", "combine"):
             if key in raw:
                 raise InvalidInput(f"{file}: {key!r} is for dataValueSets, not events.",
                                    file=file, field=key)
@@ -181,6 +185,10 @@ def parse_mapping(raw: Any, file: str = "mapping") -> Mapping:
                 raise bad(key, "a DHIS2 uid")
         m.data_set = raw.get("dataSet")
         m.attribute_option_combo = raw.get("attributeOptionCombo")
+        m.combine = raw.get("combine", "latest")
+        if m.combine not in ("latest", "sum"):
+            raise bad("combine", '"latest" (the submission sent last wins) or "sum" (DHIS2 '
+                      "gets the total of the submissions for each cell)")
         for key in ("program", "programStage", "occurredAt"):
             if key in raw:
                 raise InvalidInput(f"{file}: {key!r} is for events, not dataValueSets.",
@@ -600,9 +608,14 @@ def push_data(reg: Registry, client: Dhis2Client, form_id: str, mapping: Mapping
         else:
             names = {t.data_element: q for q, t in mapping.data_elements.items()}
             sent_before = [s for s in subs if s not in todo]
-            report["warnings"] = _shared_values(builder, ready, sent_before, names)
-            for sub, body in ready:
-                _send_data_values(client, sub, body, dry_run, report, rows, fail, names)
+            if mapping.combine == "sum":
+                for subs_of, total in _totals(builder, ready, sent_before, names, fail):
+                    _send_data_values(client, subs_of, total, dry_run, report, rows, fail,
+                                      names)
+            else:
+                report["warnings"] = _shared_values(builder, ready, sent_before, names)
+                for sub, body in ready:
+                    _send_data_values(client, [sub], body, dry_run, report, rows, fail, names)
     finally:
         report["requests"] = client.request_count - requests_before
         if not dry_run:
@@ -704,16 +717,18 @@ def _send_events(client: Dhis2Client, batch: list[tuple[Submission, dict[str, An
                          "remote_ref": ev["event"], "details": {"event": ev["event"]}})
 
 
-def _send_data_values(client: Dhis2Client, sub: Submission, body: dict[str, Any],
+def _send_data_values(client: Dhis2Client, subs: list[Submission], body: dict[str, Any],
                       dry_run: bool, report: dict[str, Any], rows: list[dict[str, Any]],
                       fail: Any, names: dict[str, str]) -> None:
+    """One data value set: a submission's values, or (``combine: sum``) the totals the
+    ``subs`` add up to — exported, or refused, together."""
     params = {"importStrategy": "CREATE_AND_UPDATE", "dryRun": str(dry_run).lower()}
     resp = client.request("POST", "dataValueSets", params=params, json=body, idempotent=True,
                           accept=(409,))
     raw = resp.json()
     summary = raw.get("response", raw) if isinstance(raw, dict) else {}
     counts = summary.get("importCount") or {}
-    report["sent"] += 1
+    report["sent"] += len(subs)
     report["created"] += int(counts.get("imported") or 0)
     report["updated"] += int(counts.get("updated") or 0)
     conflicts = summary.get("conflicts") or []
@@ -721,12 +736,70 @@ def _send_data_values(client: Dhis2Client, sub: Submission, body: dict[str, Any]
     if conflicts or summary.get("status") == "ERROR":
         said = "; ".join(_conflict_words(c, names) for c in conflicts) or \
             str(summary.get("description") or "status ERROR")
-        fail(sub, f"DHIS2 refused data values of submission {sub.instance_id}: {said}",
-             conflicts)
+        for sub in subs:
+            fail(sub, f"DHIS2 refused data values of submission {sub.instance_id}: {said}",
+                 conflicts)
     else:
-        report["exported"] += 1
-        rows.append({"instance_id": sub.instance_id, "status": "exported", "remote_ref": ref,
-                     "details": {"importCount": counts}})
+        for sub in subs:
+            report["exported"] += 1
+            rows.append({"instance_id": sub.instance_id, "status": "exported",
+                         "remote_ref": ref, "details": {"importCount": counts} | (
+                             {"total_of": len(subs)} if len(subs) > 1 else {})})
+
+
+def _totals(builder: Builder, ready: list[tuple[Submission, dict[str, Any]]],
+            sent_before: list[Submission], names: dict[str, str], fail: Any
+            ) -> list[tuple[list[Submission], dict[str, Any]]]:
+    """``combine: sum``: for each period and unit the new submissions touch, one data
+    value set with, per cell, the total of every submission for it — those sent before
+    included (DHIS2 keeps the one value it is given, so it must be the whole total;
+    sending it again gives the same)."""
+    def cells(body: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], str]]:
+        for dv in body["dataValues"]:
+            yield (dv["dataElement"], dv["period"], dv["orgUnit"],
+                   dv.get("categoryOptionCombo") or ""), str(dv["value"])
+
+    def number(value: str) -> float | None:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+
+    groups: dict[tuple[str, str], tuple[list[Submission], dict[str, Any]]] = {}
+    for sub, body in ready:
+        odd = [names.get(key[0], key[0]) for key, value in cells(body) if number(value) is None]
+        if odd:
+            fail(sub, f"Submission {sub.instance_id} was not sent: the mapping adds the "
+                 f"submissions up (combine: sum), and question {odd[0]!r} is not a number.",
+                 sent=False)
+            continue
+        subs, _ = groups.setdefault((body["period"], body["orgUnit"]), ([], body))
+        subs.append(sub)
+    totals: dict[tuple[str, ...], float] = {}
+    before = []
+    for sub in sent_before:
+        try:
+            before.append(builder.data_value_set(sub))
+        except SubmissionProblem:
+            continue
+    for body in before + [b for _s, b in ready]:
+        for key, value in cells(body):
+            if (key[1], key[2]) in groups and (n := number(value)) is not None:
+                totals[key] = totals.get(key, 0.0) + n
+    out = []
+    for (period, unit), (subs, model) in groups.items():
+        total = {k: v for k, v in model.items() if k != "dataValues"}
+        total["dataValues"] = []
+        for (de, pe, ou, coc), amount in sorted(totals.items()):
+            if (pe, ou) != (period, unit):
+                continue
+            dv = {"dataElement": de, "period": pe, "orgUnit": ou,
+                  "value": str(int(amount)) if amount.is_integer() else repr(amount)}
+            if coc:
+                dv["categoryOptionCombo"] = coc
+            total["dataValues"].append(dv)
+        out.append((subs, total))
+    return out
 
 
 def _conflict_words(c: dict[str, Any], names: dict[str, str]) -> str:

@@ -321,6 +321,33 @@ def test_two_submissions_for_one_cell_are_warned_of(demo: Registry, fake41: Fake
     assert any("uuid:v4" in w and "uuid:v3" in w and "202402" in w for w in later["warnings"])
 
 
+def test_combine_sum_sends_the_total_of_the_visits(demo: Registry, fake41: FakeDhis2) -> None:
+    """One submission per visit, a monthly data set: with "combine": "sum" DHIS2 gets the
+    month's total — recomputed with the visits sent before when a new one comes, the same
+    when sent again."""
+    mapping = parse_mapping(VALUES | {"combine": "sum"})
+    cell = (AFP, "202401", AGAPE, "HllvX50cXC0", "HllvX50cXC0")
+    for n, (count, day) in enumerate([(3, "05"), (4, "20")]):
+        add_submission(demo, f"uuid:s{n}", {"afp_referrals": count,
+                                           "report_date": f"2024-01-{day}"}, unit=AGAPE)
+    add_submission(demo, "uuid:bad", {"afp_referrals": "many", "report_date": "2024-01-09"},
+                   unit=AGAPE)
+    first = push_data(demo, client_for(fake41), FORM, mapping)
+    assert (first["exported"], first["failed"], first["warnings"]) == (2, 1, [])
+    assert "not a number" in first["errors"][0]["message"]
+    assert fake41.state.data_values[cell]["value"] == "7"
+    add_submission(demo, "uuid:s2", {"afp_referrals": 1, "report_date": "2024-01-28"},
+                   unit=AGAPE)
+    later = push_data(demo, client_for(fake41), FORM, mapping)
+    assert later["exported"] == 1 and fake41.state.data_values[cell]["value"] == "8"
+    push_data(demo, client_for(fake41), FORM, mapping, again=True)
+    assert fake41.state.data_values[cell]["value"] == "8"  # the same total, not doubled
+    with pytest.raises(InvalidInput, match="combine"):
+        parse_mapping(VALUES | {"combine": "average"})
+    with pytest.raises(InvalidInput, match="not events"):
+        parse_mapping(EVENTS | {"combine": "sum"})
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
