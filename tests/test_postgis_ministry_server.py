@@ -447,3 +447,21 @@ def test_mistakes_in_the_command_say_what_is_wrong(postgis_url: str, tmp_path: P
         push(reg, postgis_url, schema)
         with pytest.raises(NotFound, match="No source 'NoSuch'.*sources: SL"):
             pull(reg, postgis_url, schema, sources=["NoSuch"])
+
+
+def test_a_registry_in_public_leaves_postgis_functions_alone(bare_db: str) -> None:
+    """A registry in ``public`` (no ?schema=) shares it with PostGIS: only the registry's
+    own functions carry a search path (a SET on PostGIS's would slow every spatial call
+    in the database, and a role that does not own PostGIS may not alter them)."""
+    reg = Registry.create(bare_db)
+    try:
+        with psycopg.connect(bare_db) as conn:
+            configured = dict(conn.execute(
+                "SELECT p.proname, p.proconfig IS NOT NULL FROM pg_proc p "
+                "WHERE p.pronamespace = 'public'::regnamespace "
+                "AND p.proname IN ('st_dwithin', 'georeg_unit_before', 'georeg_unit_stmt')"
+            ).fetchall())
+        assert configured == {"st_dwithin": False, "georeg_unit_before": True,
+                              "georeg_unit_stmt": True}
+    finally:
+        reg.close()

@@ -27,9 +27,13 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-#: every function of the registry's schema (they are all the registry's own)
+#: the registry's own functions (all named georeg_…) in its schema — never an
+#: extension's: a registry in ``public`` shares it with PostGIS, whose functions must
+#: keep no SET (one on every call is a 4× slower ST_DWithin) and may not be ours to alter
 FUNCTIONS = ("SELECT p.oid::regprocedure::text FROM pg_proc p "
-             "WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.prokind = 'f'")
+             "WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.prokind = 'f' "
+             "AND left(p.proname, 7) = 'georeg_' AND NOT EXISTS (SELECT 1 FROM pg_depend d "
+             "WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')")
 
 
 def upgrade() -> None:
