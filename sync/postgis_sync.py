@@ -1928,7 +1928,8 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                 # registry never pulled from there (it cannot tell what changed) — that
                 # differ from ours are held as conflicts, never overwritten
                 uuids = {u.uuid for u in units}
-                known = (_existing_uuids(cconn, cvid, uuids)
+                known = (_touched_by_others(cconn, cvid, _existing_uuids(cconn, cvid, uuids),
+                                            state.client_id)
                          if state.last_pull_marker is None else set())
                 stopped = {u for _, u in _hold_conflicts(run, meta, cconn, cvid, uuids, known)}
                 if stopped:
@@ -1979,6 +1980,19 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                                  "full_at": cursor["started_at"]}
     state.details["cursor"] = None
     state.save(run.reg)
+
+
+def _touched_by_others(cconn: Connection, cvid: int, uuids: set[str], client: str
+                       ) -> set[str]:
+    """Which of these central units someone other than this registry's pushes has
+    written (QGIS, SQL, georeg, another registry): the others hold only what this
+    registry sent (a version it sent whole logs one row, not one per unit)."""
+    if not uuids:
+        return set()
+    return {r[0] for r in _in_rows(
+        cconn, "SELECT DISTINCT unit_uuid FROM change_log WHERE version_id = :v AND "
+        "unit_uuid IN :u AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :own)",
+        "u", uuids, {"v": cvid, "own": _own_push_like(client)})}
 
 
 def _owns(cconn: Connection, table: str) -> bool:
@@ -2732,7 +2746,8 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
         apply = [u for u in cunits if u.uuid not in skip]
         gone = part_set - set(by_uuid) - skip
         if gone:
-            apply += _expand_central_deletions(run, lmeta, cvid, gone, part_set, pending)
+            apply += _expand_central_deletions(run, lmeta, cvid, gone, part_set, pending,
+                                               skip)
             apply.sort(key=lambda u: (u.depth, u.fid or 0))
         with run.reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
             writer = UnitWriter(run.reg, conn, lvid, fig)
@@ -2757,7 +2772,8 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
 
 
 def _expand_central_deletions(run: _Run, lmeta: dict[str, Any], cvid: int, gone: set[str],
-                              part: set[str], pending: set[str]) -> list[Unit]:
+                              part: set[str], pending: set[str], kept: set[str]
+                              ) -> list[Unit]:
     """Units deleted centrally take what is below them here along (``gone`` grows),
     except what still exists centrally (moved there: returned, to be applied) and
     subtrees holding local changes not pushed yet (a conflict: nothing is deleted)."""
@@ -2767,12 +2783,15 @@ def _expand_central_deletions(run: _Run, lmeta: dict[str, Any], cvid: int, gone:
         names = {u.uuid: u.values["name"] for u in read_units(run.reg, conn, lvid, uuids=gone)}
     extra: list[Unit] = []
     for top, units in below.items():
-        # (units below it changed here keep it — even those the central side deleted too
-        # in this batch: they are held as conflicts, so their parent must stay)
-        changed_here = units & pending
+        # units below it changed here keep it — those the central side deleted too in
+        # this batch only when they are kept (held as conflicts; with prefer=central they
+        # go, and it with them)
+        changed_here = ((units - part) | (units & kept)) & pending
         units = units - part
         if changed_here:
             gone.discard(top)
+            # held, so that a later pull looks at it again (and --prefer-central deletes it)
+            run.state.held = run.state.held | {(lvid, top)}
             run.fig.conflicts.append({
                 "source": lmeta["source"], "version": lmeta["number"], "uuid": top,
                 "name": names.get(top), "field": "(unit)",

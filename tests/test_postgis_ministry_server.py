@@ -368,8 +368,9 @@ def test_a_central_schema_restored_from_a_dump_is_caught_up(postgis_url: str,
             pull(reg, postgis_url, schema)
         again = push(reg, postgis_url, schema)
         assert any("made anew, or restored" in w for w in again["warnings"])
-        assert again["conflict_count"] == 1  # the rename: central has the old name
-        assert push(reg, postgis_url, schema, prefer="local")["conflict_count"] == 0
+        # the rename the dump lacks is sent again: central held only what this registry
+        # had sent (nobody else wrote that unit there), so it is no conflict
+        assert again["conflict_count"] == 0
         assert status(reg, postgis_url, schema, compare=True)["equal"]
         assert pull(reg, postgis_url, schema)["conflict_count"] == 0
 
@@ -435,6 +436,12 @@ def test_a_subtree_deleted_centrally_with_a_unit_changed_here_is_a_conflict(
         assert units.get_unit(reg, "SL", facility["uuid"])["name"] == "Edited in the district"
         assert units.get_unit(reg, "SL", BO_CHIEFDOM)["name"]  # still here
         assert units.get_unit(reg, "SL", WESTERN_AREA)["code"] == "WA"  # the rest came
+        # the district decides the ministry is right: the whole subtree goes
+        settled = pull(reg, postgis_url, schema, prefer="central")
+        assert settled["conflict_count"] == 0
+        for gone in (BO_CHIEFDOM, facility["uuid"]):
+            with pytest.raises(NotFound):
+                units.get_unit(reg, "SL", gone)
 
 
 def test_mistakes_in_the_command_say_what_is_wrong(postgis_url: str, tmp_path: Path) -> None:
