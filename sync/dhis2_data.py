@@ -487,6 +487,15 @@ def _adopt_target(reg: Registry, legacy: str, target: str) -> None:
                         {"l": legacy}).first() is None:
             return
     with reg.write(origin="dhis2", audit=False) as conn:
+        # an event that failed (or whose answer was lost) under the old name may be in
+        # DHIS2 with the uid made from that name: the retry must use it, not a new one
+        unsent = conn.execute(text(
+            "SELECT instance_id FROM data_export WHERE target = :l AND kind = 'event' "
+            "AND remote_ref IS NULL"), {"l": legacy}).scalars().all()
+        for instance_id in unsent:
+            conn.execute(text("UPDATE data_export SET remote_ref = :r WHERE target = :l "
+                              "AND instance_id = :i"),
+                         {"r": event_uid(instance_id, legacy), "l": legacy, "i": instance_id})
         conn.execute(text(
             "UPDATE data_export SET target = :t WHERE target = :l AND instance_id NOT IN "
             "(SELECT instance_id FROM data_export WHERE target = :t)"), {"t": target, "l": legacy})

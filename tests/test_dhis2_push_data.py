@@ -250,6 +250,18 @@ def test_exports_recorded_under_the_address_are_taken_over(demo: Registry,
     assert export_states(demo, legacy) == {}
     resent = push_data(demo, client_for(fake41), FORM, mapping, again=True)
     assert resent["exported"] == 1 and list(fake41.state.events) == [uid]
+    # a send whose answer was lost under the old name: DHIS2 has the event (the old uid),
+    # the row says failed with no reference — the retry updates it, makes no second
+    add_submission(demo, "uuid:lost", {"age": 31, "admission_date": "2024-02-02"},
+                   unit=AGAPE)
+    lost_uid = event_uid("uuid:lost", legacy)
+    fake41.state.events[lost_uid] = {**fake41.state.events[uid], "event": lost_uid}
+    with demo.write(origin="test", audit=False) as conn:
+        conn.execute(text("INSERT INTO data_export (instance_id, target, kind, status, "
+                          "attempts) VALUES ('uuid:lost', :l, 'event', 'failed', 1)"),
+                     {"l": legacy})
+    retried = push_data(demo, client_for(fake41), FORM, mapping)
+    assert retried["exported"] == 1 and sorted(fake41.state.events) == sorted([uid, lost_uid])
 
 
 def test_old_events_api_before_2_38(demo: Registry, fake36: FakeDhis2) -> None:
