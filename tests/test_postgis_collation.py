@@ -104,9 +104,16 @@ def test_an_existing_registry_is_upgraded_to_byte_order(shifted_url: str) -> Non
         with old.read() as conn:
             assert _collation(conn) is None  # the server's order, as before 0007
         import_dhis2_files(old, DEMO_FILES, source="SL")
+        with old.engine.begin() as conn:  # a DBA's view over the column, shared with QGIS
+            conn.exec_driver_sql("CREATE VIEW facilities AS SELECT uuid, name, path FROM "
+                                 "org_unit WHERE depth = 4")
+            conn.exec_driver_sql("GRANT SELECT ON facilities TO PUBLIC")
         migrate("head")
         with old.read() as conn:
             assert _collation(conn) == "C"
+            assert conn.execute(text("SELECT count(*) FROM facilities")).scalar() == 1166
+            assert conn.execute(text(
+                "SELECT has_table_privilege('public', 'facilities', 'SELECT')")).scalar()
         units.move_unit(old, "SL", BO, WESTERN_AREA)
         assert run_checks(old, "SL", checks="stale_path")["summary"]["stale_path"] == 0
     finally:
