@@ -1118,7 +1118,10 @@ class UnitWriter:
                 f"which unit {stuck[0]} holds on the receiving side — a unit the sending "
                 f"side never had{f' (and {len(stuck) - 1} more like it)' if len(stuck) > 1 else ''}"
                 ". Is another registry pushing the same source and version to this schema? "
-                "Each registry needs a schema of its own. Nothing of this batch was written.")
+                "Each registry needs a schema of its own. If the two units are one (made "
+                "twice, once on each side), push with --prefer-local (or pull with "
+                "--prefer-central) to let the sending side's unit have the ref. Nothing of "
+                "this batch was written.")
         stmt = text("UPDATE org_unit SET source_ref = NULL WHERE version_id = :v "
                     "AND uuid IN :u").bindparams(bindparam("u", expanding=True))
         for part in _chunks(sorted(free)):
@@ -1308,11 +1311,15 @@ class UnitWriter:
             ).rowcount
 
 
-def _released_on(reg: Registry, version_id: int) -> Callable[[dict[str, str]], set[str]]:
+def _released_on(reg: Registry, version_id: int, sender_wins: bool = False
+                 ) -> Callable[[dict[str, str]], set[str]]:
     """For ``UnitWriter.upsert``: which holders of a ref ({uuid: ref} on the receiving
     side) the sending side ``reg`` has given another ref, or deleted (its change log
-    says so) — as opposed to units it never had."""
+    says so) — as opposed to units it never had.  ``sender_wins`` (--prefer-local on a
+    push, --prefer-central on a pull): all of them."""
     def released(holders: dict[str, str]) -> set[str]:
+        if sender_wins:
+            return set(holders)
         with reg.read() as conn:
             present = {r.uuid: r.source_ref for r in _in_rows(
                 conn, "SELECT uuid, source_ref FROM org_unit WHERE version_id = :v "
@@ -1938,7 +1945,7 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                     units = [u for u in units if u.uuid not in stopped]
             UnitWriter(run.central, cconn, cvid, fig).upsert(
                 units, everything=True, fresh=fresh,
-                releasable=None if fresh else _released_on(run.reg, lvid))
+                releasable=None if fresh else _released_on(run.reg, lvid, run.prefer == "local"))
         loaded += 1
         cursor["after"] = [last.depth, last.fid]
         state.details["cursor"] = cursor
@@ -2416,7 +2423,7 @@ def _push_version_changes(run: _Run, meta: dict[str, Any], central_version: tupl
         sent = [u for u in units if u.uuid not in skip]
         extra = {u.uuid for u in sent} - uuids
         writer.upsert(sent, territory_for=ter | extra, groups_for=grp | extra,
-                      releasable=_released_on(run.reg, lvid))
+                      releasable=_released_on(run.reg, lvid, run.prefer == "local"))
         writer.delete(gone - skip)
     return held
 
@@ -2752,7 +2759,8 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
         with run.reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
             writer = UnitWriter(run.reg, conn, lvid, fig)
             writer.upsert(apply, territory_for=ter | ({u.uuid for u in apply} - part_set),
-                          groups_for=grp, releasable=_released_on(run.central, cvid))
+                          groups_for=grp,
+                          releasable=_released_on(run.central, cvid, run.prefer == "central"))
             writer.delete(gone)
         if run.prefer == "central":
             run.state.held = {h for h in run.state.held if not (h[0] == lvid and h[1] in clash)}

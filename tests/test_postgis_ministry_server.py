@@ -294,6 +294,9 @@ def test_a_second_registry_pushing_to_the_same_schema_is_stopped(postgis_url: st
             push(kenema, postgis_url, schema)
         assert status(bo, postgis_url, schema, compare=True)["equal"]
         assert push(bo, postgis_url, schema)["units_deleted"] == 0
+        # told to, the second registry makes the central version its own
+        assert push(kenema, postgis_url, schema, prefer="local")["units_inserted"] == 1332
+        assert status(kenema, postgis_url, schema, compare=True)["equal"]
     finally:
         bo.close()
         kenema.close()
