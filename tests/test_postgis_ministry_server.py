@@ -68,8 +68,7 @@ def test_an_ordinary_role_pushes_and_pulls(role_url: str, postgis_url: str,
         assert owner == (ROLE,)
     finally:
         reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop_schema(postgis_url, schema)
 
 
 def test_the_url_forms_people_type_reach_the_server(role_url: str, postgis_url: str,
@@ -89,8 +88,7 @@ def test_the_url_forms_people_type_reach_the_server(role_url: str, postgis_url: 
         assert state["equal"] and state["pushed_before"]  # the same central, by name too
     finally:
         reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop_schema(postgis_url, schema)
 
 
 @pytest.fixture
@@ -117,6 +115,11 @@ def _demo(path: Path) -> Registry:
     return reg
 
 
+def _drop_schema(url: str, schema: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @contextmanager
 def _district(url: str, tmp_path: Path) -> Iterator[tuple[Registry, str]]:
     """Bo district's registry (the demo) and a schema of its own on the central server,
@@ -127,8 +130,7 @@ def _district(url: str, tmp_path: Path) -> Iterator[tuple[Registry, str]]:
         yield reg, schema
     finally:
         reg.close()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop_schema(url, schema)
 
 
 def test_two_districts_share_the_postgis_georeg_installs(bare_db: str, tmp_path: Path
@@ -245,8 +247,7 @@ def test_an_edit_session_left_open_for_hours_is_pulled_when_it_commits(
     finally:
         qgis.close()
         reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop_schema(postgis_url, schema)
 
 
 def test_a_ref_taken_by_another_unit_does_not_block_the_sync(postgis_url: str,
@@ -300,8 +301,7 @@ def test_a_second_registry_pushing_to_the_same_schema_is_stopped(postgis_url: st
     finally:
         bo.close()
         kenema.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop_schema(postgis_url, schema)
 
 
 def test_the_same_central_by_another_address_overwrites_no_central_edit(
@@ -330,8 +330,7 @@ def test_the_same_central_by_another_address_overwrites_no_central_edit(
                                 (FACILITY,)).fetchone() == ("Corrected at the ministry",)
     finally:
         reg.close()
-        with psycopg.connect(postgis_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        _drop_schema(postgis_url, schema)
 
 
 def _dump(url: str, schema: str, path: Path) -> None:
