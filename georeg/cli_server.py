@@ -316,6 +316,15 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     location = registry.location.path if registry.location.path is not None else reg
     registry.close()
+    # Ctrl-C and SIGTERM (systemd, kill) stop the server cleanly — also when it was
+    # started in the background by a script, where SIGINT comes in ignored (POSIX shells
+    # ignore it for '&' jobs, and Python then installs no KeyboardInterrupt handler).
+    # Set before the workers start: one may answer before this process is ready.
+    def _stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     children: list[int] = []
     if workers > 1:
         for _ in range(workers - 1):
@@ -323,7 +332,8 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
             if pid == 0:  # a worker: its own registry connections, the shared socket
                 code = 0
                 try:
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # …and ends it with this
                     _exit_with_parent(os.getppid(), replay_dir)
                     child_app = create_app(location, settings)
                     create_server(child_app, sockets=[listener], **waitress_opts).run()
@@ -331,22 +341,14 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
                     code = 1
                 os._exit(code)
             children.append(pid)
-    # Ctrl-C and SIGTERM (systemd, kill) stop the server cleanly — also when it was
-    # started in the background by a script, where SIGINT comes in ignored (POSIX shells
-    # ignore it for '&' jobs, and Python then installs no KeyboardInterrupt handler)
-    def _stop(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+    app = server = scheduler = None
+    try:  # (a stop asked for while the server is still being set up is honoured too)
+        app = create_app(location, settings)
+        server = create_server(app, sockets=[listener], **waitress_opts)
+        if settings.scheduler:  # any registry: a job never runs twice at once (job_lock)
+            from sync.scheduler import Scheduler
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    app = create_app(location, settings)
-    server = create_server(app, sockets=[listener], **waitress_opts)
-    scheduler = None
-    if settings.scheduler:  # any registry: a job never runs twice at once (job_lock)
-        from sync.scheduler import Scheduler
-
-        scheduler = Scheduler(str(location)).start()
-    try:
+            scheduler = Scheduler(str(location)).start()
         server.run()
     except KeyboardInterrupt:
         pass
@@ -355,10 +357,12 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
-        server.close()
+        if server is not None:
+            server.close()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
-        app.close()
+        if app is not None:
+            app.close()
         if replay_dir is not None:
             shutil.rmtree(replay_dir, ignore_errors=True)
 
