@@ -50,15 +50,10 @@ class Location:
     @classmethod
     def parse(cls, location: str | Path) -> Location:
         text = str(location)
-        if re.match(r"^postgres(ql)?(\+\w+)?://", text):
+        if is_pg_url(text):
             parts = split_pg_url(text)
             query = dict(parse_qsl(parts.query))
-            schema = query.pop("schema", "public")
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
-                raise InvalidInput(
-                    f"Schema name {schema!r} is not a plain SQL identifier: use letters, "
-                    "digits and _ (not starting with a digit), at most 63 characters — "
-                    "e.g. district_bo.")
+            schema = check_schema_name(query.pop("schema", "public"))
             scheme = "postgresql+psycopg"
             url = join_pg_url(scheme, parts, query)
             return cls(Backend.POSTGIS, url=url, schema=schema)
@@ -89,6 +84,22 @@ class Location:
                                         "keepalives_interval", "keepalives_count")])
         shown = f"postgresql://{netloc}{parts.path}" + (f"?{query}" if query else "")
         return shown + ("" if self.schema == "public" else f" (schema {self.schema})")
+
+
+def is_pg_url(text: str | None) -> bool:
+    """Whether ``text`` is a PostgreSQL URL (postgres://, postgresql://, +driver)."""
+    return bool(re.match(r"^postgres(ql)?(\+\w+)?://", text or ""))
+
+
+def check_schema_name(schema: str) -> str:
+    """``schema`` when it is a plain SQL identifier PostgreSQL keeps whole, else a clear
+    error (a longer name would be cut to 63 characters, silently)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+        raise InvalidInput(
+            f"Schema name {schema!r} is not a plain SQL identifier: a schema name is "
+            "letters, digits and _ (not starting with a digit), at most 63 characters — "
+            "e.g. district_bo.")
+    return schema
 
 
 _URL_HELP = ("percent-encode it in the URL (@ is %40, # is %23, / is %2F, ? is %3F, "

@@ -634,6 +634,26 @@ def push_data(reg: Registry, client: Dhis2Client, form_id: str, mapping: Mapping
     return report
 
 
+def _sent_bodies(builder: Builder, sent_before: list[Submission]
+                 ) -> list[tuple[str, dict[str, Any]]]:
+    """(instance_id, data value set) of the submissions exported before (as sent)."""
+    out = []
+    for sub in sent_before:
+        try:
+            out.append((sub.instance_id, builder.data_value_set(sub)))
+        except SubmissionProblem:
+            continue
+    return out
+
+
+def _cells(body: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(cell, value) of a data value set: DHIS2 keeps one value per data element,
+    period, org unit and option combo (the attribute combo is the mapping's, one for all)."""
+    for dv in body["dataValues"]:
+        yield (dv["dataElement"], dv["period"], dv["orgUnit"],
+               dv.get("categoryOptionCombo") or ""), str(dv["value"])
+
+
 def _shared_values(builder: Builder, ready: list[tuple[Submission, dict[str, Any]]],
                    sent_before: list[Submission], names: dict[str, str]) -> list[str]:
     """Warnings for data values two submissions give for the same cell.
@@ -643,25 +663,18 @@ def _shared_values(builder: Builder, ready: list[tuple[Submission, dict[str, Any
     data set, say), the one sent last replaces the other instead of adding to it."""
     cells: dict[tuple[str, ...], list[str]] = {}
     bodies = [(sub.instance_id, body) for sub, body in ready]
-    for sub in sent_before:
-        try:
-            bodies.append((sub.instance_id, builder.data_value_set(sub)))
-        except SubmissionProblem:
-            continue
-    for instance_id, body in bodies:
-        for dv in body["dataValues"]:
-            key = (dv["dataElement"], dv["period"], dv["orgUnit"],
-                   dv.get("categoryOptionCombo") or "", body.get("attributeOptionCombo") or "")
+    for instance_id, body in bodies + _sent_bodies(builder, sent_before):
+        for key, _value in _cells(body):
             cells.setdefault(key, []).append(instance_id)
     out = []
-    for (de, period, ou, _coc, _aoc), ids in cells.items():
+    for (de, period, ou, _coc), ids in cells.items():
         if len(ids) < 2:
             continue
         unit = next((name for (ref, name) in builder._units.values() if ref == ou), ou)
         out.append(f"Submissions {', '.join(ids)} all give question {names.get(de, de)!r} "
                    f"(data element {de}) for {unit} in {period}: DHIS2 keeps one value per "
                    "data element, period and unit, so the one sent last replaces the others. "
-                   "Map the form as events, or give each submission its own period.")
+                   'Map the form as events, or add them up with "combine": "sum".')
     return out[:MAX_LISTED]
 
 
@@ -763,11 +776,6 @@ def _totals(builder: Builder, ready: list[tuple[Submission, dict[str, Any]]],
     value set with, per cell, the total of every submission for it — those sent before
     included (DHIS2 keeps the one value it is given, so it must be the whole total;
     sending it again gives the same)."""
-    def cells(body: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], str]]:
-        for dv in body["dataValues"]:
-            yield (dv["dataElement"], dv["period"], dv["orgUnit"],
-                   dv.get("categoryOptionCombo") or ""), str(dv["value"])
-
     def number(value: str) -> float | None:
         try:
             return float(value)
@@ -776,7 +784,7 @@ def _totals(builder: Builder, ready: list[tuple[Submission, dict[str, Any]]],
 
     groups: dict[tuple[str, str], tuple[list[Submission], dict[str, Any]]] = {}
     for sub, body in ready:
-        odd = [names.get(key[0], key[0]) for key, value in cells(body) if number(value) is None]
+        odd = [names.get(key[0], key[0]) for key, value in _cells(body) if number(value) is None]
         if odd:
             fail(sub, f"Submission {sub.instance_id} was not sent: the mapping adds the "
                  f"submissions up (combine: sum), and question {odd[0]!r} is not a number.",
@@ -785,14 +793,9 @@ def _totals(builder: Builder, ready: list[tuple[Submission, dict[str, Any]]],
         subs, _ = groups.setdefault((body["period"], body["orgUnit"]), ([], body))
         subs.append(sub)
     totals: dict[tuple[str, ...], float] = {}
-    before = []
-    for sub in sent_before:
-        try:
-            before.append(builder.data_value_set(sub))
-        except SubmissionProblem:
-            continue
-    for body in before + [b for _s, b in ready]:
-        for key, value in cells(body):
+    bodies = [b for _i, b in _sent_bodies(builder, sent_before)] + [b for _s, b in ready]
+    for body in bodies:
+        for key, value in _cells(body):
             if (key[1], key[2]) in groups and (n := number(value)) is not None:
                 totals[key] = totals.get(key, 0.0) + n
     out = []

@@ -56,7 +56,7 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Connection, bindparam, create_engine, exc, text
 
 from storage import audit_sql, geometry
-from storage.backends import Backend, Location, join_pg_url, split_pg_url
+from storage.backends import Backend, Location, is_pg_url, join_pg_url, split_pg_url
 from storage.errors import (
     Cancelled,
     ConflictError,
@@ -139,7 +139,7 @@ ProgressFn = Callable[[dict[str, Any]], None]
 
 def central_location(url: str, schema: str | None = None) -> str:
     """``url`` with ``schema`` put into its query (``?schema=S``) and a connect timeout."""
-    if not re.match(r"^postgres(ql)?(\+\w+)?://", url or ""):
+    if not is_pg_url(url):
         raise InvalidInput(
             f"--url {url!r} is not a PostgreSQL URL (postgresql://user@host:port/database)."
         )
@@ -1737,7 +1737,8 @@ def _push(run: _Run, created: bool) -> dict[str, Any]:
         fig.warnings.append(
             "The central schema does not hold what this registry last synced with it "
             "(made anew, or restored from a backup?): everything is sent again; central "
-            "units that differ from this registry's are held as conflicts, not overwritten."
+            "units edited there by others since that differ from this registry's are held "
+            "as conflicts, not overwritten."
         )
         state.versions.clear()
         state.details["cursor"] = None
@@ -1931,12 +1932,11 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                 _analyze(cconn)  # a growing table: keep the planner on the uuid index
             fresh = cvid in run.fresh
             if not fresh and run.prefer != "local":
-                # central units changed there since the last pull — all of them when this
-                # registry never pulled from there (it cannot tell what changed) — that
-                # differ from ours are held as conflicts, never overwritten
+                # central units others changed since the last pull — ever, when this
+                # registry never pulled from there — that differ from ours are held as
+                # conflicts, never overwritten
                 uuids = {u.uuid for u in units}
-                known = (_touched_by_others(cconn, cvid, _existing_uuids(cconn, cvid, uuids),
-                                            state.client_id)
+                known = (_foreign_changed(cconn, cvid, uuids, state, ever=True)
                          if state.last_pull_marker is None else set())
                 stopped = {u for _, u in _hold_conflicts(run, meta, cconn, cvid, uuids, known)}
                 if stopped:
@@ -1971,7 +1971,7 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                 f"{len(extra)} unit(s) of {meta['source']} v{meta['number']} exist centrally "
                 "but not in this registry, which has never pulled from the central schema: "
                 "they were not deleted. Pull first (they are then added here), or push with "
-                "--prefer local to make the central version follow this registry. If "
+                "--prefer-local to make the central version follow this registry. If "
                 "another registry pushes to the same schema, give each its own schema.")
             extra = set()
         if extra and state.last_pull_marker is not None and run.prefer != "local":
@@ -1987,19 +1987,6 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                                  "full_at": cursor["started_at"]}
     state.details["cursor"] = None
     state.save(run.reg)
-
-
-def _touched_by_others(cconn: Connection, cvid: int, uuids: set[str], client: str
-                       ) -> set[str]:
-    """Which of these central units someone other than this registry's pushes has
-    written (QGIS, SQL, georeg, another registry): the others hold only what this
-    registry sent (a version it sent whole logs one row, not one per unit)."""
-    if not uuids:
-        return set()
-    return {r[0] for r in _in_rows(
-        cconn, "SELECT DISTINCT unit_uuid FROM change_log WHERE version_id = :v AND "
-        "unit_uuid IN :u AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :own)",
-        "u", uuids, {"v": cvid, "own": _own_push_like(client)})}
 
 
 def _owns(cconn: Connection, table: str) -> bool:
@@ -2275,13 +2262,17 @@ def _analyze(conn: Connection) -> None:
         conn.exec_driver_sql(f"ANALYZE {table}")
 
 
-def _foreign_changed(cconn: Connection, cvid: int, uuids: Iterable[str], state: SyncState
-                     ) -> set[str]:
-    """Units changed centrally (not by our pushes) since the last pull."""
-    if state.last_pull_marker is None:
+def _foreign_changed(cconn: Connection, cvid: int, uuids: Iterable[str], state: SyncState,
+                     *, ever: bool = False) -> set[str]:
+    """Units changed centrally (not by our pushes) since the last pull — or, with
+    ``ever`` (a registry that never pulled from there), at any time: the others hold
+    only what this registry sent (a version it sent whole logs one row, not one per
+    unit)."""
+    if state.last_pull_marker is None and not ever:
         return set()
+    after = 0 if ever else int(state.last_pull_marker or 0)
     own = _own_push_like(state.client_id)
-    if _pushed_whole(cconn, cvid, int(state.last_pull_marker), own):
+    if _pushed_whole(cconn, cvid, after, own):
         # another registry sent the version whole since: every unit there came with it
         return _existing_uuids(cconn, cvid, uuids)
     return {r[0] for r in _in_rows(
@@ -2289,7 +2280,7 @@ def _foreign_changed(cconn: Connection, cvid: int, uuids: Iterable[str], state: 
         "SELECT DISTINCT unit_uuid FROM change_log WHERE fid > :m AND version_id = :v "
         "AND entity IN ('org_unit', 'territory', 'group_membership') AND unit_uuid IN :u "
         "AND NOT (origin = 'sync' AND COALESCE(operation, '') LIKE :own)", "u", uuids,
-        {"m": int(state.last_pull_marker), "v": cvid, "own": own})}
+        {"m": after, "v": cvid, "own": own})}
 
 
 def _log_chunks(reg: Registry, state: SyncState, after: int, high: int, size: int
@@ -2557,7 +2548,8 @@ def _pull(run: _Run) -> dict[str, Any]:
         raise ConflictError(
             f"{target} does not hold what this registry last pulled from it (restored from "
             "a backup, or made anew?). Nothing was pulled. Push first: it sends everything "
-            "again and holds the central units that differ as conflicts; pull after that.")
+            "again and holds the central units edited there since that differ as conflicts; "
+            "pull after that.")
     with central.read() as cconn:
         high = _safe_max(cconn, True, marker)
         rows = cconn.execute(
@@ -2932,10 +2924,10 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
             {"uuid": u, "name": held_names.get(u, (None,))[0],
              "version": f"{held_names[u][1]} v{held_names[u][2]}" if u in held_names else None}
             for u in held_uuids]
+        counts: dict[int, int] = {int(v): int(n) for v, n in conn.execute(text(
+            "SELECT version_id, count(*) FROM org_unit GROUP BY version_id"))}
         out["versions_not_pushed"] = [
-            {"source": m["source"], "number": m["number"], "units": int(conn.execute(
-                text("SELECT count(*) FROM org_unit WHERE version_id = :v"),
-                {"v": m["fid"]}).scalar_one())}
+            {"source": m["source"], "number": m["number"], "units": counts.get(m["fid"], 0)}
             for m in _versions(conn) if str(m["fid"]) not in state.versions]
     # the central side itself: reachable, holding a registry (a typo in the URL or the
     # schema shows here rather than as "never pushed")

@@ -193,10 +193,9 @@ def _checked_option(kind: str, key: str, value: Any) -> Any:
             raise InvalidInput(f"{where}: the only choice is prefer={wanted} (or leave it out).")
         return text_
     if key == "schema":
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", text_):
-            raise InvalidInput(f"{where}: a schema name is letters, digits and _ (at most "
-                               "63, not starting with a digit).")
-        return text_
+        from storage.backends import check_schema_name
+
+        return check_schema_name(text_)
     if key == "since" and text_.lower() != "last":
         from sync.dhis2_sync import parse_since
 
@@ -315,9 +314,9 @@ def save_target(path: Path, name: str, values: dict[str, Any]) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise InvalidInput(f"Target name {name!r}: use letters, digits, '-' and '_'.")
     url = str(values.get("url") or "")
-    if re.match(r"^postgres(ql)?(\+\w+)?://", url):  # checked now, not at run time
-        from storage.backends import Location
+    from storage.backends import Location, is_pg_url
 
+    if is_pg_url(url):  # checked now, not at run time
         Location.parse(url)
     elif re.match(r"^https?://", url, re.I):
         from sync.dhis2_client import dhis2_base_url

@@ -36,17 +36,18 @@ FUNCTIONS = ("SELECT p.oid::regprocedure::text FROM pg_proc p "
              "WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')")
 
 
-def upgrade() -> None:
+def _each_function(change: str) -> None:
+    """``ALTER FUNCTION f <change>`` for each of the registry's functions (PostgreSQL)."""
     if current_backend() != "postgis":
         return
     bind = op.get_bind()
     for (fn,) in bind.exec_driver_sql(FUNCTIONS).all():
-        bind.exec_driver_sql(f"ALTER FUNCTION {fn} SET search_path FROM CURRENT")
+        bind.exec_driver_sql(f"ALTER FUNCTION {fn} {change}")
+
+
+def upgrade() -> None:
+    _each_function("SET search_path FROM CURRENT")
 
 
 def downgrade() -> None:
-    if current_backend() != "postgis":
-        return
-    bind = op.get_bind()
-    for (fn,) in bind.exec_driver_sql(FUNCTIONS).all():
-        bind.exec_driver_sql(f"ALTER FUNCTION {fn} RESET search_path")
+    _each_function("RESET search_path")
