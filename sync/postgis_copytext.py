@@ -3,7 +3,7 @@
 
 On SQLite the common geometry (little-endian 2D WKB, what Georeg writes) is rewritten to hex
 EWKB in SQL — GeoPackage header stripped, SRID flag and SRID put in — and text is escaped in
-SQL; Python only adds each unit's central key and path (``sync.postgis_sync._copy_batch``).
+SQL; Python only adds each unit's central key and path (``sync.postgis_push._copy_batch``).
 Rare geometries (big-endian, Z/M) come back raw and go through shapely (``_ewkb_from``),
 which sends them 2D like everything else (the central columns are 2D).
 """

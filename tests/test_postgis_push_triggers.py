@@ -20,7 +20,7 @@ from storage.migrations.schema_0001 import PUBLISHED_MSG
 from storage.registry import Registry, _alembic_config, head_revision
 from storage.versions import publish_version
 from sync.dhis2_json import import_dhis2_files
-from sync.postgis_sync import _apart
+from sync.unit_writer import _apart
 from tests.conftest import DEMO_FILES, demo_in_schema
 
 pytestmark = pytest.mark.postgis
