@@ -287,7 +287,7 @@ def schedule_add_cmd(reg: str, kind: str, every: str | None, cron: str | None,
     with open_registry(reg) as registry:
         data = add_job(registry, kind, every=every, cron=cron, target=target, name=name,
                        options=options, max_retries=retries, retry_base_seconds=retry_delay,
-                       retry_max_seconds=retry_max, origin=ORIGIN)
+                       retry_max_seconds=retry_max, origin=ORIGIN, secrets_file=secrets_file)
     data["secrets_file"] = str(stored) if stored else None
     data["warnings"] = []
     if target and not stored:  # the job names a target: is it there to be used?

@@ -8,6 +8,8 @@ bounded by the job's ``max_retries`` and ``retry_max_seconds``.
 **Credentials are never stored in the registry** (people share registry files): a
 job names a *target* that is looked up in a secrets file, TOML, mode 0600 —
 
+* the ``--secrets`` of the command or server running the job, else
+* the file the job was added with (``schedule add --secrets``: kept with its options), else
 * ``$GEOREG_SECRETS`` when set, else
 * ``<registry>.secrets.toml`` next to a registry file, when it exists, else
 * ``~/.config/georeg/secrets.toml``
@@ -55,6 +57,9 @@ from storage.registry import Registry, json_value
 SCHEDULER_ORIGIN = "scheduler"
 SECRETS_ENV = "GEOREG_SECRETS"
 HOME_SECRETS = Path("~/.config/georeg/secrets.toml")
+#: the job option that keeps the secrets file a job was added with (``schedule add
+#: --secrets``): a path, not a secret; a server's own ``--secrets`` goes before it
+SECRETS_OPTION = "secrets_file"
 UTC = dt.UTC
 
 
@@ -457,8 +462,13 @@ def add_job(
     retry_max_seconds: float = 3600.0,
     enabled: bool = True,
     origin: str = "api",
+    secrets_file: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Store a job definition (never credentials: ``target`` names a secrets entry)."""
+    """Store a job definition (never credentials: ``target`` names a secrets entry).
+
+    ``secrets_file``: the job's target is in that file, not where secrets are looked for
+    by default — its path (not a secret) is kept with the job's options, so a server
+    started without ``--secrets`` still finds it."""
     spec = job_kind(kind)
     if (every is None) == (cron is None):
         raise InvalidInput("Give either --every (e.g. 1h) or --cron (e.g. '0 2 * * *').")
@@ -488,6 +498,8 @@ def add_job(
             f"{', '.join(spec.options) or 'no options'}."
         )
     options = {key: _checked_option(kind, key, value) for key, value in options.items()}
+    if secrets_file is not None:
+        options[SECRETS_OPTION] = str(Path(secrets_file).expanduser().resolve())
     if max_retries < 0 or retry_base_seconds <= 0 or retry_max_seconds < retry_base_seconds:
         raise InvalidInput("Retries: need retries ≥ 0 and 0 < retry delay ≤ maximum delay.")
     name = name or (f"{kind}-{target}" if target else kind)
@@ -707,10 +719,12 @@ def execute(
     try:
         runner = resolve_runner(job.kind)
         secret: dict[str, Any] = {}
+        options = dict(job.options)
+        own_file = options.pop(SECRETS_OPTION, None)  # where the job was told its target is
         if job.target:
             location = reg.location.path or reg.location.url
-            secret = get_target(secrets_path(location, secrets_file), job.target)
-        figures = _figures(runner(reg, secret, dict(job.options)))
+            secret = get_target(secrets_path(location, secrets_file or own_file), job.target)
+        figures = _figures(runner(reg, secret, options))
         outcome = "ok"
         held = int(figures.get("conflict_count") or 0)
         if held:  # done, but someone must look: say so where the run is shown

@@ -359,6 +359,37 @@ def test_start_in_process_for_georeg_serve(tmp_path: Path, secrets: Path, fake_k
     assert not handle.running
 
 
+
+def test_a_job_added_with_its_own_secrets_file_finds_it_when_the_server_has_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``schedule add --secrets FILE`` used to store the target in FILE and forget it: the
+    server (started without --secrets) then looked elsewhere and the job failed for ever."""
+    from georeg.cli_sync import schedule_group
+
+    monkeypatch.delenv(scheduler.SECRETS_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no secrets file there
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    own = tmp_path / "private" / "district-secrets.toml"
+    port, other_port = closed_port(), closed_port()
+    out = CliRunner().invoke(schedule_group, [
+        "add", str(path), "--job", "postgis-push", "--every", "1h", "--target", "central",
+        "--url", f"postgresql://georeg@127.0.0.1:{port}/georeg", "--secrets", str(own),
+        "--json"])
+    assert out.exit_code == 0, out.output
+    with Registry.open(path) as reg:
+        job = list_jobs(reg)[0]
+        assert job["options"] == {"secrets_file": str(own.resolve())}  # where, never what
+        [result] = run_now(reg, job["name"])  # as the server runs it: no --secrets
+        # the target was found: the run reached for its server (closed: nothing listens)
+        assert result.outcome == "failed" and f":{port}" in str(result.error), result.error
+        # the --secrets of whoever runs it goes first
+        other = tmp_path / "other.toml"
+        save_target(other, "central", {"url": f"postgresql://georeg@127.0.0.1:{other_port}/g"})
+        [result] = run_now(reg, job["name"], secrets_file=other)
+        assert f":{other_port}" in str(result.error), result.error
+
+
 # --- command line --------------------------------------------------------------------------
 
 
