@@ -52,12 +52,12 @@ def _central(reg: str, url: str | None, target: str | None, schema: str | None,
         raise InvalidInput("Give either --url postgresql://… or --target NAME.")
     if url:
         return url, schema
-    from sync.scheduler import get_target, secrets_path
+    from sync.scheduler import get_target, postgis_url, secrets_path
 
     entry = get_target(secrets_path(reg, secrets_file), target or "")
     if not entry.get("url"):
         raise InvalidInput(f"Target {target!r} in the secrets file has no 'url'.")
-    return str(entry["url"]), schema or entry.get("schema")
+    return postgis_url(entry), schema or entry.get("schema")
 
 
 def _sync_text(kind: str) -> Any:
@@ -237,10 +237,15 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="Target name in the secrets file (where the URL and credentials are).")
 @click.option("--url", default=None,
               help="Store this URL as --target in the secrets file (mode 0600), not in REG.")
+@click.option("--replace-target", is_flag=True,
+              help="With --url: overwrite a target of that name already in the secrets file "
+                   "(other jobs may use it).")
 @click.option("--schema", default=None, help="Central schema (with --url).")
-@click.option("--user", default=None, help="DHIS2 user name (with --url; stored as secret).")
+@click.option("--user", default=None,
+              help="DHIS2 or PostgreSQL user name (with --url; stored as secret).")
 @click.option("--password-stdin", is_flag=True,
-              help="Read the DHIS2 password from standard input (stored as secret).")
+              help="Read the DHIS2 or PostgreSQL password from standard input (stored as "
+                   "secret).")
 @click.option("--token-stdin", is_flag=True,
               help="Read a DHIS2 personal access token from standard input (stored as secret).")
 @click.option("--name", default=None, help="Job name (default: JOB-TARGET).")
@@ -253,7 +258,8 @@ def _options(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="Longest wait between retries (seconds).")
 @SECRETS
 def schedule_add_cmd(reg: str, kind: str, every: str | None, cron: str | None,
-                     target: str | None, url: str | None, schema: str | None,
+                     target: str | None, url: str | None, replace_target: bool,
+                     schema: str | None,
                      user: str | None, password_stdin: bool, token_stdin: bool,
                      name: str | None, option_pairs: tuple[str, ...], retries: int,
                      retry_delay: float, retry_max: float, secrets_file: str | None,
@@ -261,30 +267,37 @@ def schedule_add_cmd(reg: str, kind: str, every: str | None, cron: str | None,
     """Schedule a job: --every 1h or --cron "0 2 * * *".
 
     Credentials never go into REG: the job names a --target of the secrets file.
-    Give --url once to write that target there (created with mode 0600).
+    Give --url once to write that target there (created with mode 0600); the job is
+    checked first, so a refused job writes nothing.
     """
-    from sync.scheduler import add_job, save_target, secrets_path
+    from sync.scheduler import add_job, check_job, save_target, secrets_path
 
     stored = None
-    if (user or password_stdin or token_stdin) and not url:
-        raise InvalidInput("--user, --password-stdin and --token-stdin go with --url.")
-    if url:
-        if not target:
-            raise InvalidInput("--url needs --target NAME: the name it is stored under.")
-        secret = sys.stdin.readline().strip() if (password_stdin or token_stdin) else None
-        if kind.startswith("dhis2") and not (token_stdin or (user and password_stdin)):
-            raise InvalidInput(
-                f"A {kind} job needs the DHIS2 credentials stored with its target: --user "
-                "with --password-stdin, or --token-stdin (a scheduled job cannot ask for "
-                "them).")
-        stored = save_target(secrets_path(reg, secrets_file), target, {
-            "url": url, "schema": schema, "username": user,
-            "password": secret if password_stdin else None,
-            "token": secret if token_stdin else None})
+    if (user or password_stdin or token_stdin or replace_target) and not url:
+        raise InvalidInput("--user, --password-stdin, --token-stdin and --replace-target go "
+                           "with --url.")
+    if url and not target:
+        raise InvalidInput("--url needs --target NAME: the name it is stored under.")
+    if url and kind.startswith("dhis2") and not (token_stdin or (user and password_stdin)):
+        raise InvalidInput(
+            f"A {kind} job needs the DHIS2 credentials stored with its target: --user "
+            "with --password-stdin, or --token-stdin (a scheduled job cannot ask for them).")
+    if token_stdin and kind.startswith("postgis"):
+        raise InvalidInput("--token-stdin is for DHIS2; a PostgreSQL target takes --user and "
+                           "--password-stdin (or the password in ~/.pgpass).")
     options = _options(option_pairs)
     if schema and not url:
         options["schema"] = schema
     with open_registry(reg) as registry:
+        check_job(registry, kind, every=every, cron=cron, target=target, name=name,
+                  options=options, max_retries=retries, retry_base_seconds=retry_delay,
+                  retry_max_seconds=retry_max)
+        if url and target:
+            secret = sys.stdin.readline().strip() if (password_stdin or token_stdin) else None
+            stored = save_target(secrets_path(reg, secrets_file), target, {
+                "url": url, "schema": schema, "username": user,
+                "password": secret if password_stdin else None,
+                "token": secret if token_stdin else None}, replace=replace_target)
         data = add_job(registry, kind, every=every, cron=cron, target=target, name=name,
                        options=options, max_retries=retries, retry_base_seconds=retry_delay,
                        retry_max_seconds=retry_max, origin=ORIGIN, secrets_file=secrets_file)
@@ -421,5 +434,6 @@ def schedule_serve_cmd(reg: str, secrets_file: str | None, as_json: bool) -> Non
     from sync.scheduler import run_scheduler
 
     click.echo(f"Running the jobs of {reg}; Ctrl-C stops.", err=True)
-    run_scheduler(reg, secrets_file=secrets_file, block=True)
+    run_scheduler(reg, secrets_file=secrets_file, block=True,
+                  stopping=lambda message: click.echo(message, err=True))
 COMMANDS = [sync_group, schedule_group]

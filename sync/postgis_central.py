@@ -80,9 +80,11 @@ def _probe(location: str) -> tuple[bool, bool]:
     except exc.DBAPIError as error:
         msg = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         if re.search(r"password authentication failed|role .* does not exist|"
-                     r"database .* does not exist|no pg_hba.conf entry|permission denied",
-                     msg):
-            raise InvalidInput(f"{loc.display()} refused the connection: {msg}") from error
+                     r"database .* does not exist|no pg_hba.conf entry|permission denied|"
+                     r"no password supplied|password is required", msg):
+            hint = (" (give the password: in the target's URL, with --user and "
+                    "--password-stdin, or in ~/.pgpass)" if "password" in msg else "")
+            raise InvalidInput(f"{loc.display()} refused the connection: {msg}{hint}") from error
         raise UpstreamUnavailable(f"Cannot reach {loc.display()}: {msg}") from error
     finally:
         engine.dispose()

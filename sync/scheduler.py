@@ -34,8 +34,10 @@ import fcntl
 import hashlib
 import importlib
 import json
+import logging
 import os
 import re
+import signal
 import stat
 import threading
 import time
@@ -46,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -55,12 +59,20 @@ from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound, S
 from storage.registry import Registry, json_value
 
 SCHEDULER_ORIGIN = "scheduler"
+#: how a run whose process stopped before it ended is closed (see ``execute``)
+INTERRUPTED = ("interrupted: the process running it stopped before it finished (stopped, "
+               "killed or powered off); the next run picks the sync up again")
+#: run history kept per job: the newest HISTORY_KEEP runs, and every run of the last
+#: HISTORY_DAYS days
+HISTORY_KEEP = 200
+HISTORY_DAYS = 90
 SECRETS_ENV = "GEOREG_SECRETS"
 HOME_SECRETS = Path("~/.config/georeg/secrets.toml")
 #: the job option that keeps the secrets file a job was added with (``schedule add
 #: --secrets``): a path, not a secret; a server's own ``--secrets`` goes before it
 SECRETS_OPTION = "secrets_file"
 UTC = dt.UTC
+LOG = logging.getLogger("georeg.scheduler")
 
 
 # --- job kinds ---------------------------------------------------------------------
@@ -252,10 +264,30 @@ def dhis2_push_data(reg: Registry, secret: dict[str, Any], options: dict[str, An
 
 
 def _postgis_target(secret: dict[str, Any], options: dict[str, Any]) -> tuple[str, str | None]:
+    return postgis_url(secret), options.get("schema") or secret.get("schema")
+
+
+def postgis_url(secret: dict[str, Any]) -> str:
+    """A PostgreSQL target's URL with its ``username``/``password`` put in (``schedule add
+    --user … --password-stdin`` stores them beside the URL; they used to be stored and
+    never sent)."""
     url = secret.get("url")
     if not url:
         raise InvalidInput("The target in the secrets file has no 'url'.")
-    return str(url), options.get("schema") or secret.get("schema")
+    user = secret.get("username") or secret.get("user")
+    password = secret.get("password")
+    if not (user or password):
+        return str(url)
+    from urllib.parse import parse_qsl, quote
+
+    from storage.backends import join_pg_url, split_pg_url
+
+    parts = split_pg_url(str(url))
+    host = parts.netloc.rpartition("@")[2]
+    name = quote(str(user if user else parts.username or ""), safe="")
+    secret_part = f":{quote(str(password), safe='')}" if password else ""
+    return join_pg_url(str(url).partition("://")[0], parts._replace(
+        netloc=f"{name}{secret_part}@{host}"), dict(parse_qsl(parts.query)))
 
 
 # --- secrets -----------------------------------------------------------------------------
@@ -314,8 +346,13 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-def save_target(path: Path, name: str, values: dict[str, Any]) -> Path:
-    """Add or replace ``[targets.NAME]``; the file is (re)written with mode 0600."""
+def save_target(path: Path, name: str, values: dict[str, Any], *, replace: bool = False
+                ) -> Path:
+    """Add ``[targets.NAME]`` to the secrets file (created with mode 0600), leaving the
+    rest of the file — comments, other tables, hand-written targets — as it was.
+
+    A target of that name already there with other values is refused (other jobs may use
+    it) unless ``replace``: then its table (and its sub-tables) is rewritten."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise InvalidInput(f"Target name {name!r}: use letters, digits, '-' and '_'.")
     url = str(values.get("url") or "")
@@ -327,33 +364,71 @@ def save_target(path: Path, name: str, values: dict[str, Any]) -> Path:
         from sync.dhis2_client import dhis2_base_url
 
         dhis2_base_url(url)
-    data = load_secrets(path)
-    targets = data.setdefault("targets", {})
-    targets[name] = {k: v for k, v in values.items() if v is not None}
-    lines = ["# Georeg secrets: credentials of sync targets. Keep private (chmod 600).", ""]
-    for key, value in data.items():
-        if key != "targets" and not isinstance(value, dict):
-            lines.append(f"{key} = {_toml_value(value)}")
-    for tname, table in sorted(targets.items()):
-        lines.append(f"[targets.{tname}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-        lines.append("")
+    wanted = {k: v for k, v in values.items() if v is not None}
+    old_text = path.read_text(encoding="utf-8") if path.exists() else (
+        "# Georeg secrets: credentials of sync targets. Keep private (chmod 600).\n")
+    present = load_secrets(path).get("targets", {})
+    if not isinstance(present, dict):
+        raise InvalidInput(f"{path}: 'targets' is not a table; fix the file by hand.")
+    block = f"[targets.{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in wanted.items())
+    if name in present:
+        if {k: v for k, v in present[name].items() if not isinstance(v, dict)} == wanted:
+            return path  # already there as given
+        if not replace:
+            raise ConflictError(
+                f"Target {name!r} already exists in {path} with other values (other jobs may "
+                f"use it). Use it as it is with --target {name} and no --url, choose another "
+                "--target name, or add --replace-target to overwrite it.")
+        new_text = _without_table(old_text, name, path)
+    else:
+        new_text = old_text
+    new_text = new_text.rstrip("\n") + "\n\n" + block
+    try:  # never write a file that no longer reads, or reads otherwise
+        check = tomllib.loads(new_text)["targets"][name]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+        raise InvalidInput(f"{path} could not be updated safely ({error}); add the "
+                           f"[targets.{name}] table by hand.") from None
+    if dict(check) != wanted:
+        raise InvalidInput(f"{path} could not be updated safely; add the [targets.{name}] "
+                           "table by hand.")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, "\n".join(lines).encode("utf-8"))
+        os.write(fd, new_text.encode("utf-8"))
     finally:
         os.close(fd)
     os.replace(tmp, path)
     return path
 
 
+def _without_table(text_: str, name: str, path: Path) -> str:
+    """The secrets file's text without ``[targets.NAME]`` and its sub-tables (the lines
+    from that header to the next header of another table)."""
+    header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]\s*(#.*)?$")
+    mine = re.compile(rf"^targets\s*\.\s*(\"{re.escape(name)}\"|{re.escape(name)})(\s*\..*)?$")
+    out, skipping, found = [], False, False
+    for line in text_.splitlines(keepends=True):
+        match = header.match(line)
+        if match:
+            skipping = bool(mine.match(match.group(1)))
+            found = found or skipping
+        if not skipping:
+            out.append(line)
+    if not found:  # written another way (an inline table, dotted keys): not ours to edit
+        raise InvalidInput(f"Target {name!r} in {path} is not written as a [targets.{name}] "
+                           "table; change it there by hand.")
+    return "".join(out)
+
+
 # --- job definitions ---------------------------------------------------------------------
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: the longest interval a job may have (a longer one overflows date arithmetic, and is
+#: surely a typo: a yearly job is a --cron)
+MAX_INTERVAL = 366 * 86400
 
 
 def parse_interval(value: str | int) -> int:
@@ -373,12 +448,70 @@ def parse_interval(value: str | int) -> int:
             seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise InvalidInput(f"--every {value!r}: the interval must be positive.")
+    if seconds > MAX_INTERVAL:
+        raise InvalidInput(f"--every {value!r}: at most 366d (for rarer runs use --cron, "
+                           "e.g. '0 2 1 1 *' once a year).")
     return seconds
 
 
-def parse_cron(expr: str) -> CronTrigger:
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _crontab_days(field_: str, expr: str) -> str:
+    """A crontab weekday field (0 or 7 = Sunday, 1 = Monday; names; lists, ranges,
+    steps) as APScheduler's day names: APScheduler counts 0 as *Monday*, so handing it
+    the numbers ran every numeric weekday a day late."""
+    if field_ == "*":
+        return "*"
+
+    def day(token: str) -> int:
+        token = token.strip().lower()
+        if token[:3] in _DAYS and len(token) >= 3:
+            return _DAYS.index(token[:3])
+        if token.isdigit() and int(token) <= 7:
+            return int(token)
+        raise InvalidInput(f"--cron {expr!r}: weekday {token!r} is not 0-7 (0 and 7 are "
+                           "Sunday) or a day name (sun, mon, …).")
+
+    chosen: set[int] = set()
+    for part in field_.split(","):
+        span, _, step_text = part.partition("/")
+        if step_text and not (step_text.isdigit() and int(step_text) > 0):
+            raise InvalidInput(f"--cron {expr!r}: step {step_text!r} is not a whole number.")
+        step = int(step_text or 1)
+        if span == "*":
+            lo, hi = 0, 6
+        elif "-" in span:
+            first, _, last = span.partition("-")
+            lo, hi = day(first), day(last)
+            if lo > hi:
+                raise InvalidInput(f"--cron {expr!r}: weekday range {span!r} runs backwards "
+                                   "(write it as two ranges, e.g. 5-6,0).")
+        else:
+            lo = day(span)
+            hi = 7 if step_text else lo
+        chosen.update(d % 7 for d in range(lo, hi + 1, step))
+    return ",".join(_DAYS[d] for d in sorted(chosen))
+
+
+def parse_cron(expr: str) -> BaseTrigger:
+    """A crontab expression (minute hour day month weekday, in UTC) as a trigger, with
+    crontab's meaning: weekdays 0 and 7 are Sunday, and when both the day of the month
+    and the weekday are given, either one matching is enough."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise InvalidInput(f"--cron {expr!r}: not a crontab expression — give five fields, "
+                           "minute hour day month weekday (e.g. '0 2 * * *').")
+    minute, hour, day, month, weekday = fields
+    weekday = _crontab_days(weekday, expr)
     try:
-        return CronTrigger.from_crontab(expr, timezone=UTC)
+        def cron(day_: str, weekday_: str) -> CronTrigger:
+            return CronTrigger(minute=minute, hour=hour, day=day_, month=month,
+                               day_of_week=weekday_, timezone=UTC)
+
+        if day != "*" and weekday != "*":
+            return OrTrigger([cron(day, "*"), cron("*", weekday)])
+        return cron(day, weekday)
     except ValueError as error:
         raise InvalidInput(
             f"--cron {expr!r}: not a crontab expression (minute hour day month weekday, "
@@ -402,10 +535,19 @@ class JobDef:
     created_at: str | None = None
     created_by: str | None = None
 
-    def trigger(self) -> IntervalTrigger | CronTrigger:
+    def trigger(self, last_start: dt.datetime | None = None) -> BaseTrigger:
+        """When the job runs.  An interval counts from the job's last run (``last_start``,
+        by whichever process), not from when this scheduler started — a ``--every 1d``
+        job on a computer switched on each morning used to never run; a job overdue runs
+        now.  Never run: one interval from now."""
         if self.cron:
             return parse_cron(self.cron)
-        return IntervalTrigger(seconds=int(self.every_seconds or 0), timezone=UTC)
+        every = dt.timedelta(seconds=int(self.every_seconds or 0))
+        if last_start is None:
+            return IntervalTrigger(seconds=int(self.every_seconds or 0), timezone=UTC)
+        now = dt.datetime.now(UTC)
+        return IntervalTrigger(seconds=int(self.every_seconds or 0), timezone=UTC,
+                               start_date=max(last_start + every, now + dt.timedelta(seconds=1)))
 
     def schedule_text(self) -> str:
         return f"cron {self.cron}" if self.cron else f"every {_human(self.every_seconds or 0)}"
@@ -448,7 +590,13 @@ def _job(row: Any) -> JobDef:
     )
 
 
-def add_job(
+def _refuse_taken(conn: Any, name: str) -> None:
+    if conn.execute(text("SELECT 1 FROM schedule_job WHERE name = :n"), {"n": name}).first():
+        raise ConflictError(f"A job named {name!r} already exists; remove it first or choose "
+                            "--name.")
+
+
+def check_job(
     reg: Registry,
     kind: str,
     *,
@@ -460,15 +608,10 @@ def add_job(
     max_retries: int = 3,
     retry_base_seconds: float = 30.0,
     retry_max_seconds: float = 3600.0,
-    enabled: bool = True,
-    origin: str = "api",
-    secrets_file: str | Path | None = None,
-) -> dict[str, Any]:
-    """Store a job definition (never credentials: ``target`` names a secrets entry).
-
-    ``secrets_file``: the job's target is in that file, not where secrets are looked for
-    by default — its path (not a secret) is kept with the job's options, so a server
-    started without ``--secrets`` still finds it."""
+) -> tuple[int | None, dict[str, Any], str]:
+    """A job definition checked as ``add_job`` would store it, without storing it:
+    (interval seconds, options as stored, name).  ``schedule add`` checks first, so a
+    refused job never leaves its target written in the secrets file."""
     spec = job_kind(kind)
     if (every is None) == (cron is None):
         raise InvalidInput("Give either --every (e.g. 1h) or --cron (e.g. '0 2 * * *').")
@@ -498,16 +641,43 @@ def add_job(
             f"{', '.join(spec.options) or 'no options'}."
         )
     options = {key: _checked_option(kind, key, value) for key, value in options.items()}
-    if secrets_file is not None:
-        options[SECRETS_OPTION] = str(Path(secrets_file).expanduser().resolve())
     if max_retries < 0 or retry_base_seconds <= 0 or retry_max_seconds < retry_base_seconds:
         raise InvalidInput("Retries: need retries ≥ 0 and 0 < retry delay ≤ maximum delay.")
     name = name or (f"{kind}-{target}" if target else kind)
+    with reg.read() as conn:
+        _refuse_taken(conn, name)
+    return every_seconds, options, name
+
+
+def add_job(
+    reg: Registry,
+    kind: str,
+    *,
+    every: str | int | None = None,
+    cron: str | None = None,
+    target: str | None = None,
+    name: str | None = None,
+    options: dict[str, Any] | None = None,
+    max_retries: int = 3,
+    retry_base_seconds: float = 30.0,
+    retry_max_seconds: float = 3600.0,
+    enabled: bool = True,
+    origin: str = "api",
+    secrets_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """Store a job definition (never credentials: ``target`` names a secrets entry).
+
+    ``secrets_file``: the job's target is in that file, not where secrets are looked for
+    by default — its path (not a secret) is kept with the job's options, so a server
+    started without ``--secrets`` still finds it."""
+    every_seconds, options, name = check_job(
+        reg, kind, every=every, cron=cron, target=target, name=name, options=options,
+        max_retries=max_retries, retry_base_seconds=retry_base_seconds,
+        retry_max_seconds=retry_max_seconds)
+    if secrets_file is not None:
+        options[SECRETS_OPTION] = str(Path(secrets_file).expanduser().resolve())
     with reg.write(origin=origin, audit=False) as conn:
-        if conn.execute(text("SELECT 1 FROM schedule_job WHERE name = :n"), {"n": name}).first():
-            raise ConflictError(
-                f"A job named {name!r} already exists; remove it first or choose --name."
-            )
+        _refuse_taken(conn, name)
         author = conn.execute(
             text("SELECT author FROM edit_context WHERE fid = 1")
             if conn.dialect.name == "sqlite"
@@ -546,18 +716,34 @@ def jobs(reg: Registry) -> list[JobDef]:
         )]
 
 
+def _last_runs(reg: Registry) -> dict[str, Any]:
+    """The newest run of each job (any process, any trigger)."""
+    with reg.read() as conn:
+        return {
+            r.job_name: r for r in conn.execute(text(
+                "SELECT r.fid, r.job_name, r.started_at, r.outcome, r.attempt, r.error, "
+                "r.retry_at FROM schedule_run r WHERE r.fid IN (SELECT max(fid) FROM "
+                "schedule_run GROUP BY job_name)"
+            ))
+        }
+
+
+def _moment(text_: Any) -> dt.datetime | None:
+    """A stored time (``…Z``) as a datetime; None for none or garbage."""
+    if not text_:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(str(text_).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def list_jobs(reg: Registry) -> list[dict[str, Any]]:
     """Every job with its last run and (for enabled jobs) its next planned run."""
     out = []
     now = dt.datetime.now(UTC)
-    with reg.read() as conn:
-        last = {
-            r.job_name: r for r in conn.execute(text(
-                "SELECT r.job_name, r.started_at, r.outcome, r.attempt, r.error, r.retry_at "
-                "FROM schedule_run r WHERE r.fid IN (SELECT max(fid) FROM schedule_run "
-                "GROUP BY job_name)"
-            ))
-        }
+    last = _last_runs(reg)
     for job in jobs(reg):
         data = job.to_dict()
         run = last.get(job.name)
@@ -567,16 +753,15 @@ def list_jobs(reg: Registry) -> list[dict[str, Any]]:
         )
         nxt = None
         if job.enabled:
-            if job.cron:
-                nxt = job.trigger().get_next_fire_time(None, now)
-            else:  # an interval counts from the last run (from now when it never ran)
-                every = dt.timedelta(seconds=job.every_seconds or 0)
-                nxt = now + every
-                if run is not None and run.started_at:
-                    with contextlib.suppress(ValueError):
-                        last_start = dt.datetime.fromisoformat(
-                            str(run.started_at).replace("Z", "+00:00"))
-                        nxt = max(last_start + every, now)
+            try:  # (a job row written by hand may hold anything: the others still list)
+                if job.cron:
+                    nxt = job.trigger().get_next_fire_time(None, now)
+                else:  # an interval counts from the last run (from now when it never ran)
+                    every = dt.timedelta(seconds=job.every_seconds or 0)
+                    last_start = _moment(run.started_at) if run is not None else None
+                    nxt = now + every if last_start is None else max(last_start + every, now)
+            except (GeoregError, ValueError, OverflowError) as error:
+                data["error"] = f"this job cannot be scheduled: {error}"
         data["next_run"] = _iso(nxt) if nxt else None
         out.append(data)
     return out
@@ -703,9 +888,24 @@ def execute(
     triggered_by: str = "schedule",
     secrets_file: str | Path | None = None,
 ) -> RunResult:
-    """Run one job once and record the run (outcome, figures, error, planned retry)."""
+    """Run one job once and record the run (outcome, figures, error, planned retry).
+
+    The caller holds the job's lock (``job_lock``): a run of this job still marked
+    ``running`` is one whose process stopped (killed, power cut) — it is closed as
+    failed, "interrupted", rather than shown running for ever.  Runs older than
+    ``HISTORY_DAYS`` beyond the newest ``HISTORY_KEEP`` of the job are dropped."""
     started = dt.datetime.now(UTC)
     with reg.write(origin=SCHEDULER_ORIGIN, audit=False) as conn:
+        conn.execute(
+            text("UPDATE schedule_run SET outcome = 'failed', ended_at = :e, error = :err "
+                 "WHERE job_name = :n AND outcome = 'running'"),
+            {"e": _iso(started), "n": job.name, "err": INTERRUPTED})
+        conn.execute(
+            text("DELETE FROM schedule_run WHERE job_name = :n AND started_at < :cut AND fid "
+                 "NOT IN (SELECT fid FROM schedule_run WHERE job_name = :n ORDER BY fid DESC "
+                 "LIMIT :keep)"),
+            {"n": job.name, "keep": HISTORY_KEEP,
+             "cut": _iso(started - dt.timedelta(days=HISTORY_DAYS))})
         run_id = int(conn.execute(
             text(
                 "INSERT INTO schedule_run (job_id, job_name, kind, triggered_by, attempt, "
@@ -830,20 +1030,36 @@ class Scheduler:
         }
 
     def reload(self) -> None:
-        """Bring the APScheduler jobs in line with the registry's ``schedule_job`` table."""
+        """Bring the APScheduler jobs in line with the registry's ``schedule_job`` table.
+
+        A job loaded here for the first time takes up where the history left it: its
+        interval counts from its last run, and a retry planned by a process that
+        stopped is planned again.  A job that cannot be scheduled (a row written by
+        hand) is logged and left out; the others run."""
         assert self.reg is not None
         current = {j.name: j for j in jobs(self.reg) if j.enabled}
         for name in set(self._loaded) - set(current):
             self._remove(name)
+        last = _last_runs(self.reg)
         for name, job in current.items():
             signature = (job.kind, job.target, job.every_seconds, job.cron,
                          json.dumps(job.options, sort_keys=True))
             if self._loaded.get(name) == signature:
                 continue
+            run = last.get(name)
+            try:
+                self._aps.add_job(self._fire, job.trigger(_moment(run.started_at) if run else None),
+                                  args=[name], id=f"job:{name}", name=name,
+                                  replace_existing=True)
+            except (GeoregError, ValueError, OverflowError) as error:
+                LOG.error("Scheduled job %r left out: %s", name, error)
+                continue
             self._locks.setdefault(name, threading.Lock())
-            self._aps.add_job(self._fire, job.trigger(), args=[name], id=f"job:{name}",
-                              name=name, replace_existing=True)
+            first = name not in self._loaded
             self._loaded[name] = signature
+            if first and run is not None and run.outcome == "failed" and run.retry_at:
+                self._retry(name, int(run.attempt) + 1, int(run.fid),
+                            _moment(run.retry_at) or dt.datetime.now(UTC))
 
     def _remove(self, name: str) -> None:
         for prefix in ("job:", "retry:"):
@@ -852,17 +1068,23 @@ class Scheduler:
         self._loaded.pop(name, None)
 
     # runs
+    def _retry(self, name: str, attempt: int, failed_run: int, when: dt.datetime) -> None:
+        when = max(when, dt.datetime.now(UTC) + dt.timedelta(seconds=1))
+        self._aps.add_job(
+            self._fire, DateTrigger(run_date=when, timezone=UTC), args=[name],
+            kwargs={"attempt": attempt, "triggered_by": "retry", "failed_run": failed_run},
+            id=f"retry:{name}", name=f"{name} (retry {attempt - 1})", replace_existing=True,
+        )
+
     def _fire(self, name: str, attempt: int = 1, triggered_by: str = "schedule",
               failed_run: int | None = None) -> None:
         assert self.reg is not None
         lock = self._locks.setdefault(name, threading.Lock())
         if not lock.acquire(blocking=False):
             return  # the previous run of this job is still going
+        job: JobDef | None = None
         try:
-            try:
-                job = get_job(self.reg, name)
-            except NotFound:
-                return
+            job = get_job(self.reg, name)
             if not job.enabled:
                 return
             if failed_run is not None and self._succeeded_since(name, failed_run):
@@ -870,18 +1092,42 @@ class Scheduler:
             with job_lock(self.reg, name) as mine:
                 if not mine:
                     return  # another process (a second server) runs this job right now
+                if triggered_by == "schedule" and self._ran_lately(job):
+                    return
                 result = execute(self.reg, job, attempt=attempt, triggered_by=triggered_by,
                                  secrets_file=self.secrets_file)
             if result.outcome == "failed" and result.retry_in is not None:
-                when = dt.datetime.now(UTC) + dt.timedelta(seconds=result.retry_in)
-                self._aps.add_job(
-                    self._fire, DateTrigger(run_date=when, timezone=UTC), args=[name],
-                    kwargs={"attempt": attempt + 1, "triggered_by": "retry",
-                            "failed_run": result.run_id},
-                    id=f"retry:{name}", name=f"{name} (retry {attempt})", replace_existing=True,
-                )
+                self._retry(name, attempt + 1, result.run_id,
+                            dt.datetime.now(UTC) + dt.timedelta(seconds=result.retry_in))
+        except NotFound:
+            return  # removed meanwhile
+        except GeoregError as error:
+            # the run could not even be recorded (the registry locked by a long import, a
+            # database gone): one line, and the run is tried again later
+            delay = job.backoff(attempt) if job is not None else 60.0
+            LOG.warning("Job %r could not run (%s); trying again in %.0f s.", name,
+                        error.message, delay)
+            if job is not None and attempt <= job.max_retries:
+                self._retry(name, attempt + 1, failed_run or 0,
+                            dt.datetime.now(UTC) + dt.timedelta(seconds=delay))
         finally:
             lock.release()
+
+    def _ran_lately(self, job: JobDef) -> bool:
+        """Whether another process (or a run-now) already ran this occurrence: two servers
+        on one registry would otherwise each run an interval job once per interval.  An
+        interval job then waits a whole interval from that run."""
+        assert self.reg is not None
+        run = _last_runs(self.reg).get(job.name)
+        started = _moment(run.started_at) if run is not None else None
+        if started is None:
+            return False
+        gap = 0.9 * job.every_seconds if job.every_seconds else 50.0  # (cron: a minute)
+        if (dt.datetime.now(UTC) - started).total_seconds() >= gap:
+            return False
+        if job.every_seconds:
+            self._aps.reschedule_job(f"job:{job.name}", trigger=job.trigger(started))
+        return True
 
     def _succeeded_since(self, name: str, run_id: int) -> bool:
         assert self.reg is not None
@@ -908,17 +1154,32 @@ def start_in_process(registry_location: str | Path, *, secrets_file: str | Path 
 
 
 def run_scheduler(location: str | Path, *, secrets_file: str | Path | None = None,
-                  block: bool = True, reload_seconds: float = 30.0) -> Scheduler:
-    """Start the scheduler for a registry; with ``block``, until Ctrl-C."""
-    scheduler = Scheduler(location, secrets_file=secrets_file,
-                          reload_seconds=reload_seconds).start()
+                  block: bool = True, reload_seconds: float = 30.0,
+                  stopping: Callable[[str], None] | None = None) -> Scheduler:
+    """Start the scheduler for a registry; with ``block``, until Ctrl-C or SIGTERM (a
+    service manager stopping it): a running job is waited for, and ``stopping`` is told
+    so; a second Ctrl-C abandons it (its run is closed as interrupted next time)."""
     if not block:
-        return scheduler
+        return Scheduler(location, secrets_file=secrets_file,
+                         reload_seconds=reload_seconds).start()
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    scheduler = Scheduler(location, secrets_file=secrets_file, reload_seconds=reload_seconds)
     try:
+        scheduler.start()
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        pass
+        busy = [name for name, lock in scheduler._locks.items() if lock.locked()]
+        if busy and stopping is not None:
+            stopping(f"Stopping: waiting for {', '.join(sorted(busy))} to finish "
+                     "(Ctrl-C again to abandon it).")
     finally:
-        scheduler.shutdown()
+        try:
+            scheduler.shutdown()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return scheduler

@@ -110,6 +110,36 @@ def test_intervals_and_crons() -> None:
     nxt = scheduler.parse_cron("0 2 * * *").get_next_fire_time(
         None, dt.datetime(2024, 5, 1, 13, 0, tzinfo=dt.UTC))
     assert nxt == dt.datetime(2024, 5, 2, 2, 0, tzinfo=dt.UTC)
+    with pytest.raises(InvalidInput, match="366d"):  # (used to overflow in list and serve)
+        parse_interval("999999999d")
+
+
+def test_cron_weekdays_mean_what_crontab_says() -> None:
+    """APScheduler counts 0 as Monday: '0 2 * * 1' used to run on Tuesdays, '1-5' from
+    Tuesday to Saturday, and 7 (Sunday) was refused."""
+    sunday = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+
+    def days(expr: str, n: int = 7) -> list[str]:
+        trigger, moment, out = scheduler.parse_cron(expr), sunday, []
+        for _ in range(n):
+            moment = trigger.get_next_fire_time(None, moment + dt.timedelta(seconds=1))
+            out.append(moment.strftime("%a"))
+        return out
+
+    assert days("0 2 * * 1", 2) == ["Mon", "Mon"]
+    assert days("30 6 * * 1-5", 5) == ["Mon", "Tue", "Wed", "Thu", "Fri"]
+    assert days("0 2 * * 0", 1) == days("0 2 * * 7", 1) == days("0 2 * * sun", 1) == ["Sun"]
+    assert days("0 2 * * */2", 4) == ["Tue", "Thu", "Sat", "Sun"]
+    assert days("0 2 * * mon-fri", 5) == days("30 6 * * 1-5", 5)
+    # a day of the month and a weekday: either one is enough, as in crontab
+    both = scheduler.parse_cron("0 2 1 * 1")
+    first = both.get_next_fire_time(None, sunday)
+    assert first == dt.datetime(2026, 11, 30, 2, 0, tzinfo=dt.UTC)  # Monday 30th
+    assert both.get_next_fire_time(None, first + dt.timedelta(seconds=1)) == dt.datetime(
+        2026, 12, 1, 2, 0, tzinfo=dt.UTC)  # Tuesday 1st
+    for bad in ("0 2 * * 8", "0 2 * * 5-1", "0 2 * * 1/x", "0 2 * *"):
+        with pytest.raises(InvalidInput, match="cron"):
+            scheduler.parse_cron(bad)
 
 
 def test_jobs_are_stored_in_the_registry(reg: Registry, fake_kind: None) -> None:
@@ -328,7 +358,8 @@ def test_the_scheduler_retries_after_a_failure(
     with Scheduler(path, reload_seconds=60), Registry.open(path) as reg:
         failed = wait_for(lambda: next((r for r in history(reg) if r["outcome"] == "failed"),
                                        None))
-        save_target(secrets, "central", {"url": central[0], "schema": central[1]})  # fixed
+        save_target(secrets, "central", {"url": central[0], "schema": central[1]},
+                    replace=True)  # fixed
         ok = wait_for(lambda: next((r for r in history(reg) if r["outcome"] == "ok"), None))
     assert failed["attempt"] == 1 and "Cannot reach" in failed["error"]
     assert failed["retry_at"] is not None
@@ -336,6 +367,218 @@ def test_the_scheduler_retries_after_a_failure(
     delay = (at(ok["started_at"]) - at(failed["ended_at"])).total_seconds()
     assert 0.6 <= delay <= 2.0
     assert ok["figures"]["units_inserted"] == 1332
+
+
+def test_an_interval_counts_from_the_last_run_whichever_process_made_it(
+        tmp_path: Path, secrets: Path, fake_kind: None) -> None:
+    """A server restarted more often than a job's interval used to never run it (the
+    clock restarted with the process), and two servers on one registry each ran it."""
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    save_target(secrets, "t", {"url": "x://y"})
+    with Registry.open(path) as reg:
+        add_job(reg, "fake", every=4, target="t")
+        [first] = run_now(reg, "fake-t")
+        t0 = at(history(reg)[0]["started_at"])
+    time.sleep(2)  # the "server" starts two seconds after that run …
+    with Scheduler(path, reload_seconds=60), Registry.open(path) as reg:
+        time.sleep(1)
+        with Scheduler(path, reload_seconds=60):  # … and a second one a second later
+            def scheduled() -> list[dict[str, Any]]:
+                return [r for r in history(reg) if r["triggered_by"] == "schedule"
+                        and r["outcome"] != "running"]
+
+            runs = wait_for(lambda: scheduled() if len(scheduled()) >= 2 else None,
+                            timeout=15)
+            time.sleep(1.5)
+            runs = scheduled()
+    starts = sorted(at(r["started_at"]) for r in runs)
+    # four seconds after the last run (not four after the server started), then every four
+    assert 3.5 <= (starts[0] - t0).total_seconds() <= 5.0, starts
+    assert 3.5 <= (starts[1] - starts[0]).total_seconds() <= 5.0, starts  # not twice
+    assert len(starts) == 2
+
+
+def test_a_run_cut_short_is_closed_and_a_planned_retry_survives_a_restart(
+        tmp_path: Path, secrets: Path, fake_kind: None) -> None:
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    save_target(secrets, "bad", {"url": "x://y", "fail": True})
+    with Registry.open(path) as reg:
+        add_job(reg, "fake", every="1h", target="bad", retry_base_seconds=600)
+        [failed] = run_now(reg, "fake-bad")  # failed; a retry planned in ten minutes
+        with Scheduler(path, reload_seconds=60) as sched:
+            assert "retry:fake-bad" in sched.planned()  # planned again by a new process
+        # a run whose process was killed: left "running"
+        with reg.write(origin="test", audit=False) as conn:
+            conn.execute(text("INSERT INTO schedule_run (job_id, job_name, kind, triggered_by, "
+                              "attempt, started_at) SELECT fid, name, kind, 'schedule', 1, "
+                              "'2026-01-01T00:00:00.000Z' FROM schedule_job"))
+        run_now(reg, "fake-bad")
+        cut = [r for r in history(reg) if r["started_at"].startswith("2026-01-01")]
+        assert cut and cut[0]["outcome"] == "failed"
+        assert cut[0]["error"] == scheduler.INTERRUPTED
+
+
+def test_a_job_row_that_cannot_be_scheduled_does_not_stop_the_others(
+        tmp_path: Path, secrets: Path, fake_kind: None) -> None:
+    """One absurd row (written by hand, or by an older Georeg) used to crash 'schedule
+    list' and keep 'georeg serve' — the phones' server — from starting."""
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    save_target(secrets, "t", {"url": "x://y"})
+    with Registry.open(path) as reg:
+        add_job(reg, "fake", every=1, target="t", name="good")
+        add_job(reg, "fake", every=60, target="t", name="huge")
+        with reg.write(origin="test", audit=False) as conn:
+            conn.execute(text("UPDATE schedule_job SET every_seconds = 86400000000000 "
+                              "WHERE name = 'huge'"))
+        listed = {j["name"]: j for j in list_jobs(reg)}
+        assert "cannot be scheduled" in listed["huge"]["error"]
+        assert listed["good"]["next_run"]
+        with Scheduler(path, reload_seconds=60):
+            wait_for(lambda: [r for r in history(reg, "good") if r["outcome"] == "ok"])
+
+
+def test_schedule_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """A service manager stops with SIGTERM: the process used to die at once (rc -15)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    proc = subprocess.Popen([sys.executable, "-m", "georeg.cli", "schedule", "serve", str(path)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Ctrl-C stops" in (proc.stderr.readline() if proc.stderr else "")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+class PasswordAskingPostgres:
+    """A stand-in for a PostgreSQL server that asks for a cleartext password, writes down
+    what it gets, and refuses it as a real server would (the test cluster trusts every
+    connection, so it cannot show whether a password was sent)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = int(self.sock.getsockname()[1])
+        self.passwords: list[bytes | None] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    size = struct.unpack("!I", conn.recv(4))[0]
+                    body = conn.recv(size - 4)
+                    if struct.unpack("!I", body[:4])[0] == 80877103:  # SSLRequest: no
+                        conn.send(b"N")
+                        size = struct.unpack("!I", conn.recv(4))[0]
+                        conn.recv(size - 4)
+                    conn.send(b"R" + struct.pack("!II", 8, 3))  # cleartext password, please
+                    answer = conn.recv(1000)
+                    self.passwords.append(answer[5:].rstrip(b"\0") if answer[:1] == b"p"
+                                          else None)
+                    fields = (b"SFATAL\0C28P01\0Mpassword authentication failed for user "
+                              b"\"georeg\"\0\0")
+                    conn.send(b"E" + struct.pack("!I", len(fields) + 4) + fields)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_postgis_target_with_user_and_password_sends_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``schedule add --url … --user … --password-stdin`` stored the password and never
+    sent it; the run then said "Cannot reach" a server that had answered."""
+    from georeg.cli_sync import schedule_group
+
+    monkeypatch.delenv(scheduler.SECRETS_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    server = PasswordAskingPostgres()
+    try:
+        out = CliRunner().invoke(schedule_group, [
+            "add", str(path), "--job", "postgis-push", "--every", "1h", "--target", "ministry",
+            "--url", f"postgresql://127.0.0.1:{server.port}/registry", "--schema", "district",
+            "--user", "georeg", "--password-stdin"], input="p@ss/w?rd:é\n")
+        assert out.exit_code == 0, out.output
+        with Registry.open(path) as reg:
+            [result] = run_now(reg, "postgis-push-ministry")
+        assert server.passwords and server.passwords[0] == "p@ss/w?rd:é".encode()
+        assert "refused the connection" in str(result.error), result.error
+        assert "p@ss" not in str(result.error)
+    finally:
+        server.close()
+
+
+def test_schedule_add_leaves_an_existing_target_and_the_rest_of_the_file_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused 'schedule add --url' used to rewrite the target anyway (and drop its
+    schema), and any add rewrote the whole file: comments and other tables lost."""
+    from georeg.cli_sync import schedule_group
+
+    monkeypatch.delenv(scheduler.SECRETS_ENV, raising=False)
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    secrets_file = tmp_path / "secrets.toml"
+    hand_written = (
+        "# district secrets, kept by Aminata\n"
+        "[targets.ministry]                     # the central PostGIS\n"
+        'url = "postgresql://georeg:secret@db.ministry.example/registry"\n'
+        'schema = "district_bo"\n'
+        "[targets.ministry.options]\n"
+        'sslmode = "require"\n'
+        "[notes]\n"
+        'owner = "aminata"\n')
+    secrets_file.write_text(hand_written)
+    secrets_file.chmod(0o600)
+
+    def add(*args: str) -> Any:
+        return CliRunner().invoke(schedule_group, [
+            "add", str(path), "--job", "postgis-push", "--secrets", str(secrets_file), *args])
+
+    refused = add("--every", "bogus", "--target", "ministry",
+                  "--url", "postgresql://other@wrong.example/x")
+    assert refused.exit_code != 0 and secrets_file.read_text() == hand_written
+    clash = add("--every", "1h", "--target", "ministry", "--url",
+                "postgresql://other@wrong.example/x")
+    assert clash.exit_code != 0 and "--replace-target" in clash.output
+    assert secrets_file.read_text() == hand_written
+    added = add("--every", "1h", "--target", "dhis-free", "--name", "second",
+                "--url", "postgresql://georeg@db2.example/registry", "--schema", "s2")
+    assert added.exit_code == 0, added.output
+    text_now = secrets_file.read_text()
+    assert text_now.startswith(hand_written)  # comments, sub-tables, other tables kept
+    targets = load_secrets(secrets_file)["targets"]
+    assert targets["dhis-free"] == {"url": "postgresql://georeg@db2.example/registry",
+                                    "schema": "s2"}
+    assert targets["ministry"]["options"] == {"sslmode": "require"}
+    replaced = add("--every", "1h", "--target", "ministry", "--name", "third",
+                   "--url", "postgresql://georeg@db3.example/registry", "--replace-target")
+    assert replaced.exit_code == 0, replaced.output
+    data = load_secrets(secrets_file)
+    assert data["targets"]["ministry"] == {"url": "postgresql://georeg@db3.example/registry"}
+    assert data["notes"] == {"owner": "aminata"} and "kept by Aminata" in secrets_file.read_text()
 
 
 def test_start_in_process_for_georeg_serve(tmp_path: Path, secrets: Path, fake_kind: None
