@@ -29,6 +29,7 @@ import io
 import json
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any
@@ -38,6 +39,7 @@ from sqlalchemy import Connection, text
 from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 
+from local_server import auth
 from local_server import server_glue as glue
 from local_server.jwt import InvalidToken, decode, issue_pair
 from local_server.rest_api import json_response, read_json
@@ -271,10 +273,20 @@ def org_units_handler(request: Request, ctx: Any) -> Response:
         paths = glue.user_paths(conn, user, version)
         roots = glue.user_root_keys(conn, user, version)
         if ids is not None:
+            # a unit outside the user's area is "not found" like one that does not exist,
+            # so the answer does not tell a collector which ids exist elsewhere
+            params: dict[str, Any] = {"v": version.id}
+            area = ""
+            if paths is not None:
+                area = " AND (" + (" OR ".join(
+                    f"(path >= :lo{n} AND path < :hi{n})" for n in range(len(paths)))
+                    or "1 = 0") + ")"
+                for n, path in enumerate(paths):
+                    params[f"lo{n}"], params[f"hi{n}"] = path, path[:-1] + "0"
             found = conn.execute(
                 text("SELECT count(*) FROM org_unit WHERE version_id = :v AND unit_key IN ("
-                     + (", ".join(str(i) for i in ids) or "NULL") + ")"),
-                {"v": version.id}).scalar_one()
+                     + (", ".join(str(i) for i in ids) or "NULL") + ")" + area),
+                params).scalar_one()
             if found != len(set(ids)):
                 raise NotFound("One or more IDs were not found.", parameter="ids")
     body = stream_org_units(reg, version, paths=paths, shapes=shapes,
@@ -503,11 +515,34 @@ def create_phone_change(reg: Registry, ctx: Any, user: Any, app_id: str | None,
                 continue
             values[field] = value
     glue.check_in_area(reg, user, version, unit, what)
+    if "parent" in values:
+        check_new_parent(reg, user, version, values["parent"], what)
     return cr.create_change_request(
         reg, version.source_id, number=version.number, unit=unit, values=values,
         uuid=str(uuid) if uuid else None,
         location_accuracy=_float(body.get("new_location_accuracy")),
         created_by=glue.user_name(user), device=glue.device(ctx))
+
+
+def check_new_parent(reg: Registry, user: Any, version: VersionRef, parent: str | None,
+                     what: str) -> None:
+    """A move must stay inside the user's area: the proposed parent is checked like the
+    unit, else a collector could send a unit of their area into another one (and a
+    reviewer of their area approve it).  Moving to the top level leaves every area."""
+    with reg.read() as conn:
+        if glue.user_paths(conn, user, version) is None:
+            return
+        name = conn.execute(text("SELECT name FROM org_unit WHERE version_id = :v AND "
+                                 "uuid = :u"), {"v": version.id, "u": parent}).scalar()
+    if parent is None:
+        raise auth.Forbidden(f"{what}: a unit cannot be moved to the top level, outside "
+                             "your area; give a new parent inside your area.")
+    try:
+        glue.check_in_area(reg, user, version, parent, what)
+    except auth.Forbidden:
+        raise auth.Forbidden(
+            f"{what}: the new parent {name or parent!r} is outside your area; you can only "
+            "move a unit under a parent inside your area.", field="new_parent_id") from None
 
 
 def changes_post(request: Request, ctx: Any) -> Response:
@@ -609,20 +644,74 @@ def form_upload_post(request: Request, ctx: Any) -> Response:
 # --- bulk upload ------------------------------------------------------------------------------
 
 BULK_MAX_FILES = 10_000
-BULK_MAX_BYTES = 512 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+class ZipTooLarge(InvalidInput):
+    """A bulk zip that unpacks to more than the server accepts in one request."""
+
+    code = "too_large"
+    http_status = 413
+
+
+def _corrupt() -> InvalidInput:
+    return InvalidInput("zip_file: the zip file is corrupt (a file in it fails its "
+                        "checksum or cannot be unpacked); nothing was stored. Send it again.",
+                        field="zip_file")
+
+
+def _check_zip(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], limit: int) -> None:
+    """Refuse, before anything is stored, a zip that unpacks to more than ``limit`` bytes
+    in all (so also per file) or that is damaged.  The sizes the zip declares are checked
+    first (a zip bomb is refused without unpacking it); then every file is unpacked once,
+    in chunks and without keeping it, counting the bytes really produced and checking
+    each file's CRC — a corrupt file found halfway would otherwise leave the zip half
+    stored."""
+    def too_large(size: str) -> ZipTooLarge:
+        return ZipTooLarge(
+            f"zip_file unpacks to {size}, more than this server accepts in one request "
+            f"({limit} bytes, serve --max-body-mb); nothing was stored. Send the "
+            "submissions in smaller zips.", field="zip_file", limit=limit)
+
+    if len(infos) > BULK_MAX_FILES:
+        raise InvalidInput(f"zip_file holds {len(infos)} files; at most {BULK_MAX_FILES} "
+                           "are accepted in one zip.", field="zip_file")
+    declared = sum(i.file_size for i in infos)
+    if declared > limit:
+        raise too_large(f"{declared} bytes")
+    total = 0
+    for info in infos:
+        try:
+            with archive.open(info) as member:
+                while chunk := member.read(_CHUNK):
+                    total += len(chunk)
+                    if total > limit:
+                        raise too_large(f"more than {limit} bytes")
+        except ZipTooLarge:
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):
+            raise _corrupt() from None
+        except (NotImplementedError, RuntimeError):  # another compression, or encrypted
+            raise InvalidInput(f"zip_file: {info.filename!r} is encrypted or compressed in "
+                               "a way this server does not read (use plain deflate).",
+                               field="zip_file") from None
 
 
 def process_bulk_zip(ctx: Any, user: Any, app_id: str | None, data: bytes) -> dict[str, Any]:
     """The zip of ``orgUnits.json``, ``instances.json``, ``changeRequests.json`` and one
-    folder per instance (``<uuid>/<file>.xml`` + attachments), in Iaso's order."""
+    folder per instance (``<uuid>/<file>.xml`` + attachments), in Iaso's order.
+
+    The zip may unpack to at most the server's body limit (``--max-body-mb``): the same
+    as the same submissions sent one by one may weigh, and what bounds the memory of a
+    request.  A zip over it (413) or damaged (400) is refused before anything is stored;
+    so is one whose JSON lists are not valid."""
     reg = glue.registry(ctx)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, ValueError, EOFError):
         raise InvalidInput("zip_file is not a zip archive.", field="zip_file") from None
     infos = [i for i in archive.infolist() if not i.is_dir()]
-    if len(infos) > BULK_MAX_FILES or sum(i.file_size for i in infos) > BULK_MAX_BYTES:
-        raise InvalidInput("The zip is too large (files or unpacked size).", field="zip_file")
+    _check_zip(archive, infos, ctx.settings.max_body)
     names = {_clean(i.filename): i for i in infos}
 
     def load(name: str) -> list[Any]:
@@ -637,16 +726,24 @@ def process_bulk_zip(ctx: Any, user: Any, app_id: str | None, data: bytes) -> di
             raise InvalidInput(f"{name} in the zip must be a JSON list.", field="zip_file")
         return value
 
-    summary: dict[str, Any] = {"org_units": 0, "instances": 0, "change_requests": 0}
-    summary["org_units"] = len(create_phone_units(reg, ctx, user, app_id, load("orgUnits.json")))
-    instances = load("instances.json")
+    org_units, instances = load("orgUnits.json"), load("instances.json")
+    changes = load("changeRequests.json")
     for item in instances:
         if not isinstance(item, dict) or not item.get("id") or not item.get("file"):
             raise InvalidInput("instances.json: each instance needs 'id' and 'file'.",
                                field="zip_file")
-        folder = str(item["id"])
-        files = {PurePosixPath(n).name: archive.read(info) for n, info in names.items()
-                 if PurePosixPath(n).parent.name == folder and len(PurePosixPath(n).parts) == 2}
+    if not all(isinstance(body, dict) for body in changes):
+        raise InvalidInput("changeRequests.json: each item must be an object.",
+                           field="zip_file")
+    summary: dict[str, Any] = {"org_units": 0, "instances": 0, "change_requests": 0}
+    summary["org_units"] = len(create_phone_units(reg, ctx, user, app_id, org_units))
+    folders: dict[str, list[tuple[str, zipfile.ZipInfo]]] = {}
+    for n, info in names.items():
+        path = PurePosixPath(n)
+        if len(path.parts) == 2:
+            folders.setdefault(path.parent.name, []).append((path.name, info))
+    for item in instances:
+        files = {name: archive.read(info) for name, info in folders.get(str(item["id"]), [])}
         xml_name = PurePosixPath(str(item["file"]).replace("\\", "/")).name
         xml = files.pop(xml_name, None)
         glue.iaso_instance_metadata(ctx, user, app_id, item)
@@ -654,10 +751,7 @@ def process_bulk_zip(ctx: Any, user: Any, app_id: str | None, data: bytes) -> di
             continue
         glue.iaso_store_xml(ctx, user, xml_name, xml, files)
         summary["instances"] += 1
-    for body in load("changeRequests.json"):
-        if not isinstance(body, dict):
-            raise InvalidInput("changeRequests.json: each item must be an object.",
-                               field="zip_file")
+    for body in changes:
         create_phone_change(reg, ctx, user, app_id, body)
         summary["change_requests"] += 1
     return summary
@@ -673,9 +767,7 @@ def bulk_upload_post(request: Request, ctx: Any) -> Response:
     upload = request.files.get("zip_file")
     if upload is None:
         raise InvalidInput("The multipart field 'zip_file' is missing.", field="zip_file")
-    data = upload.read(BULK_MAX_BYTES + 1)
-    if len(data) > BULK_MAX_BYTES:
-        raise InvalidInput("zip_file is too large.", field="zip_file")
+    data = upload.read()  # the request body is already bounded by --max-body-mb
     process_bulk_zip(ctx, user, _app_id(request), data)
     return Response(status=204)
 

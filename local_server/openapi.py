@@ -198,6 +198,9 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
             "responses": {"200": _json(_ref("OrgUnit")), **_errors(400, 401, 404)}}},
         "/api/v1/diff": {"get": {
             "summary": "Differences between two versions", "tags": ["versions"],
+            "description": "A user with subtree roots gets the units with one side inside "
+                           "their area (left-hand unit in the left version, or right-hand "
+                           "unit in the right one); totals, levels and counts are of those.",
             "parameters": [
                 {**_q("left", _SPEC, "Before: SOURCE[:NUMBER]"), "required": True},
                 {**_q("right", _SPEC, "After: SOURCE[:NUMBER]"), "required": True},
@@ -207,6 +210,8 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
             "responses": {"200": _json(_ref("Diff")), **_errors(400, 401, 404)}}},
         "/api/v1/links": {"get": {
             "summary": "Matching links (pairs of units from two versions)", "tags": ["matching"],
+            "description": "A user with subtree roots gets the links with either end inside "
+                           "their area.",
             "parameters": [_q("run", {"type": "integer", "minimum": 0, "maximum": 10**12}, "Only this run."),
                            _q("status", _QSTR, "Only links with this status."), *PAGE],
             "responses": {"200": _json(_page_of("links", _ref("Link"))), **_errors(400, 401)}}},
@@ -227,7 +232,9 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
         "/api/v1/changes/{ident}": {"get": {
             "summary": "One change request, with old, new and current values",
             "tags": ["change requests"], "parameters": [_p("ident", "number or uuid")],
-            "responses": {"200": _json(_ref("ChangeRequest")), **_errors(401, 404)}}},
+            "description": "404 when the unit is outside the user's area; 403 when the "
+                           "request moves it under a parent outside that area.",
+            "responses": {"200": _json(_ref("ChangeRequest")), **_errors(401, 403, 404)}}},
         "/api/v1/changes/{ident}/approve": {"post": {
             "summary": "Approve some or all requested fields; applied to the draft version",
             "tags": ["change requests"], "parameters": [_p("ident", "number or uuid")],

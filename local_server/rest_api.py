@@ -20,11 +20,12 @@ from sqlalchemy import Connection, text
 from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 
+from local_server import auth
 from local_server import server_glue as glue
 from storage import change_requests as cr
 from storage import geometry, versions
 from storage.backends import Backend
-from storage.errors import InvalidInput, NotFound
+from storage.errors import InvalidInput, NotFound, PublishedVersionError
 from storage.registry import Registry, json_value
 from storage.units import row_to_dict, unit_columns, unit_joins
 from storage.versions import VersionRef, resolve_version
@@ -271,7 +272,7 @@ def org_unit_handler(request: Request, ctx: Any, ident: str) -> Response:
 
 
 def diff_handler(request: Request, ctx: Any) -> Response:
-    glue.require_user(request, ctx)
+    user = glue.require_user(request, ctx)
     from storage.diff import diff_versions
 
     left, right = request.args.get("left"), request.args.get("right")
@@ -279,20 +280,114 @@ def diff_handler(request: Request, ctx: Any) -> Response:
         raise InvalidInput("Give both versions: ?left=SOURCE:NUMBER&right=SOURCE:NUMBER.",
                            parameter="left" if not left else "right")
     fields = request.args.get("fields")
+    reg = glue.registry(ctx)
+    with reg.read() as conn:
+        within = glue.user_version_paths(conn, user)
     result = diff_versions(
-        glue.registry(ctx), left, right,
-        fields=[f for f in fields.split(",") if f] if fields else None,
+        reg, left, right, fields=[f for f in fields.split(",") if f] if fields else None,
         include_unchanged=request.args.get("include_unchanged") == "true",
     )
+    if within is not None:
+        result = diff_in_area(reg, result, within)
     return json_response(result.to_dict())
 
 
+def _area_clause(within: list[tuple[int, str]], alias: str, params: dict[str, Any],
+                 prefix: str) -> str:
+    """``alias`` (an org_unit row) lies in one of the ``(version_id, path)`` subtrees."""
+    parts = []
+    for i, (vid, path) in enumerate(within):
+        params |= {f"{prefix}v{i}": vid, f"{prefix}lo{i}": path,
+                   f"{prefix}hi{i}": path[:-1] + "0"}
+        parts.append(f"({alias}.version_id = :{prefix}v{i} AND {alias}.path >= :{prefix}lo{i} "
+                     f"AND {alias}.path < :{prefix}hi{i})")
+    return "(" + (" OR ".join(parts) or "1 = 0") + ")"
+
+
+def _uuids_in_area(conn: Connection, within: list[tuple[int, str]], version_id: int
+                   ) -> set[str]:
+    mine = [(v, p) for v, p in within if v == version_id]
+    if not mine:
+        return set()
+    params: dict[str, Any] = {"v": version_id}
+    cond = _area_clause(mine, "u", params, "a")
+    return {str(r[0]) for r in conn.execute(
+        text(f"SELECT u.uuid FROM org_unit u WHERE u.version_id = :v AND {cond}"), params)}
+
+
+def diff_in_area(reg: Registry, result: Any, within: list[tuple[int, str]]) -> Any:
+    """The diff restricted to a user's area: a pair is kept when its left-hand unit is in
+    the area in the left version or its right-hand unit in the right version (a unit moved
+    out of the area is still shown, with where it went).  Totals, levels and counts are
+    recomputed from the kept pairs alone and say nothing about the rest of the registry.
+
+    Unchanged pairs are mostly not listed (they never leave SQL); when every pair is by
+    uuid they are counted per level here with one join of the two versions, else (pairs
+    by source ref, which only the diff itself makes) the diff is run again listing them."""
+    from dataclasses import replace
+
+    from storage.diff import STATUSES, diff_versions
+
+    wanted = result.include_unchanged
+    if not wanted and result.counts["paired_by_source_ref"]:
+        result = diff_versions(reg, result.left, result.right, fields=result.fields,
+                               include_unchanged=True)
+    lid, rid = result.left.id, result.right.id
+    with reg.read() as conn:
+        left_in = _uuids_in_area(conn, within, lid)
+        right_in = _uuids_in_area(conn, within, rid)
+        hidden: dict[tuple[int, str], int] = {}
+        if not result.include_unchanged:  # the area's uuid pairs, per level (right side)
+            params: dict[str, Any] = {"l": lid, "r": rid}
+            area_l = _area_clause([w for w in within if w[0] == lid], "a", params, "x")
+            area_r = _area_clause([w for w in within if w[0] == rid], "b", params, "y")
+            for depth, type_name, n in conn.execute(text(
+                    "SELECT b.depth, t.name, count(*) FROM org_unit a JOIN org_unit b ON "
+                    "b.version_id = :r AND b.uuid = a.uuid LEFT JOIN org_unit_type t ON "
+                    f"t.fid = b.type_id WHERE a.version_id = :l AND ({area_l} OR {area_r}) "
+                    "GROUP BY b.depth, t.name"), params):
+                hidden[(-1 if depth is None else int(depth), type_name or "")] = int(n)
+    kept = [u for u in result.units
+            if (u.before is not None and u.before["uuid"] in left_in)
+            or (u.after is not None and u.after["uuid"] in right_in)]
+    levels: dict[tuple[int, str], dict[str, int]] = {}
+    for u in kept:
+        key = (-1 if u.depth is None else int(u.depth), u.type or "")
+        levels.setdefault(key, {s: 0 for s in STATUSES})[u.status] += 1
+        if not result.include_unchanged and u.before is not None and u.after is not None:
+            hidden[key] = hidden.get(key, 0) - 1  # listed: the rest of the level is unchanged
+    for key, n in hidden.items():
+        if n > 0:
+            levels.setdefault(key, {s: 0 for s in STATUSES})["unchanged"] += n
+    totals = {s: sum(c[s] for c in levels.values()) for s in STATUSES}
+    by_level = [{"depth": None if d < 0 else d, "type": t or None, **c,
+                 "total": sum(c.values())} for (d, t), c in sorted(levels.items())]
+    unpaired_l = sum(u.before is not None and u.after is None for u in kept)
+    unpaired_r = sum(u.before is None and u.after is not None for u in kept)
+    paired = sum(totals.values()) - unpaired_l - unpaired_r
+    by_ref = sum(u.matched_by == "source_ref" for u in kept)
+    counts = {"left_units": paired + unpaired_l, "right_units": paired + unpaired_r,
+              "paired": paired, "paired_by_uuid": paired - by_ref,
+              "paired_by_source_ref": by_ref}
+    listed = kept if wanted else [u for u in kept if u.status != "unchanged"]
+    return replace(result, units=listed, totals=totals, by_level=by_level, counts=counts,
+                   include_unchanged=wanted)
+
+
 def links_handler(request: Request, ctx: Any) -> Response:
-    glue.require_user(request, ctx)
+    user = glue.require_user(request, ctx)
     reg = glue.registry(ctx)
     page, limit = paging(request)
     where: list[str] = ["1 = 1"]
     params: dict[str, Any] = {}
+    with reg.read() as conn:
+        within = glue.user_version_paths(conn, user)
+    if within is not None:  # links with either end inside the user's area
+        where.append(
+            "(EXISTS (SELECT 1 FROM org_unit a WHERE a.version_id = l.left_version_id AND "
+            f"a.uuid = l.left_unit_uuid AND {_area_clause(within, 'a', params, 'l')}) OR "
+            "EXISTS (SELECT 1 FROM org_unit b WHERE b.version_id = l.right_version_id AND "
+            f"b.uuid = l.right_unit_uuid AND {_area_clause(within, 'b', params, 'r')}))")
     run = int_param(request, "run", None, minimum=0, maximum=10**12)
     if run is not None:
         where.append("l.run_id = :run")
@@ -353,17 +448,68 @@ def changes_handler(request: Request, ctx: Any) -> Response:
     return json_response(envelope("change_requests", data["results"], data["count"], page, limit))
 
 
+def _in_area(conn: Connection, within: list[tuple[int, str]], version_id: int,
+             uuid: str | None) -> bool | None:
+    """Is the unit inside the area in this version? None when the version has no such
+    unit.  A unit made on a phone and still waiting for review lies where its creation
+    request puts it (followed up a chain of such units)."""
+    for _ in range(100):  # a chain of pending units is short; a loop is not followed
+        if uuid is None:
+            return False
+        row = conn.execute(text("SELECT path FROM org_unit WHERE version_id = :v AND "
+                                "uuid = :u"), {"v": version_id, "u": uuid}).first()
+        if row is not None:
+            return any(vid == version_id and str(row[0]).startswith(path)
+                       for vid, path in within)
+        pending = conn.execute(
+            text("SELECT new_parent_uuid FROM change_request WHERE unit_uuid = :u AND "
+                 "kind = 'creation' AND status = 'new'"), {"u": uuid}).first()
+        if pending is None:
+            return None
+        uuid = pending[0]
+    return False
+
+
 def _visible_change(conn: Connection, user: Any, data: dict[str, Any]) -> None:
+    """A restricted user may see (and a reviewer review) a request only when everything
+    it touches is inside their area: the unit (for a creation, its parent) — else 404 —
+    and the parent a move proposes — else 403, or a collector and a reviewer of one area
+    could move a unit into another.  While the request waits for review both are also
+    checked in the draft an approval writes to, where they may since have moved.
+
+    The REST routes and the web pages (view, approve, reject) all call this."""
     within = glue.user_version_paths(conn, user)
     if within is None:
         return
-    anchor = data["new"].get("parent") if data["kind"] == "creation" else data["unit_uuid"]
-    row = conn.execute(text("SELECT version_id, path FROM org_unit WHERE version_id = :v AND "
-                            "uuid = :u"), {"v": data["version_id"], "u": anchor}).first()
-    ok = row is not None and any(
-        row[0] == vid and str(row[1]).startswith(path) for vid, path in within)
-    if not ok:
+    creation = data["kind"] == "creation"
+    anchor = data["new"].get("parent") if creation else data["unit_uuid"]
+    if not _in_area(conn, within, data["version_id"], anchor):
         raise NotFound(f"No change request {data['id']} in your area.")
+    moves = not creation and "parent" in data["new"]
+    if moves and not _in_area(conn, within, data["version_id"], data["new"]["parent"]):
+        raise auth.Forbidden(_outside_message(data))
+    if data["status"] != "new":
+        return
+    try:
+        target = cr.target_draft(conn, versions.version_by_id(conn, data["version_id"]))
+    except PublishedVersionError:
+        return  # nothing can be approved: the approval says so
+    if target.id == data["version_id"]:
+        return
+    if _in_area(conn, within, target.id, anchor) is False or (
+            moves and _in_area(conn, within, target.id, data["new"]["parent"]) is False):
+        raise auth.Forbidden(_outside_message(data, target.label))
+
+
+def _outside_message(data: dict[str, Any], draft: str | None = None) -> str:
+    what = f"Change request {data['id']} ({data.get('unit_name') or data['unit_uuid']})"
+    if draft is not None:
+        return (f"{what} touches units outside your area in {draft}, where an approval "
+                "would write: a reviewer whose area covers them (or an admin) must review it.")
+    parent = data.get("new_parent_name") or data["new"].get("parent")
+    where = f"under {parent!r}" if parent else "to the top level"
+    return (f"{what} moves the unit {where}, outside your area: a reviewer whose area "
+            "covers both places (or an admin) must review it.")
 
 
 def change_handler(request: Request, ctx: Any, ident: str) -> Response:
