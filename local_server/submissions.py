@@ -8,10 +8,17 @@ second row:
   are added (the ``*isIncomplete*`` continuation of ODK Collect) → ``duplicate``;
 * same instanceID, other XML → :class:`~storage.errors.ConflictError` (409);
 * a ``deprecatedID`` (an edit made on the phone) → a new row; the edited submission is
-  marked ``superseded`` and its attachments not sent again are carried over.
+  marked ``superseded`` and its attachments not sent again are carried over;
+* a resend or an edit of a submission is only taken from its sender or an admin
+  (anyone else → 403, nothing changes): otherwise an identical XML would let another
+  collector replace its photos and signatures.
 
-The XML is parsed with defusedxml (entity declarations and external references refused,
-so no XXE and no entity expansion).  Its JSON reading keeps repeats as lists (the XForm's
+Restricted users (a subtree) list the submissions whose unit is in their area, and
+among those with no unit only their own.
+
+The XML is parsed with defusedxml and any DOCTYPE is refused (so no entity declarations,
+no external references, no XXE and no entity expansion); nesting is capped at
+:data:`MAX_DEPTH` levels.  Its JSON reading keeps repeats as lists (the XForm's
 ``<repeat nodeset>`` paths), finds the org unit (the form's ``org_unit_field`` question,
 holding a unit uuid or source ref) and the first geopoint answer.  Encrypted submissions
 (``encrypted="yes"``) are stored as they came: the manifest XML and the ``.enc`` files.
@@ -72,14 +79,37 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+#: Deepest element nesting a submission may have.  XForms nest groups and repeats a few
+#: levels (tens at most); reading the instance (``to_json``) recurses once per level, so a
+#: hostile ``<a>`` × 100,000 must be refused before it reaches Python's recursion limit.
+MAX_DEPTH = 200
+
+
 def parse_xml(xml: bytes) -> Element:
+    """The submission's root element.  Any DOCTYPE is refused — ODK Collect and the Iaso
+    app never send one, and with none there are no entities, no external DTD and no
+    expansion to worry about — and so is nesting deeper than :data:`MAX_DEPTH`."""
     try:
-        return SafeET.fromstring(xml)  # type: ignore[no-any-return]
+        root = SafeET.fromstring(xml, forbid_dtd=True)
     except DefusedXmlException as error:
-        raise InvalidInput(f"The submission XML was refused: it declares entities or external "
-                           f"references ({type(error).__name__}).") from error
+        raise InvalidInput(f"The submission XML was refused: it has a DOCTYPE (a DTD, entities "
+                           f"or external references), which submissions never carry "
+                           f"({type(error).__name__}).") from error
     except SafeET.ParseError as error:
         raise InvalidInput(f"The submission XML is not well-formed ({error}).") from error
+    _check_depth(root)
+    return root  # type: ignore[no-any-return]
+
+
+def _check_depth(root: Element) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (walked without recursion)."""
+    stack = [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidInput(f"The submission XML nests elements more than {MAX_DEPTH} "
+                               "levels deep; no form has that many nested groups.")
+        stack.extend((child, depth + 1) for child in el)
 
 
 def _meta_value(root: Element, name: str) -> str | None:
@@ -262,14 +292,17 @@ def _store(reg: Registry, xml: bytes, root: Element, files: dict[str, tuple[byte
     with _write_lock(reg), reg.write(origin="server", author=author,
                                      operation="submission") as conn:
         existing = conn.execute(text(
-            "SELECT fid, xml, status, form_id FROM submission WHERE instance_id = :i"),
-            {"i": instance_id}).first()
+            "SELECT fid, xml, status, form_id, submitted_by FROM submission "
+            "WHERE instance_id = :i"), {"i": instance_id}).first()
         if existing is not None:
             if bytes(existing[1]) != xml:
                 raise ConflictError(
                     f"A submission with instanceID {instance_id} already exists, with other "
                     "content. Edit it on the phone (a new instanceID with deprecatedID) "
                     "instead of sending a changed copy.")
+            if not _may_change(user, existing[4]):
+                raise Forbidden(f"The submission {instance_id} was sent by another user: only "
+                                "its sender (or an admin) can send it again or add files to it.")
             added = _add_files(conn, int(existing[0]), files)
             outcome = "updated" if added else "duplicate"
             if existing[2] == "incomplete" and not incomplete:
@@ -282,8 +315,11 @@ def _store(reg: Registry, xml: bytes, root: Element, files: dict[str, tuple[byte
             return Stored(outcome, int(existing[0]), instance_id, str(existing[3]), added)
         old = None
         if deprecated_id:
-            old = conn.execute(text("SELECT fid, status FROM submission WHERE instance_id = :i"),
-                               {"i": deprecated_id}).first()
+            old = conn.execute(text("SELECT fid, status, submitted_by FROM submission "
+                                    "WHERE instance_id = :i"), {"i": deprecated_id}).first()
+            if old is not None and not _may_change(user, old[2]):
+                raise Forbidden(f"The submission {deprecated_id} was sent by another user: only "
+                                "its sender (or an admin) can send an edit of it.")
             if old is not None and old[1] == "superseded":
                 raise ConflictError(f"The submission {deprecated_id} was already edited; edit "
                                     "its newest version.")
@@ -318,6 +354,16 @@ def _store(reg: Registry, xml: bytes, root: Element, files: dict[str, tuple[byte
                               "WHERE fid = :f"), {"n": _now(), "f": old[0]})
             outcome = "edited"
     return Stored(outcome, fid, instance_id, form_id, added)
+
+
+def _may_change(user: Any, submitted_by: str | None) -> bool:
+    """May ``user`` resend, add files to or edit a submission ``submitted_by`` sent?  Its
+    sender and admins may; anyone else could otherwise replace the sender's photos and
+    signatures (an identical XML is enough) or supersede their submission.  ``user`` None
+    is the server's own code (command line, tests), which may."""
+    if user is None or getattr(user, "role", None) == "admin":
+        return True
+    return submitted_by is not None and submitted_by == getattr(user, "name", None)
 
 
 _thread_locks: dict[str, threading.Lock] = {}
@@ -400,7 +446,13 @@ def list_submissions(reg: Registry, *, form: str | None = None, since: str | Non
         if user is not None and not user.sees_everything:
             from local_server.users import unit_visible
 
-            rows = [r for r in rows if r[4] is None or unit_visible(conn, user, r[4])]
+            def visible(r: Any) -> bool:
+                # a submission with no org unit is in nobody's area: only its sender sees it
+                if r[4] is None:
+                    return bool(r[14] == user.name)
+                return unit_visible(conn, user, r[4])
+
+            rows = [r for r in rows if visible(r)]
         count = len(rows)
         rows = rows[(page - 1) * limit: page * limit]
         atts = _attachments(conn, [int(r[0]) for r in rows])
