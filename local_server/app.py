@@ -19,6 +19,7 @@ answered 500 without a traceback; bodies over ``settings.max_body`` get 413.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import sys
@@ -169,8 +170,13 @@ class GeoregApp:
             handler = rule.endpoint
             return handler(request, ctx, **args)  # type: ignore[no-any-return, operator]
         except GeoregError as error:
-            return self.error_response(ctx, self._is_openrosa(request, rule), error.http_status,
-                                       error.code, error.message, error.details)
+            response = self.error_response(ctx, self._is_openrosa(request, rule),
+                                           error.http_status, error.code, error.message,
+                                           error.details)
+            retry_after = getattr(error, "retry_after", None)  # auth.TooManyAttempts (429)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
+            return response
         except HTTPException as error:
             if error.code is None or error.code < 400:
                 return error.get_response(request.environ)  # redirects
@@ -201,7 +207,14 @@ class GeoregApp:
         request.max_content_length = self.settings.max_body
         request.max_form_memory_size = self.settings.max_body
         ctx = RequestContext(self, request)
-        response = self.dispatch(request, ctx)
+        from local_server import auth, jwt
+
+        # tokens issued or checked in this request carry the user's credential stamp
+        stamps = jwt.CREDENTIALS.set(functools.partial(auth.stored_credential, ctx))
+        try:
+            response = self.dispatch(request, ctx)
+        finally:
+            jwt.CREDENTIALS.reset(stamps)
         response.headers["X-OpenRosa-Version"] = "1.0"
         response.headers["Date"] = http_date()
         response.headers["X-OpenRosa-Accept-Content-Length"] = str(self.settings.max_body)

@@ -21,6 +21,13 @@ over https, and bearer tokens through a hook.
 ``authenticate(request, ctx)`` returns the :class:`~local_server.users.User` or None;
 ``require(request, ctx, role="reviewer")`` returns the user or raises
 :class:`AuthRequired` (401 with a Digest challenge) / :class:`Forbidden` (403).
+
+**Password guessing** (:class:`SignInLimiter`): failed sign-ins by password (the
+``/login`` form, ``POST /api/token/``, Basic) and by Digest are counted per user name
+and per client address; past a few, that name or address is locked for a time that
+doubles with each further failure, and every attempt meanwhile gets **429** with
+``Retry-After``.  A Digest nonce stops accepting answers after a few wrong ones.  Each
+failure is logged to the server's stderr (name, address, route; never the password).
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +71,19 @@ class Forbidden(GeoregError):
     code = "forbidden"
     exit_code = 1
     http_status = 403
+
+
+class TooManyAttempts(GeoregError):
+    """Too many failed sign-ins for this name or from this address: 429 + Retry-After."""
+
+    code = "too_many_attempts"
+    exit_code = 1
+    http_status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many failed sign-ins for this user or from this device: wait "
+                         f"{retry_after} s and try again.", retry_after=retry_after)
+        self.retry_after = retry_after
 
 
 def register_token_verifier(fn: TokenVerifier) -> TokenVerifier:
@@ -154,12 +176,31 @@ def _digest_user(request: Request, ctx: Any, params: dict[str, str]) -> User | N
     uri = params.get("uri", "")
     if unquote(urlsplit(uri).path) != unquote(request.path):
         return None
+    guard = limiter(ctx)
+    if guard.nonce_spent(nonce):
+        return None  # too many wrong answers on this nonce: a fresh challenge follows
+    keys = SignInLimiter.keys(name, _address(ctx))
+    guard.begin(keys)
+    failed: bool | None = None  # (an error while checking is no guess)
+    try:
+        user, failed = _check_digest(request, ctx, params, name, algorithm, nonce, uri)
+        return user
+    finally:
+        guard.end(keys, failed, nonce)
+
+
+def _check_digest(request: Request, ctx: Any, params: dict[str, str], name: str,
+                  algorithm: str, nonce: str, uri: str) -> tuple[User | None, bool | None]:
+    """The user, and whether the answer was wrong: (user, False) right, (None, True)
+    wrong, (None, None) right but replayed (a fresh challenge follows; no guess)."""
     found = _cached_record(ctx, name)
     if found is None:
-        return None
+        _log_failure(ctx, name, "Digest, unknown user")
+        return None, True
     user, secrets_ = found
     if secrets_["realm"] != params.get("realm"):
-        return None
+        _log_failure(ctx, name, f"Digest, realm {params.get('realm', '')[:40]!r}")
+        return None, True
     ha1 = secrets_["ha1_sha256"] if algorithm == "SHA-256" else secrets_["ha1_md5"]
     ha2 = _h(algorithm, f"{request.method}:{uri}")
     qop = params.get("qop")
@@ -169,15 +210,15 @@ def _digest_user(request: Request, ctx: Any, params: dict[str, str]) -> User | N
     elif qop is None:
         expected = _h(algorithm, f"{ha1}:{nonce}:{ha2}")
     else:
-        return None
-    if hmac.compare_digest(expected, params.get("response", "")):
-        if qop == "auth" and not _fresh_count(nonce, params.get("cnonce", ""),
-                                              params.get("nc", ""),
-                                              ctx.settings.nonce_seconds,
-                                              ctx.settings.replay_store):
-            return None  # a replayed answer: a fresh challenge follows
-        return user
-    return None
+        return None, None  # a qop we do not offer: not a guess
+    if not hmac.compare_digest(expected, params.get("response", "")):
+        _log_failure(ctx, name, "Digest")
+        return None, True
+    if qop == "auth" and not _fresh_count(nonce, params.get("cnonce", ""), params.get("nc", ""),
+                                          ctx.settings.nonce_seconds,
+                                          ctx.settings.replay_store):
+        return None, None
+    return user, False
 
 
 # --- replay protection ---------------------------------------------------------------
@@ -210,13 +251,14 @@ def _fresh_count(nonce: str, cnonce: str, nc: str, max_age: int,
 
 
 class SharedNonceCounts:
-    """Highest nonce count seen per (nonce, cnonce), in an SQLite file shared by the
-    worker processes of one server (each process opens its own connection).
+    """Highest nonce count seen per (nonce, cnonce), and the page sessions signed out, in
+    an SQLite file shared by the worker processes of one server (each process opens its
+    own connection).
 
     One UPSERT per answer decides atomically across processes: it raises the stored
     count only when the new one is higher, and a count that is not higher is a replay.
-    The file holds nothing secret (nonces are public) and lives in a private temporary
-    folder for the life of the server.
+    The file holds nothing secret (nonces and session ids are not credentials) and lives
+    in a private temporary folder for the life of the server.
     """
 
     def __init__(self, path: str) -> None:
@@ -238,6 +280,8 @@ class SharedNonceCounts:
             self.conn.execute("CREATE TABLE IF NOT EXISTS seen (nonce TEXT NOT NULL, "
                               "cnonce TEXT NOT NULL, nc INTEGER NOT NULL, at REAL NOT NULL, "
                               "PRIMARY KEY (nonce, cnonce)) WITHOUT ROWID")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, "
+                              "until REAL NOT NULL) WITHOUT ROWID")
             self.pid = os.getpid()
         return self.conn
 
@@ -254,6 +298,19 @@ class SharedNonceCounts:
                 "WHERE excluded.nc > seen.nc", (nonce, cnonce, count, now))
             return bool(cur.rowcount == 1)
 
+    def revoke(self, jti: str, until: float) -> None:
+        """Remember a signed-out session id until its cookie would have expired."""
+        with self.lock:
+            conn = self._connection()
+            conn.execute("DELETE FROM revoked WHERE until < ?", (time.time(),))
+            conn.execute("INSERT OR REPLACE INTO revoked (jti, until) VALUES (?, ?)",
+                         (jti, until))
+
+    def is_revoked(self, jti: str) -> bool:
+        with self.lock:
+            return self._connection().execute(
+                "SELECT 1 FROM revoked WHERE jti = ?", (jti,)).fetchone() is not None
+
 
 _shared: dict[str, SharedNonceCounts] = {}
 
@@ -263,6 +320,138 @@ def _shared_counts(path: str) -> SharedNonceCounts:
         if path not in _shared:
             _shared[path] = SharedNonceCounts(path)
         return _shared[path]
+
+
+# --- password guessing ----------------------------------------------------------------
+
+
+class SignInLimiter:
+    """Failed sign-ins per user name, per client address and per Digest nonce, in this
+    server process's memory (one per app; with ``serve --workers N`` each process counts
+    its own).
+
+    The first :attr:`FREE_PER_USER` failures of a name (:attr:`FREE_PER_ADDRESS` of an
+    address: several people may share one, e.g. behind a proxy) cost nothing; from then on
+    each failure locks the name or address for 1, 2, 4 … seconds, at most
+    :attr:`LOCK_MAX`.  While locked, every attempt — right password or not — is refused
+    (429), so guessing drops to a few tries an hour while someone who mistyped waits a
+    second or two.  A successful sign-in clears its name's count (not the address's: one
+    good account must not reset the count for guesses at others); a count is forgotten
+    :attr:`FORGET_AFTER` seconds after its last failure.
+
+    Attempts are reserved (:meth:`begin`) before the password is checked and settled
+    (:meth:`end`) after, so parallel requests cannot slip past the count: once a key has
+    failed, it may have only as many checks in flight as it has free failures left, and
+    past them one at a time (before its first failure a key is not limited, so an
+    honest phone's parallel requests never wait: a first burst of guesses gets at most
+    one per server thread).  A Digest nonce takes at most :attr:`NONCE_FAILURES` wrong
+    answers; then it is spent (the client gets a fresh challenge; the failures count
+    above too).
+    """
+
+    FREE_PER_USER = 5
+    FREE_PER_ADDRESS = 20
+    LOCK_MAX = 900
+    FORGET_AFTER = 3600
+    NONCE_FAILURES = 3
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # key -> [failures, last failure, locked until, checks in flight] (monotonic time)
+        self._counts: dict[tuple[str, str], list[float]] = {}
+        self._nonces: dict[str, tuple[int, float]] = {}  # failures, first failure
+
+    @staticmethod
+    def keys(name: str, address: str | None) -> list[tuple[str, str]]:
+        keys = [("user", name[:200])]
+        if address:
+            keys.append(("address", address))
+        return keys
+
+    def _free(self, key: tuple[str, str]) -> int:
+        return self.FREE_PER_USER if key[0] == "user" else self.FREE_PER_ADDRESS
+
+    def _record(self, key: tuple[str, str], now: float) -> list[float]:
+        record = self._counts.get(key)
+        if record is None:
+            if len(self._counts) > self.MAX_ENTRIES:
+                self._counts = {k: v for k, v in self._counts.items()
+                                if v[3] or v[2] > now or now - v[1] < self.FORGET_AFTER}
+            record = self._counts[key] = [0, 0.0, 0.0, 0]
+        elif record[0] and now - record[1] > self.FORGET_AFTER:
+            record[0] = 0
+        return record
+
+    def begin(self, keys: list[tuple[str, str]]) -> None:
+        """Reserve one password check for these keys, or raise :class:`TooManyAttempts`."""
+        now = time.monotonic()
+        with self._lock:
+            records = [(key, self._record(key, now)) for key in keys]
+            for key, (failures, _last, until, pending) in records:
+                if until > now:
+                    raise TooManyAttempts(max(1, math.ceil(until - now)))
+                if failures and pending and failures + pending >= self._free(key):
+                    raise TooManyAttempts(1)
+            for _key, record in records:
+                record[3] += 1
+
+    def end(self, keys: list[tuple[str, str]], failed: bool | None,
+            nonce: str | None = None) -> None:
+        """Settle a check reserved by :meth:`begin`: failed, succeeded (False: clears
+        the name's count) or neither (None: e.g. a replayed Digest answer)."""
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                record = self._record(key, now)
+                record[3] = max(0, record[3] - 1)
+                if failed:
+                    record[0] += 1
+                    record[1] = now
+                    over = record[0] - self._free(key)
+                    record[2] = now + min(2.0 ** over, self.LOCK_MAX) if over >= 0 else 0.0
+                elif failed is False and key[0] == "user":
+                    record[0], record[2] = 0, 0.0
+            if failed and nonce is not None:
+                if len(self._nonces) > self.MAX_ENTRIES:
+                    self._nonces = {k: v for k, v in self._nonces.items()
+                                    if now - v[1] < self.FORGET_AFTER}
+                count, first = self._nonces.get(nonce, (0, now))
+                self._nonces[nonce] = (count + 1, first)
+
+    def nonce_spent(self, nonce: str) -> bool:
+        with self._lock:
+            return self._nonces.get(nonce, (0, 0.0))[0] >= self.NONCE_FAILURES
+
+
+_limiter_lock = threading.Lock()
+
+
+def limiter(ctx: Any) -> SignInLimiter:
+    """The app's limiter (kept on the context's shared attributes, so each app — each
+    test server — counts on its own)."""
+    found = getattr(ctx, "_georeg_signin_limiter", None)
+    if found is None:
+        with _limiter_lock:
+            found = getattr(ctx, "_georeg_signin_limiter", None)
+            if found is None:
+                found = SignInLimiter()
+                ctx._georeg_signin_limiter = found
+    return found  # type: ignore[no-any-return]
+
+
+def _address(ctx: Any) -> str | None:
+    request = getattr(ctx, "request", None)
+    return None if request is None else request.remote_addr
+
+
+def _log_failure(ctx: Any, name: str, how: str) -> None:
+    """One line in the server's log: the name (repr: no line breaks from a client), the
+    address and the route — never the password."""
+    request = getattr(ctx, "request", None)
+    route = f"{request.method} {request.path}" if request is not None else "-"
+    print(f"[georeg serve] sign-in failed ({how}): user {name[:64]!r} from "
+          f"{_address(ctx) or '-'} on {route}", file=sys.stderr, flush=True)
 
 
 #: Seconds a user's record (role, area, HA1) is reused between requests: a removed user or
@@ -286,14 +475,75 @@ def _cached_record(ctx: Any, name: str) -> tuple[User, dict[str, Any]] | None:
 
 
 def check_password(ctx: Any, username: str, password: str) -> User | None:
-    """The user when the name and password match (scrypt), else None."""
-    with ctx.registry.read() as conn:
-        found = users.user_record(conn, username)
+    """The user when the name and password match (scrypt), else None; raises
+    :class:`TooManyAttempts` while the name or the client's address is locked."""
+    keys = SignInLimiter.keys(username, _address(ctx))
+    guard = limiter(ctx)
+    guard.begin(keys)
+    failed: bool | None = None  # (an error while checking is no guess)
+    try:
+        with ctx.registry.read() as conn:
+            found = users.user_record(conn, username)
+        if found is None:
+            users.verify_password(_DUMMY_HASH, password)  # the same time for unknown users
+            failed = True
+            _log_failure(ctx, username, "password, unknown user")
+            return None
+        failed = not users.verify_password(found[1]["password_hash"], password)
+        if failed:
+            _log_failure(ctx, username, "password")
+            return None
+        # the fresh record replaces a cached one: tokens issued now carry the current stamp
+        _user_cache[(id(ctx.registry), username)] = (time.monotonic(), found)
+        return found[0]
+    finally:
+        guard.end(keys, failed)
+
+
+def stored_credential(ctx: Any, username: str) -> str | None:
+    """The user's stored password hash (what token stamps are derived from, see
+    ``jwt.py``), None for no such active user; cached like Digest's records, so a changed
+    password signs tokens out within :data:`USER_CACHE_SECONDS`."""
+    found = _cached_record(ctx, username)
+    return None if found is None else str(found[1]["password_hash"])
+
+
+# --- signed-out sessions ----------------------------------------------------------------
+# A page session signed out with /logout stays refused until it expires, even if someone
+# kept a copy of its cookie: its id is remembered in memory (one process), or in the file
+# the workers share for nonce counts (``serve --workers N``).  A restart forgets them.
+
+
+def revoke_session(ctx: Any, jti: str, until: float) -> None:
+    store = ctx.settings.replay_store
+    if store is not None:
+        _shared_counts(store).revoke(jti, until)
+        return
+    revoked = _revoked(ctx)
+    with _counts_lock:
+        now = time.time()
+        for old in [k for k, t in revoked.items() if t < now]:
+            del revoked[old]
+        revoked[jti] = until
+
+
+def session_revoked(ctx: Any, jti: str) -> bool:
+    store = ctx.settings.replay_store
+    if store is not None:
+        return _shared_counts(store).is_revoked(jti)
+    with _counts_lock:
+        return jti in _revoked(ctx)
+
+
+def _revoked(ctx: Any) -> dict[str, float]:
+    found = getattr(ctx, "_georeg_revoked_sessions", None)
     if found is None:
-        users.verify_password(_DUMMY_HASH, password)  # same time whether or not the user exists
-        return None
-    user, stored = found
-    return user if users.verify_password(stored["password_hash"], password) else None
+        with _limiter_lock:
+            found = getattr(ctx, "_georeg_revoked_sessions", None)
+            if found is None:
+                found = {}
+                ctx._georeg_revoked_sessions = found
+    return found  # type: ignore[no-any-return]
 
 
 _DUMMY_HASH = users.hash_password(secrets.token_hex(8))
@@ -305,7 +555,9 @@ def find_user(ctx: Any, username: str) -> User | None:
     return None if found is None else found[0]
 
 
-def _is_https(request: Request, ctx: Any) -> bool:
+def is_https(request: Request, ctx: Any) -> bool:
+    """Behind https (``serve --https``, or a TLS request): Basic is answered and the
+    session cookie is ``Secure``."""
     return bool(ctx.settings.https) or request.scheme == "https"
 
 
@@ -314,6 +566,8 @@ def authenticate(request: Request, ctx: Any) -> User | None:
     cached = getattr(ctx, "user", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
+    if getattr(ctx, "signin_refused", False):
+        return None  # asked twice in one request: count a wrong password once
     header = request.headers.get("Authorization", "")
     scheme, _, rest = header.partition(" ")
     scheme = scheme.lower()
@@ -325,7 +579,7 @@ def authenticate(request: Request, ctx: Any) -> User | None:
                 break
     elif scheme == "digest":
         user = _digest_user(request, ctx, _parse_params(rest))
-    elif scheme == "basic" and _is_https(request, ctx):
+    elif scheme == "basic" and is_https(request, ctx):
         try:
             name, _, password = base64.b64decode(rest.strip()).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
@@ -333,6 +587,8 @@ def authenticate(request: Request, ctx: Any) -> User | None:
         user = check_password(ctx, name, password)
     if user is not None:
         ctx.user = user
+    elif scheme:
+        ctx.signin_refused = True
     return user
 
 

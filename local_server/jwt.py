@@ -6,6 +6,16 @@ The signing key is random, generated once per registry and kept **outside** it, 
 private file beside the registry (``REG.server-key``, mode 600) or, for a PostGIS
 registry, under ``~/.config/georeg/``: copying the registry never copies the key, and
 deleting the key file signs every phone out.
+
+**Credential stamps.** Every token (access, refresh, and the pages' session cookie)
+carries ``cst``, a short keyed hash of the user's *stored* password hash.  Setting a
+password stores a new hash (new salt), so the stamp of every token issued before no
+longer matches and :func:`decode` refuses it: a changed password or a removed user
+signs out phones and browsers, not only Digest.  The lookup needs the registry, which
+this module does not know: while a request is served the app sets :data:`CREDENTIALS`
+to a function ``name -> stored password hash | None`` (``auth.stored_credential``), and
+:func:`issue_pair` / :func:`decode` use it.  Outside a request (unit tests, scripts)
+it is unset and tokens are checked without stamps.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ import os
 import secrets
 import stat
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +41,34 @@ REFRESH_SECONDS = 60 * 24 * 3600
 KEY_ENV = "GEOREG_SERVER_KEY_FILE"
 
 
+#: While the server answers a request: ``name -> the user's stored password hash`` (None
+#: when there is no such active user).  See the module docstring.
+CREDENTIALS: ContextVar[Callable[[str], str | None] | None] = ContextVar(
+    "georeg_token_credentials", default=None)
+
+
 class InvalidToken(Exception):
-    """The token is malformed, not ours, of the wrong type or expired."""
+    """The token is malformed, not ours, of the wrong type, expired, or signed out (its
+    user is gone or has changed password since it was issued)."""
+
+
+def stamp(username: str, key: bytes) -> str | None:
+    """The user's current credential stamp, or None when stamps are not in use (outside
+    a request).  64 bits of HMAC: the token's signature already stops forgery, the stamp
+    only has to change with the password, and it reveals nothing about the hash."""
+    lookup = CREDENTIALS.get()
+    if lookup is None:
+        return None
+    stored = lookup(username)
+    if stored is None:
+        raise InvalidToken("the user no longer exists")
+    return hmac.new(key, f"cst:{username}:{stored}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def stamped(claims: dict[str, Any], key: bytes) -> dict[str, Any]:
+    """``claims`` with the credential stamp of their ``username`` (when in use)."""
+    current = stamp(str(claims["username"]), key)
+    return claims if current is None else claims | {"cst": current}
 
 
 def _b64(data: bytes) -> str:
@@ -58,7 +96,8 @@ def encode(claims: dict[str, Any], key: bytes) -> str:
 
 def decode(token: str, key: bytes, *, token_type: str = "access", now: float | None = None
            ) -> dict[str, Any]:
-    """Verify signature, algorithm, type and expiry; the claims, or :class:`InvalidToken`."""
+    """Verify signature, algorithm, type, expiry and (in a request) the credential stamp;
+    the claims, or :class:`InvalidToken`."""
     parts = (token or "").strip().split(".")
     if len(parts) != 3:
         raise InvalidToken("a token has three dot-separated parts")
@@ -79,13 +118,16 @@ def decode(token: str, key: bytes, *, token_type: str = "access", now: float | N
     exp = claims.get("exp")
     if not isinstance(exp, (int, float)) or exp < (now if now is not None else time.time()):
         raise InvalidToken("token expired")
+    current = stamp(str(claims.get("username")), key)
+    if current is not None and not hmac.compare_digest(str(claims.get("cst", "")), current):
+        raise InvalidToken("signed out: the password was changed since this token was issued")
     return claims
 
 
 def issue_pair(username: str, key: bytes, *, now: float | None = None) -> dict[str, str]:
-    """simplejwt's response body: ``{"access": …, "refresh": …}``."""
+    """simplejwt's response body: ``{"access": …, "refresh": …}`` (stamped, see above)."""
     t = int(now if now is not None else time.time())
-    base = {"user_id": username, "username": username, "iat": t}
+    base = stamped({"user_id": username, "username": username, "iat": t}, key)
     return {
         "access": encode(base | {"token_type": "access", "exp": t + ACCESS_SECONDS,
                                  "jti": secrets.token_hex(8)}, key),

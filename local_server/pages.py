@@ -3,15 +3,19 @@ fetched from the internet): status, the QR code that configures ODK Collect, sub
 with a map (inline SVG), change-request review.
 
 Sign-in is a form (``/login``) that sets an HttpOnly, SameSite=Strict session cookie (a
-signed token, as for the Iaso app); HTTP Digest works too.  Every POST form carries a
-CSRF token bound to the session and is refused without it, or from another origin.
+signed token, as for the Iaso app, stamped with the user's credentials so a changed
+password signs it out; ``Secure`` behind https); HTTP Digest works too.  Every POST form
+carries a CSRF token bound to the session and is refused without it, or from another
+origin.  Signing out (POST ``/logout``) also remembers the session id as signed out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,8 +28,9 @@ from werkzeug.routing import Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
+from local_server import auth
 from local_server import server_glue as glue
-from local_server.jwt import InvalidToken, decode, encode
+from local_server.jwt import InvalidToken, decode, encode, stamped
 from local_server.svg_map import MapPoint, render_svg
 from storage import change_requests as cr
 from storage import geometry, tree, versions
@@ -58,9 +63,12 @@ def _session(request: Request, ctx: Any) -> dict[str, Any] | None:
     if not token:
         return None
     try:
-        return decode(token, glue.signing_key(ctx), token_type="session")
+        claims = decode(token, glue.signing_key(ctx), token_type="session")
     except InvalidToken:
+        return None  # expired, forged, or its user changed password / was removed
+    if auth.session_revoked(ctx, str(claims.get("jti"))):
         return None
+    return claims
 
 
 def page_user(request: Request, ctx: Any) -> tuple[Any, str]:
@@ -103,8 +111,11 @@ def _guard(handler: Any) -> Any:
         except LoginRequired:
             return redirect("/login?next=" + quote(request.full_path.rstrip("?"), safe="/?=&"))
         except GeoregError as error:
-            return render("error.html", http_status=error.http_status, message=error.message,
-                          user=None)
+            response = render("error.html", http_status=error.http_status,
+                              message=error.message, user=None)
+            if isinstance(error, auth.TooManyAttempts):
+                response.headers["Retry-After"] = str(error.retry_after)
+            return response
 
     run.__name__ = handler.__name__
     return run
@@ -119,29 +130,63 @@ def login_page(request: Request, ctx: Any) -> Response:
         return render("login.html", next=next_url, error=None, user=None)
     username = request.form.get("username", "")
     password = request.form.get("password", "")
-    user = glue.check_password(ctx, username, password) if username and password else None
+    try:
+        user = glue.check_password(ctx, username, password) if username and password else None
+    except auth.TooManyAttempts as error:
+        response = render("login.html", http_status=429, next=next_url, user=None,
+                          error=error.message)
+        response.headers["Retry-After"] = str(error.retry_after)
+        return response
     if user is None:
         return render("login.html", http_status=401, next=next_url, user=None,
                       error="Wrong user name or password.")
     now = int(time.time())
-    token = encode({"username": glue.user_name(user), "token_type": "session", "iat": now,
-                    "exp": now + SESSION_SECONDS, "jti": hashlib.sha256(
-                        f"{username}{now}{id(request)}".encode()).hexdigest()[:16]},
-                   glue.signing_key(ctx))
+    key = glue.signing_key(ctx)
+    token = encode(stamped({"username": glue.user_name(user), "token_type": "session",
+                            "iat": now, "exp": now + SESSION_SECONDS,
+                            "jti": secrets.token_hex(16)}, key), key)
     response = redirect(next_url)
     response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_SECONDS, httponly=True,
-                        samesite="Strict", path="/")
+                        samesite="Strict", path="/", secure=auth.is_https(request, ctx))
     return response
 
 
 def logout_page(request: Request, ctx: Any) -> Response:
-    response = redirect("/login")
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    """Sign out: refused from another site (a valid CSRF token, or at least an Origin or
+    Referer naming this server); the session id is remembered as signed out, so a copy of
+    the cookie no longer works either."""
+    claims = _session(request, ctx)
+    if claims is not None:
+        try:
+            if request.form.get("csrf_token") is not None or not _same_site(request):
+                check_csrf(request, ctx, str(claims.get("jti")))
+        except InvalidInput as error:
+            return render("error.html", http_status=400, message=error.message, user=None)
+        auth.revoke_session(ctx, str(claims.get("jti")), float(claims.get("exp", 0)))
+    response = redirect("/login", code=303)
+    if SESSION_COOKIE in request.cookies:  # (a cross-site request carries none: Strict)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict",
+                               secure=auth.is_https(request, ctx))
     return response
 
 
+def _same_site(request: Request) -> bool:
+    """Does the request say (Origin, else Referer) it comes from a page of this server?"""
+    origin = request.headers.get("Origin") or request.headers.get("Referer") or ""
+    return bool(origin) and origin != "null" and urlsplit(origin).netloc == request.host
+
+
 def _safe_next(value: str | None) -> str:
+    """Where to go after signing in: only a path on this site, else '/'.  Browsers drop
+    tabs and line breaks inside a URL and read a backslash as a slash, so ``/<TAB>/evil``
+    or ``/\\evil`` would leave the site: any control character, whitespace or backslash,
+    a scheme or a host refuses the value."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in value):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
         return "/"
     return value
 
@@ -327,7 +372,7 @@ def change_review(request: Request, ctx: Any, user: Any, bound: str, ident: str,
                   action: str) -> Response:
     check_csrf(request, ctx, bound)
     if glue.user_role(user) not in ("reviewer", "admin"):
-        return render("error.html", http_status=403, user=glue.user_name(user),
+        return render("error.html", http_status=403, **_base(request, ctx, user, bound),
                       message="Only reviewers and admins can review change requests.")
     data = _change(ctx, user, ident)
     reg = glue.registry(ctx)

@@ -1,8 +1,11 @@
 """Users of ``georeg serve``: add, list, remove, check a password.
 
 Passwords are stored as an scrypt hash and as the HTTP Digest ``HA1`` values
-(``H(name:realm:password)``, MD5 and SHA-256) for one realm — what Digest needs — and
-never in plain text.  A user may be limited to subtrees (``roots``: unit uuids); a user
+(``H(name:realm:password)``, MD5 and SHA-256) for one realm — what Digest needs, since
+ODK Collect speaks only Digest on plain HTTP — and never in plain text.  The HA1 values
+are password equivalents (Digest signs in with them alone), so the registry must be kept
+like a password store (docs/server.md).  A new password gets a new scrypt salt, so its
+hash — from which tokens' credential stamps derive (``jwt.py``) — always changes.  A user may be limited to subtrees (``roots``: unit uuids); a user
 with no roots, and every admin, sees the whole registry.
 """
 
