@@ -253,6 +253,27 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                 "properties": {"comment": {"type": "string", "pattern": r"\S"}}}}}},
             "responses": {"200": _json(_ref("ChangeRequest")),
                           **_errors(400, 401, 403, 404, 409)}}},
+        "/api/v1/schedule": {"get": {
+            "summary": "Scheduled sync jobs, their last and next runs, and the latest runs",
+            "tags": ["sync"],
+            "description": "Reviewers and admins only (run errors name the upstream servers).",
+            "parameters": [_q("job", _QSTR, "Only the runs of this job."),
+                           _q("limit", {"type": "integer", "minimum": 1, "maximum": 500},
+                              "How many runs (default 20).")],
+            "responses": {"200": _json({
+                "type": "object", "required": ["jobs", "runs"],
+                "properties": {
+                    "jobs": {"type": "array", "items": {
+                        "type": "object", "required": ["name", "kind", "schedule", "enabled"],
+                        "properties": {"name": _STR, "kind": _STR, "schedule": _STR,
+                                       "enabled": {"type": "boolean"},
+                                       "next_run": {"type": ["string", "null"]},
+                                       "last_run": {"type": ["object", "null"]}}}},
+                    "runs": {"type": "array", "items": {
+                        "type": "object", "required": ["id", "job", "outcome"],
+                        "properties": {"id": {"type": "integer"}, "job": _STR,
+                                       "outcome": _STR, "error": {"type": ["string", "null"]}}}},
+                }}), **_errors(400, 401, 403)}}},
     }
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

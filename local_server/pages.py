@@ -194,7 +194,10 @@ def _safe_next(value: str | None) -> str:
 # --- status -----------------------------------------------------------------------------
 
 
-def status_data(ctx: Any) -> dict[str, Any]:
+def status_data(ctx: Any, staff: bool = True) -> dict[str, Any]:
+    """What the status page shows.  ``staff`` (reviewers, admins) also get the registry's
+    location, the sync targets, the scheduled jobs with their last and next runs, and the
+    latest runs — whose errors name the upstream servers, not a collector's business."""
     reg = glue.registry(ctx)
     sources = versions.list_sources(reg)
     for source in sources:
@@ -203,21 +206,26 @@ def status_data(ctx: Any) -> dict[str, Any]:
             source["counts"] = tree.counts(reg, source["name"])
         except GeoregError:
             source["counts"] = None
+    out: dict[str, Any] = {"sources": sources, "staff": staff}
+    if not staff:
+        return out
+    from sync.scheduler import list_jobs
+
     with reg.read() as conn:
         sync = [dict(r._mapping) for r in conn.execute(text(
             "SELECT target, kind, last_change_id, last_pull_marker, updated_at FROM sync_state "
             "ORDER BY target"))]
         runs = [dict(r._mapping) for r in conn.execute(text(
-            "SELECT job_name, kind, started_at, ended_at, outcome, error FROM schedule_run "
-            "ORDER BY fid DESC LIMIT 10"))]
+            "SELECT job_name, kind, triggered_by, attempt, started_at, ended_at, outcome, "
+            "error FROM schedule_run ORDER BY fid DESC LIMIT 10"))]
         pending = conn.execute(text(
             "SELECT count(*) FROM change_request WHERE status = 'new'")).scalar_one()
-    return {"registry": reg.location.display(), "sources": sources, "sync": sync, "runs": runs,
-            "pending_changes": int(pending)}
+    return out | {"registry": reg.location.display(), "sync": sync, "runs": runs,
+                  "jobs": list_jobs(reg), "pending_changes": int(pending)}
 
 
 def status_page(request: Request, ctx: Any, user: Any, bound: str) -> Response:
-    data = status_data(ctx)
+    data = status_data(ctx, staff=glue.user_role(user) in ("reviewer", "admin"))
     recent = glue.recent_submissions(ctx, user, limit=10)
     return render("status.html", **_base(request, ctx, user, bound), **data, recent=recent)
 

@@ -571,6 +571,19 @@ def openapi_handler(request: Request, ctx: Any) -> Response:
     return json_response(openapi_document(request.host_url.rstrip("/")))
 
 
+def schedule_handler(request: Request, ctx: Any) -> Response:
+    """The scheduled sync jobs (schedule, last and next run) and the latest runs — what
+    ``georeg schedule list`` and ``history`` show; reviewers and admins only, as the
+    errors of runs name the upstream servers."""
+    from sync.scheduler import history, list_jobs
+
+    glue.require_role(request, ctx, ("reviewer", "admin"))
+    reg = glue.registry(ctx)
+    limit = int_param(request, "limit", 20, minimum=1, maximum=500) or 20
+    return json_response({"jobs": list_jobs(reg),
+                          "runs": history(reg, request.args.get("job") or None, limit)})
+
+
 def rules() -> list[Rule]:
     w = glue.wrap
     return [
@@ -588,4 +601,5 @@ def rules() -> list[Rule]:
         Rule(f"{PREFIX}/changes/<ident>/approve", endpoint=w(approve_handler),
              methods=["POST"]),
         Rule(f"{PREFIX}/changes/<ident>/reject", endpoint=w(reject_handler), methods=["POST"]),
+        Rule(f"{PREFIX}/schedule", endpoint=w(schedule_handler), methods=["GET"]),
     ]

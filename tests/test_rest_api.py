@@ -197,3 +197,34 @@ def test_filters_and_streaming_on_every_backend(demo: Registry) -> None:
     allen = next(u for u in body["orgUnits"] if u["name"] == "Allen Town Health Post")
     assert (allen["longitude"], allen["latitude"]) == pytest.approx((-13.155, 8.4176))
     assert allen["groups"] and allen["parent_id"] is not None
+
+
+def test_the_schedule_is_shown_to_reviewers_and_not_to_collectors(server: sh.LiveServer
+                                                                   ) -> None:
+    """The docs said the REST API showed the schedule: it had no route for it; and the
+    status page showed every signed-in collector the runs' errors (naming the central
+    database's user and host)."""
+    from sync.scheduler import add_job, remove_job
+
+    add_job(server.registry, "postgis-push", every="1h", target="ministry", name="nightly")
+    try:
+        kofi = _session(server, "kofi")  # a reviewer
+        data = kofi.get(f"{server.base}/api/v1/schedule").json()
+        assert [(j["name"], j["schedule"]) for j in data["jobs"]] == [("nightly", "every 1h")]
+        assert data["jobs"][0]["next_run"] and data["runs"] == []
+        amina = _session(server, "amina")  # a collector
+        assert amina.get(f"{server.base}/api/v1/schedule").status_code == 403
+
+        def page(user: str) -> str:
+            s = requests.Session()
+            r = s.post(f"{server.base}/login", data={
+                "username": user, "password": server.passwords[user]}, timeout=30)
+            assert r.status_code == 200, r.text
+            return s.get(f"{server.base}/", timeout=30).text
+
+        assert "Scheduled jobs" in page("kofi") and "nightly" in page("kofi")
+        collector_page = page("amina")
+        assert "Field server status" in collector_page
+        assert "nightly" not in collector_page and "Registry:" not in collector_page
+    finally:
+        remove_job(server.registry, "nightly")
