@@ -776,12 +776,19 @@ def import_cmd(reg: str, files: tuple[str, ...], source: str, number: int | None
     --skip-invalid. See docs/formats.md.
     """
     from sync import formats
+    from sync.exchange import is_georeg_registry
     from sync.importing import ImportJob
 
     paths = [Path(f) for f in files]
     for path in paths:
         if not path.exists():
             raise InvalidInput(f"{path}: file not found.")
+        if is_georeg_registry(path):
+            raise InvalidInput(
+                f"{path} is a Georeg registry, not a file to import. Export the version you "
+                f"want first ('georeg export {path} OUT.gpkg -s SOURCE'), then import OUT.gpkg.")
+    if report_path:
+        _check_writable(Path(report_path), "--report")
     name = fmt or formats.detect(paths[0], data_dict=data_dict)
     opts = _read_options(mapping=mapping, layer=layer, crs=crs, fix_geometry=fix_geometry,
                          encoding=encoding, delimiter=delimiter, iaso_headers=iaso_headers,
@@ -801,14 +808,48 @@ def import_cmd(reg: str, files: tuple[str, ...], source: str, number: int | None
             result = run_job(job, as_json)
         except InvalidInput as error:
             if report_path and error.details.get("rejected"):
-                Path(report_path).write_text(json.dumps(error.details, indent=2,
-                                                        ensure_ascii=False, default=str))
+                try:
+                    Path(report_path).write_text(json.dumps(error.details, indent=2,
+                                                            ensure_ascii=False, default=str))
+                except OSError as failed:
+                    raise InvalidInput(f"{error.message}\n(--report {report_path} could not "
+                                       f"be written: {failed.strerror or failed}.)",
+                                       **error.details) from None
             raise
     result["format"] = name
     if report_path:
-        Path(report_path).write_text(json.dumps(result, indent=2, ensure_ascii=False,
-                                                default=str))
+        try:
+            Path(report_path).write_text(json.dumps(result, indent=2, ensure_ascii=False,
+                                                    default=str))
+        except OSError as error:
+            if dry_run:
+                raise InvalidInput(f"--report {report_path}: cannot be written "
+                                   f"({error.strerror or error}).") from None
+            # The import is committed: failing now would invite a retry, which imports
+            # the file a second time.  Say so, and exit 0.
+            warning = (f"the import was committed ({result['version']['label']}), but the "
+                       f"report could not be written to {report_path} "
+                       f"({error.strerror or error}); do not import the file again.")
+            result.setdefault("warnings", []).insert(0, warning)
+            err_console.print(f"warning: {escape(warning)}")
     emit(as_json, result, render.import_result)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse, before any work, a file path that cannot be written (no such folder, a
+    folder, no permission): an import's report must not fail after the commit."""
+    import os
+
+    folder = path.parent
+    if path.is_dir():
+        raise InvalidInput(f"{option} {path}: is a folder; give a file name.")
+    if not folder.is_dir():
+        raise InvalidInput(f"{option} {path}: the folder {folder} does not exist; nothing "
+                           "was imported.")
+    if (path.exists() and not os.access(path, os.W_OK)) or \
+            (not path.exists() and not os.access(folder, os.W_OK | os.X_OK)):
+        raise InvalidInput(f"{option} {path}: cannot be written (permission denied); nothing "
+                           "was imported.")
 
 
 @command(main, "export")
@@ -831,20 +872,51 @@ def export_cmd(reg: str, out: str, source: str, number: int | None, fmt: str | N
     writer = formats.module(name)
     if not hasattr(writer, "write_file"):
         raise InvalidInput(f"Georeg reads {name} but does not write it.")
-    targets = writer.output_paths(path) if hasattr(writer, "output_paths") else [path]
-    existing = [p for p in targets if Path(p).exists()]
+    targets = [Path(p) for p in (writer.output_paths(path) if hasattr(writer, "output_paths")
+                                 else [path])]
+    _refuse_overwriting_registry(reg, targets)
+    existing = [p for p in targets if p.exists()]
     if existing and not force:
         raise InvalidInput(
             f"{', '.join(str(p) for p in existing)} already exist(s); pass --force to replace."
         )
-    for target in existing:
-        Path(target).unlink()
+    # Nothing is deleted here: every writer writes beside OUT and renames over it only
+    # when the file is complete, so a failed export leaves the previous OUT as it was.
     with open_registry(reg) as registry:
         data = read_version(registry, source, number)
         summary = writer.write_file(data, path, ReadOptions(iaso_headers=iaso_headers))
     result = {"format": name, "file": str(path), "version": data.version.label,
               "units": data.count, **{k: v for k, v in summary.items() if k not in ("file",)}}
     emit(as_json, result, render.export_result)
+
+
+def _refuse_overwriting_registry(reg: str, targets: list[Path]) -> None:
+    """An export must never replace a registry: the one it reads (or its ``-wal``,
+    ``-shm``, ``-journal`` files), nor any other Georeg registry file."""
+    import os
+
+    from storage.backends import Location
+    from sync.exchange import is_georeg_registry
+
+    try:
+        own = Location.parse(reg).path
+    except GeoregError:
+        own = None  # not a registry location: open_registry says so
+    guarded = [Path(f"{own}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")] \
+        if own is not None else []
+    for target in targets:
+        for g in guarded:
+            same = target.resolve() == g.resolve()
+            if not same and target.exists() and g.exists():
+                same = os.path.samefile(target, g)
+            if same:
+                raise InvalidInput(f"{target} is the registry being exported ({own}) or one "
+                                   "of its files; choose another output file. Nothing was "
+                                   "written.")
+        if target.exists() and is_georeg_registry(target):
+            raise InvalidInput(f"{target} is a Georeg registry; export does not overwrite "
+                               "registries, even with --force. Choose another output file "
+                               "(or delete that registry yourself if you mean it).")
 
 
 def command_modules() -> list[str]:

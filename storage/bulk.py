@@ -182,21 +182,31 @@ class LoadStats:
 
 
 def parse_date(value: str | dt.date | None, what: str) -> str | None:
-    """ISO date (DHIS2 sends ``1970-01-01T00:00:00.000``) → ``YYYY-MM-DD``."""
+    """A date as ``YYYY-MM-DD``, or refused naming ``what`` (row and field).
+
+    Takes ISO 8601 as ``datetime.fromisoformat`` reads it — a date (``2020-01-31``,
+    ``20200131``, the week date ``2020-W05-5``) or a date-time, of which the date part
+    as written is kept (DHIS2 sends ``1970-01-01T00:00:00.000``) — and ``date`` /
+    ``datetime`` objects.  Anything else is refused, trailing text included: keeping
+    the first ten characters of ``2020-01-01garbage`` would hide a broken cell.
+    Slash dates (``31/12/2020``) are the readers' to settle (day or month first
+    depends on the file: ``sync.formats.tabular``).
+    """
     if value is None or value == "":
         return None
-    if type(value) is str and len(value) == 10:  # the common case: already YYYY-MM-DD
-        try:
-            dt.date.fromisoformat(value)
-            return value
-        except ValueError:
-            pass
-    if isinstance(value, dt.datetime):
+    if type(value) is str:
+        if len(value) == 10 and value[4] == "-" and value[7] == "-":  # already YYYY-MM-DD
+            try:
+                dt.date.fromisoformat(value)
+                return value
+            except ValueError:
+                pass
+    elif isinstance(value, dt.datetime):
         return value.date().isoformat()
-    if isinstance(value, dt.date):
+    elif isinstance(value, dt.date):
         return value.isoformat()
     try:
-        return dt.date.fromisoformat(str(value).strip()[:10]).isoformat()
+        return dt.datetime.fromisoformat(str(value).strip()).date().isoformat()
     except ValueError:
         raise InvalidInput(f"{what}: {value!r} is not a date (expected YYYY-MM-DD).") from None
 
@@ -766,6 +776,8 @@ class BulkLoader:
                 od = dates[od] if od in dates else _date(dates, od, rec, "opening_date")
             if cd is not None:
                 cd = dates[cd] if cd in dates else _date(dates, cd, rec, "closed_date")
+                if od is not None and cd is not None and cd < od:
+                    raise _closed_before(rec, od, cd)
             src = rec.where or None
             if src is not None:
                 srcs.append((fid, src))
@@ -1300,6 +1312,12 @@ def _date(known: dict[Any, str | None], value: Any, rec: UnitRecord, name: str) 
         raise InvalidInput(f"{_where(rec)}: field '{name}': {value!r} is not a date "
                            "(expected YYYY-MM-DD).") from None
     return out
+
+
+def _closed_before(rec: UnitRecord, opening: str, closed: str) -> InvalidInput:
+    """The error for a unit closed before it opened (``unit edit`` refuses it too)."""
+    return InvalidInput(f"{_where(rec)}: field 'closed_date': {closed} is before opening_date "
+                        f"{opening}.")
 
 
 def _who(src: str | None, ref: str | None, name: str | None) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shapely.errors import ShapelyError
+
 from storage import geometry
 from storage.bulk import UnitRecord
 from storage.errors import InvalidInput
@@ -125,7 +127,8 @@ def unit_records(payload: Dhis2Payload, level_names: dict[int, str]) -> Iterator
                 level = len(unit["path"].strip("/").split("/"))
             try:
                 geom = geometry.from_geojson(unit.get("geometry"))
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+                    ShapelyError) as error:  # (an unknown "type": GeometryTypeError)
                 raise InvalidInput(
                     f"{where}: field 'geometry' is not valid GeoJSON ({error})."
                 ) from None

@@ -12,8 +12,10 @@ these plain structures.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,9 +26,9 @@ from sqlalchemy import text
 from storage import geometry
 from storage.backends import Backend
 from storage.bulk import UnitRecord
-from storage.registry import Registry, json_value
+from storage.registry import VERSION_TABLE, Registry, json_value
 from storage.versions import VersionRef, resolve_version
-from sync.formats.gpkg_sql import plain_points
+from sync.formats.gpkg_sql import open_readonly, plain_points
 
 
 @dataclass
@@ -181,6 +183,27 @@ class VersionData:
     #: the same units in column batches (from :func:`read_version`; None when the units
     #: were made another way).  A writer reads either ``units`` or ``batches()``.
     batches: Callable[[], Iterator[UnitBatch]] | None = None
+
+
+def is_georeg_registry(path: Path) -> bool:
+    """Whether ``path`` is a Georeg registry file: a SQLite file with the schema-version
+    table.  Read-only and without ``Registry.open`` (which would migrate the file), so
+    an import can say "export it first" and an export can refuse to overwrite one."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                return False
+    except OSError:
+        return False
+    try:
+        conn = open_readonly(Path(path))
+        try:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                "name = ?", (VERSION_TABLE,)).fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
 
 
 def internal_ref(uuid: str) -> str:

@@ -27,7 +27,8 @@ def read_single_geometry(path: Path) -> BaseGeometry:
         doc = doc.get("geometry")
     try:
         geom = geometry.from_geojson(doc)
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+            shapely.errors.ShapelyError) as error:  # (an unknown "type": GeometryTypeError)
         raise InvalidInput(f"{path}: not a valid GeoJSON geometry ({error}).") from None
     if geom is None or shapely.is_empty(geom):
         raise InvalidInput(f"{path}: the geometry is empty.")

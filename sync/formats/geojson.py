@@ -314,7 +314,7 @@ def _geometry(props: dict[str, Any], feat: dict[str, Any], where: str,
     try:
         geom = geometry.from_geojson(raw)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError,
-            shapely.errors.GEOSException) as error:
+            shapely.errors.ShapelyError) as error:  # (an unknown "type": GeometryTypeError)
         raise InvalidInput(f"{where}: field 'geometry' is not valid GeoJSON ({error}).") \
             from None
     location = territory = None
@@ -346,7 +346,7 @@ def _geometry(props: dict[str, Any], feat: dict[str, Any], where: str,
                 x, y = (float(v) for v in extra_point)
                 location = shapely.Point(x, y)
         except (ValueError, TypeError, AttributeError, KeyError, IndexError,
-                shapely.errors.GEOSException):
+                shapely.errors.ShapelyError):
             raise InvalidInput(f"{where}: field 'location' must be [longitude, latitude]; got "
                                f"{json.dumps(extra_point)[:80]}.") from None
     if tr is not None:

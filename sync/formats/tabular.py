@@ -36,13 +36,27 @@ when it has none); ancestors that no row describes are created from the names
 file gets one anyway (see below).  Refs written ``iaso#N`` (Iaso's legacy spelling)
 are read as ``iaso:N``, as the GeoPackage reader does.
 
-**Text files.**  The encoding is UTF-8 (with or without BOM) unless ``--encoding``
+**Text files.**  The encoding is UTF-8 (with or without BOM), or UTF-16/UTF-32 when
+the file starts with their BOM (Excel's "Unicode text"), unless ``--encoding``
 says otherwise (``latin-1``, ``cp1252`` …).  We do **not** guess Latin-1: a byte that
 is not UTF-8 is an error naming the file, row, column and byte offset, with the hint
 to pass ``--encoding latin-1`` — a guess would silently turn a broken UTF-8 file into
 mojibake.  The delimiter is ``,``, ``;`` or tab, whichever splits the header line into
 the most columns (``--delimiter`` overrides).  Numbers may use a decimal comma
 (``12,5``).  ``NULL``/``NA``/``N/A`` in a number column count as empty.
+
+**Dates** are ``YYYY-MM-DD`` (or an ISO date-time: its date part; see
+``storage.bulk.parse_date``); XLSX date cells are dates.  Slash (or dot) dates are
+read in the order the file shows: day first when one of its slash dates has a first
+number above 12 (``31/12/2020``), month first when one has a second number above 12
+(``12/31/2020``); a file showing both orders is refused, and so is a file whose every
+such date reads both ways (``01/02/2003``) — no guess.  ``05/05/2020`` reads one way.
+
+**Formula guard (CSV).**  A text cell that starts with ``=``, ``+``, ``-``, ``@``, tab
+or carriage return — after any number of ``'`` — is written with one ``'`` before it,
+so that Excel or LibreOffice show it as text instead of running it (CSV injection);
+the reader drops that one ``'`` from any cell starting with ``'`` followed by (more
+``'`` and) one of those characters, so a Georeg CSV reads back to the same values.
 
 **Two passes.**  ``read_file`` reads the whole file once (checking the encoding and
 the numbers, counting rows, collecting types, groups and warnings — which the import
@@ -132,6 +146,21 @@ def _codec(name: str | None) -> str:
     return "utf-8-sig" if found in ("utf-8", "utf-8-sig") else found
 
 
+def _bom_codec(path: Path) -> str:
+    """UTF-8 (with or without BOM) unless a UTF-16 or UTF-32 BOM says otherwise: Excel's
+    "Unicode text" is UTF-16 with a BOM, which a BOM settles without guessing."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return "utf-8-sig"  # the caller says what is wrong with the file
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8-sig"
+
+
 def _field_limit() -> None:
     """Territories as WKT easily pass csv's default 128 kB per field."""
     limit = 2**31 - 1
@@ -153,10 +182,13 @@ class TextTable:
         _field_limit()
         with self.path.open(encoding=self.encoding, errors="surrogateescape", newline="") as fh:
             for n, row in enumerate(csv.reader(fh, delimiter=self.delimiter), start=1):
+                joined = "".join(row)
                 try:
-                    "".join(row).encode("utf-8")
+                    joined.encode("utf-8")
                 except UnicodeEncodeError:
                     raise self._broken(n, row) from None
+                if "'" in joined:  # (rare: the per-cell look only then)
+                    row = [_unguard(c) if c[:1] == "'" else c for c in row]
                 yield n, row
 
     def _broken(self, n: int, row: list[str]) -> InvalidInput:
@@ -207,7 +239,7 @@ def open_text(path: Path, opts: ReadOptions, *, default_delimiter: str | None = 
     """A CSV file's encoding and delimiter; refuses a missing or empty file."""
     if not path.exists():
         raise InvalidInput(f"{path}: file not found.")
-    encoding = _codec(opts.encoding)
+    encoding = _codec(opts.encoding) if opts.encoding else _bom_codec(path)
     with path.open(encoding=encoding, errors="replace", newline="") as fh:
         head = fh.read(1 << 16)
     if not head.strip("\ufeff \t\r\n"):
@@ -266,6 +298,22 @@ def _open_workbook(path: Path) -> Any:
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as error:
         raise InvalidInput(f"{path.name}: not a readable Excel .xlsx workbook ({error}); "
                            "old .xls files must be saved as .xlsx first.") from None
+
+
+def _other_sheets(table: TextTable | XlsxTable) -> str | None:
+    """For a workbook read at its first sheet (no ``--layer``) that holds others: which,
+    and how to pick one (the first sheet is often a notes or cover sheet)."""
+    if not isinstance(table, XlsxTable) or table.sheet is not None:
+        return None
+    wb = _open_workbook(table.path)
+    try:
+        names = list(wb.sheetnames)
+    finally:
+        wb.close()
+    if len(names) < 2:
+        return None
+    return (f"That is the first sheet, {names[0]!r}; the workbook's sheets are "
+            f"{', '.join(repr(n) for n in names)}: give the one to read with --layer SHEET.")
 
 
 def _sheet(wb: Any, path: Path, name: str | None) -> Any:
@@ -361,14 +409,19 @@ def point(lat_text: str, lon_text: str, where: str, lat_col: str, lon_col: str
     return Point(lon, lat)
 
 
-def _date(text: str) -> str | None:
-    s = text.strip()
-    if not s:
-        return None
-    m = _DMY.match(s)
-    if m:
-        return f"{m.group(3)}-{int(m.group(2)):02d}-{int(m.group(1)):02d}"
-    return s  # ISO, or an error the import job reports with the row
+def slash_date(text: str, day_first: bool) -> str:
+    """``31/12/2020`` (``31.12.2020``) → ``2020-12-31``, day or month first as the file
+    says (see :meth:`_Reader._date_order`); anything else is returned as it is, for the
+    import job to take (ISO) or refuse with the row."""
+    m = _DMY.match(text)
+    if m is None:
+        return text
+    a, b = int(m.group(1)), int(m.group(2))
+    day, month = (a, b) if day_first else (b, a)
+    try:
+        return dt.date(int(m.group(3)), month, day).isoformat()
+    except ValueError:
+        return text  # 31/31/2020: refused by the import job, as written
 
 
 def split_list(text: str) -> list[str]:
@@ -577,6 +630,9 @@ class _Reader:
         self.ancestors: dict[tuple[str, ...], tuple[str, int]] = {}
         #: names mode: refs of rows without one whose name path an earlier row has
         self.row_refs: dict[int, str] = {}
+        #: how the file writes slash dates (31/12/2020): day first unless it shows
+        #: otherwise (see ``_date_order``)
+        self.day_first = True
 
     def where(self, n: int) -> str:
         return f"{self.path.name}, row {n}"
@@ -591,9 +647,15 @@ class _Reader:
         uuids: dict[str, int] = {}
         own: list[tuple[tuple[str, ...], int, str | None]] = []
         needed: dict[tuple[str, ...], int] = {}
+        date_fields = [f for f in ("opening_date", "closed_date") if f in lay.fields]
+        slashed: dict[str, tuple[int, str]] = {}  # slash date → (first row, field)
         for n, cells in data_rows(self.table):
             self.count += 1
             row = _Row(n, cells, lay)
+            for f in date_fields:
+                d = row.get(f)
+                if d and ("/" in d or "." in d) and d not in slashed:
+                    slashed[d] = (n, f)
             if len(cells) > len(lay.headers) and any(c.strip() for c in cells[len(lay.headers):]):
                 extra_cells += 1
             try:
@@ -639,6 +701,8 @@ class _Reader:
                                + (f"\n  … and {more} more." if more > 0 else ""))
         if self.count == 0:
             raise InvalidInput(f"{self.path.name} has a header but no rows.")
+        if slashed:
+            self.day_first = self._date_order(slashed)
         if orphans:
             self.warnings.append(
                 f"{self.path.name}: {orphans} row(s) name a parent but give no parent ref "
@@ -655,6 +719,52 @@ class _Reader:
                 lay.extras[i] = lay.headers[i]
         if lay.mode == "names":
             self._assign_paths(own, needed)
+
+    def _date_order(self, slashed: dict[str, tuple[int, str]]) -> bool:
+        """Whether the file's slash dates are day first (``31/12/2020``) or month first
+        (``12/31/2020``), from the dates that can only be read one way; refuses a file
+        that mixes both, and a file whose every slash date reads both ways (``01/02/2003``:
+        1 February or January 2?) rather than guess."""
+        day: tuple[str, int, str] | None = None  # (date, row, field) showing each order
+        month: tuple[str, int, str] | None = None
+        unsure: list[tuple[int, str, str]] = []
+        for text, (n, f) in slashed.items():
+            m = _DMY.match(text)
+            if m is None:
+                continue  # not a slash date: the import job judges it
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > 12 >= b:
+                day = day or (text, n, f)
+            elif b > 12 >= a:
+                month = month or (text, n, f)
+            elif a != b and a <= 12 and b <= 12:
+                unsure.append((n, f, text))
+        if day and month:
+            raise InvalidInput(
+                f"{self.path.name}: the dates mix day-first ({self._at(day)}) and month-first "
+                f"({self._at(month)}) orders; write them as YYYY-MM-DD. Nothing was imported.")
+        if day or month or not unsure:
+            return month is None
+        unsure.sort()
+        listed = "\n".join(f"  - {self.where(n)}: field {self.lay.col(f)!r} is {t!r}"
+                           for n, f, t in unsure[:MAX_LISTED])
+        more = len(unsure) - MAX_LISTED
+        raise InvalidInput(
+            f"{self.path.name}: {len(unsure)} date(s) can be read day/month or month/day, and "
+            "no date of the file settles which (a day above 12, as in 31/12/2020 or "
+            "12/31/2020); write dates as YYYY-MM-DD. Nothing was imported:\n" + listed
+            + (f"\n  … and {more} more." if more > 0 else ""))
+
+    def _at(self, found: tuple[str, int, str]) -> str:
+        text, n, f = found
+        return f"row {n}, field {self.lay.col(f)!r}: {text!r}"
+
+    def _date(self, text: str) -> str | None:
+        if not text:
+            return None
+        if "/" in text or "." in text:
+            return slash_date(text, self.day_first)
+        return text  # ISO, or an error the import job reports with the row
 
     def _assign_paths(self, own: list[tuple[tuple[str, ...], int, str | None]],
                       needed: dict[tuple[str, ...], int]) -> None:
@@ -750,8 +860,8 @@ class _Reader:
                 parent_ref=parent_ref,
                 type_name=row.get("type") or None,
                 code=row.get("code") or None,
-                opening_date=_date(row.get("opening_date")),
-                closed_date=_date(row.get("closed_date")),
+                opening_date=self._date(row.get("opening_date")),
+                closed_date=self._date(row.get("closed_date")),
                 aliases=aliases or None,
                 extra_fields=extra or None,
                 location=location,
@@ -808,7 +918,13 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
     opts = opts or ReadOptions()
     path = Path(path)
     table = open_table(path, opts)
-    lay = _layout(path, header_of(table), opts)
+    try:
+        lay = _layout(path, header_of(table), opts)
+    except InvalidInput as error:
+        hint = _other_sheets(table)
+        if hint:
+            raise InvalidInput(f"{error.message} {hint}") from None
+        raise
     reader = _Reader(path, table, lay)
     reader.scan()
     if lay.mode == "names" and reader.ancestors:
@@ -987,7 +1103,7 @@ def _write_csv(path: Path, header: list[str], rows: Iterator[list[Any]],
     delimiter = _delimiter(opts.delimiter) if opts.delimiter else ","
     with path.open("w", encoding=encoding, newline="") as fh:
         writer = csv.writer(fh, delimiter=delimiter)
-        writer.writerow(header)
+        writer.writerow([_csv_value(h) for h in header])
         for r in rows:
             writer.writerow(["" if v is None else _csv_value(v) for v in r])
 
@@ -995,7 +1111,30 @@ def _write_csv(path: Path, header: list[str], rows: Iterator[list[Any]],
 def _csv_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
+    if type(value) is str:
+        return "'" + value if value and value[0] in _GUARDED_FIRST and _guarded(value) \
+            else value
     return str(value)
+
+
+#: a text cell starting with one of these is a formula to Excel, LibreOffice and Google
+#: Sheets (CSV injection, OWASP): written with a ``'`` before it, which they show as text
+_FORMULA_START = "=+-@\t\r"
+_GUARDED_FIRST = _FORMULA_START + "'"
+
+
+def _guarded(value: str) -> bool:
+    """Whether a CSV cell is written with a guarding ``'``: it starts with a formula
+    character after zero or more ``'`` — so that reading (:func:`_unguard`, which drops
+    one ``'`` before one or more ``'`` and a formula character) gives every value back."""
+    rest = value.lstrip("'")
+    return bool(rest) and rest[0] in _FORMULA_START
+
+
+def _unguard(cell: str) -> str:
+    """A CSV cell as written by :func:`_csv_value`: ``'=SUM(1)`` → ``=SUM(1)``,
+    ``''=x`` → ``'=x``; any other cell as it is."""
+    return cell[1:] if _guarded(cell[1:]) else cell
 
 
 def _write_xlsx(path: Path, header: list[str], rows: Iterator[list[Any]], sheet: str,

@@ -56,14 +56,21 @@ SpatiaLite, FileGDB, KML) hold both layers in ``out``; single-layer formats
 the locations beside it as ``<stem>_locations<suffix>`` (only the layer that has
 units when the version has only one kind; see :func:`output_paths`).  FlatGeobuf
 cannot store a feature without geometry: such units are left out, with a warning.
+Every file (with a Shapefile's sidecars) is written into a temporary folder beside
+``out`` and moved into place only when all layers are written, so a failed export
+leaves the previous files as they were; files of ``output_paths`` a previous export
+left and this one does not write (``<stem>_locations``) are then removed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import math
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -733,26 +740,11 @@ def _row(u: Any) -> dict[str, Any]:
             "aliases": ";".join(u.aliases) or None, "groups": ";".join(u.groups) or None}
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.suffix.lower() in (".shp", ".tab", ".mif"):
-        for sibling in path.parent.glob(f"{path.stem}.*"):
-            if sibling.suffix.lower() in (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix",
-                                          ".tab", ".dat", ".map", ".id", ".ind", ".mif",
-                                          ".mid"):
-                sibling.unlink()
-    elif path.exists():
-        path.unlink()
-
-
 def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) -> dict[str, Any]:
     """Write the version through GDAL (driver from ``out``'s suffix); see the module docstring.
 
     Returns ``{"file", "files", "layers": {name: count}}`` and ``warnings`` if any.
     """
-    import geopandas as gpd
-
     out = Path(out)
     driver = _driver(out)
     located: tuple[list[dict[str, Any]], list[Any]] = ([], [])
@@ -781,11 +773,70 @@ def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) ->
             layers.append(("locations", output_paths(out)[1], located, "Point"))
     else:
         layers.append(("locations", out, located, "Point"))
-    for _, path, _, _ in layers:
-        _remove(path)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    except OSError as error:
+        raise InvalidInput(f"{out}: cannot be written ({error.strerror or error}).") from None
+    try:
+        result = _write_layers(layers, out, folder, driver, multi)
+        _move_into_place(folder, out)
+    except OSError as error:
+        raise InvalidInput(f"{out}: cannot be written ({error.strerror or error}).") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if left_out:
+        result["warnings"] = [f"{driver} cannot store a feature without geometry: {left_out} "
+                              "unit(s) without point or territory were left out."]
+    return result
+
+
+#: the files one dataset of these suffixes is made of
+_SIDECARS = {".shp": {".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx"},
+             ".tab": {".tab", ".dat", ".map", ".id", ".ind"}, ".mif": {".mif", ".mid"}}
+
+
+def _move_into_place(folder: Path, out: Path) -> None:
+    """Move what was written in ``folder`` next to ``out``; then remove the files of a
+    previous export this one did not replace (old sidecars, a stale ``_locations``)."""
+    entries = sorted(folder.iterdir())
+    for entry in entries:  # before moving anything: all files go in, or none
+        dest = out.parent / entry.name
+        if dest.is_dir() and not entry.is_dir():
+            raise InvalidInput(f"{dest} is a folder; it was not replaced.")
+    kept = {entry.name for entry in entries}
+    for entry in entries:
+        dest = out.parent / entry.name
+        if dest.is_dir():  # a FileGDB: a folder, which os.replace cannot put over another
+            old = folder / f".old.{entry.name}"
+            os.replace(dest, old)
+            os.replace(entry, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, dest)
+    for path in output_paths(out):
+        parts = _SIDECARS.get(path.suffix.lower())
+        if parts is None:
+            stale = [path] if path.name not in kept and path.exists() else []
+        else:
+            stale = [p for p in path.parent.glob(f"{glob.escape(path.stem)}.*")
+                     if p.suffix.lower() in parts and p.name not in kept]
+        for p in stale:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def _write_layers(layers: list[tuple[str, Path, tuple[list[dict[str, Any]], list[Any]], str]],
+                  out: Path, folder: Path, driver: str, multi: bool) -> dict[str, Any]:
+    """Write every layer into ``folder`` (same file names as beside ``out``); the
+    summary names the final paths."""
+    import geopandas as gpd
+
     written: dict[str, int] = {}
     files: list[str] = []
-    for name, path, (rows, geoms), gtype in layers:
+    for name, final, (rows, geoms), gtype in layers:
+        path = folder / final.name
         frame = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
         if driver == "ESRI Shapefile":
             frame = frame.rename(columns=SHAPEFILE_NAMES)
@@ -799,18 +850,17 @@ def write_file(data: VersionData, out: Path, opts: ReadOptions | None = None) ->
                                     geometry_type=gtype, promote_to_multi=gtype != "Point",
                                     **options)
         except Exception as error:  # noqa: BLE001 - GDAL's reason, with the file named
-            raise InvalidInput(f"{path}: GDAL could not write {driver} ({error}).") from None
+            raise InvalidInput(f"{final}: GDAL could not write {driver} ({error}).") from None
         written[name] = len(rows)
-        if str(path) not in files:
-            files.append(str(path))
+        if str(final) not in files:
+            files.append(str(final))
     if not layers:  # an empty version: still a valid, empty file
         gdf = gpd.GeoDataFrame(pd.DataFrame(columns=list(COLUMNS)), geometry=[], crs=WGS84)
-        pyogrio.write_dataframe(gdf, out, layer="locations" if multi else None, driver=driver,
-                                geometry_type="Point")
+        try:
+            pyogrio.write_dataframe(gdf, folder / out.name, layer="locations" if multi else None,
+                                    driver=driver, geometry_type="Point")
+        except Exception as error:  # noqa: BLE001 - GDAL's reason, with the file named
+            raise InvalidInput(f"{out}: GDAL could not write {driver} ({error}).") from None
         files.append(str(out))
         written["locations"] = 0
-    result: dict[str, Any] = {"file": str(out), "files": files, "layers": written}
-    if left_out:
-        result["warnings"] = [f"{driver} cannot store a feature without geometry: {left_out} "
-                              "unit(s) without point or territory were left out."]
-    return result
+    return {"file": str(out), "files": files, "layers": written}
