@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -167,28 +168,54 @@ def _type_id(conn: Connection, type_name: str | None, where: str) -> int | None:
     return int(row[0])
 
 
-def check_no_nul(value: Any, where: str, field: str, inside: str = "") -> None:
+#: C0 control characters but tab, line feed and carriage return (U+0000-U+0008,
+#: U+000B, U+000C, U+000E-U+001F): refused by imports in names, refs, codes, type
+#: names and aliases (:func:`check_no_nul` with ``controls``).  NUL cannot be stored
+#: by PostgreSQL; the others (escape, bell, backspace …) come from pasted or badly
+#: exported text and garble every listing and terminal that shows the name.  Tabs
+#: and line breaks are kept: spreadsheet cells carry them (Iaso's own schools file
+#: has names on two lines) and they round-trip through every format.
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+_CONTROL_NAMES = {0x07: "bell", 0x08: "backspace", 0x0B: "vertical tab", 0x0C: "form feed",
+                  0x1B: "escape"}
+
+
+def check_no_nul(value: Any, where: str, field: str, inside: str = "", *,
+                 controls: bool = False) -> None:
     """Refuse a NUL character (U+0000) anywhere in a text value, or inside a JSON value
     (strings and keys, at any depth).  SQLite stores it, but PostgreSQL text and jsonb
     cannot: a NUL kept here would make every later push to the central PostGIS fail
     with a message naming no unit.  Such characters come from pasted or badly exported
-    text, so the message says exactly where it is (``inside``: the key or item path)."""
+    text, so the message says exactly where it is (``inside``: the key or item path).
+    ``controls``: refuse any :data:`CONTROL_CHARACTERS` too (imports, where a file's
+    stray escape or bell is a mistake to show, not a value to keep)."""
     if isinstance(value, str):
-        if "\x00" in value:
+        found = CONTROL_CHARACTERS.search(value) if controls else None
+        if "\x00" in value or found:
             place = f"field {field!r}" + (f" ({inside})" if inside else "")
+            if "\x00" in value:
+                raise InvalidInput(
+                    f"{where}: {place} contains a NUL character (\\x00, often left by pasted "
+                    "or exported text), which PostgreSQL cannot store; remove it."
+                )
+            assert found is not None
+            code = ord(found.group())
+            named = f" ({_CONTROL_NAMES[code]})" if code in _CONTROL_NAMES else ""
             raise InvalidInput(
-                f"{where}: {place} contains a NUL character (\\x00, often left by pasted or "
-                "exported text), which PostgreSQL cannot store; remove it."
+                f"{where}: {place} contains the control character U+{code:04X}{named} at "
+                f"position {found.start() + 1} (often left by pasted or exported text; tabs "
+                "and line breaks are allowed); remove it."
             )
     elif isinstance(value, dict):
         for key, item in value.items():
             here = f"{inside}, " if inside else ""
-            check_no_nul(key, where, field, f"{here}the key {key!r}")
-            check_no_nul(item, where, field, f"{here}key {key!r}")
+            check_no_nul(key, where, field, f"{here}the key {key!r}", controls=controls)
+            check_no_nul(item, where, field, f"{here}key {key!r}", controls=controls)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             check_no_nul(item, where, field, f"{inside}, item {i + 1}" if inside
-                         else f"item {i + 1}")
+                         else f"item {i + 1}", controls=controls)
 
 
 def _check_values(values: dict[str, Any], where: str) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,7 @@ from storage.bulk import (
 from storage.errors import CycleError, GeoregError, InvalidInput
 from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
-from storage.units import set_territory
+from storage.units import check_no_nul, set_territory
 from storage.versions import (
     VersionRef,
     ensure_source,
@@ -84,10 +86,17 @@ class ImportReport:
 
 
 def _clean_territory(geom: BaseGeometry, where: str, fix: bool,
-                     warnings: list[str] | None) -> BaseGeometry:
+                     warnings: list[str] | None,
+                     bounds: tuple[float, float, float, float] | None = None) -> BaseGeometry:
+    """``bounds``: the polygon's (minx, miny, maxx, maxy) when the caller computed them
+    for a batch (``shapely.bounds`` on an array)."""
+    if bounds is None:
+        minx, miny, maxx, maxy = shapely.bounds(geom).tolist()
+        bounds = (minx, miny, maxx, maxy)
     geom = geometry.as_multipolygon(geom)
     if geom.is_empty:
         raise InvalidInput(f"{where}: field 'territory' is an empty polygon.")
+    _check_degrees(bounds, where)
     if not geom.is_valid:
         if not fix and warnings is not None:
             warnings.append(f"{where}: field 'territory' is not a valid polygon "
@@ -105,15 +114,36 @@ def _clean_territory(geom: BaseGeometry, where: str, fix: bool,
     return geom
 
 
+def _check_degrees(bounds: tuple[float, float, float, float], where: str) -> None:
+    """A territory's coordinates must be degrees, as a point's are: a projected polygon
+    (UTM metres …) read as degrees lands nowhere on Earth."""
+    minx, miny, maxx, maxy = bounds
+    hint = ("is the file in a projected CRS such as UTM? Give its CRS with --crs, or check "
+            "the CRS the file declares")
+    if not -180 <= minx <= maxx <= 180:
+        raise InvalidInput(f"{where}: field 'territory' has longitudes {minx:g}..{maxx:g}; a "
+                           f"longitude must be within -180..180 degrees ({hint}).")
+    if not -90 <= miny <= maxy <= 90:
+        raise InvalidInput(f"{where}: field 'territory' has latitudes {miny:g}..{maxy:g}; a "
+                           f"latitude must be within -90..90 degrees ({hint}).")
+
+
+#: the text fields of a record that may hold no control character (see
+#: ``storage.units.CONTROL_CHARACTERS``), with the names the formats give them
+_TEXT_FIELDS = (("name", "name"), ("source_ref", "ref"), ("parent_ref", "parent_ref"),
+                ("code", "code"), ("type_name", "type"), ("aliases", "aliases"))
+
+
 def validate(rec: UnitRecord, *, fix_geometry: bool = False,
              keep_invalid: list[str] | None = None,
-             point: tuple[int, float, float] | None = None) -> UnitRecord:
+             point: tuple[int, float, float] | None = None,
+             bounds: tuple[float, float, float, float] | None = None) -> UnitRecord:
     """Check and normalise one record; raise InvalidInput naming the row and field.
 
     ``keep_invalid``: a list to collect warnings in, keeping invalid polygons as they
     are (for faithful mirrors of an upstream); None rejects them.  ``point``: the
     location's (shapely type id, x, y) when the caller computed them for a batch
-    (NaN coordinates for an empty point).
+    (NaN coordinates for an empty point); ``bounds``: the territory's, likewise.
     """
     where = rec.where or f"unit {rec.source_ref or rec.name!r}"
     name = rec.name.strip() if isinstance(rec.name, str) else ""
@@ -124,6 +154,10 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
         rec.source_ref = str(rec.source_ref).strip() or None
     if rec.parent_ref is not None:
         rec.parent_ref = str(rec.parent_ref).strip() or None
+    # NUL (which PostgreSQL cannot store) and the other control characters but tabs and
+    # line breaks
+    for attr, field_name in _TEXT_FIELDS:
+        check_no_nul(getattr(rec, attr), where, field_name, controls=True)
     if rec.validation_status not in VALIDATION_STATUSES:
         raise InvalidInput(f"{where}: field 'validation_status' is {rec.validation_status!r}; "
                            f"expected one of {', '.join(VALIDATION_STATUSES)}.")
@@ -148,7 +182,8 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
             raise InvalidInput(f"{where}: field 'longitude' is {x:g}; a longitude must be within "
                                "-180..180 degrees.")
     if rec.territory is not None:
-        rec.territory = _clean_territory(rec.territory, where, fix_geometry, keep_invalid)
+        rec.territory = _clean_territory(rec.territory, where, fix_geometry, keep_invalid,
+                                         bounds)
     if rec.opening_date is not None and not _iso_date(rec.opening_date):
         rec.opening_date = parse_date(rec.opening_date, f"{where}: field 'opening_date'")
     if rec.closed_date is not None and not _iso_date(rec.closed_date):
@@ -194,6 +229,46 @@ def _points(locs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return kinds, xs, ys
 
 
+_TERRITORY = attrgetter("territory")
+#: the text fields :func:`_printable` checks for a whole chunk at once
+_TEXTS = attrgetter("name", "source_ref", "parent_ref", "code", "type_name")
+
+
+def _printable(chunk: list[UnitRecord]) -> bool:
+    """Whether every name, ref, parent ref, code and type of the chunk is printable text
+    (or none): all of them joined, in one pass of C calls, and tested by
+    ``str.isprintable`` — under half the cost of testing them row by row.  False (then
+    rows are tested one by one, :func:`_printable_row`) for a chunk with a
+    non-printable character or a number (a spreadsheet's ref)."""
+    try:
+        return "".join(filter(None, chain.from_iterable(map(_TEXTS, chunk)))).isprintable()
+    except TypeError:
+        return False
+
+
+def _printable_row(rec: UnitRecord, name: str) -> bool:
+    """A row's name (stripped), refs, code and type are printable: nothing for
+    :func:`validate` to look at.  (``isprintable`` also doubts no-break spaces,
+    zero-width joiners … : those rows get the exact test there.)"""
+    return (name.isprintable()
+            and ((code := rec.code) is None or type(code) is str and code.isprintable())
+            and ((tn := rec.type_name) is None or type(tn) is str and tn.isprintable())
+            and ((ref := rec.source_ref) is None or type(ref) is not str
+                 or ref.isprintable())
+            and ((ref := rec.parent_ref) is None or type(ref) is not str
+                 or ref.isprintable()))
+
+
+def _bounds(territories: list[Any]) -> dict[int, tuple[float, float, float, float]]:
+    """(minx, miny, maxx, maxy) of a chunk's territories by row, vectorised."""
+    if territories.count(None) == len(territories):
+        return {}
+    geoms = np.fromiter(territories, dtype=object, count=len(territories))
+    rows = np.flatnonzero(shapely.is_geometry(geoms))
+    return dict(zip(rows.tolist(), map(tuple, shapely.bounds(geoms[rows]).tolist()),
+                    strict=True))
+
+
 def _xy(geom: BaseGeometry) -> tuple[float, float]:
     if geom.geom_type != "Point" or geom.is_empty:
         return math.nan, math.nan
@@ -218,6 +293,8 @@ class _Validated:
         self.total = total
         self.seen = 0
         self.keep: list[str] | None = report.warnings if keep_invalid else None
+        #: the records rejected (an upsert rejects their children too)
+        self.rejected: list[UnitRecord] = []
 
     def __iter__(self) -> Iterator[UnitRecord]:
         return self._stream(self.records, count=True)
@@ -255,8 +332,16 @@ class _Validated:
         dates, are checked once for the chunk; a row that needs nothing more (a usable
         point or none, no territory, a known status, ISO dates) only has its name and
         refs normalised as :func:`validate` does, inline; any other row goes through
-        :func:`validate`, which also writes the message of a rejected row."""
+        :func:`validate`, which also writes the message of a rejected row.
+
+        Control characters: a row is plain only when its name, refs, code and type are
+        printable (``str.isprintable``, in C, on the chunk's texts joined — see
+        :func:`_printable`; the rare texts it doubts, a no-break space or a zero-width
+        joiner, get the exact test in :func:`validate`) and it has no aliases.
+        Territories' bounds come from one vectorised ``shapely.bounds`` per chunk."""
         kinds_arr, xs_arr, ys_arr = _points([rec.location for rec in chunk])
+        bounds = _bounds(list(map(_TERRITORY, chunk)))
+        clean = _printable(chunk)
         with np.errstate(invalid="ignore"):
             plain_arr = (kinds_arr == -1) | ((kinds_arr == 0) & (np.abs(xs_arr) <= 180)
                                              & (np.abs(ys_arr) <= 90))  # NaN: False
@@ -267,8 +352,8 @@ class _Validated:
                                      if type(d) is str} if _iso_date(d)}
         iso.add(None)
         statuses = VALIDATION_STATUSES
-        for rec, kind, x, y, plain in zip(chunk, kinds, xs, ys, plain_arr.tolist(),
-                                          strict=True):
+        for i, (rec, kind, x, y, plain) in enumerate(zip(chunk, kinds, xs, ys,
+                                                         plain_arr.tolist(), strict=True)):
             self.seen += count
             if count and self.seen % 1000 == 0:
                 self._report()
@@ -276,7 +361,8 @@ class _Validated:
             if (plain and rec.territory is None and type(name) is str
                     and (name := name.strip()) and rec.validation_status in statuses
                     and ((od := rec.opening_date) is None or type(od) is str and od in iso)
-                    and ((cd := rec.closed_date) is None or type(cd) is str and cd in iso)):
+                    and ((cd := rec.closed_date) is None or type(cd) is str and cd in iso)
+                    and rec.aliases is None and (clean or _printable_row(rec, name))):
                 rec.name = name
                 if (ref := rec.source_ref) is not None:
                     rec.source_ref = (ref if type(ref) is str else str(ref)).strip() or None
@@ -286,9 +372,11 @@ class _Validated:
                 continue
             try:
                 yield validate(rec, fix_geometry=self.fix_geometry, keep_invalid=self.keep,
-                               point=(kind, x, y) if kind >= 0 else None)  # -2: see there
+                               point=(kind, x, y) if kind >= 0 else None,  # -2: see there
+                               bounds=bounds.get(i))
             except InvalidInput as error:
                 self.report.add("rejected", rec, message=error.message)
+                self.rejected.append(rec)
 
 
 # --- the job -------------------------------------------------------------------------
@@ -402,11 +490,22 @@ def import_payload(reg: Registry, payload: ImportPayload, *, source: str,
 _COMPARED = ("name", "code", "opening_date", "closed_date", "aliases", "extra_fields")
 
 
+def blank_clears(payload: ImportPayload) -> bool:
+    """Whether the payload's format says an empty parent makes a root and an empty
+    groups cell means no groups (Iaso's GeoPackage: its payload carries
+    ``blank_clears = True``).  For every other format an empty or absent parent or
+    groups cell keeps what the registry has, as an empty cell does for any field: a
+    ``ref,name`` sheet renaming facilities must not flatten the pyramid."""
+    return bool(getattr(payload, "blank_clears", False))
+
+
 class _Upsert:
     def __init__(self, job: ImportJob, conn: Connection, version: VersionRef,
                  report: ImportReport) -> None:
         self.job, self.conn, self.version, self.report = job, conn, version, report
         self.backend = job.reg.backend
+        self.blank_clears = blank_clears(job.payload)
+        self.group_refs: dict[int, str] = {}  # group key -> ref, for the report
         self.types = {r[1]: r[0] for r in conn.execute(text("SELECT fid, name FROM org_unit_type"))}
 
     def _existing(self) -> dict[str, dict[str, Any]]:
@@ -449,9 +548,10 @@ class _Upsert:
         existing = self._existing()
         key_to_ref = {e["unit_key"]: ref for ref, e in existing.items()}
         # the records first: a reader may list types and groups while its units stream
-        records = list(_Validated(job.payload.units, self.report, fix_geometry=job.fix_geometry,
-                                  keep_invalid=job.payload.invalid_geometry == "keep", job=job,
-                                  total=lambda: job.payload.total))
+        validated = _Validated(job.payload.units, self.report, fix_geometry=job.fix_geometry,
+                               keep_invalid=job.payload.invalid_geometry == "keep", job=job,
+                               total=lambda: job.payload.total)
+        records = list(validated)
         groups = {r[1]: r[0] for r in conn.execute(text(
             "SELECT group_key, source_ref FROM org_unit_group WHERE version_id = :v"), {"v": v})}
         for g in job.payload.groups:
@@ -464,39 +564,93 @@ class _Upsert:
         if job.payload.group_sets:
             self.report.warnings.append(
                 "Group sets are not updated when importing into an existing version.")
-        seen: dict[str, str] = {}
-        incoming: list[UnitRecord] = []
-        for rec in records:
-            if type(rec.location) is tuple:  # compared and written one by one: a Point
-                rec.location = shapely.Point(rec.location)
-            if rec.source_ref is None:
-                self.report.add("rejected", rec, message=f"{rec.where}: field 'ref' is empty; "
-                                "re-importing into a version matches units by ref.")
-                continue
-            if rec.source_ref in seen:
-                self.report.add("rejected", rec, message=f"{rec.where}: ref {rec.source_ref!r} "
-                                f"is used twice (also by {seen[rec.source_ref]}).")
-                continue
-            seen[rec.source_ref] = rec.where
-            incoming.append(rec)
-        known = set(existing) | set(seen)
-        for rec in incoming:
-            if rec.parent_ref is not None and rec.parent_ref not in known:
-                self.report.add("rejected", rec, message=f"{rec.where}: parent "
-                                f"{rec.parent_ref!r} is neither in the file nor in "
-                                f"{self.version.label}.")
+        self.group_refs = {key: ref for ref, key in groups.items()}
+        incoming = self._placeable(records, validated.rejected, existing)
         if self.report.rejected and not job.skip_invalid:
             return
-        rejected = {r["ref"] for r in self.report.rows if r["status"] == "rejected"}
-        incoming = [r for r in incoming if r.source_ref not in rejected]
         keys = {ref: e["unit_key"] for ref, e in existing.items()}
         for rec in _parents_first(incoming, set(existing)):
             if rec.source_ref in existing:
-                self._update(rec, existing[rec.source_ref], keys, key_to_ref)
+                self._update(rec, existing[rec.source_ref], keys, key_to_ref, groups)
             else:
-                keys[rec.source_ref] = self._create(rec, keys)  # type: ignore[index]
-            if rec.groups is not None:
-                self._set_groups(rec, keys[rec.source_ref], groups)  # type: ignore[index]
+                keys[rec.source_ref] = key = self._create(rec, keys)  # type: ignore[index]
+                if rec.groups:
+                    self._set_groups(rec, key, groups)
+
+    def _placeable(self, records: list[UnitRecord], failed: list[UnitRecord],
+                   existing: dict[str, dict[str, Any]]) -> list[UnitRecord]:
+        """The valid records that can be written; every other row is reported rejected
+        with its reason, so each input row appears in the report.
+
+        A ref used by several rows rejects all of them (which one is right cannot be
+        told); a parent ref that is neither in the file nor in the version rejects the
+        row; and a row whose parent is a rejected row (of a unit the version does not
+        have) is rejected too, and so on down: its place in the tree is unknown, and
+        making it a root would be a silent guess.  ``failed``: the rows the field
+        checks rejected."""
+        uses: dict[str, int] = {}
+        wheres: dict[str, list[str]] = {}  # rows of a ref used twice
+        lost: dict[str, str] = {}  # ref of a rejected row -> that row (units to be created)
+        for rec in failed:  # (their refs count: a valid row sharing one is a duplicate)
+            bad = str(rec.source_ref).strip() if rec.source_ref is not None else ""
+            if bad:
+                uses[bad] = uses.get(bad, 0) + 1
+                wheres.setdefault(bad, []).append(rec.where)
+                if bad not in existing:
+                    lost.setdefault(bad, rec.where)
+        for rec in records:
+            if type(rec.location) is tuple:  # compared and written one by one: a Point
+                rec.location = shapely.Point(rec.location)
+            if rec.source_ref is not None:
+                uses[rec.source_ref] = uses.get(rec.source_ref, 0) + 1
+        incoming: list[UnitRecord] = []
+        for rec in records:
+            ref = rec.source_ref
+            if ref is None:
+                self.report.add("rejected", rec, message=f"{rec.where}: field 'ref' is empty; "
+                                "re-importing into a version matches units by ref.")
+                continue
+            if uses[ref] > 1:
+                wheres.setdefault(ref, []).append(rec.where)
+                continue
+            incoming.append(rec)
+        for rec in records:
+            if (dup := rec.source_ref) is not None and uses[dup] > 1:
+                others = ", ".join(w for w in wheres[dup] if w != rec.where)
+                self.report.add("rejected", rec, message=f"{rec.where}: ref {dup!r} is used "
+                                f"{'twice' if uses[dup] == 2 else f'{uses[dup]} times'} (also "
+                                f"by {others}); none of these rows is imported, as which one "
+                                "is right cannot be told.")
+                if dup not in existing:
+                    lost.setdefault(dup, wheres[dup][0])
+        known = set(existing) | {rec.source_ref for rec in incoming}
+        out: set[int] = set()  # id() of the rejected incoming records
+        children: dict[str, list[UnitRecord]] = {}
+        for rec in incoming:
+            parent = rec.parent_ref
+            if parent is None or parent in existing:
+                continue
+            children.setdefault(parent, []).append(rec)
+            if parent not in known and parent not in lost:
+                self.report.add("rejected", rec, message=f"{rec.where}: parent {parent!r} is "
+                                f"neither in the file nor in {self.version.label}.")
+                out.add(id(rec))
+                if rec.source_ref not in existing:
+                    lost[rec.source_ref] = rec.where  # type: ignore[index]
+        todo = list(lost)
+        while todo:
+            parent = todo.pop()
+            for rec in children.get(parent, ()):
+                if id(rec) in out:
+                    continue
+                self.report.add("rejected", rec, message=f"{rec.where}: its parent {parent!r} "
+                                f"is not imported ({lost[parent]} was rejected), so neither is "
+                                "this row.")
+                out.add(id(rec))
+                if rec.source_ref not in existing:
+                    lost[rec.source_ref] = rec.where  # type: ignore[index]
+                    todo.append(rec.source_ref)  # type: ignore[arg-type]
+        return [rec for rec in incoming if id(rec) not in out]
 
     def _create(self, rec: UnitRecord, keys: dict[str, int]) -> int:
         b = self.backend
@@ -522,7 +676,7 @@ class _Upsert:
         return int(key)
 
     def _update(self, rec: UnitRecord, old: dict[str, Any], keys: dict[str, int],
-                key_to_ref: dict[int, str]) -> None:
+                key_to_ref: dict[int, str], groups: dict[str, int]) -> None:
         b = self.backend
         new: dict[str, Any] = {"name": rec.name, "code": rec.code,
                                "opening_date": rec.opening_date, "closed_date": rec.closed_date,
@@ -541,10 +695,12 @@ class _Upsert:
         if type_id is not None and type_id != old["type_id"]:
             changes["type"] = [old["type_id"], rec.type_name]
             sets["type_id"] = type_id
-        parent_key = keys.get(rec.parent_ref) if rec.parent_ref else None
-        if parent_key != old["parent_key"]:
-            changes["parent_ref"] = [key_to_ref.get(old["parent_key"]), rec.parent_ref]
-            sets["parent_key"] = parent_key
+        # no parent ref: the unit stays where it is (Iaso's GeoPackage: it becomes a root)
+        if rec.parent_ref is not None or self.blank_clears:
+            parent_key = keys.get(rec.parent_ref) if rec.parent_ref else None
+            if parent_key != old["parent_key"]:
+                changes["parent_ref"] = [key_to_ref.get(old["parent_key"]), rec.parent_ref]
+                sets["parent_key"] = parent_key
         if self.job.set_status and self.job.set_status != old["validation_status"]:
             changes["validation_status"] = [old["validation_status"], self.job.set_status]
             sets["validation_status"] = self.job.set_status
@@ -561,9 +717,17 @@ class _Upsert:
         if rec.territory is not None and not _same(rec.territory, old["territory"]):
             changes["territory"] = [_wkt(old["territory"]), "(new polygon)"]
             set_territory(self.job.reg, self.conn, old["fid"], rec.territory)
+        # an empty groups cell keeps the memberships (Iaso's GeoPackage: it clears them)
+        if rec.groups is not None and (rec.groups or self.blank_clears):
+            moved = self._set_groups(rec, old["unit_key"], groups)
+            if moved is not None:
+                changes["groups"] = moved
         self.report.add("updated" if changes else "unchanged", rec, changes=changes)
 
-    def _set_groups(self, rec: UnitRecord, unit_key: int, groups: dict[str, int]) -> None:
+    def _set_groups(self, rec: UnitRecord, unit_key: int,
+                    groups: dict[str, int]) -> list[list[str]] | None:
+        """Make the unit's memberships those the record lists; the [before, after]
+        group refs when they changed, for the report (None: no change)."""
         wanted = {groups[g] for g in rec.groups or [] if g in groups}
         missing = [g for g in rec.groups or [] if g not in groups]
         if missing:
@@ -577,6 +741,10 @@ class _Upsert:
         for g in have - wanted:
             self.conn.execute(text("DELETE FROM group_membership WHERE version_id = :v AND "
                                    "group_key = :g AND unit_key = :u"), p | {"g": g})
+        if have == wanted:
+            return None
+        return [sorted(self.group_refs.get(g, str(g)) for g in have),
+                sorted(self.group_refs.get(g, str(g)) for g in wanted)]
 
 
 def _parents_first(records: list[UnitRecord], existing: set[str]) -> list[UnitRecord]:

@@ -60,6 +60,7 @@ from storage import geometry
 from storage.bulk import PLAIN_POINT_HEAD, FileRows, UnitRecord
 from storage.errors import InvalidInput
 from storage.jobs import gc_paused
+from storage.units import CONTROL_CHARACTERS
 from sync.exchange import (
     GroupDef,
     ImportPayload,
@@ -112,6 +113,16 @@ class _Layer:
 _CHUNK = 5000  # rows fetched and decoded at a time
 
 
+@dataclass
+class IasoPayload(ImportPayload):
+    """An Iaso GeoPackage's payload.  In this format an empty ``parent_ref`` makes a
+    root and an empty ``group_refs`` means no groups (Iaso's semantics), also when
+    importing into an existing version: ``blank_clears`` tells the import job so
+    (``sync.importing.blank_clears``; other formats keep the registry's value)."""
+
+    blank_clears: bool = True
+
+
 @gc_paused()
 def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
     """Read an Iaso GeoPackage; units stream layer by layer."""
@@ -120,8 +131,12 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
     _check_file(path)
     with _connect(path) as conn:
         layers = _level_layers(conn, path, opts)
-        groups = _read_groups(path)
-        warns = _check_rows(conn, path, layers, {g.ref for g in groups})
+        try:
+            groups = _read_groups(path)
+            warns = _check_rows(conn, path, layers, {g.ref for g in groups})
+        except _NotText as error:  # (refs and names are named with their row there)
+            raise InvalidInput(f"{path.name}: a cell holds binary data (a BLOB, x'{error}…') "
+                               "that is not UTF-8 text; store it as text.") from None
     types: dict[str, TypeDef] = {}
     for layer in layers:
         if layer.type_name is None:
@@ -132,9 +147,10 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
         elif seen.depth != layer.depth:
             warns.append(f"{path.name}: type {layer.type_name!r} has layers at depth "
                          f"{seen.depth} and {layer.depth}; one type, depth {seen.depth}, is kept.")
-    return ImportPayload(
-        units=_records(path, layers, opts),
-        load_units=partial(_load_units, path, layers, opts),
+    # (the same list as the payload's warnings: uuids replaced are told as units stream)
+    return IasoPayload(
+        units=_records(path, layers, opts, warns),
+        load_units=partial(_load_units, path, layers, opts, warns),
         types=sorted(types.values(), key=lambda t: (t.depth is None, t.depth or 0, t.name)),
         groups=groups,
         warnings=warns,
@@ -345,6 +361,32 @@ def _stripped_sql(c: str) -> str:
     return f"NULLIF(trim({c}, {_SPACES_SQL}), '')"
 
 
+def _text_or_none(value: Any) -> str | None:
+    """:func:`_text`, None for a BLOB that is not UTF-8 (reported on its own)."""
+    try:
+        return _text(value)
+    except _NotText:
+        return None
+
+
+def _cells(column: str, values: list[Any], fids: list[Any], prefix: str,
+           convert: Any = None) -> list[str | None]:
+    """A chunk's column as texts (``convert``: :func:`_texts` unless given); a BLOB that
+    is not UTF-8 text is refused naming its row and field."""
+    convert = convert or _texts
+    try:
+        return cast(list[str | None], convert(values))
+    except _NotText:
+        for fid, value in zip(fids, values, strict=True):
+            try:
+                convert([value])
+            except _NotText as error:
+                raise InvalidInput(f"{prefix}{fid}: field {column!r} holds binary data (a "
+                                   f"BLOB, x'{error}…') that is not UTF-8 text; store it as "
+                                   "text.") from None
+        raise
+
+
 def _stripped_texts(values: list[Any]) -> list[str | None]:
     """:func:`_texts`, with the common column of texts that are none of them blank
     stripped in one C-level pass."""
@@ -382,11 +424,21 @@ def _check_rows(conn: sqlite3.Connection, path: Path, layers: list[_Layer],
                            ).fetchall()
         for i, column in enumerate(REQUIRED, start=1):
             for row in odd:
-                if _text(row[i]) is None:
+                try:
+                    empty = _text(row[i]) is None
+                except _NotText as error:
+                    problems.append(f"{_where(path, layer.name, row[0])}: field {column!r} "
+                                    f"holds binary data (a BLOB, x'{error}…') that is not "
+                                    "UTF-8 text; store it as text.")
+                    continue
+                if empty:
                     problems.append(f"{_where(path, layer.name, row[0])}: field {column!r} "
                                     f"{_emptiness(row[i])}.")
         raw_refs = _ref_column(conn, table, fid, layer.count, texts=not odd)
-        refs = _stripped_texts(raw_refs)
+        try:
+            refs = _stripped_texts(raw_refs)
+        except _NotText:  # (listed above)
+            refs = [_text_or_none(r) for r in raw_refs]
         layer.refs_stripped = refs == raw_refs
         if (any(map(str.startswith, cast(list[str], refs), repeat("iaso")))  # (C-level)
                 if None not in refs
@@ -408,7 +460,10 @@ def _check_rows(conn: sqlite3.Connection, path: Path, layers: list[_Layer],
             name = layer.name
             for fid, raw in conn.execute(f"SELECT {q(layer.fid)}, ref FROM {q(name)} "
                                          f"ORDER BY {q(layer.fid)}"):
-                ref = _text(raw)
+                try:
+                    ref = _text(raw)
+                except _NotText:  # (listed above)
+                    continue
                 if ref is None:
                     continue
                 if ref.startswith("iaso"):
@@ -444,14 +499,15 @@ _OPTIONAL = ("longitude", "latitude", "uuid", "validation_status", "parent_ref",
              "opening_date", "closed_date", "aliases", "extra_fields", "group_refs")
 
 
-def _records(path: Path, layers: list[_Layer], opts: ReadOptions) -> Iterator[UnitRecord]:
+def _records(path: Path, layers: list[_Layer], opts: ReadOptions, warns: list[str]
+             ) -> Iterator[UnitRecord]:
     seen_uuids: dict[str, str] = {}
     with _connect(path) as conn:
         for layer in layers:
-            yield from _layer_records(conn, path, layer, opts, seen_uuids)
+            yield from _layer_records(conn, path, layer, opts, seen_uuids, warns)
 
 
-def _load_units(path: Path, layers: list[_Layer], opts: ReadOptions
+def _load_units(path: Path, layers: list[_Layer], opts: ReadOptions, warns: list[str]
                 ) -> Iterator[UnitRecord | FileRows]:
     """:func:`_records` for a bulk load: a layer whose every row is plain (see
     :func:`_copyable`, :func:`_copy_columns`) comes as one :class:`FileRows` the loader
@@ -460,24 +516,24 @@ def _load_units(path: Path, layers: list[_Layer], opts: ReadOptions
     with _connect(path) as conn:
         for i, layer in enumerate(layers):
             if not _copyable(conn, path, layer, opts):
-                yield from _layer_records(conn, path, layer, opts, seen_uuids)
+                yield from _layer_records(conn, path, layer, opts, seen_uuids, warns)
                 continue
             read: list[bool] = []  # the loader took the records way
-            yield _file_rows(path, layer, opts, seen_uuids, read)
+            yield _file_rows(path, layer, opts, seen_uuids, read, warns)
             if i + 1 < len(layers) and not read:
                 # copied: later layers' records must know its uuids (a uuid met twice
                 # is given a new one, as on the records way)
-                where = f"{path.name}, layer {layer.name!r}"
-                for (value,) in conn.execute(f"SELECT NULLIF(uuid, '') FROM "
-                                             f"{gpkg_sql.quote(layer.name)} WHERE uuid "
-                                             "IS NOT NULL" if "uuid" in layer.fields
-                                             else "SELECT NULL WHERE 0"):
+                q = gpkg_sql.quote
+                for fid, value in conn.execute(f"SELECT {q(layer.fid)}, NULLIF(uuid, '') FROM "
+                                               f"{q(layer.name)} WHERE uuid IS NOT NULL"
+                                               if "uuid" in layer.fields
+                                               else "SELECT NULL, NULL WHERE 0"):
                     if value is not None:
-                        seen_uuids.setdefault(value, where)
+                        seen_uuids.setdefault(value, _where(path, layer.name, fid))
 
 
 def _layer_records(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOptions,
-                   seen_uuids: dict[str, str]) -> Iterator[UnitRecord]:
+                   seen_uuids: dict[str, str], warns: list[str]) -> Iterator[UnitRecord]:
     q = gpkg_sql.quote
     present = [c for c in _OPTIONAL if c in layer.fields]
     geom_sql = q(layer.geometry_column) if layer.geometry_column else "NULL"
@@ -492,7 +548,7 @@ def _layer_records(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: Re
         if not rows:
             break
         yield from _chunk_records(path, layer, rows, present, transform, prefix,
-                                  has_groups, seen_uuids)
+                                  has_groups, seen_uuids, warns)
     cur.close()
 
 
@@ -512,6 +568,8 @@ def _copyable(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOpt
     plain points or none (a polygon layer goes the records way at once)."""
     if not layer.count or _transformer(path, layer, opts) is not None:
         return False
+    if _has_controls(conn, layer):
+        return False
     if layer.geometry_column is None:
         return True
     # (the first rows tell: a polygon layer starts with polygons; a later row that is not
@@ -520,6 +578,27 @@ def _copyable(conn: sqlite3.Connection, path: Path, layer: _Layer, opts: ReadOpt
     return conn.execute(f"SELECT 1 FROM (SELECT {g} FROM {gpkg_sql.quote(layer.name)} LIMIT "
                         f"1000) WHERE {g} IS NOT NULL AND substr({g}, 1, 13) <> {_POINT_HEAD} "
                         "LIMIT 1").fetchone() is None
+
+
+#: :data:`storage.units.CONTROL_CHARACTERS` in UTF-8 bytes (no byte of a multi-byte
+#: character is below 0x80, so a byte search finds exactly those characters)
+_CONTROL_BYTES = re.compile(CONTROL_CHARACTERS.pattern.encode())
+
+
+def _has_controls(conn: sqlite3.Connection, layer: _Layer) -> bool:
+    """Whether a ref, name or code of the layer holds a control character the import
+    refuses (NUL, escape, bell …): such a layer goes the records way, where the
+    import job rejects those rows naming them, instead of the copy storing them.  One
+    scan: SQLite joins the cells (as bytes: a BLOB need not be UTF-8) and one regular
+    expression searches them (a GLOB on each cell costs about four times as much).
+    A parent ref needs no look: one holding a control character matches no ref, which
+    ends the copy."""
+    q = gpkg_sql.quote
+    # (ref and name are never null here: _check_rows refused such a file)
+    cells = "ref || name" + (" || ifnull(code, '')" if "code" in layer.fields else "")
+    (joined,) = conn.execute(f"SELECT CAST(group_concat({cells}, '') AS BLOB) FROM "
+                             f"{q(layer.name)}").fetchone()
+    return joined is not None and _CONTROL_BYTES.search(joined) is not None
 
 
 def _copy_columns(layer: _Layer) -> dict[str, str]:
@@ -591,7 +670,7 @@ def _copy_columns(layer: _Layer) -> dict[str, str]:
 
 
 def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[str, str],
-               read: list[bool]) -> FileRows:
+               read: list[bool], warns: list[str]) -> FileRows:
     """The layer as :class:`FileRows`: its query, and its records for the other way."""
     q = gpkg_sql.quote
     f = set(layer.fields)
@@ -605,7 +684,7 @@ def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[st
     def records() -> Iterator[UnitRecord]:
         read.append(True)
         with _connect(path) as conn:
-            yield from _layer_records(conn, path, layer, opts, seen_uuids)
+            yield from _layer_records(conn, path, layer, opts, seen_uuids, warns)
 
     def memberships() -> list[tuple[str, str]]:
         if "group_refs" not in f:
@@ -629,7 +708,7 @@ def _file_rows(path: Path, layer: _Layer, opts: ReadOptions, seen_uuids: dict[st
 
 def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], present: list[str],
                    transform: Any, prefix: str, has_groups: bool,
-                   seen_uuids: dict[str, str]) -> Iterator[UnitRecord]:
+                   seen_uuids: dict[str, str], warns: list[str]) -> Iterator[UnitRecord]:
     n = len(rows)
     fids, blobs, refs, names, *values = (list(c) for c in zip(*rows, strict=True))
     cols = dict(zip(present, values, strict=True))
@@ -642,10 +721,10 @@ def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], prese
         arr = _geometries(path, layer, fids, blobs, transform)
         kinds = shapely.get_type_id(arr).tolist()  # -1: no geometry, 0: point
         geoms = arr.tolist()
-    refs, names = _texts(refs), _texts(names)
-    text_cols = {c: _texts(cols[c]) if c in cols else none
+    refs, names = _cells("ref", refs, fids, prefix), _cells("name", names, fids, prefix)
+    text_cols = {c: _cells(c, cols[c], fids, prefix) if c in cols else none
                  for c in ("uuid", "validation_status", "parent_ref", "code")}
-    date_cols = {c: _dates(cols[c]) if c in cols else none
+    date_cols = {c: _cells(c, cols[c], fids, prefix, _dates) if c in cols else none
                  for c in ("opening_date", "closed_date")}
     for (fid, ref, name, geom, kind, lon, lat, uuid_text, status, parent, code, opening, closed,
          aliases, extra, group_refs) in zip(
@@ -672,9 +751,16 @@ def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], prese
             if _CANONICAL_UUID.fullmatch(uuid_text) else _uuid(uuid_text)
         if unit_uuid is None and ref.startswith("georeg:"):
             unit_uuid = _georeg_uuid(ref)
-        if unit_uuid is not None:
+        if unit_uuid is None and uuid_text is not None:
+            warns.append(f"{where}: field 'uuid' {uuid_text!r} is not a UUID; the unit gets a "
+                         "new one.")
+        elif unit_uuid is not None:
             if unit_uuid in seen_uuids:
-                unit_uuid = None  # Iaso does not check its uuids; a new one is made
+                # Iaso does not check its uuids; a new one is made (and said)
+                warns.append(f"{where}: uuid {unit_uuid} is also the uuid of "
+                             f"{seen_uuids[unit_uuid].removeprefix(f'{path.name}, ')}; the "
+                             "unit gets a new one.")
+                unit_uuid = None
             else:
                 seen_uuids[unit_uuid] = where
         if parent is not None and parent.startswith("iaso"):
@@ -817,12 +903,22 @@ def _is_null(value: Any) -> bool:
     return kind is float and value != value  # NaN
 
 
+class _NotText(ValueError):
+    """A BLOB cell that is not UTF-8 text (:func:`_cells` names its row)."""
+
+
 def _text(value: Any) -> str | None:
-    """A cell as stripped text; null, empty and blank are None."""
+    """A cell as stripped text; null, empty and blank are None.  A BLOB (a ref some tool
+    wrote as bytes) is read as the UTF-8 text it holds, not as Python's ``b'…'``."""
     if type(value) is str:
         return value.strip() or None
     if _is_null(value):
         return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8").strip() or None
+        except UnicodeDecodeError:
+            raise _NotText(bytes(value)[:16].hex()) from None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
