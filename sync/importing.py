@@ -623,8 +623,18 @@ class _Upsert:
                                 "is right cannot be told.")
                 if dup not in existing:
                     lost.setdefault(dup, wheres[dup][0])
-        known = set(existing) | {rec.source_ref for rec in incoming}
         out: set[int] = set()  # id() of the rejected incoming records
+        for rec in incoming:  # dates as they will be: the file's, else the registry's
+            before = existing.get(rec.source_ref or "", {})
+            opened = rec.opening_date or before.get("opening_date")
+            closed = rec.closed_date or before.get("closed_date")
+            if opened and closed and str(closed) < str(opened):
+                self.report.add("rejected", rec, message=f"{rec.where}: field 'closed_date': "
+                                f"{closed} is before opening_date {opened}.")
+                out.add(id(rec))
+                if rec.source_ref not in existing:
+                    lost[rec.source_ref] = rec.where  # type: ignore[index]
+        known = set(existing) | {rec.source_ref for rec in incoming}
         children: dict[str, list[UnitRecord]] = {}
         for rec in incoming:
             parent = rec.parent_ref

@@ -383,3 +383,35 @@ def test_iaso_geopackage_says_which_uuid_it_replaced_and_reads_blob_refs_as_text
     said = " ".join(georeg("import", reg, str(out), "-s", "Bad").output.split())
     assert "layer 'level-1-Country', row 1: field 'ref' holds binary data (a BLOB, x'ff00…') " \
            "that is not UTF-8 text" in said
+
+
+# --- a unit closed before it opened: refused in an upsert and from an Iaso GeoPackage -------
+
+
+def test_a_closing_date_before_the_registry_opening_date_is_refused_in_an_upsert(
+        tmp_path: Path) -> None:
+    """The file gives only the closing date; the opening date is the registry's
+    (F1 opened 2010-05-05): the two together are checked, not the file's alone."""
+    reg = pyramid(tmp_path)
+    sheet = tmp_path / "closing.csv"
+    sheet.write_text("ref,name,closed_date\nF1,Facility One,2009-12-31\n")
+    before = snapshot(reg)
+    result = georeg("import", reg, str(sheet), "-s", "Base", "-v", "1")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "field 'closed_date': 2009-12-31 is before opening_date 2010-05-05" in said
+    assert snapshot(reg) == before
+
+
+def test_an_iaso_geopackage_unit_closed_before_it_opened_is_refused(tmp_path: Path) -> None:
+    reg = pyramid(tmp_path)
+    out = iaso_export(reg, tmp_path)
+    with edited(out) as db:  # the SQL copy of a plain layer used to take it as it was
+        db.execute("UPDATE \"level-4-Facility\" SET opening_date = '2010-05-05', "
+                   "closed_date = '2001-01-01'")
+    before = snapshot(reg)
+    result = georeg("import", reg, str(out), "-s", "Copy")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "2001-01-01 is before opening_date 2010-05-05" in said
+    assert snapshot(reg) == before

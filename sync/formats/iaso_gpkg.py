@@ -626,10 +626,13 @@ def _copy_columns(layer: _Layer) -> dict[str, str]:
 
     # YYYY-MM-DD and a day that exists: SQLite's date() takes nothing else, and a
     # modifier makes it normalise (2001-02-29 becomes 2001-03-01); Python has no year 0
-    def date(column: str) -> str:
+    def date(column: str, not_before: str | None = None) -> str:
+        # (a closing date before the opening date is refused the records way)
+        after = (f" AND ({q(not_before)} IS NULL OR {q(not_before)} = '' OR {q(column)} >= "
+                 f"{q(not_before)})" if not_before in f else "")
         return text(column, strip=False,
                     extra=f"date({q(column)}, '+0 days') = {q(column)} AND {q(column)} NOT "
-                          "GLOB '0000*'")
+                          f"GLOB '0000*'{after}")
 
     # (a first character that is no space: the GLOBs see the ref as it will be)
     ref = (f"CASE WHEN typeof(ref) = 'text' AND ref NOT GLOB 'iaso*' AND ref NOT GLOB "
@@ -665,7 +668,7 @@ def _copy_columns(layer: _Layer) -> dict[str, str]:
                                  f"{_starts_kept('parent_ref')}"),
         "status": status,
         "opening_date": date("opening_date"),
-        "closed_date": date("closed_date"),
+        "closed_date": date("closed_date", not_before="opening_date"),
     }
 
 
