@@ -58,9 +58,11 @@ class XFormInfo:
 def parse_xform(xml: bytes, source: str = "the XForm") -> XFormInfo:
     """Check an XForm and read its id, version, title and referenced media files."""
     try:
-        root = SafeET.fromstring(xml)
+        root = SafeET.fromstring(xml, forbid_dtd=True)  # (XForms never need a DOCTYPE)
     except DefusedXmlException as error:
-        raise InvalidInput(f"{source}: refused unsafe XML ({type(error).__name__}).") from error
+        raise InvalidInput(f"{source}: refused unsafe XML: it has a DOCTYPE (a DTD, entities "
+                           f"or external references), which XForms never need "
+                           f"({type(error).__name__}).") from error
     except SafeET.ParseError as error:
         raise InvalidInput(f"{source}: not well-formed XML ({error}).") from error
     if root.tag != f"{{{HTML_NS}}}html":

@@ -47,6 +47,8 @@ def test_xform_kept_byte_for_byte(reg: Registry) -> None:
     (b"<h:html xmlns:h='http://www.w3.org/1999/xhtml'><h:head/></h:html>", "model"),
     (b"not xml at all", "well-formed"),
     (b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>', "unsafe"),
+    (b'<!DOCTYPE h:html SYSTEM "http://127.0.0.1:9/x.dtd"><h:html '
+     b"xmlns:h='http://www.w3.org/1999/xhtml'/>", "DOCTYPE"),  # no entity: refused too
 ])
 def test_bad_xforms_refused(reg: Registry, tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "bad.xml"
