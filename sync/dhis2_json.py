@@ -201,6 +201,7 @@ def to_import_payload(payload: Dhis2Payload) -> ImportPayload:
         total=payload.total_units,
         description="Imported from DHIS2 JSON",
         invalid_geometry="keep",
+        blank_clears=True,  # DHIS2 gives each unit whole: no parent is a root
     )
 
 

@@ -90,6 +90,11 @@ class ImportPayload:
     #: the same units for a bulk load into a new version, where the reader can hand
     #: whole tables over as ``storage.bulk.FileRows`` (copied in SQL); else ``units``
     load_units: Callable[[], Iterable[Any]] | None = None
+    #: into an existing version, an empty or absent parent (or groups) means a root (no
+    #: groups), as in sources that give every unit whole — Iaso's GeoPackage, DHIS2;
+    #: False (files people edit: CSV, XLSX, GeoJSON …): it keeps the registry's value,
+    #: so a ``ref,name`` sheet renaming facilities never flattens the pyramid
+    blank_clears: bool = False
 
 
 @dataclass

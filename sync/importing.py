@@ -490,21 +490,12 @@ def import_payload(reg: Registry, payload: ImportPayload, *, source: str,
 _COMPARED = ("name", "code", "opening_date", "closed_date", "aliases", "extra_fields")
 
 
-def blank_clears(payload: ImportPayload) -> bool:
-    """Whether the payload's format says an empty parent makes a root and an empty
-    groups cell means no groups (Iaso's GeoPackage: its payload carries
-    ``blank_clears = True``).  For every other format an empty or absent parent or
-    groups cell keeps what the registry has, as an empty cell does for any field: a
-    ``ref,name`` sheet renaming facilities must not flatten the pyramid."""
-    return bool(getattr(payload, "blank_clears", False))
-
-
 class _Upsert:
     def __init__(self, job: ImportJob, conn: Connection, version: VersionRef,
                  report: ImportReport) -> None:
         self.job, self.conn, self.version, self.report = job, conn, version, report
         self.backend = job.reg.backend
-        self.blank_clears = blank_clears(job.payload)
+        self.blank_clears = job.payload.blank_clears  # (see ImportPayload)
         self.group_refs: dict[int, str] = {}  # group key -> ref, for the report
         self.types = {r[1]: r[0] for r in conn.execute(text("SELECT fid, name FROM org_unit_type"))}
 

@@ -425,6 +425,22 @@ def test_incremental_pull_upserts_what_changed_upstream(registry: Registry) -> N
         pull(registry, client, "Other", since="last")
 
 
+
+def test_an_incremental_pull_follows_a_unit_made_a_root_in_dhis2(registry: Registry) -> None:
+    """DHIS2 gives each unit whole: a unit with no parent there is a root (a partial
+    spreadsheet's empty parent cell keeps the registry's parent; DHIS2's does not)."""
+    with FakeDhis2("2.41") as server:
+        client = client_for(server)
+        pull(registry, client, "SL")
+        before = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+        bo = client.get(f"organisationUnits/{BO}", {"fields": ":owner"})
+        bo.pop("parent", None)
+        assert client.import_metadata({"organisationUnits": [bo]}).ok
+        result = pull(registry, client, "SL", since=before)
+    assert result["import"]["updated"] >= 1
+    assert U.get_unit(registry, "SL", BO, result["version"]["number"])["parent_ref"] is None
+
+
 # --- push --------------------------------------------------------------------------------------------
 
 

@@ -113,16 +113,6 @@ class _Layer:
 _CHUNK = 5000  # rows fetched and decoded at a time
 
 
-@dataclass
-class IasoPayload(ImportPayload):
-    """An Iaso GeoPackage's payload.  In this format an empty ``parent_ref`` makes a
-    root and an empty ``group_refs`` means no groups (Iaso's semantics), also when
-    importing into an existing version: ``blank_clears`` tells the import job so
-    (``sync.importing.blank_clears``; other formats keep the registry's value)."""
-
-    blank_clears: bool = True
-
-
 @gc_paused()
 def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
     """Read an Iaso GeoPackage; units stream layer by layer."""
@@ -148,7 +138,7 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
             warns.append(f"{path.name}: type {layer.type_name!r} has layers at depth "
                          f"{seen.depth} and {layer.depth}; one type, depth {seen.depth}, is kept.")
     # (the same list as the payload's warnings: uuids replaced are told as units stream)
-    return IasoPayload(
+    return ImportPayload(
         units=_records(path, layers, opts, warns),
         load_units=partial(_load_units, path, layers, opts, warns),
         types=sorted(types.values(), key=lambda t: (t.depth is None, t.depth or 0, t.name)),
@@ -159,6 +149,9 @@ def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
         # Iaso stores polygons as it gets them; our own exports carry what the registry
         # holds.  Invalid ones are kept with a warning (--fix-geometry repairs them).
         invalid_geometry="keep",
+        # Iaso's meaning, into an existing version too: an empty parent_ref makes a root,
+        # an empty group_refs means no groups
+        blank_clears=True,
     )
 
 
