@@ -278,13 +278,14 @@ def postgis_url(secret: dict[str, Any]) -> str:
     password = secret.get("password")
     if not (user or password):
         return str(url)
-    from urllib.parse import parse_qsl, quote
+    from urllib.parse import parse_qsl, quote, unquote
 
     from storage.backends import join_pg_url, split_pg_url
 
     parts = split_pg_url(str(url))
     host = parts.netloc.rpartition("@")[2]
-    name = quote(str(user if user else parts.username or ""), safe="")
+    # (a user name from the URL is already encoded there: Azure's 'user%40server')
+    name = quote(str(user) if user else unquote(parts.username or ""), safe="")
     secret_part = f":{quote(str(password), safe='')}" if password else ""
     return join_pg_url(str(url).partition("://")[0], parts._replace(
         netloc=f"{name}{secret_part}@{host}"), dict(parse_qsl(parts.query)))
@@ -1068,7 +1069,10 @@ class Scheduler:
         self._loaded.pop(name, None)
 
     # runs
-    def _retry(self, name: str, attempt: int, failed_run: int, when: dt.datetime) -> None:
+    def _retry(self, name: str, attempt: int, failed_run: int | None, when: dt.datetime
+               ) -> None:
+        """Run job ``name`` again at ``when``.  ``failed_run``: the run that failed (a
+        later success cancels the retry); None when no run could even be recorded."""
         when = max(when, dt.datetime.now(UTC) + dt.timedelta(seconds=1))
         self._aps.add_job(
             self._fire, DateTrigger(run_date=when, timezone=UTC), args=[name],
@@ -1108,7 +1112,9 @@ class Scheduler:
             LOG.warning("Job %r could not run (%s); trying again in %.0f s.", name,
                         error.message, delay)
             if job is not None and attempt <= job.max_retries:
-                self._retry(name, attempt + 1, failed_run or 0,
+                # (not "the run that failed": none was recorded, and any success of the
+                # job's past would cancel the retry)
+                self._retry(name, attempt + 1, failed_run,
                             dt.datetime.now(UTC) + dt.timedelta(seconds=delay))
         finally:
             lock.release()

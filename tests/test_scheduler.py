@@ -420,6 +420,41 @@ def test_a_run_cut_short_is_closed_and_a_planned_retry_survives_a_restart(
         assert cut[0]["error"] == scheduler.INTERRUPTED
 
 
+def test_a_run_the_busy_registry_could_not_record_is_tried_again(
+        tmp_path: Path, secrets: Path, fake_kind: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holding the registry's write lock (a long import) used to make the
+    scheduled run vanish with a traceback; then its retry was dropped at once by any
+    success in the job's past."""
+    import sqlite3
+
+    from storage import backends
+
+    monkeypatch.setattr(backends, "BUSY_TIMEOUT_MS", 300)  # (30 s in real life)
+    path = tmp_path / "district.gpkg"
+    Registry.create(path).close()
+    save_target(secrets, "t", {"url": "x://y"})
+    with Registry.open(path) as reg:
+        add_job(reg, "fake", every="1d", target="t", retry_base_seconds=1)
+        with reg.write(origin="test", audit=False) as conn:  # it worked yesterday
+            conn.execute(text(
+                "INSERT INTO schedule_run (job_id, job_name, kind, triggered_by, attempt, "
+                "started_at, ended_at, outcome) SELECT fid, name, kind, 'schedule', 1, :s, :s, "
+                "'ok' FROM schedule_job"), {"s": scheduler._iso(
+                    dt.datetime.now(dt.UTC) - dt.timedelta(days=1, minutes=1))})
+    calls = len(CALLS)
+    with Scheduler(path, reload_seconds=60) as sched:
+        import_holding_the_lock = sqlite3.connect(path, timeout=0)
+        import_holding_the_lock.execute("BEGIN IMMEDIATE")
+        sched._fire("fake-t")  # the daily occurrence comes while the registry is busy
+        assert len(CALLS) == calls and "retry:fake-t" in sched.planned()
+        import_holding_the_lock.rollback()
+        import_holding_the_lock.close()
+        with Registry.open(path) as reg:
+            run = wait_for(lambda: next((r for r in history(reg)
+                                         if r["triggered_by"] == "retry"), None))
+    assert run["outcome"] == "ok" and run["attempt"] == 2
+
+
 def test_a_job_row_that_cannot_be_scheduled_does_not_stop_the_others(
         tmp_path: Path, secrets: Path, fake_kind: None) -> None:
     """One absurd row (written by hand, or by an older Georeg) used to crash 'schedule
@@ -503,6 +538,12 @@ class PasswordAskingPostgres:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def test_a_postgis_url_keeps_its_encoded_user_name_when_a_password_is_added() -> None:
+    assert scheduler.postgis_url({"url": "postgresql://reg%40azure@db.example/r?sslmode=require",
+                                  "password": "p@ss"}) == (
+        "postgresql://reg%40azure:p%40ss@db.example/r?sslmode=require")
 
 
 def test_a_postgis_target_with_user_and_password_sends_them(
