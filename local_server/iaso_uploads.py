@@ -61,15 +61,17 @@ def _json_param(reg: Registry, name: str) -> str:
 
 
 def record_metadata(reg: Registry, user: str, app_id: str | None, item: dict[str, Any],
-                    apply: Any) -> None:
+                    apply: Any, *, admin: bool = False) -> None:
     """Call (a). ``apply(conn, submission_id, metadata)`` runs when the pair is complete.
 
-    Raises Forbidden when ``item['id']`` names an instance another user sent."""
+    Raises Forbidden when ``item['id']`` names an instance another user sent — unless
+    ``admin``: an admin may send again what a collector's phone sent (as they may resend
+    its XML)."""
     name = file_key(str(item.get("file") or ""))
     meta = {k: item.get(k) for k in META_KEYS if k in item}
     instance = str(item.get("id") or "")
     with reg.write(origin="iaso", author=user) as conn:
-        if instance:
+        if instance and not admin:
             _refuse_others_instance(conn, user, instance)
         row = _row(conn, user, name)
         if row is None:
@@ -88,14 +90,15 @@ def record_metadata(reg: Registry, user: str, app_id: str | None, item: dict[str
 
 
 def record_submission(reg: Registry, user: str, xml_name: str, submission_id: int,
-                      apply: Any) -> None:
+                      apply: Any, *, admin: bool = False) -> None:
     """Call (b), after the submission is stored: pair it and apply waiting metadata.
 
-    A submission another user sent (an admin may resend one) is not paired: the caller's
-    metadata never lands on someone else's submission."""
+    A submission another user sent is not paired — the caller's metadata never lands on
+    someone else's submission — unless the caller is an ``admin`` sending again what a
+    collector's phone sent (the metadata call may have been lost)."""
     name = file_key(xml_name)
     with reg.write(origin="iaso", author=user) as conn:
-        if _sender(conn, submission_id) != user:
+        if _sender(conn, submission_id) != user and not admin:
             return
         row = _row(conn, user, name)
         if row is None:

@@ -386,7 +386,8 @@ def iaso_instance_metadata(ctx: Any, user: Any, app_id: str | None, item: dict[s
                     {"v": version.id, "r": raw}).scalar() or raw
         check_in_area(reg, user, version, str(uuid), f"instance {item.get('id')}")
         item = item | {"orgUnitId": str(uuid)}
-    iaso_uploads.record_metadata(reg, user_name(user), app_id, item, _apply_metadata)
+    iaso_uploads.record_metadata(reg, user_name(user), app_id, item, _apply_metadata,
+                                 admin=user_role(user) == "admin")
 
 
 def iaso_store_xml(ctx: Any, user: Any, xml_name: str, xml: bytes,
@@ -400,7 +401,8 @@ def iaso_store_xml(ctx: Any, user: Any, xml_name: str, xml: bytes,
                    for name, content in files.items()}
     stored = submissions.store_submission(reg, xml, attachments, user=user,
                                           device_id=device(ctx), source="iaso")
-    iaso_uploads.record_submission(reg, user_name(user), xml_name, stored.fid, _apply_metadata)
+    iaso_uploads.record_submission(reg, user_name(user), xml_name, stored.fid, _apply_metadata,
+                                   admin=user_role(user) == "admin")
 
 
 def iaso_form_upload(ctx: Any, user: Any, request: Request) -> None:

@@ -368,3 +368,17 @@ def test_iaso_pairing_is_per_user_on_postgresql(tmp_path: Path, postgis_url: str
         r = requests.post(f"{base}/api/instances/", headers=_token(live, "bob"), timeout=30,
                           json=[{"id": sent["amina"][0][5:], "file": name, "orgUnitId": BO}])
         assert r.status_code == 403, r.text
+
+
+def test_an_admin_may_send_again_a_collectors_iaso_upload(server: sh.LiveServer) -> None:
+    """Amina's phone sent the XML and lost the metadata call; the admin signs in on that
+    phone and the app sends both again: the metadata reaches amina's submission (it was
+    refused with 403 while the admin's resend of the XML was accepted)."""
+    iaso_id = str(uuid.uuid4())
+    instance, name = f"uuid:{iaso_id}", f"reg_{secrets.token_hex(4)}.xml"
+    xml = _xml(instance)
+    assert _upload(server, "amina", name, xml).status_code == 201
+    assert _upload(server, "ada", name, xml).status_code in (200, 201)
+    answer = _meta(server, "ada", {"id": iaso_id, "file": name, "orgUnitId": FACILITY})
+    assert answer.status_code == 200, answer.text
+    assert _stored(server, instance)["org_unit_uuid"] == _uuid(server, FACILITY)
