@@ -104,9 +104,15 @@ def open_registry(reg: str) -> Registry:
 
 
 def run_job(job: Job[Any], as_json: bool) -> Any:
-    """Run a job with a progress bar on the terminal (not with --json); Ctrl-C cancels."""
+    """Run a job with a progress bar on the terminal (not with --json); Ctrl-C cancels
+    (exit code 130), with or without a terminal."""
     if as_json or not sys.stderr.isatty():
-        return job.run()
+        try:
+            return job.run()
+        except KeyboardInterrupt:  # (what it had begun is rolled back on the way out)
+            from storage.errors import Cancelled
+
+            raise Cancelled(f"{job.title}: cancelled (Ctrl-C).") from None
     from rich.progress import (
         BarColumn,
         Progress,
@@ -126,10 +132,11 @@ def run_job(job: Job[Any], as_json: bool) -> Any:
         )
         job.start()
         try:
-            while job.is_running():
-                job._thread.join(0.1)  # type: ignore[union-attr]
+            while not job.wait(0.1):
+                pass
         except KeyboardInterrupt:
             job.cancel()
+            bar.update(task, description=f"{job.title}: cancelling …")
         return job.finalize()
 
 

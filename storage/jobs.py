@@ -45,6 +45,10 @@ class Job(Generic[T]):
         self._cancel = threading.Event()
         self._listeners: list[Callable[[Progress], None]] = []
         self._thread: threading.Thread | None = None
+        #: set when the worker has finished (result or error recorded): waiting on it is
+        #: safe to interrupt, unlike ``Thread.join(timeout)``, which a Ctrl-C can leave
+        #: believing a running thread had ended (Python 3.11)
+        self._done = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
 
@@ -90,18 +94,24 @@ class Job(Generic[T]):
                 self._result = self.execute()
             except BaseException as error:  # noqa: BLE001 - handed to finalize()
                 self._error = error
+            finally:
+                self._done.set()
 
         self._thread = threading.Thread(target=target, name=self.title, daemon=True)
         self._thread.start()
 
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and not self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the worker; whether it has finished."""
+        return self._done.wait(timeout)
 
     def finalize(self) -> T:
         """Wait for the worker; return its result or raise its error."""
         if self._thread is None:
             raise RuntimeError("finalize() before start()")
-        self._thread.join()
+        self._done.wait()
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[no-any-return]
