@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, exc, text
 
 from storage import audit_sql
 from storage.backends import Backend
@@ -163,22 +163,48 @@ def insert_version(
     copied_from_id: int | None = None,
     author: str | None = None,
 ) -> int:
-    """Add the next-numbered draft version of a source; returns its id."""
+    """Add the next-numbered draft version of a source; returns its id.
+
+    The number is ``max + 1``.  On PostgreSQL two transactions (two merges, an import
+    and a ``version new``…) would both read the same max and the second would fail on
+    the unique (source, number) key — with a raw constraint error, after waiting for
+    the first.  So the source's row is locked first (``FOR NO KEY UPDATE``: it does not
+    block readers, nor rows that merely reference the source): whoever comes second
+    waits for the first to commit or roll back, then numbers after it.  SQLite needs no
+    lock (one writer at a time).  Should the number still be taken (a writer that does
+    not come through here, such as a sync copying versions with their numbers), the
+    error says what happened and that running it again is safe: the whole transaction
+    is rolled back.
+    """
     if author is None:
         author = _author(conn)
+    lock = " FOR NO KEY UPDATE" if conn.dialect.name == "postgresql" else ""
+    name = conn.execute(
+        text(f"SELECT name FROM data_source WHERE fid = :s{lock}"), {"s": source_id}
+    ).scalar()
     number = conn.execute(
         text("SELECT COALESCE(max(number), 0) + 1 FROM source_version WHERE source_id = :s"),
         {"s": source_id},
     ).scalar_one()
-    return int(
-        conn.execute(
-            text(
-                "INSERT INTO source_version (source_id, number, description, copied_from_id, "
-                "created_by) VALUES (:s, :n, :d, :c, :a) RETURNING fid"
-            ),
-            {"s": source_id, "n": number, "d": description, "c": copied_from_id, "a": author},
-        ).scalar_one()
-    )
+    try:
+        return int(
+            conn.execute(
+                text(
+                    "INSERT INTO source_version (source_id, number, description, copied_from_id, "
+                    "created_by) VALUES (:s, :n, :d, :c, :a) RETURNING fid"
+                ),
+                {"s": source_id, "n": number, "d": description, "c": copied_from_id, "a": author},
+            ).scalar_one()
+        )
+    except exc.IntegrityError as error:
+        low = str(error.orig).lower()
+        if "unique" not in low and "duplicate key" not in low:
+            raise
+        raise ConflictError(
+            f"Version {number} of {name!r} was created by someone else at the same time (another "
+            "merge, import or 'georeg version new' for this source). Nothing was written: run "
+            "it again and it will make the next number."
+        ) from error
 
 
 def create_version(
@@ -446,7 +472,8 @@ def publish_version(
 def _refuse_open_conflicts(conn: Connection, version: VersionRef, action: str = "published"
                            ) -> None:
     """A merged draft with unresolved merge conflicts cannot be published (the database
-    refuses it too: trigger of migration 0004), nor copied (the copy would lose them)."""
+    refuses it too: trigger of migration 0004), nor copied (the copy would lose them), nor
+    made the default version (phones would get its placeholder values)."""
     count = conn.execute(
         text("SELECT count(*) FROM merge_conflict WHERE version_id = :v AND status = 'open'"),
         {"v": version.id},
@@ -462,8 +489,15 @@ def _refuse_open_conflicts(conn: Connection, version: VersionRef, action: str = 
 def set_default_version(
     reg: Registry, source: str, number: int, *, origin: str = "api"
 ) -> dict[str, Any]:
+    """Make ``number`` the version served to phones and read when no version is named.
+
+    A merged draft with open conflicts is refused, as for publishing and copying: while
+    they are open it holds placeholder values (the base's) and possibly both of two
+    duplicate units, which the phones would then receive.
+    """
     with reg.write(origin=origin) as conn:
         version = resolve_version(conn, source, number)
+        _refuse_open_conflicts(conn, version, "made the default version")
         conn.execute(
             text("UPDATE data_source SET default_version_id = :v WHERE fid = :s"),
             {"v": version.id, "s": version.source_id},

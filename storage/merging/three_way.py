@@ -15,7 +15,9 @@ unit and field, with B the base value, O ours and T theirs:
 Whole units:
 
 * deleted on one side and edited (or moved, or given new or moved-in children) on
-  the other → ``edit_delete``; the unit stays, with its base values;
+  the other → ``edit_delete``; the unit stays, with its base values, and so does
+  everything that side deleted below it: the whole subtree's deletion is one
+  decision, applied only when the conflict is resolved for the deleting side;
 * new on one side only → added; new on both sides and *the same place* (same
   normalised name under the same parent, and within ``duplicate_distance_m`` when
   both have a point) → ``duplicate_new``; both stay until resolved;
@@ -144,12 +146,13 @@ def plan_three_way(base: Snapshot, ours: Snapshot, theirs: Snapshot, *,
             continue
         desired[uuid] = t.copy()
 
-    # A unit one side deleted cannot go while the merged tree still needs it.
-    for uuid in deleted_by:
-        del desired[uuid]
+    # A unit one side deleted cannot go while the merged tree still needs it: its
+    # deletion becomes an ``edit_delete (children)`` conflict.
     for uuid in list(desired):
+        if uuid in deleted_by:
+            continue  # going anyway (unless held below): it needs no parent
         parent = desired[uuid].get("parent")
-        while parent is not None and parent not in desired and parent in deleted_by:
+        while parent is not None and parent in deleted_by:
             b = base.units[parent]
             deleter = deleted_by.pop(parent)
             keeper = "theirs" if deleter == "ours" else "ours"
@@ -159,14 +162,59 @@ def plan_three_way(base: Snapshot, ours: Snapshot, theirs: Snapshot, *,
                 theirs=None if deleter == "theirs" else theirs.units.get(parent),
                 message=f"{b.get('name')!r} was deleted in {deleter} but {keeper} added, moved "
                 "or changed units below it."))
-            desired[parent] = b.copy()
             parent = b.get("parent")
+    _hold_conflicted_subtrees(base, conflicts, deleted_by)
+    for uuid in deleted_by:
+        del desired[uuid]
 
     _duplicates(desired, new_o, new_t, conflicts, duplicate_distance_m)
     _cycles(base, ours, theirs, desired, conflicts)
     plan.from_ours = len(touched_o)
     plan.from_theirs = len(touched_t)
     return plan
+
+
+def _hold_conflicted_subtrees(base: Snapshot, conflicts: list[Conflict],
+                              deleted_by: dict[str, str]) -> None:
+    """Keep, while the conflict is open, what a side deleted below an ``edit_delete`` unit.
+
+    A side that deleted a unit with ``--recursive`` deleted its whole subtree; the
+    other side kept (and changed, or added below) it.  Deleting the untouched units of
+    that subtree before anyone decides would make "keep the unit" a lie: it would come
+    back without its children.  So the deletion of the whole subtree is part of the one
+    conflict (as Kart or git treat a delete against a change: nothing of it is applied
+    until it is resolved).  Taking the deleting side then deletes the unit and
+    everything below it, what the other side added there included (it has no place
+    left: its parent is gone); taking the side that kept it keeps the unit and all of
+    its original units.  The units held stay with their base values (the draft starts
+    as a copy of the base, so they are simply not deleted), and they are removed from
+    ``deleted_by``.
+    """
+    roots = [c for c in conflicts if c.kind == "edit_delete"]
+    if not roots or not deleted_by:
+        return
+    children: dict[str, list[str]] = {}
+    for uuid, unit in base.units.items():
+        parent = unit.get("parent")
+        if parent is not None:
+            children.setdefault(parent, []).append(uuid)
+    going = set(deleted_by)
+    for conflict in roots:
+        held = 0
+        stack = list(children.get(conflict.unit_uuid, ()))
+        while stack:
+            uuid = stack.pop()
+            if uuid in going:
+                held += 1
+                deleted_by.pop(uuid, None)
+            stack.extend(children.get(uuid, ()))
+        deleter = "ours" if conflict.ours is None else "theirs"
+        keeper = "theirs" if deleter == "ours" else "ours"
+        kept = f", and the {held} unit(s) {deleter} deleted below it," if held else ""
+        conflict.message += (
+            f" Until resolved, it{kept} stays in the draft: taking {deleter} deletes it and everything "
+            f"below it (what {keeper} added or moved there too); taking {keeper} or base keeps it and "
+            "its units.")
 
 
 def _merge_extra(uuid: str, b: UnitState, bv: Any, ov: Any, tv: Any,
