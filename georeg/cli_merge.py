@@ -68,7 +68,10 @@ def render_report(d: dict[str, Any]) -> str:
                 f"{d['target']['label']} with {d['links']['used']} link(s)"
                 + (f" of match run {d['links']['run_id']}" if d["links"].get("run_id") else "")
                 + ".")
-        detail = (f"  {c['matched']} matched, {c['added']} added, {c['updated']} updated, "
+        recognised = (f", {c['recognised']} already in the target (not added again)"
+                      if c.get("recognised") else "")
+        detail = (f"  {c['matched']} matched{recognised}, {c['added']} added, "
+                  f"{c['updated']} updated, "
                   f"{c['moved']} moved, {c['deleted']} deleted; {c['unmatched_target']} target "
                   "unit(s) without a link.")
     else:

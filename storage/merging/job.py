@@ -23,7 +23,7 @@ from storage.merging.apply import Applied, apply_state
 from storage.merging.rules import Rules, plan_rules_merge
 from storage.merging.snapshot import Names, Snapshot, load_snapshot, to_json, unit_to_json
 from storage.merging.three_way import DUPLICATE_DISTANCE_M, Conflict, plan_three_way
-from storage.registry import Registry
+from storage.registry import Registry, json_value
 from storage.versions import (
     VersionRef,
     copy_version_content,
@@ -89,7 +89,10 @@ class _MergeJob(Job[dict[str, Any]]):
         report["counts"] = applied.counts() | report.get("counts", {})
         report["checks"] = checks
         report["dry_run"] = self.dry_run
-        stored = {k: v for k, v in report.items() if k not in ("checks", "conflicts", "added")}
+        stored = {k: v for k, v in report.items()
+                  if k not in ("checks", "conflicts", "added", "recognised", "added_pairs")}
+        if "added_pairs" in report:  # all of them: how the next merge of this list finds them
+            stored["added_pairs"] = report.pop("added_pairs")
         stored["checks"] = {"ok": checks["ok"], "counts": checks["counts"],
                             "summary": checks["summary"]}
         run_id = int(conn.execute(
@@ -157,6 +160,33 @@ def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id:
         ),
         {"r": run_id, "a": target.source_id, "b": source.source_id},
     ).all()
+    # links a person still has to decide (reported) or rejected (never recognised by ref)
+    review = conn.execute(
+        text(
+            "SELECT l.left_version_id, l.left_unit_uuid, l.right_unit_uuid, lv.source_id, "
+            "l.status FROM link l JOIN source_version lv ON lv.fid = l.left_version_id "
+            "JOIN source_version rv ON rv.fid = l.right_version_id "
+            "WHERE l.status IN ('review', 'rejected') AND "
+            + ("l.run_id = :r" if run_id is not None else
+               "l.run_id IS NULL AND lv.source_id IN (:a, :b) AND rv.source_id IN (:a, :b)")
+        ),
+        {"r": run_id, "a": target.source_id, "b": source.source_id},
+    ).all()
+    review_source: set[str] = set()
+    rejected: set[tuple[str, str]] = set()
+    for lv_id, lu, ru, l_source, status in review:
+        target_left = lv_id == target.id or (lv_id != source.id and l_source == target.source_id)
+        if status == "review":
+            review_source.add(ru if target_left else lu)
+        else:
+            rejected.add((lu, ru) if target_left else (ru, lu))
+    review = [r for r in review if r[4] == "review"]
+    if not rows and review:
+        where = f" --run {run_id}" if run_id is not None else ""
+        raise InvalidInput(
+            f"No accepted or auto links between {target.label} and {source.label}: "
+            f"{len(review)} link(s) still await review. Review them first "
+            f"(georeg links REG{where} --status review, then georeg link accept/reject).")
     if not rows:
         raise InvalidInput(
             f"No accepted or auto links between {target.label} and {source.label}. Match them "
@@ -180,7 +210,83 @@ def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id:
         seen_s.add(s_uuid)
         links.append((t_uuid, s_uuid))
     return links, {"run_id": run_id, "links": len(links), "ignored_second_links": doubles,
-                   "_also_linked_source": also_source}
+                   "review": len(review), "_also_linked_source": also_source,
+                   "_review_source": review_source, "_rejected": rejected}
+
+
+def earlier_merge_pairs(conn: Connection, target: VersionRef, source: VersionRef
+                        ) -> tuple[dict[str, str], int]:
+    """Source uuid → target uuid of the units earlier merges of SOURCE's list added.
+
+    A rules merge adds the source's unlinked units under new uuids and stores the pairs
+    in its ``merge_run`` report (``added_pairs``).  When TARGET is that merge's draft,
+    or descends from it (copies of copies), merging the same list again must find those
+    units there instead of adding them a second time.  Also returns how many such
+    merges recorded no pairs (made by an older Georeg): their ref-less units cannot be
+    recognised, which the report says.
+    """
+    lineage: list[int] = []
+    cur: int | None = target.id
+    while cur is not None and cur not in lineage:
+        lineage.append(cur)
+        cur = conn.execute(text("SELECT copied_from_id FROM source_version WHERE fid = :v"),
+                           {"v": cur}).scalar()
+    rows = conn.execute(
+        text("SELECT m.result_version_id, m.report FROM merge_run m "
+             "JOIN source_version sv ON sv.fid = m.source_version_id "
+             "WHERE m.kind = 'rules' AND sv.source_id = :s ORDER BY m.fid"),
+        {"s": source.source_id},
+    ).all()
+    pairs: dict[str, str] = {}
+    unrecorded = 0
+    for result_id, report in rows:
+        if result_id in lineage:
+            data = json_value(report) or {}
+            if "added_pairs" not in data and (data.get("counts") or {}).get("added"):
+                unrecorded += 1  # made before merges recorded them
+            for s_uuid, t_uuid in data.get("added_pairs") or []:
+                pairs[s_uuid] = t_uuid
+    return pairs, unrecorded
+
+
+def check_links_apply(conn: Connection, links: list[tuple[str, str]], link_info: dict[str, Any],
+                      target: Snapshot, source: Snapshot) -> None:
+    """Stop when the links no longer describe TARGET and SOURCE; count stale links per side.
+
+    Links name units by uuid.  A link whose unit is not in the version is *stale*.  A
+    few stale links are normal (a unit deleted since the match) and are only counted.
+    But when no link is usable, or when more than half of the links miss their unit on
+    one side, the run was made on another version of that side (a re-import gives new
+    uuids): every unit of that side the links no longer reach would be added as new or
+    left unmatched, so the merge would double the list.  Better to stop and say why.
+    """
+    stale_t = sum(1 for t, _s in links if t not in target.units)
+    stale_s = sum(1 for _t, s in links if s not in source.units)
+    usable = sum(1 for t, s in links if t in target.units and s in source.units)
+    link_info["stale_target"], link_info["stale_source"] = stale_t, stale_s
+    if usable and max(stale_t, stale_s) * 2 <= len(links):
+        return
+    run_id = link_info.get("run_id")
+    made_on = ""
+    if run_id is not None:
+        row = conn.execute(text("SELECT left_version_id, right_version_id FROM algorithm_run "
+                                "WHERE fid = :r"), {"r": run_id}).first()
+        if row is not None:
+            made_on = (f" It was made on {version_by_id(conn, row[0]).label} and "
+                       f"{version_by_id(conn, row[1]).label}.")
+    what = f"match run {run_id}" if run_id is not None else "the links"
+    sides = [] if links else ["none was given"]
+    if stale_t:
+        sides.append(f"{stale_t} point to units that are not in {target.version.label}")
+    if stale_s:
+        sides.append(f"{stale_s} point to units that are not in {source.version.label}")
+    t, s = target.version, source.version
+    raise InvalidInput(
+        f"The links of {what} no longer describe these versions: of its {len(links)} "
+        f"link(s), {' and '.join(sides)} ({usable} still usable).{made_on} Merging would add "
+        f"the units the links no longer reach as new (duplicates). Run georeg match again: "
+        f"georeg match REG \"{t.source}:{t.number}\" \"{s.source}:{s.number}\" (then review), "
+        "or pass --links RUN_ID of a run made on these versions.")
 
 
 # --- the jobs ---------------------------------------------------------------------------
@@ -210,17 +316,33 @@ class RulesMergeJob(_MergeJob):
             self.report(0, None, "Reading links and versions")
             if self.links is not None:
                 links, link_info = self.links, {"run_id": None, "links": len(self.links),
-                                                "ignored_second_links": 0}
+                                                "ignored_second_links": 0, "review": 0}
             else:
                 links, link_info = load_links(conn, target, source, self.links_run)
             t_snap = load_snapshot(conn, self.reg.backend, target)
             s_snap = load_snapshot(conn, self.reg.backend, source)
+            check_links_apply(conn, links, link_info, t_snap, s_snap)
             self.check_cancelled()
             self.report(message="Planning")
             also: set[str] = link_info.pop("_also_linked_source", set())  # type: ignore[assignment]
-            plan = plan_rules_merge(t_snap, s_snap, links, self.rules, also_linked=also)
+            in_review: set[str] = link_info.pop("_review_source", set())  # type: ignore[assignment]
+            rejected: set[tuple[str, str]] = link_info.pop(  # type: ignore[assignment]
+                "_rejected", set())
+            earlier, unrecorded = earlier_merge_pairs(conn, target, source)
+            plan = plan_rules_merge(t_snap, s_snap, links, self.rules, also_linked=also,
+                                    earlier=earlier, rejected=rejected)
+            if unrecorded and plan.added:
+                plan.warnings.insert(0, (
+                    f"{target.label} descends from {unrecorded} earlier merge(s) of "
+                    f"{source.source!r} that did not record the units they added: units "
+                    "without a ref may now be in the draft twice. Check the added units, or "
+                    f"run georeg match REG \"{target.source}:{target.number}\" "
+                    f"\"{source.source}:{source.number}\" and merge with that run."))
+            if plan.ref_clashes and self.rules.unmatched_source == "add_as_new":
+                raise InvalidInput(_ref_clash_message(plan.ref_clashes, target, source))
             link_info["used"] = plan.matched
             link_info["stale"] = len(links) - plan.matched
+            link_info["review_added"] = sum(1 for a in plan.added if a["source_uuid"] in in_review)
             version, current = self._new_draft(
                 conn, t_snap, f"Merge of {source.label} into {target.label}", "rules")
             applied = apply_state(conn, self.reg.backend, current, plan.desired, plan.group_defs,
@@ -232,10 +354,13 @@ class RulesMergeJob(_MergeJob):
                 "source": source.to_dict(),
                 "links": link_info,
                 "rules": self.rules.to_dict(),
-                "counts": {"matched": plan.matched, "unmatched_target": len(plan.unmatched_target),
-                           "conflicts": 0},
+                "counts": {"matched": plan.matched, "recognised": len(plan.recognised),
+                           "unmatched_target": len(plan.unmatched_target), "conflicts": 0},
                 "added": plan.added[:MAX_LISTED],
-                "warnings": plan.warnings,
+                "added_pairs": [[a["source_uuid"], a["uuid"]] for a in plan.added],
+                "recognised": plan.recognised[:MAX_LISTED],
+                "warnings": _link_warnings(link_info, plan.recognised, target, source)
+                + plan.warnings,
                 "conflicts": [],
             }
             run_row = {"kind": "rules", "tv": target.id, "sv": source.id, "th": None,
@@ -294,6 +419,47 @@ class ThreeWayMergeJob(_MergeJob):
                 for conflict in report["conflicts"]:
                     conflict["id"] = None  # rolled back with everything else
             return report
+
+
+def _link_warnings(info: dict[str, Any], recognised: list[dict[str, Any]], target: VersionRef,
+                   source: VersionRef) -> list[str]:
+    """What the reviewer must know about the links, first in the report's warnings."""
+    out = []
+    if info.get("review"):
+        run = info.get("run_id")
+        listing = (f"georeg links REG --run {run} --status review" if run is not None
+                   else "georeg links REG --status review")
+        added = info.get("review_added", 0)
+        out.append(
+            f"{info['review']} link(s){f' of match run {run}' if run is not None else ''} still "
+            "await review and were not used"
+            + (f": {added} of their source unit(s) were added as new, so the draft may hold "
+               "them twice" if added else "")
+            + f". Review them ({listing}), then merge again into {target.label}.")
+    if info.get("stale"):
+        out.append(f"{info['stale']} link(s) are stale ({info.get('stale_target', 0)} miss their "
+                   f"unit in {target.label}, {info.get('stale_source', 0)} in {source.label}); "
+                   "their units count as unmatched.")
+    if recognised:
+        kinds = {k: sum(1 for r in recognised if r["by"] == k)
+                 for k in ("earlier merge", "ref", "uuid")}
+        how = ", ".join(f"{n} by {k}" for k, n in kinds.items() if n)
+        out.append(f"{len(recognised)} source unit(s) without a link are already in "
+                   f"{target.label} ({how}): merged as matched, not added again.")
+    return out
+
+
+def _ref_clash_message(clashes: list[dict[str, Any]], target: VersionRef,
+                       source: VersionRef) -> str:
+    shown = "; ".join(f"{c['name']!r} (ref {c['source_ref']!r}, used by {c['target_name']!r}, "
+                      f"{c['why']})" for c in clashes[:5])
+    more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+    return (
+        f"{len(clashes)} unit(s) of {source.label} have no link but their ref is already used in "
+        f"{target.label}: {shown}{more}. Adding them would duplicate a unit or drop their ref. "
+        f"Run georeg match again: georeg match REG \"{target.source}:{target.number}\" "
+        f"\"{source.source}:{source.number}\" (then review), and merge with that run; if "
+        "they are different places that only share a ref, change the ref of one of them first.")
 
 
 def _refuse_open_conflicts(conn: Connection, *used: VersionRef) -> None:

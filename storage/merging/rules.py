@@ -116,14 +116,26 @@ class RulesPlan:
     group_defs: dict[int, GroupDef]
     matched: int = 0
     added: list[dict[str, Any]] = field(default_factory=list)  # source uuid → new uuid
+    #: source units without a link found in the target already (same uuid, or same ref at
+    #: the same place): treated as matched, never added twice
+    recognised: list[dict[str, Any]] = field(default_factory=list)
+    #: source units without a link whose ref a target unit uses that cannot be theirs
+    #: (paired with another source unit, or elsewhere in the tree): the merge stops
+    ref_clashes: list[dict[str, Any]] = field(default_factory=list)
     unmatched_target: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
 def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, str]],
                      rules: Rules, also_linked: set[str] | frozenset[str] = frozenset(),
+                     earlier: dict[str, str] | None = None,
+                     rejected: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
                      ) -> RulesPlan:
-    """The desired state of the new draft: ``target`` with the rules applied."""
+    """The desired state of the new draft: ``target`` with the rules applied.
+
+    ``earlier`` pairs source units with the target units earlier merges of this list
+    added (source uuid → target uuid); ``rejected`` holds the (target, source) uuid pairs
+    a reviewer said are different places.  Both serve :func:`_recognise`."""
     desired = dict(target.units)  # a unit is copied before its first change (editable)
     group_defs: dict[int, GroupDef] = dict(target.groups)
     plan = RulesPlan(desired, group_defs)
@@ -147,11 +159,13 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
             return t_of_s.get(value) if value else None
         return value
 
+    _recognise(target, source, t_of_s, also_linked, plan, earlier or {}, rejected)
     linked = dict(t_of_s)
     if rules.unmatched_source == "add_as_new":
         refs = {u.get("source_ref") for u in desired.values() if u.get("source_ref")}
+        clashing = {c["source_uuid"] for c in plan.ref_clashes}
         for s_uuid in depth_order(source.units):
-            if s_uuid in t_of_s or s_uuid in also_linked:
+            if s_uuid in t_of_s or s_uuid in also_linked or s_uuid in clashing:
                 continue
             s_unit = source.units[s_uuid]
             sp = s_unit.get("parent")
@@ -217,6 +231,68 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
                              "make a cycle; the target parent is kept.")
     plan.group_defs = group_defs
     return plan
+
+
+def _recognise(target: Snapshot, source: Snapshot, t_of_s: dict[str, str],
+               also_linked: set[str] | frozenset[str], plan: RulesPlan,
+               earlier: dict[str, str],
+               rejected: set[tuple[str, str]] | frozenset[tuple[str, str]]) -> None:
+    """Pair the source units without a link that the target already holds.
+
+    A merge adds the source's unlinked units with new uuids and keeps their ref, and
+    records no link for them; merging the same list again (or a list whose refs the
+    target shares, like two exports of one DHIS2) would add them a second time.  So a
+    source unit without a link is *the same unit* as a target unit when
+
+    * an earlier merge of this list into the target (or an ancestor of it) added
+      it as that unit (``earlier``, from the ``merge_run`` rows: exact, refs or not), or
+    * it has the same uuid (an export of the target read back), or
+    * it has the same ref and that target unit is paired with no other source unit
+      and stands at the same place: under the target-side match of the source
+      parent (both roots), or with the same name — unless a reviewer rejected that
+      very pair (then it is added, without the ref, as before).
+
+    Recognised units are merged like linked ones (the rules apply).  A ref used by a
+    target unit that fails the second condition cannot be told apart from a wrongly
+    paired unit; it is recorded in ``plan.ref_clashes`` and the merge stops rather than
+    add a copy without its ref.  Parents come before children, so a recognised
+    district places its recognised facilities.
+    """
+    taken = set(t_of_s.values())
+    ref_owner = {u.get("source_ref"): uuid for uuid, u in target.units.items()
+                 if u.get("source_ref")}
+    for s_uuid in depth_order(source.units):
+        if s_uuid in t_of_s or s_uuid in also_linked:
+            continue
+        s_unit = source.units[s_uuid]
+        owner: str | None
+        if earlier.get(s_uuid) in target.units and earlier[s_uuid] not in taken:
+            owner, by = earlier[s_uuid], "earlier merge"
+        elif s_uuid in target.units and s_uuid not in taken:
+            owner, by = s_uuid, "uuid"
+        else:
+            ref = s_unit.get("source_ref")
+            owner = ref_owner.get(ref) if ref else None
+            if owner is None or (owner, s_uuid) in rejected:
+                continue
+            by = "ref"
+            t_unit = target.units[owner]
+            sp = s_unit.get("parent")
+            same_parent = (t_unit.get("parent") is None if sp is None
+                           else sp in t_of_s and t_of_s[sp] == t_unit.get("parent"))
+            same_name = (str(t_unit.get("name") or "").strip().casefold()
+                         == str(s_unit.get("name") or "").strip().casefold())
+            if owner in taken or not (same_parent or same_name):
+                plan.ref_clashes.append({
+                    "source_uuid": s_uuid, "name": s_unit.get("name"), "source_ref": ref,
+                    "target_uuid": owner, "target_name": t_unit.get("name"),
+                    "why": ("paired with another source unit" if owner in taken
+                            else "elsewhere in the tree, with another name")})
+                continue
+        t_of_s[s_uuid] = owner
+        taken.add(owner)
+        plan.recognised.append({"source_uuid": s_uuid, "uuid": owner, "by": by,
+                                "name": target.units[owner].get("name")})
 
 
 def _pick(name: str, rule: str, tv: Any, sv: Any) -> Any:
