@@ -487,6 +487,12 @@ def _point(lon: float | None, lat: float | None) -> Any:
     return Point(lon, lat)
 
 
+#: the edits' counterpart of ``import --fix-geometry``
+FIX_GEOMETRY = click.option(
+    "--fix-geometry", is_flag=True,
+    help="Repair a self-intersecting territory polygon instead of refusing it.")
+
+
 def _territory(path: str | None) -> Any:
     if path is None:
         return None
@@ -526,21 +532,24 @@ def unit_show_cmd(reg: str, source: str, number: int | None, unit: str, as_json:
 @click.option("--ref", "source_ref", default=None, help="External id (e.g. DHIS2 uid).")
 @click.option("--lon", type=float, default=None)
 @click.option("--lat", type=float, default=None)
-@click.option("--territory", default=None, help="GeoJSON file with the territory polygon.")
+@click.option("--territory", default=None,
+              help="GeoJSON file with the territory polygon, in longitude/latitude degrees.")
+@FIX_GEOMETRY
 @click.option("--opening-date", default=None)
 @click.option("--status", "validation_status", type=click.Choice(["new", "valid", "rejected"]),
               default=None)
 def unit_add_cmd(reg: str, source: str, number: int | None, name: str, parent: str | None,
                  type_: str | None, code: str | None, source_ref: str | None, lon: float | None,
-                 lat: float | None, territory: str | None, opening_date: str | None,
-                 validation_status: str | None, as_json: bool) -> None:
+                 lat: float | None, territory: str | None, fix_geometry: bool,
+                 opening_date: str | None, validation_status: str | None,
+                 as_json: bool) -> None:
     """Add a unit to a draft version."""
     from storage.units import add_unit
 
     with open_registry(reg) as registry:
         data = add_unit(registry, source, number=number, name=name, parent=parent,
                         location=_point(lon, lat), territory=_territory(territory),
-                        origin=ORIGIN,
+                        fix_geometry=fix_geometry, origin=ORIGIN,
                         **_edits(type=type_, code=code, source_ref=source_ref,
                                  opening_date=opening_date, validation_status=validation_status))
     emit(as_json, data, lambda d: f"Added {d['name']!r} (uuid {d['uuid']}).")
@@ -635,11 +644,13 @@ def unit_delete_cmd(reg: str, source: str, number: int | None, unit: str, recurs
 @click.option("--lon", type=float, default=None)
 @click.option("--lat", type=float, default=None)
 @click.option("--clear-location", is_flag=True)
-@click.option("--territory", default=None, help="GeoJSON file with the territory polygon.")
+@click.option("--territory", default=None,
+              help="GeoJSON file with the territory polygon, in longitude/latitude degrees.")
+@FIX_GEOMETRY
 @click.option("--clear-territory", is_flag=True)
 def unit_geometry_cmd(reg: str, source: str, number: int | None, unit: str, lon: float | None,
                       lat: float | None, clear_location: bool, territory: str | None,
-                      clear_territory: bool, as_json: bool) -> None:
+                      fix_geometry: bool, clear_territory: bool, as_json: bool) -> None:
     """Set or clear a unit's point location and territory."""
     from storage.units import set_geometry
 
@@ -655,7 +666,8 @@ def unit_geometry_cmd(reg: str, source: str, number: int | None, unit: str, lon:
     if not changes:
         raise InvalidInput("Nothing to change: give --lon/--lat, --territory or a --clear option.")
     with open_registry(reg) as registry:
-        data = set_geometry(registry, source, unit, number=number, origin=ORIGIN, **changes)
+        data = set_geometry(registry, source, unit, number=number, fix_geometry=fix_geometry,
+                            origin=ORIGIN, **changes)
     emit(as_json, data, render.unit)
 
 

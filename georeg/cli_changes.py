@@ -67,8 +67,8 @@ def _list_text(data: dict[str, Any]) -> str:
 
 def _show_text(r: dict[str, Any]) -> str:
     lines = [
-        f"Change request #{r['id']} ({r['uuid']}): {r['kind']} of {r['unit_name']!r} "
-        f"in {r['version']}, {r['status']}",
+        f"Change request #{r['id']} ({r['uuid']}): {r['kind']} of "
+        f"{r['unit_name'] or r['unit_uuid']!r} in {r['version']}, {r['status']}",
         f"  sent by {r['created_by'] or '?'} at {r['created_at']}"
         + (f" from {r['device']}" if r.get("device") else ""),
     ]
@@ -84,6 +84,9 @@ def _show_text(r: dict[str, Any]) -> str:
             f"  {field:<14} {_value(r['old'].get(field)):<30} {_value(new):<30} "
             f"{'yes' if field in r['approved_fields'] else ''}"
         )
+    if r.get("version_deleted") and r["status"] == "new":
+        lines.append(f"  note: its version was deleted; it can only be rejected "
+                     f"(georeg changes reject REG {r['id']} --comment WHY)")
     current = r.get("current")
     if current and r["status"] == "new":
         moved = [f for f in r["requested_fields"]

@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from storage import audit_sql, geometry
+from storage.errors import InvalidInput, NotFound
 from storage.registry import Registry, json_value
-from storage.versions import resolve_version
+from storage.versions import VersionRef, resolve_version
 
 GEOMETRY_KEYS = ("location", "territory")
 
@@ -66,6 +67,80 @@ def _as_arrived(reg: Registry, conn: Connection, version_id: int, uuid: str,
     return snap if isinstance(snap, dict) else None
 
 
+def _history_unit(conn: Connection, unit: str, version: VersionRef | None) -> str:
+    """The uuid whose history is asked for, or an error saying why there is none to show
+    — rather than "No changes recorded." for a ref given without ``--source``, a unit
+    that does not exist, or one that is not in the version read.
+
+    A uuid the change log knows (a unit deleted since has rows there) is taken as it is.
+    """
+    if version is not None:
+        row = conn.execute(
+            text("SELECT uuid FROM org_unit WHERE version_id = :v AND "
+                 "(uuid = :u OR source_ref = :u) "
+                 "ORDER BY CASE WHEN uuid = :u THEN 0 ELSE 1 END LIMIT 1"),
+            {"v": version.id, "u": unit},
+        ).first()
+        if row is not None:
+            return str(row[0])
+        logged = conn.execute(
+            text("SELECT 1 FROM change_log WHERE version_id = :v AND unit_uuid = :u LIMIT 1"),
+            {"v": version.id, "u": unit},
+        ).first()
+        if logged is not None:  # a unit deleted from this version: its log is there
+            return unit
+        elsewhere = conn.execute(
+            text("SELECT v.number FROM org_unit u JOIN source_version v ON v.fid = u.version_id "
+                 "WHERE v.source_id = :s AND (u.uuid = :u OR u.source_ref = :u) "
+                 "ORDER BY v.number"),
+            {"s": version.source_id, "u": unit},
+        ).scalars().all()
+        if elsewhere:
+            numbers = sorted(set(int(n) for n in elsewhere))
+            default = " (the default)" if _is_default(conn, version) else ""
+            raise NotFound(
+                f"{unit!r} is not in {version.label}{default}; it is in "
+                + ", ".join(f"v{n}" for n in numbers)
+                + f": try --version {numbers[-1]}."
+            )
+        raise NotFound(
+            f"No unit with uuid or ref {unit!r} in {version.source!r} (in any of its "
+            "versions), and the change log has no entry for it."
+        )
+    known = conn.execute(
+        text("SELECT 1 FROM org_unit WHERE uuid = :u UNION ALL "
+             "SELECT 1 FROM change_log WHERE unit_uuid = :u LIMIT 1"),
+        {"u": unit},
+    ).first()
+    if known is not None:
+        return unit
+    sources = conn.execute(
+        text("SELECT DISTINCT s.name FROM org_unit u JOIN source_version v "
+             "ON v.fid = u.version_id JOIN data_source s ON s.fid = v.source_id "
+             "WHERE u.source_ref = :u ORDER BY s.name"),
+        {"u": unit},
+    ).scalars().all()
+    if sources:
+        raise InvalidInput(
+            f"{unit!r} is a ref, not a uuid: a ref names a unit only within a source. Give "
+            f"the source: --source \"{sources[0]}\""
+            + (f" (or {', '.join(repr(s) for s in sources[1:])})" if len(sources) > 1 else "")
+            + "."
+        )
+    raise NotFound(
+        f"No unit with uuid {unit!r} in this registry, and the change log has no entry for "
+        "it. To name a unit by its ref, give its --source too."
+    )
+
+
+def _is_default(conn: Connection, version: VersionRef) -> bool:
+    default = conn.execute(
+        text("SELECT default_version_id FROM data_source WHERE fid = :s"),
+        {"s": version.source_id},
+    ).scalar()
+    return default == version.id
+
+
 def changed_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
     """{field: [before, after]} for the fields that differ."""
     before, after = before or {}, after or {}
@@ -86,17 +161,13 @@ def history(
     where = ["1 = 1"]
     params: dict[str, Any] = {"limit": limit}
     with reg.read() as conn:
+        version: VersionRef | None = None
         if source is not None:
             version = resolve_version(conn, source, number)
             where.append("c.version_id = :v")
             params["v"] = version.id
-            if unit is not None:
-                row = conn.execute(
-                    text("SELECT uuid FROM org_unit WHERE version_id = :v AND "
-                         "(uuid = :u OR source_ref = :u)"),
-                    {"v": version.id, "u": unit},
-                ).first()
-                unit = row[0] if row else unit
+        if unit is not None:
+            unit = _history_unit(conn, unit.strip(), version)
         if unit is not None:
             # with the row of a version sent whole by a sync push (op 'push', see
             # docs/sync-postgis.md) or loaded whole by an import (op 'import', see

@@ -35,6 +35,7 @@ from storage.registry import Registry, json_value
 from storage.units import (
     _check_dates,
     _check_point,
+    check_territory,
     find_unit,
     set_territory,
     unit_group_names,
@@ -144,8 +145,37 @@ def _unit_name(conn: Connection, version_id: int, unit_uuid: str | None) -> str 
     ).scalar()
 
 
+def _deleted_version_label(conn: Connection, version_id: int) -> tuple[str, str | None]:
+    """(label, source) of a version deleted since the request arrived, e.g. ``("SL v2
+    (deleted)", "SL")``: from the change log's ``delete`` entry (which names the source
+    since requests could outlive their version), else ``("(deleted version)", None)``."""
+    after = conn.execute(
+        text("SELECT after FROM change_log WHERE version_id = :v AND entity = 'version' "
+             "AND op = 'delete' ORDER BY fid DESC LIMIT 1"),
+        {"v": version_id},
+    ).scalar()
+    info = json_value(after) if after is not None else None
+    if isinstance(info, dict) and info.get("source") and info.get("number") is not None:
+        return f"{info['source']} v{info['number']} (deleted)", str(info["source"])
+    return "(deleted version)", None
+
+
+def _request_version(conn: Connection, row: Any) -> VersionRef | None:
+    """The request's version, or None when it was deleted after the request arrived
+    (a request must stay listable and rejectable then: see ``delete_version``)."""
+    try:
+        return version_by_id(conn, row.version_id)
+    except NotFound:
+        return None
+
+
 def _request_dict(conn: Connection, row: Any) -> dict[str, Any]:
-    version = version_by_id(conn, row.version_id)
+    version = _request_version(conn, row)
+    source: str | None
+    if version is not None:
+        label, source = version.label, version.source
+    else:
+        label, source = _deleted_version_label(conn, int(row.version_id))
     type_name = None
     if row.new_type_id is not None:
         type_name = conn.execute(
@@ -172,9 +202,10 @@ def _request_dict(conn: Connection, row: Any) -> dict[str, Any]:
         "uuid": row.uuid,
         "kind": row.kind,
         "status": row.status,
-        "version": version.label,
+        "version": label,
         "version_id": int(row.version_id),
-        "source": version.source,
+        "version_deleted": version is None,
+        "source": source,
         "unit_uuid": row.unit_uuid,
         "unit_name": name,
         "requested_fields": requested,
@@ -222,8 +253,11 @@ def get_change_request(reg: Registry, ident: int | str) -> dict[str, Any]:
 
 def _current_in_target(reg: Registry, conn: Connection, row: Any) -> dict[str, Any] | None:
     """The unit's present values in the draft an approval would change (None if absent)."""
+    version = _request_version(conn, row)
+    if version is None:
+        return None
     try:
-        target = target_draft(conn, version_by_id(conn, row.version_id))
+        target = target_draft(conn, version)
     except PublishedVersionError:
         return None
     if not row.unit_uuid:
@@ -444,7 +478,10 @@ def _as_territory(value: Any, where: str) -> BaseGeometry | None:
         raise InvalidInput(f"{where}: field 'territory' must be GeoJSON or WKT.")
     if geom is None or geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
         raise InvalidInput(f"{where}: field 'territory' must be a polygon or multipolygon.")
-    return geometry.as_multipolygon(geom)
+    # checked as an import or an edit checks one (degrees); a self-intersecting polygon
+    # drawn on a phone is repaired rather than refused: the phone cannot redraw it, and a
+    # refused request would be sent again at every sync
+    return check_territory(geom, where, fix=True)
 
 
 def create_change_request(
@@ -674,7 +711,18 @@ def approve_change_request(
                 f"{where}: approve at least one field ({', '.join(requested)}), or reject it."
             )
         approved = [f for f in FIELDS if f in chosen]
-        target = target_draft(conn, version_by_id(conn, row.version_id))
+        version = _request_version(conn, row)
+        if version is None:
+            label, _ = _deleted_version_label(conn, int(row.version_id))
+            gone = (f"{label.removesuffix(' (deleted)')}, a version deleted since"
+                    if label.endswith(" (deleted)") else "a version deleted since")
+            raise ConflictError(
+                f"{where} was made on {gone}: there is no "
+                "version to apply it to. Reject it (georeg changes reject REG "
+                f"{row.fid} --comment WHY), and send it again on the current version if "
+                "it still applies."
+            )
+        target = target_draft(conn, version)
         if row.kind == "creation":
             fid = _create_unit(reg, conn, row, target, approved, where)
         else:

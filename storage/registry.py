@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, exc, inspect, text
 
-from storage.backends import Backend, Location, make_engine
+from storage.backends import BUSY_TIMEOUT_MS, Backend, Location, make_engine
 from storage.errors import (
     ConflictError,
     GeoregError,
@@ -84,13 +84,16 @@ def head_revision() -> str:
     return max(numbers)
 
 
-def translate_db_error(error: BaseException) -> GeoregError:
-    """A database error → the user's terms."""
+def translate_db_error(error: BaseException, where: str | None = None) -> GeoregError:
+    """A database error → the user's terms.  ``where``: the registry (file or schema)
+    being written, named in the message when another program holds its write lock."""
     ours = from_database_error(error)
     if ours is not None:
         return ours
     msg = str(getattr(error, "orig", error)).strip().splitlines()[0]
     low = msg.lower()
+    if _lock_busy(low):
+        return _busy(where, low)
     if "unique" in low and "source_ref" in low:
         return ConflictError(f"Another unit in this version already has that source ref ({msg}).")
     if "unique" in low or "duplicate key" in low:
@@ -103,6 +106,27 @@ def translate_db_error(error: BaseException) -> GeoregError:
     if "not null" in low or "check constraint" in low or "violates check" in low:
         return InvalidInput(f"A required value is missing or not allowed ({msg}).")
     return GeoregError(f"The database refused the change: {msg}")
+
+
+def _lock_busy(low: str) -> bool:
+    """Did the write give up waiting for another writer?  SQLite: ``database is locked``
+    (after ``busy_timeout``); PostgreSQL: a ``lock_timeout`` or a deadlock."""
+    return ("database is locked" in low or "database table is locked" in low
+            or "lock timeout" in low or "deadlock detected" in low)
+
+
+def _busy(where: str | None, low: str) -> ConflictError:
+    """Not "the database refused the change": the edit itself was fine, the registry was
+    busy.  A registry file takes one writer at a time, and QGIS with unsaved edits, a
+    running ``georeg serve``, a long import or another georeg command can hold it."""
+    waited = (f"; Georeg waited {BUSY_TIMEOUT_MS // 1000} s for it to finish"
+              if "database is locked" in low or "database table is locked" in low else "")
+    return ConflictError(
+        f"Another program is writing to {where or 'the registry'} (another georeg command, "
+        f"QGIS with an edit session open, a running 'georeg serve', or an import){waited}. "
+        "Nothing was changed. Try again when it is done (in QGIS: save or discard the "
+        "layer's edits)."
+    )
 
 
 class Registry:
@@ -245,7 +269,7 @@ class Registry:
                         transaction.rollback()
                     raise
         except exc.DBAPIError as error:
-            raise translate_db_error(error) from error
+            raise translate_db_error(error, self.location.display()) from error
 
     def _set_context(
         self, conn: Connection, origin: str, author: str | None, operation: str, audit: bool

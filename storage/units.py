@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import shapely
 from shapely.geometry.base import BaseGeometry
+from shapely.validation import explain_validity
 from sqlalchemy import Connection, text
 
 from storage import geometry
@@ -278,6 +281,50 @@ def _check_point(location: BaseGeometry | None, where: str) -> BaseGeometry | No
     return geometry.flat(location)
 
 
+#: what a coordinate range error suggests for a territory given to an edit
+PROJECTED_HINT = ("is the polygon in a projected CRS such as UTM? Reproject it to "
+                  "longitude/latitude (EPSG:4326) first, e.g. ogr2ogr -t_srs EPSG:4326")
+
+
+def check_territory(territory: BaseGeometry | None, where: str, *, fix: bool = False
+                    ) -> BaseGeometry | None:
+    """The territory to store, checked as ``georeg import`` checks one: a non-empty
+    (multi)polygon in degrees (a projected polygon — UTM metres — read as degrees lands
+    nowhere on Earth, and ``check`` would not notice), and valid (a self-intersecting
+    "bow-tie" breaks areas and point-in-polygon tests).  ``fix`` repairs an invalid
+    polygon (``make_valid``) instead of refusing it, as ``import --fix-geometry`` does.
+    Made 2D and a MultiPolygon, as stored."""
+    if territory is None:
+        return None
+    if territory.geom_type not in ("Polygon", "MultiPolygon"):
+        raise InvalidInput(f"{where}: field 'territory' must be a polygon or multipolygon "
+                           f"(got a {territory.geom_type}).")
+    if territory.is_empty:
+        raise InvalidInput(f"{where}: field 'territory' is an empty polygon.")
+    geom = geometry.as_multipolygon(geometry.flat(territory))
+    assert geom is not None
+    minx, miny, maxx, maxy = shapely.bounds(geom).tolist()
+    if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
+        raise InvalidInput(f"{where}: field 'territory' has coordinates that are not numbers.")
+    if not -180 <= minx <= maxx <= 180:
+        raise InvalidInput(f"{where}: field 'territory' has longitudes {minx:g}..{maxx:g}; a "
+                           f"longitude must be within -180..180 degrees ({PROJECTED_HINT}).")
+    if not -90 <= miny <= maxy <= 90:
+        raise InvalidInput(f"{where}: field 'territory' has latitudes {miny:g}..{maxy:g}; a "
+                           f"latitude must be within -90..90 degrees ({PROJECTED_HINT}).")
+    if geom.is_valid:
+        return geom
+    if not fix:
+        raise InvalidInput(
+            f"{where}: field 'territory' is not a valid polygon ({explain_validity(geom)}); "
+            "fix it, or give --fix-geometry to repair it."
+        )
+    fixed = geometry.as_multipolygon(shapely.make_valid(geom))
+    if fixed is None or fixed.is_empty:
+        raise InvalidInput(f"{where}: field 'territory' could not be repaired.")
+    return fixed
+
+
 def _check_dates(conn: Connection, fid: int, where: str) -> None:
     row = conn.execute(
         text("SELECT opening_date, closed_date FROM org_unit WHERE fid = :f"), {"f": fid}
@@ -297,13 +344,17 @@ def add_unit(
     parent: str | None = None,
     location: BaseGeometry | None = None,
     territory: BaseGeometry | None = None,
+    fix_geometry: bool = False,
     origin: str = "api",
     author: str | None = None,
     **values: Any,
 ) -> dict[str, Any]:
-    """Add one unit under ``parent`` (uuid or ref; none makes a root)."""
+    """Add one unit under ``parent`` (uuid or ref; none makes a root).  ``territory``
+    is checked as an import checks it (``check_territory``; ``fix_geometry`` repairs an
+    invalid one)."""
     where = f"New unit {name!r}"
     _check_values({"name": name, **values}, where)
+    territory = check_territory(territory, where, fix=fix_geometry)
     with _draft(reg, source, number, origin, author) as (conn, version):
         parent_handle = find_unit(conn, version, parent) if parent else None
         cols = _db_values(conn, {"name": name, **values}, where)
@@ -463,10 +514,17 @@ def set_geometry(
     number: int | None = None,
     location: BaseGeometry | None = _UNSET,
     territory: BaseGeometry | None = _UNSET,
+    fix_geometry: bool = False,
     origin: str = "api",
     author: str | None = None,
 ) -> dict[str, Any]:
-    """Set or clear (pass None) a unit's point location and/or territory."""
+    """Set or clear (pass None) a unit's point location and/or territory.
+
+    A territory is checked as ``georeg import`` checks one (degrees, not a projected
+    CRS; a valid polygon, or repaired with ``fix_geometry``): an edit must not store
+    what an import refuses."""
+    if territory is not _UNSET:
+        territory = check_territory(territory, f"Unit {ident!r}", fix=fix_geometry)
     with _draft(reg, source, number, origin, author) as (conn, version):
         handle = find_unit(conn, version, ident)
         if location is not _UNSET:

@@ -535,14 +535,44 @@ def list_versions(reg: Registry, source: str) -> list[dict[str, Any]]:
 
 
 def delete_version(reg: Registry, source: str, number: int, *, origin: str = "api") -> None:
-    """Delete a draft version (a published one is refused by the database itself)."""
+    """Delete a draft version (a published one is refused by the database itself).
+
+    A draft with change requests from the field still waiting for review is refused:
+    they name it as the version the phone saw and the one an approval writes to, so
+    they would be left pointing at nothing (no approval possible, and before this
+    check the whole list of requests failed).  Reviewed requests stay as history; the
+    change log's ``delete`` entry keeps the source's name so they can still say where
+    they were made.
+    """
     with reg.write(origin=origin, audit=False) as conn:
         version = resolve_version(conn, source, number)
         if version.status == "published":
             raise _published(version)
+        _refuse_pending_requests(conn, version)
         conn.execute(
             text("UPDATE data_source SET default_version_id = NULL WHERE default_version_id = :v"),
             {"v": version.id},
         )
         conn.execute(text("DELETE FROM source_version WHERE fid = :v"), {"v": version.id})
-        log_version(conn, version.id, "delete", {"number": number})
+        log_version(conn, version.id, "delete", {"number": number, "source": version.source})
+
+
+def _refuse_pending_requests(conn: Connection, version: VersionRef) -> None:
+    pending = [
+        int(r[0])
+        for r in conn.execute(
+            text("SELECT fid FROM change_request WHERE version_id = :v AND status = 'new' "
+                 "ORDER BY fid"),
+            {"v": version.id},
+        )
+    ]
+    if not pending:
+        return
+    shown = ", ".join(f"#{n}" for n in pending[:10]) + (" …" if len(pending) > 10 else "")
+    raise ConflictError(
+        f"{version.label} has {len(pending)} change request(s) from the field waiting for "
+        f"review ({shown}); deleting it would leave them pointing at a version that no "
+        "longer exists. Settle each first — approve it (georeg changes approve REG ID) or "
+        "reject it (georeg changes reject REG ID --comment WHY) — then delete the version. "
+        "List them with 'georeg changes REG --status new'."
+    )
