@@ -64,7 +64,9 @@ def raw_sql(
     """Write behind Georeg's back, as another program would.
 
     ``bypass`` switches off foreign keys (SQLite) or foreign keys and triggers
-    (PostgreSQL, ``session_replication_role = replica``).
+    (PostgreSQL, ``session_replication_role = replica``); on SQLite it also raises the
+    flag of a move's own subtree rewrite, the one writer the ``path``/``depth`` guard
+    lets through (migration 0009): a script that edits paths has to get past it.
     """
     if reg.backend is Backend.POSTGIS:
         with reg.engine.begin() as conn:
@@ -79,8 +81,12 @@ def raw_sql(
         load_spatialite(db)
         db.execute("PRAGMA foreign_keys = " + ("OFF" if bypass else "ON"))
         db.execute("BEGIN IMMEDIATE")
+        if bypass:
+            db.execute("INSERT INTO subtree_rewrite (fid) VALUES (1)")
         for sql, params in statements:
             db.execute(sql, params)
+        if bypass:
+            db.execute("DELETE FROM subtree_rewrite")
         db.execute("COMMIT")
     finally:
         db.close()
@@ -390,6 +396,7 @@ def test_stale_path_written_behind_georegs_back(demo: Registry) -> None:
                 {"p": f"/1/{facility.unit_key}/", "f": facility.fid},
             )
         ],
+        bypass=True,  # the guard of path and depth (migration 0009) refuses it otherwise
     )
     stale = found(run_checks(demo, "SL"), "stale_path")
     assert set(stale) == {BUCKSAL_CLINIC}
