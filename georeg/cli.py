@@ -436,9 +436,11 @@ def version_delete_cmd(reg: str, source: str, number: int, as_json: bool) -> Non
     from storage.versions import delete_version
 
     with open_registry(reg) as registry:
-        delete_version(registry, source, number, origin=ORIGIN)
-    emit(as_json, {"deleted": number, "source": source},
-         lambda d: f"Deleted draft version {number} of {source!r}.")
+        data = delete_version(registry, source, number, origin=ORIGIN)
+    emit(as_json, data, lambda d: f"Deleted draft version {number} of {source!r}." + (
+        f"\nIt was the default version: {source!r} has none now (the server's phones get no "
+        f"units) — choose one with: georeg version default REG --source \"{source}\" -v N"
+        if d["was_default"] else ""))
 
 
 # --- tree -------------------------------------------------------------------------------
@@ -448,8 +450,8 @@ def version_delete_cmd(reg: str, source: str, number: int, as_json: bool) -> Non
 @REG
 @SOURCE
 @VERSION
-@click.option("--max-depth", type=int, default=None,
-              help="Show this many levels (default: all levels).")
+@click.option("--max-depth", type=click.IntRange(min=1), default=None,
+              help="Show this many levels, 1 or more (default: all levels).")
 @click.option("--root", "root", default=None, help="Start at this unit (uuid or ref).")
 def tree_cmd(reg: str, source: str, number: int | None, max_depth: int | None,
              root: str | None, as_json: bool) -> None:
@@ -568,7 +570,8 @@ def unit_add_cmd(reg: str, source: str, number: int | None, name: str, parent: s
 @click.option("--closed-date", default=None)
 @click.option("--status", "validation_status", type=click.Choice(["new", "valid", "rejected"]),
               default=None)
-@click.option("--alias", "aliases", multiple=True, help="Alternative name (repeat for several).")
+@click.option("--alias", "aliases", multiple=True,
+              help="Alternative name (repeat for several; they replace the unit's aliases).")
 def unit_edit_cmd(reg: str, source: str, number: int | None, unit: str, name: str | None,
                   type_: str | None, code: str | None, source_ref: str | None,
                   opening_date: str | None, closed_date: str | None,
@@ -655,6 +658,10 @@ def unit_geometry_cmd(reg: str, source: str, number: int | None, unit: str, lon:
     from storage.units import set_geometry
 
     changes: dict[str, Any] = {}
+    if clear_location and (lon is not None or lat is not None):
+        raise InvalidInput("Give --lon/--lat or --clear-location, not both.")
+    if clear_territory and territory:
+        raise InvalidInput("Give --territory or --clear-territory, not both.")
     if clear_location:
         changes["location"] = None
     elif lon is not None or lat is not None:

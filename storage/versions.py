@@ -446,7 +446,7 @@ def publish_version(
     with reg.write(origin=origin) as conn:
         version = resolve_version(conn, source, number)
         if version.status == "published":
-            raise _published(version)
+            raise PublishedVersionError(f"{version.label} is already published.")
         _refuse_open_conflicts(conn, version)
         conn.execute(
             text(
@@ -534,7 +534,8 @@ def list_versions(reg: Registry, source: str) -> list[dict[str, Any]]:
     ]
 
 
-def delete_version(reg: Registry, source: str, number: int, *, origin: str = "api") -> None:
+def delete_version(reg: Registry, source: str, number: int, *, origin: str = "api"
+                   ) -> dict[str, Any]:
     """Delete a draft version (a published one is refused by the database itself).
 
     A draft with change requests from the field still waiting for review is refused:
@@ -549,12 +550,14 @@ def delete_version(reg: Registry, source: str, number: int, *, origin: str = "ap
         if version.status == "published":
             raise _published(version)
         _refuse_pending_requests(conn, version)
-        conn.execute(
+        was_default = conn.execute(
             text("UPDATE data_source SET default_version_id = NULL WHERE default_version_id = :v"),
             {"v": version.id},
-        )
+        ).rowcount > 0
         conn.execute(text("DELETE FROM source_version WHERE fid = :v"), {"v": version.id})
         log_version(conn, version.id, "delete", {"number": number, "source": version.source})
+    # (the default is cleared, not moved: which version phones get is for a person to say)
+    return {"deleted": number, "source": version.source, "was_default": was_default}
 
 
 def _refuse_pending_requests(conn: Connection, version: VersionRef) -> None:

@@ -257,3 +257,32 @@ def test_cli_history_says_why_it_has_nothing_to_show(reg: str) -> None:
     cli("unit", "delete", reg, "-s", SOURCE, "-v", "2", "Z1")
     assert cli("history", reg, "--unit", uuid, "-s", SOURCE, "-v", "2")[0]["op"] == "delete"
     assert cli("history", reg, "--unit", uuid)[0]["op"] == "delete"
+
+
+# --- smaller things a data manager met (review F9) -------------------------------------------
+
+
+def test_deleting_the_default_draft_says_the_source_has_no_default_now(demo: Registry) -> None:
+    versions.set_default_version(demo, "SL", 1)
+    result = CliRunner().invoke(main, ["version", "delete", cli_location(demo), "--source", "SL",
+                                       "-v", "1"])
+    assert result.exit_code == 0, result.output
+    assert "It was the default version" in result.output and "version default" in result.output
+
+
+def test_publishing_twice_says_already_published(demo: Registry) -> None:
+    versions.publish_version(demo, "SL", 1)
+    result = CliRunner().invoke(main, ["version", "publish", cli_location(demo), "--source", "SL",
+                                       "-v", "1"])
+    assert result.exit_code != 0 and "already published" in result.output
+
+
+def test_contradictory_geometry_options_and_a_zero_depth_are_refused(demo: Registry) -> None:
+    where = cli_location(demo)
+    both = CliRunner().invoke(main, ["unit", "geometry", where, "--source", "SL",
+                                     "O6uvpzGd5pu", "--territory", "x.json",
+                                     "--clear-territory"])
+    assert both.exit_code == 2 and "not both" in both.output
+    assert units.get_unit(demo, "SL", "O6uvpzGd5pu")["has_territory"]  # kept
+    zero = CliRunner().invoke(main, ["tree", where, "--source", "SL", "--max-depth", "0"])
+    assert zero.exit_code == 2 and "max-depth" in zero.output
