@@ -306,12 +306,7 @@ def check_territory(territory: BaseGeometry | None, where: str, *, fix: bool = F
     minx, miny, maxx, maxy = shapely.bounds(geom).tolist()
     if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
         raise InvalidInput(f"{where}: field 'territory' has coordinates that are not numbers.")
-    if not -180 <= minx <= maxx <= 180:
-        raise InvalidInput(f"{where}: field 'territory' has longitudes {minx:g}..{maxx:g}; a "
-                           f"longitude must be within -180..180 degrees ({PROJECTED_HINT}).")
-    if not -90 <= miny <= maxy <= 90:
-        raise InvalidInput(f"{where}: field 'territory' has latitudes {miny:g}..{maxy:g}; a "
-                           f"latitude must be within -90..90 degrees ({PROJECTED_HINT}).")
+    check_degrees((minx, miny, maxx, maxy), where)
     if geom.is_valid:
         return geom
     if not fix:
@@ -319,6 +314,25 @@ def check_territory(territory: BaseGeometry | None, where: str, *, fix: bool = F
             f"{where}: field 'territory' is not a valid polygon ({explain_validity(geom)}); "
             "fix it, or give --fix-geometry to repair it."
         )
+    return repaired(geom, where)
+
+
+def check_degrees(bounds: tuple[float, float, float, float], where: str,
+                  hint: str = PROJECTED_HINT) -> None:
+    """A territory's bounds must be degrees, as a point's are: a projected polygon (UTM
+    metres …) read as degrees lands nowhere on Earth.  (Edits and imports alike; an
+    import's ``hint`` speaks of the file's CRS.)"""
+    minx, miny, maxx, maxy = bounds
+    if not -180 <= minx <= maxx <= 180:
+        raise InvalidInput(f"{where}: field 'territory' has longitudes {minx:g}..{maxx:g}; a "
+                           f"longitude must be within -180..180 degrees ({hint}).")
+    if not -90 <= miny <= maxy <= 90:
+        raise InvalidInput(f"{where}: field 'territory' has latitudes {miny:g}..{maxy:g}; a "
+                           f"latitude must be within -90..90 degrees ({hint}).")
+
+
+def repaired(geom: BaseGeometry, where: str) -> BaseGeometry:
+    """An invalid territory made valid (GEOS ``make_valid``), as a multipolygon."""
     fixed = geometry.as_multipolygon(shapely.make_valid(geom))
     if fixed is None or fixed.is_empty:
         raise InvalidInput(f"{where}: field 'territory' could not be repaired.")

@@ -45,7 +45,7 @@ from storage.bulk import (
 from storage.errors import CycleError, GeoregError, InvalidInput
 from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
-from storage.units import check_no_nul, set_territory
+from storage.units import check_degrees, check_no_nul, repaired, set_territory
 from storage.versions import (
     VersionRef,
     ensure_source,
@@ -96,7 +96,7 @@ def _clean_territory(geom: BaseGeometry, where: str, fix: bool,
     geom = geometry.as_multipolygon(geom)
     if geom.is_empty:
         raise InvalidInput(f"{where}: field 'territory' is an empty polygon.")
-    _check_degrees(bounds, where)
+    check_degrees(bounds, where, _CRS_HINT)
     if not geom.is_valid:
         if not fix and warnings is not None:
             warnings.append(f"{where}: field 'territory' is not a valid polygon "
@@ -107,25 +107,12 @@ def _clean_territory(geom: BaseGeometry, where: str, fix: bool,
                 f"{where}: field 'territory' is not a valid polygon ({explain_validity(geom)}); "
                 "fix it, or import with --fix-geometry to repair it."
             )
-        fixed = geometry.as_multipolygon(shapely.make_valid(geom))
-        if fixed is None or fixed.is_empty:
-            raise InvalidInput(f"{where}: field 'territory' could not be repaired.")
-        return fixed
+        return repaired(geom, where)
     return geom
 
 
-def _check_degrees(bounds: tuple[float, float, float, float], where: str) -> None:
-    """A territory's coordinates must be degrees, as a point's are: a projected polygon
-    (UTM metres …) read as degrees lands nowhere on Earth."""
-    minx, miny, maxx, maxy = bounds
-    hint = ("is the file in a projected CRS such as UTM? Give its CRS with --crs, or check "
-            "the CRS the file declares")
-    if not -180 <= minx <= maxx <= 180:
-        raise InvalidInput(f"{where}: field 'territory' has longitudes {minx:g}..{maxx:g}; a "
-                           f"longitude must be within -180..180 degrees ({hint}).")
-    if not -90 <= miny <= maxy <= 90:
-        raise InvalidInput(f"{where}: field 'territory' has latitudes {miny:g}..{maxy:g}; a "
-                           f"latitude must be within -90..90 degrees ({hint}).")
+_CRS_HINT = ("is the file in a projected CRS such as UTM? Give its CRS with --crs, or check "
+             "the CRS the file declares")
 
 
 #: the text fields of a record that may hold no control character (see
