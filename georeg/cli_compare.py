@@ -16,7 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from georeg.cli import command, emit, main, open_registry, run_job
-from storage.diff import FIELD_ALIASES, FIELDS, STATUSES, DiffJob, UnitDiff, VersionDiff
+from storage.diff import (
+    FIELD_ALIASES,
+    FIELDS,
+    STATUSES,
+    DiffJob,
+    UnitDiff,
+    VersionDiff,
+    parent_labels,
+)
 
 STATUS_STYLE = {"new": "green", "modified": "yellow", "moved": "blue", "closed": "bright_black",
                 "deleted": "red", "unchanged": ""}
@@ -148,7 +156,8 @@ def _short(value: Any) -> str:
 
 def _change_text(u: UnitDiff, field: str, before: Any, after: Any) -> str:
     if field == "parent":
-        return f"parent {_short((before or {}).get('name'))} → {_short((after or {}).get('name'))}"
+        was, now = parent_labels(before, after)
+        return f"parent {_short(was)} → {_short(now)}"
     if field == "location":
         if before and after and u.distance_m is not None:
             return f"point moved {_metres(u.distance_m)}"

@@ -1029,6 +1029,26 @@ def _display(field_name: str, snap: dict[str, Any]) -> Any:
     return snap.get(field_name)
 
 
+def parent_labels(before: dict[str, Any] | None, after: dict[str, Any] | None
+                  ) -> tuple[str | None, str | None]:
+    """How to name a unit's parent before and after a move: by name, and — when both
+    sides have the same name but are different units (two "Karene"s, a district and its
+    chiefdom) — with each one's ref, else the start of its uuid, so "Karene → Karene"
+    never hides a move.  ``before``/``after`` are ``{"name", "ref", "uuid"}`` (a parent
+    change's values) or None (no parent: a root)."""
+    b, a = before or {}, after or {}
+    nb, na = b.get("name"), a.get("name")
+    if nb is not None and nb == na:
+        nb, na = f"{nb} ({_which(b)})", f"{na} ({_which(a)})"
+    return nb, na
+
+
+def _which(parent: dict[str, Any]) -> str:
+    if parent.get("ref"):
+        return f"ref {parent['ref']}"
+    return f"uuid {str(parent.get('uuid') or '?')[:8]}…"
+
+
 def _territory_summary(ter: BaseGeometry | None) -> dict[str, Any] | None:
     if ter is None or ter.is_empty:
         return None

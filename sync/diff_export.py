@@ -43,6 +43,7 @@ from storage.diff import (
     UnitDiff,
     VersionDiff,
     geodesic_distance_m,
+    parent_labels,
     values_equal,
 )
 from storage.errors import InvalidInput
@@ -324,9 +325,15 @@ STYLE_TABLE_DDL = (
 )
 
 
+def _parent_of(snap: dict[str, Any] | None) -> dict[str, Any] | None:
+    if snap is None or snap.get("parent_name") is None:
+        return None
+    return {"name": snap["parent_name"], "ref": snap.get("parent_ref"),
+            "uuid": snap.get("parent_uuid")}
+
+
 def _attributes(u: UnitDiff) -> dict[str, Any]:
-    parent_b = (u.before or {}).get("parent_name")
-    parent_a = (u.after or {}).get("parent_name")
+    parent_b, parent_a = parent_labels(_parent_of(u.before), _parent_of(u.after))
     return {
         "status": u.status,
         "uuid": u.uuid,

@@ -605,3 +605,33 @@ def test_cli_bad_input_clear_errors(gpkg_scenario: Registry, tmp_path: Path) -> 
     assert res.exit_code == 4 and "No registry" in res.output
     assert not (tmp_path / "d.txt").exists() and not (tmp_path / "no").exists()
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest
+
+
+def test_a_move_between_two_units_of_one_name_says_which(tmp_path: Path) -> None:
+    """Sierra Leone has a district Karene and, elsewhere, a chiefdom of that name: a
+    facility moved from one to the other must not read 'parent Karene → Karene', in the
+    terminal nor in the GeoPackage a reviewer opens in QGIS."""
+    from georeg.cli import main
+
+    reg = Registry.create(tmp_path / "karene.gpkg")
+    _load(reg, SRC, [
+        UnitRecord("Sierra Leone", "SL", None, "Country"),
+        UnitRecord("Karene", "KD", "SL", "Region"),
+        UnitRecord("Karene", "KC", "SL", "Region"),
+        UnitRecord("Kamakwie CHC", "F1", "KD", "Facility", location=Point(-12.2, 9.3)),
+    ])
+    create_version(reg, SRC, copy_from=1)
+    U.move_unit(reg, SRC, "F1", "KC", number=2, origin="test")
+    res = CliRunner().invoke(main, ["diff", str(reg.location.path), f"{SRC}:1", f"{SRC}:2"])
+    assert res.exit_code == 0, res.output
+    assert "parent Karene (ref KD) → Karene (ref KC)" in " ".join(res.output.split())
+    export_diff(diff_versions(reg, f"{SRC}:1", f"{SRC}:2"), tmp_path / "d.gpkg", "gpkg")
+    reg.close()
+    from osgeo import ogr
+
+    gpkg = ogr.Open(str(tmp_path / "d.gpkg"))
+    pairs = {(f.GetField("parent_before"), f.GetField("parent_after"))
+             for layer in gpkg for f in layer
+             if layer.GetLayerDefn().GetFieldIndex("parent_before") >= 0
+             and f.GetField("status") == "moved"}
+    assert pairs == {("Karene (ref KD)", "Karene (ref KC)")}
