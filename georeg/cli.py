@@ -630,13 +630,19 @@ def unit_close_cmd(reg: str, source: str, number: int | None, unit: str,
 @click.option("--recursive", is_flag=True, help="Also delete every unit below it.")
 def unit_delete_cmd(reg: str, source: str, number: int | None, unit: str, recursive: bool,
                     as_json: bool) -> None:
-    """Delete a unit (prefer 'unit close' for units that really existed)."""
+    """Delete a unit (prefer 'unit close' for units that really existed).
+
+    Says how many change requests waiting for review and how many submissions are about
+    the deleted units: such a request can then only be rejected, and the submissions keep
+    pointing at the unit in the versions that still have it."""
     from storage.units import delete_unit
 
     with open_registry(reg) as registry:
         data = delete_unit(registry, source, unit, number=number, recursive=recursive,
                            origin=ORIGIN)
-    emit(as_json, data, lambda d: f"Deleted {d['deleted']} unit(s) from {d['name']!r} down.")
+    emit(as_json, data, lambda d: "\n".join(
+        [f"Deleted {d['deleted']} unit(s) from {d['name']!r} down."]
+        + [f"Warning: {w}" for w in d["warnings"]]))
 
 
 @command(unit_group, "geometry")

@@ -491,11 +491,39 @@ def delete_unit(
                 f"{handle.name!r} has {count - 1} units below it. Move them first, close the unit "
                 "instead, or delete the whole subtree with --recursive."
             )
+        warnings = _what_points_at(conn, params, count)
         conn.execute(
             text("DELETE FROM org_unit WHERE version_id = :v AND path >= :lo AND path < :hi"),
             params,
         )
-        return {"deleted": count, "uuid": handle.uuid, "name": handle.name}
+        return {"deleted": count, "uuid": handle.uuid, "name": handle.name,
+                "warnings": warnings}
+
+
+def _what_points_at(conn: Connection, params: dict[str, Any], count: int) -> list[str]:
+    """What the field sent about the units a delete removes, said before they go: change
+    requests still waiting for review (approving one now fails: its unit, or the parent a
+    new unit goes under, is gone from the draft) and submissions made there (they keep
+    pointing at the unit in the versions that still have it)."""
+    inside = ("SELECT uuid FROM org_unit WHERE version_id = :v AND path >= :lo "
+              "AND path < :hi")
+    waiting = conn.execute(text(
+        f"SELECT count(*) FROM change_request WHERE status = 'new' AND (unit_uuid IN ({inside})"
+        f" OR new_parent_uuid IN ({inside}))"), params).scalar_one()
+    sent = conn.execute(text(
+        f"SELECT count(*) FROM submission WHERE status <> 'deleted' AND org_unit_uuid IN "
+        f"({inside})"), params).scalar_one()
+    these = "this unit" if count == 1 else f"these {count} units"
+    warnings = []
+    if waiting:
+        warnings.append(
+            f"{waiting} change request(s) waiting for review are about {these}: they can only "
+            "be rejected now ('georeg changes list' shows them).")
+    if sent:
+        warnings.append(
+            f"{sent} submission(s) were made at {these}; they stay, pointing at the unit in "
+            "the versions that still have it.")
+    return warnings
 
 
 def set_territory(reg: Registry, conn: Connection, fid: int, territory: BaseGeometry | None) -> None:

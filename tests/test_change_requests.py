@@ -181,3 +181,40 @@ def test_cli_lists_shows_approves_and_rejects(tmp_path: Path) -> None:
     assert units.get_unit(reg, "SL", FACILITY)["code"] != "C1"
     assert cr.get_change_request(reg, b["id"])["status"] == "rejected"
     reg.close()
+
+
+def test_deleting_units_the_field_sent_requests_and_data_about_says_so(demo: Registry) -> None:
+    """A GIS officer deletes a chiefdom with --recursive in the draft: a collector's
+    correction of one of its facilities still waits for review, and a submission was made
+    there. The delete goes ahead (it is the officer's draft) but says what it leaves
+    behind, instead of the reviewer finding an approval that fails."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from georeg.cli import main
+
+    _published_with_draft(demo)
+    cr.create_change_request(demo, "SL", unit=FACILITY, created_by="amina",
+                             values={"name": "Allen Town CHC"})
+    uuid = units.get_unit(demo, "SL", FACILITY, 1)["uuid"]
+    xml = b'<data id="f"><meta><instanceID>uuid:1</instanceID></meta></data>'
+    with demo.write(origin="test") as conn:
+        conn.execute(text("INSERT INTO submission (instance_id, form_id, xml, xml_md5, "
+                          "org_unit_uuid) VALUES ('uuid:1', 'f', :x, :m, :u)"),
+                     {"x": xml, "m": hashlib.md5(xml).hexdigest(), "u": uuid})
+    other = units.delete_unit(demo, "SL", BO, number=2, recursive=True)
+    assert other["warnings"] == []  # nothing from the field there
+
+    if demo.location.path is None:
+        done = units.delete_unit(demo, "SL", CHIEFDOM, number=2, recursive=True)
+        out = "\n".join(done["warnings"])
+    else:
+        res = CliRunner().invoke(main, ["unit", "delete", str(demo.location.path), "--source",
+                                        "SL", "--version", "2", CHIEFDOM, "--recursive"])
+        assert res.exit_code == 0, res.output
+        out = res.output
+        assert "Deleted" in out
+    assert "1 change request(s) waiting for review" in out and "rejected" in out
+    assert "1 submission(s) were made" in out
+    assert units.get_unit(demo, "SL", FACILITY, 1)["uuid"] == uuid  # published: untouched
