@@ -247,23 +247,30 @@ def submissions_cmd(reg: str, form: str | None, since: str | None, fmt: str | No
               help="Public URL phones use (behind a proxy); default: the Host they used.")
 @click.option("--https", "behind_https", is_flag=True,
               help="The server is behind a TLS proxy (Basic authentication is then offered).")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDR",
+              help="A reverse proxy in front of the server (an address, or a network such "
+              "as 10.0.0.0/8); repeatable. Only for connections from these is "
+              "X-Forwarded-For believed (its right-most address that is not a listed "
+              "proxy is the client, for sign-in limits and logs). Default: never.")
 @click.option("--max-body-mb", type=int, default=100, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Server processes sharing the port (Linux/macOS; more CPU for bursts of "
               "submissions).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run scheduled sync jobs.")
 def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
-              qr_png: str | None, base_url: str | None, behind_https: bool, max_body_mb: int,
-              workers: int, no_scheduler: bool, as_json: bool) -> None:
+              qr_png: str | None, base_url: str | None, behind_https: bool,
+              trusted_proxies: tuple[str, ...], max_body_mb: int, workers: int,
+              no_scheduler: bool, as_json: bool) -> None:
     """Serve the registry on the LAN for ODK Collect and the Iaso app."""
     from waitress.server import create_server
 
     # auth makes the Digest nonce key at import: imported here, before the workers are
     # forked, every worker checks the nonces any of them issued
     from local_server import auth, collect_qr, users  # noqa: F401
-    from local_server.app import create_app
-    from local_server.settings import ServerSettings
+    from local_server.app import create_app, proxy_waitress_options
+    from local_server.settings import ServerSettings, proxy_networks
 
+    proxy_networks(trusted_proxies)  # a wrong address stops here, before anything opens
     registry = open_registry(reg)
     people = users.list_users(registry)
     if not people:
@@ -279,12 +286,13 @@ def serve_cmd(reg: str, host: str, port: int, threads: int, qr_user: str | None,
     settings = ServerSettings(max_body=max_body_mb * 1024 * 1024, https=behind_https,
                               base_url=base_url, scheduler=not no_scheduler,
                               replay_store=(os.path.join(replay_dir, "digest-nonces.sqlite")
-                                            if replay_dir else None))
+                                            if replay_dir else None),
+                              trusted_proxies=tuple(trusted_proxies))
     listener = socket.create_server((host, port), reuse_port=False, backlog=1024)
     actual_port = int(listener.getsockname()[1])
     waitress_opts = {"threads": threads, "max_request_body_size": settings.max_body * 2,
                      "channel_timeout": 120, "connection_limit": 200,
-                     "clear_untrusted_proxy_headers": True}
+                     **proxy_waitress_options(settings)}
     addresses = collect_qr.lan_addresses(host)
     urls = [base_url] if base_url else [f"http://{ip}:{actual_port}" for ip in addresses]
     if not urls:

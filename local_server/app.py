@@ -15,12 +15,17 @@ Every response carries ``X-OpenRosa-Version: 1.0`` and ``Date``; our errors
 (:mod:`storage.errors`) become their HTTP status with a JSON body
 ``{"error", "message", "details"}``; any other exception is logged to stderr and
 answered 500 without a traceback; bodies over ``settings.max_body`` get 413.
+
+Behind a reverse proxy listed in ``settings.trusted_proxies`` the request's
+``remote_addr`` is the client the proxy forwards for (:func:`client_address`; the proxy
+itself is kept in ``environ["georeg.proxy_peer"]``); otherwise it is the connection's.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import ipaddress
 import json
 import sys
 import traceback
@@ -36,7 +41,7 @@ from werkzeug.http import http_date
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from local_server.settings import ServerSettings
+from local_server.settings import Network, ServerSettings, proxy_networks
 from storage.backends import Backend
 from storage.errors import GeoregError
 from storage.registry import Registry
@@ -124,11 +129,61 @@ def json_response(data: Any, status: int = 200) -> Response:
                     content_type="application/json")
 
 
+def _ip(text: str) -> Any:
+    """The address in one ``X-Forwarded-For`` entry (``[v6]:port`` and ``v4:port`` are
+    accepted; an IPv4-mapped IPv6 address is its IPv4 one), None for anything else."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.split(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
+def client_address(peer: str | None, forwarded_for: str | None,
+                   trusted: tuple[Network, ...]) -> str | None:
+    """Who is calling: the connection's address, unless it comes from a trusted proxy.
+
+    Then ``X-Forwarded-For`` (``client, proxy1, proxy2``: each proxy appends the address
+    it was called from) is read from the right: the right-most entry that is not itself
+    a trusted proxy is the client; the entries left of it could have been written by
+    anyone, so they are never looked at.  An entry that is not an address ends the walk
+    at the last trusted hop (the clients behind it then share that address: safe).
+    With no trusted proxies the header is never read: any client can send one."""
+    if not trusted or peer is None:
+        return peer
+    current = _ip(peer)
+    if current is None or not any(current in net for net in trusted):
+        return peer
+    client = str(current)
+    for entry in reversed((forwarded_for or "").split(",")):
+        hop = _ip(entry)
+        if hop is None:
+            break
+        client = str(hop)
+        if not any(hop in net for net in trusted):
+            break
+    return client
+
+
+def proxy_waitress_options(settings: ServerSettings) -> dict[str, Any]:
+    """waitress removes ``X-Forwarded-*`` headers itself unless told not to: kept when
+    proxies are trusted (the app then reads ``X-Forwarded-For`` from those alone, see
+    :func:`client_address`), removed otherwise."""
+    return {"clear_untrusted_proxy_headers": not settings.trusted_proxies}
+
+
 class GeoregApp:
     def __init__(self, registry: Registry, settings: ServerSettings,
                  modules: Iterable[str] = ROUTE_MODULES) -> None:
         self.registry = registry
         self.settings = settings
+        self.trusted_proxies = proxy_networks(settings.trusted_proxies)
         self.shared: dict[str, Any] = {}
         self.url_map = Map(load_rules(modules), strict_slashes=False,
                            merge_slashes=False)
@@ -203,6 +258,11 @@ class GeoregApp:
                 "the server's log.")
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if self.trusted_proxies:  # the client behind a trusted proxy (sign-in limits, logs)
+            peer = environ.get("REMOTE_ADDR")
+            environ["georeg.proxy_peer"] = peer
+            environ["REMOTE_ADDR"] = client_address(
+                peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted_proxies)
         request = Request(environ)
         request.max_content_length = self.settings.max_body
         request.max_form_memory_size = self.settings.max_body

@@ -23,11 +23,14 @@ over https, and bearer tokens through a hook.
 :class:`AuthRequired` (401 with a Digest challenge) / :class:`Forbidden` (403).
 
 **Password guessing** (:class:`SignInLimiter`): failed sign-ins by password (the
-``/login`` form, ``POST /api/token/``, Basic) and by Digest are counted per user name
-and per client address; past a few, that name or address is locked for a time that
-doubles with each further failure, and every attempt meanwhile gets **429** with
-``Retry-After``.  A Digest nonce stops accepting answers after a few wrong ones.  Each
-failure is logged to the server's stderr (name, address, route; never the password).
+``/login`` form, ``POST /api/token/``, Basic) and by Digest are counted per (user name,
+client address) and, more loosely, per client address; past a few, that pair or
+address is locked for a time that doubles with each further failure, and every attempt
+meanwhile gets **429** with ``Retry-After``.  Failing on purpose from one machine thus
+never locks the user out of their own.  A Digest nonce stops accepting answers after a
+few wrong ones.  Each failure and each lock is logged to the server's stderr (name,
+address, route; never the password).  The client address is the connection's, or
+behind a proxy listed in ``settings.trusted_proxies`` the one it forwards (``app.py``).
 """
 
 from __future__ import annotations
@@ -326,17 +329,25 @@ def _shared_counts(path: str) -> SharedNonceCounts:
 
 
 class SignInLimiter:
-    """Failed sign-ins per user name, per client address and per Digest nonce, in this
-    server process's memory (one per app; with ``serve --workers N`` each process counts
-    its own).
+    """Failed sign-ins per (user name, client address), per client address and per
+    Digest nonce, in this server process's memory (one per app; with
+    ``serve --workers N`` each process counts its own).
 
-    The first :attr:`FREE_PER_USER` failures of a name (:attr:`FREE_PER_ADDRESS` of an
-    address: several people may share one, e.g. behind a proxy) cost nothing; from then on
-    each failure locks the name or address for 1, 2, 4 … seconds, at most
-    :attr:`LOCK_MAX`.  While locked, every attempt — right password or not — is refused
-    (429), so guessing drops to a few tries an hour while someone who mistyped waits a
-    second or two.  A successful sign-in clears its name's count (not the address's: one
-    good account must not reset the count for guesses at others); a count is forgotten
+    **Why per name *and address*.**  A lock on the name alone lets anyone lock a real
+    user out by failing on purpose from another machine.  So, as mature servers do, the
+    lock that stops guessing one password is per (name, address): guesses at ``amina``
+    from one laptop lock that laptop out of ``amina``, while amina on her own phone
+    signs in as usual.  A second, looser count per address across all names stops one
+    machine from guessing many names (or one name under many spellings).
+
+    The first :attr:`FREE_PER_USER` failures of a (name, address) pair
+    (:attr:`FREE_PER_ADDRESS` of an address: several people may share one, e.g. behind
+    a proxy) cost nothing; from then on each failure locks the pair or the address for
+    1, 2, 4 … seconds, at most :attr:`LOCK_MAX`.  While locked, every attempt — right
+    password or not — is refused (429), so guessing drops to a few tries an hour while
+    someone who mistyped waits a second or two.  Each lock is logged (``log``).  A
+    successful sign-in clears its pair's count (not the address's: one good account
+    must not reset the count for guesses at others); a count is forgotten
     :attr:`FORGET_AFTER` seconds after its last failure.
 
     Attempts are reserved (:meth:`begin`) before the password is checked and settled
@@ -347,6 +358,10 @@ class SignInLimiter:
     one per server thread).  A Digest nonce takes at most :attr:`NONCE_FAILURES` wrong
     answers; then it is spent (the client gets a fresh challenge; the failures count
     above too).
+
+    Not covered: guesses at one name spread over many addresses (a botnet) are limited
+    only per address; a per-name lock would stop them but hand everyone the lock-out
+    above.  On a LAN the addresses are few; behind a proxy see ``--trusted-proxy``.
     """
 
     FREE_PER_USER = 5
@@ -356,23 +371,25 @@ class SignInLimiter:
     NONCE_FAILURES = 3
     MAX_ENTRIES = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self._lock = threading.Lock()
+        self._log = log
         # key -> [failures, last failure, locked until, checks in flight] (monotonic time)
-        self._counts: dict[tuple[str, str], list[float]] = {}
+        self._counts: dict[tuple[str, ...], list[float]] = {}
         self._nonces: dict[str, tuple[int, float]] = {}  # failures, first failure
 
     @staticmethod
-    def keys(name: str, address: str | None) -> list[tuple[str, str]]:
-        keys = [("user", name[:200])]
+    def keys(name: str, address: str | None) -> list[tuple[str, ...]]:
+        """The counts one attempt touches: its (name, address) pair, and its address."""
+        keys: list[tuple[str, ...]] = [("user", name[:200], address or "-")]
         if address:
             keys.append(("address", address))
         return keys
 
-    def _free(self, key: tuple[str, str]) -> int:
+    def _free(self, key: tuple[str, ...]) -> int:
         return self.FREE_PER_USER if key[0] == "user" else self.FREE_PER_ADDRESS
 
-    def _record(self, key: tuple[str, str], now: float) -> list[float]:
+    def _record(self, key: tuple[str, ...], now: float) -> list[float]:
         record = self._counts.get(key)
         if record is None:
             if len(self._counts) > self.MAX_ENTRIES:
@@ -383,7 +400,7 @@ class SignInLimiter:
             record[0] = 0
         return record
 
-    def begin(self, keys: list[tuple[str, str]]) -> None:
+    def begin(self, keys: list[tuple[str, ...]]) -> None:
         """Reserve one password check for these keys, or raise :class:`TooManyAttempts`."""
         now = time.monotonic()
         with self._lock:
@@ -396,11 +413,12 @@ class SignInLimiter:
             for _key, record in records:
                 record[3] += 1
 
-    def end(self, keys: list[tuple[str, str]], failed: bool | None,
+    def end(self, keys: list[tuple[str, ...]], failed: bool | None,
             nonce: str | None = None) -> None:
         """Settle a check reserved by :meth:`begin`: failed, succeeded (False: clears
-        the name's count) or neither (None: e.g. a replayed Digest answer)."""
+        the pair's count) or neither (None: e.g. a replayed Digest answer)."""
         now = time.monotonic()
+        locks: list[str] = []
         with self._lock:
             for key in keys:
                 record = self._record(key, now)
@@ -410,6 +428,8 @@ class SignInLimiter:
                     record[1] = now
                     over = record[0] - self._free(key)
                     record[2] = now + min(2.0 ** over, self.LOCK_MAX) if over >= 0 else 0.0
+                    if over >= 0:
+                        locks.append(self._describe(key, record[2] - now, int(record[0])))
                 elif failed is False and key[0] == "user":
                     record[0], record[2] = 0, 0.0
             if failed and nonce is not None:
@@ -418,6 +438,17 @@ class SignInLimiter:
                                     if now - v[1] < self.FORGET_AFTER}
                 count, first = self._nonces.get(nonce, (0, now))
                 self._nonces[nonce] = (count + 1, first)
+        if self._log is not None:
+            for line in locks:
+                self._log(line)
+
+    @staticmethod
+    def _describe(key: tuple[str, ...], seconds: float, failures: int) -> str:
+        if key[0] == "user":
+            return (f"sign-in locked: user {key[1][:64]!r} from {key[2]} for "
+                    f"{math.ceil(seconds)} s after {failures} failures")
+        return (f"sign-in locked: address {key[1]} for {math.ceil(seconds)} s after "
+                f"{failures} failures across user names")
 
     def nonce_spent(self, nonce: str) -> bool:
         with self._lock:
@@ -435,7 +466,7 @@ def limiter(ctx: Any) -> SignInLimiter:
         with _limiter_lock:
             found = getattr(ctx, "_georeg_signin_limiter", None)
             if found is None:
-                found = SignInLimiter()
+                found = SignInLimiter(log=_log_line)
                 ctx._georeg_signin_limiter = found
     return found  # type: ignore[no-any-return]
 
@@ -443,6 +474,10 @@ def limiter(ctx: Any) -> SignInLimiter:
 def _address(ctx: Any) -> str | None:
     request = getattr(ctx, "request", None)
     return None if request is None else request.remote_addr
+
+
+def _log_line(line: str) -> None:
+    print(f"[georeg serve] {line}", file=sys.stderr, flush=True)
 
 
 def _log_failure(ctx: Any, name: str, how: str) -> None:

@@ -288,7 +288,7 @@ def changes_page(request: Request, ctx: Any, user: Any, bound: str) -> Response:
     with reg.read() as conn:
         within = glue.user_version_paths(conn, user)
     data = cr.list_change_requests(reg, status=None if status == "all" else status,
-                                   within_paths=within, limit=200)
+                                   visible_within=within, limit=200)
     return render("changes.html", **_base(request, ctx, user, bound), requests=data["results"],
                   count=data["count"], status=status, statuses=(*cr.STATUSES, "all"))
 

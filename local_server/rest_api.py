@@ -435,6 +435,7 @@ def submissions_handler(request: Request, ctx: Any) -> Response:
 
 
 def changes_handler(request: Request, ctx: Any) -> Response:
+    """The requests the user may open (:func:`_visible_change`), counted and paged."""
     user = glue.require_user(request, ctx)
     reg = glue.registry(ctx)
     page, limit = paging(request)
@@ -444,7 +445,7 @@ def changes_handler(request: Request, ctx: Any) -> Response:
         within = glue.user_version_paths(conn, user)
     data = cr.list_change_requests(reg, status=status, kind=kind,
                                    source=request.args.get("source"),
-                                   within_paths=within, limit=limit, offset=(page - 1) * limit)
+                                   visible_within=within, limit=limit, offset=(page - 1) * limit)
     return json_response(envelope("change_requests", data["results"], data["count"], page, limit))
 
 
@@ -477,7 +478,10 @@ def _visible_change(conn: Connection, user: Any, data: dict[str, Any]) -> None:
     could move a unit into another.  While the request waits for review both are also
     checked in the draft an approval writes to, where they may since have moved.
 
-    The REST routes and the web pages (view, approve, reject) all call this."""
+    The REST routes and the web pages (view, approve, reject) all call this.  The list
+    (``changes_handler``) applies the same rule to every matching request before paging
+    (``list_change_requests(visible_within=…)``); a change here must be made there too
+    (``tests/test_server_changes_area_list.py`` compares the two request by request)."""
     within = glue.user_version_paths(conn, user)
     if within is None:
         return

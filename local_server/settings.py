@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from storage.errors import InvalidInput
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: What every OpenRosa response says the server accepts (HEAD /submission, POST).
 DEFAULT_MAX_BODY = 100 * 1024 * 1024
@@ -30,3 +36,26 @@ class ServerSettings:
     #: for Digest replay protection, so a captured answer replayed to another worker is
     #: refused too.  None: the counts stay in this process's memory (one process).
     replay_store: str | None = None
+    #: Reverse proxies (addresses or networks such as ``10.0.0.0/8``) whose
+    #: ``X-Forwarded-For`` is believed: for a connection from one of them the client is
+    #: the right-most address in that header that is not itself a listed proxy.  Empty
+    #: (the default): the header is never believed, as any client can send it.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        proxy_networks(self.trusted_proxies)  # a typo fails at start-up, not per request
+
+
+def proxy_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """The networks of ``--trusted-proxy`` values (an address is a one-address network);
+    :class:`InvalidInput` naming a value that is neither."""
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError:
+            raise InvalidInput(
+                f"Trusted proxy {value!r} is not an IP address or network (such as "
+                "127.0.0.1, ::1 or 10.0.0.0/8); host names are not accepted.",
+                parameter="trusted_proxy") from None
+    return tuple(out)
