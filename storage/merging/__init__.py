@@ -4,7 +4,9 @@
   from a target version, a source version, the accepted links and ``rules.toml``;
 * :func:`merge_three_way` / :class:`ThreeWayMergeJob` — a new draft combining two
   drafts that descend from one base, field by field, with conflicts recorded;
-* :func:`list_conflicts`, :func:`resolve_conflict` — review and settle conflicts;
+* :func:`list_conflicts`, :func:`conflict_summary`, :func:`resolve_conflict` and, for
+  many at once, :func:`resolve_conflicts` / :class:`BulkResolveJob` — review and settle
+  conflicts;
   a version with open conflicts cannot be published (checked in
   :func:`storage.versions.publish_version` and by a database trigger).
 
@@ -14,10 +16,13 @@ returns them in its report.  The user guide is ``docs/merge.md``.
 
 from storage.merging.conflicts import (
     TAKES,
+    BulkResolveJob,
+    conflict_summary,
     get_conflict,
     list_conflicts,
     open_conflict_count,
     resolve_conflict,
+    resolve_conflicts,
 )
 from storage.merging.job import (
     SCHEMA,
@@ -31,6 +36,7 @@ from storage.merging.rules import RULE_HELP, Rules
 from storage.merging.three_way import CONFLICT_KINDS
 
 __all__ = [
+    "BulkResolveJob",
     "CONFLICT_KINDS",
     "RULE_HELP",
     "SCHEMA",
@@ -38,6 +44,7 @@ __all__ = [
     "Rules",
     "RulesMergeJob",
     "ThreeWayMergeJob",
+    "conflict_summary",
     "get_conflict",
     "list_conflicts",
     "load_links",
@@ -45,4 +52,5 @@ __all__ = [
     "merge_three_way",
     "open_conflict_count",
     "resolve_conflict",
+    "resolve_conflicts",
 ]

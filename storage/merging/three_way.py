@@ -183,10 +183,12 @@ def _hold_conflicted_subtrees(base: Snapshot, conflicts: list[Conflict],
     that subtree before anyone decides would make "keep the unit" a lie: it would come
     back without its children.  So the deletion of the whole subtree is part of the one
     conflict (as Kart or git treat a delete against a change: nothing of it is applied
-    until it is resolved).  Taking the deleting side then deletes the unit and
-    everything below it, what the other side added there included (it has no place
-    left: its parent is gone); taking the side that kept it keeps the unit and all of
-    its original units.  The units held stay with their base values (the draft starts
+    until it is resolved).  Taking the deleting side then deletes the unit, what that
+    side deleted below it and what the other side added there (it has no place left:
+    its parent is gone); units the other side moved in from elsewhere in the base were
+    never deleted by anyone, so they go back where the deleting side has them
+    (``storage.merging.conflicts._delete_for_deleting_side``).  Taking the side that
+    kept it keeps the unit and all of its original units.  The units held stay with their base values (the draft starts
     as a copy of the base, so they are simply not deleted), and they are removed from
     ``deleted_by``.
     """
@@ -212,9 +214,9 @@ def _hold_conflicted_subtrees(base: Snapshot, conflicts: list[Conflict],
         keeper = "theirs" if deleter == "ours" else "ours"
         kept = f", and the {held} unit(s) {deleter} deleted below it," if held else ""
         conflict.message += (
-            f" Until resolved, it{kept} stays in the draft: taking {deleter} deletes it and everything "
-            f"below it (what {keeper} added or moved there too); taking {keeper} or base keeps it and "
-            "its units.")
+            f" Until resolved, it{kept} stays in the draft: taking {deleter} deletes it, what "
+            f"{deleter} deleted below it and what {keeper} added there (units {keeper} moved in "
+            f"go back where {deleter} has them); taking {keeper} or base keeps it and its units.")
 
 
 def _merge_extra(uuid: str, b: UnitState, bv: Any, ov: Any, tv: Any,
