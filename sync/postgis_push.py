@@ -65,6 +65,7 @@ from sync.unit_snapshots import (
     PUSH_OP,
     SYNC_ORIGIN,
     UNIT_ENTITIES,
+    Unit,
     _add_group_members,
     _apply_groups,
     _apply_types,
@@ -210,7 +211,7 @@ def _push(run: _Run, created: bool) -> dict[str, Any]:
                     fig.warnings.append(
                         f"{meta['source']} v{meta['number']} had been deleted centrally: it "
                         "was made again there and sent whole.")
-        cmap_deleted = _delete_gone_versions(cconn, state, local_versions, fig)
+        cmap_deleted = _delete_gone_versions(run, cconn, local_versions)
     if cmap_deleted:
         state.save(reg)
     _push_groups(run, local_versions, cmap)
@@ -218,14 +219,14 @@ def _push(run: _Run, created: bool) -> dict[str, Any]:
         if str(meta["fid"]) not in state.versions:
             _push_full(run, meta, cmap[meta["fid"]], high)
     _push_changes(run, local_versions, cmap, high)
+    for meta in local_versions:
+        cvid, cstatus = cmap[meta["fid"]]
+        if meta["status"] == "published" and cstatus != "published":
+            _publish_when_settled(run, meta, cvid)
     with central.write(origin=SYNC_ORIGIN, operation=run.op()) as cconn:
-        for meta in local_versions:
-            cvid, cstatus = cmap[meta["fid"]]
-            if meta["status"] == "published" and cstatus != "published":
-                _publish(cconn, True, cvid, meta)
-                fig.versions_published += 1
         fig.versions_updated += _set_defaults(cconn, local_versions)
     _advance_pull_marker(run)
+    state.details["marker_at_push"] = state.last_pull_marker
     _record_client(run, reg)
     result = fig.to_dict() | {
         "target": target, "created_central": created, "resumed": resumed,
@@ -237,6 +238,96 @@ def _push(run: _Run, created: bool) -> dict[str, Any]:
         "at": _now()}
     state.save(reg)
     return result
+
+
+def _publish_when_settled(run: _Run, meta: dict[str, Any], cvid: int) -> None:
+    """Publish centrally a version published here — only once the central draft holds
+    exactly what this registry holds for every unit in question.
+
+    Publishing freezes the central version for good: done while a unit of it is held
+    by a conflict, or while it holds central edits never brought here (the version is
+    published here, so a pull cannot bring them), it would leave two different
+    "published" copies of one version, forever.  Such a version stays a draft centrally,
+    its differing units are held and reported, and a later push publishes it once they
+    agree.  ``--prefer-local`` makes them agree: this registry's published values are
+    sent first."""
+    state, fig = run.state, run.fig
+    lvid = meta["fid"]
+    if run.prefer == "local":
+        with run.central.read() as cconn:
+            differing = _unsettled(run, meta, cconn, cvid)
+        if differing:
+            flags = {u: set(UNIT_ENTITIES) for u in differing}
+            still = _push_version_changes(run, meta, (cvid, "draft"), flags)
+            state.held = {h for h in state.held if not (h[0] == lvid and h[1] in flags)} | still
+            state.save(run.reg)
+    with run.central.write(origin=SYNC_ORIGIN, operation=run.op()) as cconn:
+        # the version row locked: no one else publishes it meanwhile
+        cconn.execute(text("SELECT 1 FROM source_version WHERE fid = :v FOR UPDATE"),
+                      {"v": cvid})
+        differing = _unsettled(run, meta, cconn, cvid)
+        if not differing:
+            _publish(cconn, True, cvid, meta)
+            fig.versions_published += 1
+            return
+    with run.reg.read() as conn:
+        for uuid, (lu, cu) in sorted(differing.items()):
+            local_changed = _changed_fields(conn, lvid, uuid, state.last_change_id,
+                                            _pull_like(state.target))
+            with run.central.read() as cconn:
+                central_changed = _changed_fields(cconn, cvid, uuid, 0,
+                                                  _own_push_like(state.client_id))
+            fig.conflicts.extend(_conflict_rows(meta, lu, cu, local_changed, central_changed))
+    state.held = state.held | {(lvid, u) for u in differing}
+    state.save(run.reg)
+    fig.versions_not_published += 1
+    fig.refused.append(
+        f"{meta['source']} v{meta['number']} not published centrally: {len(differing)} "
+        "unit(s) held (changed centrally, different from here) — settle them first. It is "
+        "published here, so its units cannot change here: push with --prefer-local to send "
+        "this registry's values, or make the central units equal to these. The push after "
+        "that publishes it centrally.")
+
+
+def _unsettled(run: _Run, meta: dict[str, Any], cconn: Connection, cvid: int
+               ) -> dict[str, tuple[Unit | None, Unit | None]]:
+    """Units of a version (local, central) that differ between the two sides among
+    those that could: held here, or changed centrally by others at any time (not only
+    since the last pull — a pull cannot bring edits into a version published here, yet
+    moves its marker past them).  Ours are only written by our pushes: equal."""
+    lvid = meta["fid"]
+    own = _own_push_like(run.state.client_id)
+    candidates = {u for v, u in run.state.held if v == lvid}
+    if _pushed_whole(cconn, cvid, 0, own):
+        # another registry sent the version whole: any unit of it may differ
+        candidates |= set(cconn.execute(text("SELECT uuid FROM org_unit WHERE version_id = :v"),
+                                        {"v": cvid}).scalars())
+        with run.reg.read() as conn:
+            candidates |= set(conn.execute(
+                text("SELECT uuid FROM org_unit WHERE version_id = :v"), {"v": lvid}).scalars())
+    else:
+        candidates |= set(cconn.execute(text(
+            "SELECT DISTINCT unit_uuid FROM change_log WHERE version_id = :v AND entity IN "
+            "('org_unit', 'territory', 'group_membership') AND unit_uuid IS NOT NULL AND NOT "
+            "(origin = 'sync' AND COALESCE(operation, '') LIKE :own)"),
+            {"v": cvid, "own": own}).scalars())
+    candidates = {str(u) for u in candidates}
+    if not candidates:
+        return {}
+    central_units = {u.uuid: u for u in read_units(run.central, cconn, cvid, uuids=candidates,
+                                                   everything=True)}
+    with run.reg.read() as conn:
+        local_units = {u.uuid: u for u in read_units(run.reg, conn, lvid, uuids=candidates,
+                                                     everything=True)}
+    out: dict[str, tuple[Unit | None, Unit | None]] = {}
+    for uuid in candidates:
+        lu, cu = local_units.get(uuid), central_units.get(uuid)
+        if lu is None and cu is None:
+            continue
+        if lu is not None and cu is not None and lu.compared() == cu.compared():
+            continue
+        out[uuid] = (lu, cu)
+    return out
 
 
 def _client_generation(central: Registry, client: str) -> int:
@@ -269,13 +360,36 @@ def _record_client(run: _Run, reg: Registry) -> None:
                      "VALUES (:t, 'client', :c, CAST(:d AS jsonb), :u)"), params)
 
 
-def _delete_gone_versions(cconn: Connection, state: SyncState, local_versions: list[dict[str, Any]],
-                          fig: Figures) -> bool:
-    """Local versions deleted since the last push: delete their central drafts too."""
+def _delete_gone_versions(run: _Run, cconn: Connection, local_versions: list[dict[str, Any]]
+                          ) -> bool:
+    """Local versions deleted since the last push: delete their central drafts too —
+    unless someone else changed units of one centrally since the last pull.
+
+    Those edits were never brought here: deleting the version would destroy them
+    without a word.  Such a version is kept centrally and held (``held_versions`` in
+    the sync state: no longer one this registry pushed, so a pull copies it back here
+    with the central edits); ``--prefer-local`` deletes it anyway."""
+    state, fig = run.state, run.fig
     here = {str(m["fid"]) for m in local_versions}
+    here_ids = {(m["source"], m["number"]) for m in local_versions}
+    held_versions: dict[str, Any] = state.details.setdefault("held_versions", {})
     gone = [k for k in state.versions if k not in here]
+    # central edits up to the pull marker were pulled into the version — unless a pull
+    # ran after it was deleted here (it skips the version, and moves the marker on):
+    # since the last push, then, to be safe
+    at_push = state.details.get("marker_at_push", state.last_pull_marker)
+    since = min(int(at_push or 0), int(state.last_pull_marker or 0))
     for key in gone:
         info = state.versions.pop(key)
+        held_versions[f"{info['number']}:{info['source']}"] = {
+            "source": info["source"], "number": info["number"], "since": since}
+    changed = bool(gone)
+    own = _own_push_like(state.client_id)
+    for hkey, info in sorted(held_versions.items()):
+        if (info["source"], info["number"]) in here_ids:
+            del held_versions[hkey]  # here again (pulled back): nothing to delete
+            changed = True
+            continue
         row = cconn.execute(
             text(
                 "SELECT v.fid, v.status FROM source_version v JOIN data_source s "
@@ -283,14 +397,41 @@ def _delete_gone_versions(cconn: Connection, state: SyncState, local_versions: l
             ),
             {"s": info["source"], "n": info["number"]},
         ).first()
+        label = f"{info['source']} v{info['number']}"
         if row is None:
+            del held_versions[hkey]
+            changed = True
             continue
         if row.status == "published":
             fig.refused.append(
-                f"{info['source']} v{info['number']} was deleted here but is published "
-                "centrally; published versions are kept."
+                f"{label} was deleted here but is published centrally; published versions "
+                "are kept."
             )
+            del held_versions[hkey]
+            changed = True
             continue
+        if run.prefer != "local":
+            edited = cconn.execute(text(
+                "SELECT count(DISTINCT unit_uuid) FROM change_log WHERE version_id = :v AND "
+                "fid > :m AND entity IN ('org_unit', 'territory', 'group_membership') AND "
+                "unit_uuid IS NOT NULL AND NOT (origin = 'sync' AND "
+                "COALESCE(operation, '') LIKE :own)"),
+                {"v": row.fid, "m": int(info["since"]), "own": own}).scalar_one()
+            if edited or _pushed_whole(cconn, int(row.fid), int(info["since"]), own):
+                what = f"{edited} unit(s)" if edited else "all its units (pushed whole)"
+                fig.versions_held += 1
+                fig.conflicts.append({
+                    "source": info["source"], "version": info["number"], "uuid": None,
+                    "name": None, "field": "(version)", "kind": "version",
+                    "local": "deleted here",
+                    "central": f"{what} changed centrally, not pulled here",
+                    "changed_locally": True, "changed_centrally": True})
+                fig.refused.append(
+                    f"{label} was deleted here, but {what} of it changed centrally and were "
+                    "not pulled here before: it was kept centrally. Pull to bring it back here with those "
+                    "edits (then delete it again if it is not needed), or push with "
+                    "--prefer-local to delete it centrally anyway.")
+                continue
         cconn.execute(text("UPDATE data_source SET default_version_id = NULL "
                            "WHERE default_version_id = :v"), {"v": row.fid})
         cconn.execute(text("SELECT set_config('georeg.audit', '0', true)"))
@@ -299,7 +440,11 @@ def _delete_gone_versions(cconn: Connection, state: SyncState, local_versions: l
         _log_version(cconn, True, int(row.fid), "delete", {"number": info["number"],
                                                            "synced": True})
         fig.versions_deleted += 1
-    return bool(gone)
+        del held_versions[hkey]
+        changed = True
+    if not held_versions:
+        state.details.pop("held_versions", None)
+    return changed
 
 
 def _push_groups(run: _Run, local_versions: list[dict[str, Any]],
@@ -344,6 +489,8 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                 f"{meta['source']} v{meta['number']} is published centrally but a draft here; "
                 "its units were not sent."
             )
+        else:
+            _same_units_or_stop(run, meta, cvid)
         state.versions[str(lvid)] = {"source": meta["source"], "number": meta["number"],
                                      "full_at": cursor["started_at"]}
         state.details["cursor"] = None
@@ -434,6 +581,31 @@ def _push_full(run: _Run, meta: dict[str, Any], central_version: tuple[int, str]
                                  "full_at": cursor["started_at"]}
     state.details["cursor"] = None
     state.save(run.reg)
+
+
+def _same_units_or_stop(run: _Run, meta: dict[str, Any], cvid: int) -> None:
+    """A version published on both sides, never sent from here: it can only be this
+    registry's own version (sent before its sync state was lost, or pulled from there)
+    if it holds the same units — else it is another registry's, and recording it as
+    sent would leave the two different for good, with nothing said."""
+    with run.central.read() as cconn:
+        theirs = {str(u): n for u, n in cconn.execute(
+            text("SELECT uuid, name FROM org_unit WHERE version_id = :v"), {"v": cvid})}
+    with run.reg.read() as conn:
+        mine = {str(u) for u in conn.execute(
+            text("SELECT uuid FROM org_unit WHERE version_id = :v"), {"v": meta["fid"]}
+        ).scalars()}
+    foreign = sorted(set(theirs) - mine)
+    lacking = len(mine - set(theirs))
+    if not foreign and not lacking:
+        return
+    example = (f" (such as {theirs[foreign[0]]!r}, {foreign[0]})" if foreign else "")
+    raise ConflictError(
+        f"{meta['source']} v{meta['number']} is published here and centrally, but the central "
+        f"one holds {len(foreign)} unit(s) this registry never had{example} and lacks "
+        f"{lacking} of its units. Is another registry pushing the same source and version to "
+        "this schema? Each registry needs a schema of its own. Nothing of this version was "
+        "sent (a published version never changes).")
 
 
 def _owns(cconn: Connection, table: str) -> bool:
@@ -835,6 +1007,11 @@ def _push_version_changes(run: _Run, meta: dict[str, Any], central_version: tupl
             held = _hold_conflicts(run, meta, cconn, cvid, touched, known)
         if held:
             skip = {u for _, u in held}
+            # units new or moved here under a held unit that is gone centrally (deleted
+            # there) cannot go there: held too, everything else is sent
+            blocked = _under_held(run, meta, writer, units, skip)
+            held |= {(lvid, u) for u in blocked}
+            skip |= blocked
             # a unit held back keeps its parent and its subtree where they are
             for tops in _below(cconn, cvid, skip & gone).values():
                 skip |= tops
@@ -846,6 +1023,65 @@ def _push_version_changes(run: _Run, meta: dict[str, Any], central_version: tupl
                       releasable=_released_on(run.reg, lvid, run.prefer == "local"))
         writer.delete(gone - skip)
     return held
+
+
+def _under_held(run: _Run, meta: dict[str, Any], writer: UnitWriter, units: list[Unit],
+                held: set[str]) -> set[str]:
+    """Units (of ``units``, parents first) that would go under a held unit missing
+    centrally — one deleted there while units below it were added or moved here — or
+    under such a unit in turn.  They are reported as conflicts naming both units, and
+    the held parent's row says how many units below it changed here (as a pull says)."""
+    missing = held - writer.present(held)
+    if not missing:
+        return set()
+    names = {u.uuid: u.values["name"] for u in units}
+    parents = {u.uuid: u.values["parent_uuid"] for u in units}
+    reach = set(missing)
+    candidates: set[str] = set()
+    for u in units:
+        if parents[u.uuid] in reach:
+            candidates.add(u.uuid)
+            reach.add(u.uuid)
+    if not candidates:
+        return set()
+    there = writer.present(candidates)
+    blocked: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for u in units:
+        parent = parents[u.uuid]
+        if parent in missing or (parent in blocked and parent not in there):
+            # (a held unit gone centrally below another one is part of that one's case)
+            blocked.add(u.uuid)
+    for u in units:
+        if u.uuid not in blocked:
+            continue
+        parent = parents[u.uuid]
+        top = parent
+        while top in blocked:
+            top = parents[top]
+        run.held_below.setdefault((meta["fid"], top), set()).add(u.uuid)
+        pname, tname = names.get(parent) or parent, names.get(top) or top
+        rows.append({
+            "source": meta["source"], "version": meta["number"], "uuid": u.uuid,
+            "name": u.values["name"], "field": "(parent)",
+            "local": (f"moved here under {pname}" if u.uuid in there
+                      else f"under {pname} here"),
+            "central": (f"{tname} deleted centrally" if u.uuid in there
+                        else f"absent ({tname} deleted centrally)"),
+            "changed_locally": True, "changed_centrally": True})
+    fig = run.fig
+    # a held child's own '(unit)' / 'parent' rows (from an earlier push) say less
+    fig.conflicts[:] = [
+        c for c in fig.conflicts
+        if not (c["uuid"] in blocked and c["source"] == meta["source"]
+                and c["version"] == meta["number"] and c["field"] in ("(unit)", "parent"))]
+    for c in fig.conflicts:
+        below = run.held_below.get((meta["fid"], c["uuid"]))
+        if (below and c["source"] == meta["source"] and c["version"] == meta["number"]
+                and c["field"] == "(unit)"):
+            c["local"] = f"{len(below)} unit(s) below it changed here"
+    fig.conflicts.extend(rows)
+    return blocked
 
 
 def _hold_conflicts(run: _Run, meta: dict[str, Any], cconn: Connection, cvid: int,

@@ -235,6 +235,8 @@ class _Run:
     sources: set[str] | None = None
     full_batch: int = FULL_BATCH
     fresh: set[int] = field(default_factory=set)  # versions created by this run
+    #: (local version, unit held: gone centrally) -> units below it changed here, held
+    held_below: dict[tuple[int, str], set[str]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     batch_no: int = 0
 

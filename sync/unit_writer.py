@@ -52,6 +52,10 @@ class Figures:
     versions_updated: int = 0
     versions_published: int = 0
     versions_deleted: int = 0
+    #: versions published here that a push left a draft centrally (units differ there)
+    versions_not_published: int = 0
+    #: versions deleted here that a push kept centrally (changed there since the last pull)
+    versions_held: int = 0
     batches: int = 0
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -211,8 +215,9 @@ class UnitWriter:
                 path, depth = f"{ppath}{fid}/", pdepth + 1
             else:
                 raise ConflictError(
-                    f"Unit {u.values['name']!r} ({u.uuid}): its parent {parent} is on neither "
-                    "side of the sync; nothing was written for this batch."
+                    f"Unit {u.values['name']!r} ({u.uuid}): its parent ({parent}) is missing "
+                    "on the receiving side (deleted there?) and was not sent with it; nothing "
+                    "was written for this batch. Pull (or push) first, then try again."
                 )
             tree[u.uuid] = (fid, path, depth)
             u_row = self._params(u, not copy) | {"fid": fid, "parent_key": parent_key,
