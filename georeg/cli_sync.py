@@ -60,42 +60,109 @@ def _central(reg: str, url: str | None, target: str | None, schema: str | None,
     return postgis_url(entry), schema or entry.get("schema")
 
 
+def _value(c: dict[str, Any], side: str) -> str:
+    """One side of a conflict row; a parent by its name (with its ref, else the start of
+    its uuid, when both parents have one name — as ``georeg diff`` shows a move)."""
+    if c["field"] != "parent" or not isinstance(c[side], str):
+        return repr(c[side])
+    from storage.diff import parent_labels
+
+    def parent(which: str) -> dict[str, Any] | None:
+        if not isinstance(c[which], str):
+            return None
+        return {"name": c.get(f"{which}_parent_name") or f"uuid {c[which]}",
+                "ref": c.get(f"{which}_parent_ref"), "uuid": c[which]}
+
+    labels = parent_labels(parent("local"), parent("central"))
+    return repr(labels[0 if side == "local" else 1])
+
+
+def _conflict_lines(d: dict[str, Any], kind: str) -> list[str]:
+    """Unit conflicts (field by field, settled by choosing a side) apart from version
+    conflicts (a version published centrally while it was edited here: only a new draft
+    keeps those edits, so the advice differs)."""
+    lines: list[str] = []
+    versions = [c for c in d["conflicts"] if c.get("kind") == "version"]
+    units = [c for c in d["conflicts"] if c.get("kind") != "version"]
+    if units:
+        count = (len({(c["source"], c["version"], c["uuid"]) for c in units})
+                 if len(d["conflicts"]) == d["conflict_count"] else  # all listed
+                 d["conflicting_units"] - len({(c["source"], c["version"]) for c in versions}))
+        lines.append(
+            f"{count} unit(s) changed on both sides — left as they are "
+            f"{'here and held back' if kind == 'push' else 'here'}:")
+        for c in units:
+            lines.append(
+                f"  {c['source']} v{c['version']} {c.get('name') or ''} "
+                f"[{c['uuid']}] {c['field']}: here {_value(c, 'local')}, "
+                f"central {_value(c, 'central')}")
+        lines.append(
+            "Resolve by editing one side to match, or choose a side: "
+            "'sync postgis pull --prefer-central' or 'sync postgis push --prefer-local'.")
+    if versions:
+        lines.append(f"{len(versions)} version(s) in conflict — left as they are here:")
+    for c in versions:
+        names = c.get("unit_names") or []
+        more = int(c.get("units_changed_here") or len(names)) - len(names)
+        shown = ", ".join(names) + (f" and {more} more" if more > 0 else "")
+        lines.append(f"  {c['source']} v{c['version']} (the version): here {c['local']!r}, "
+                     f"central {c['central']!r}" + (f" — {shown}" if shown else ""))
+        if c.get("remedy"):
+            lines.append(f"  {c['remedy']}")
+    return lines
+
+
 def _sync_text(kind: str) -> Any:
     def render(d: dict[str, Any]) -> str:
         lines = []
         if kind == "push":
+            # sent units are upserted (new, changed values, moved: a unit can be both, or
+            # neither when central had it so already); deletions are counted apart, each
+            # unit of a deleted subtree — the parts need not add up to the units sent
+            sent = f"{d['units_sent']} unit(s) sent"
+            if d["units_sent"]:
+                sent += (f" ({d['units_inserted']} new, {d['units_updated']} with changed "
+                         f"values, {d['units_moved']} moved; a unit can be both, or neither "
+                         "when central had it so already)")
+            deleted = f"{d['units_deleted']} unit(s) deleted centrally" + (
+                " (subtrees included)" if d["units_deleted"] else "")
             lines.append(
-                f"Pushed to {d['target']}: {d['units_sent']} unit(s) sent "
-                f"({d['units_inserted']} new, {d['units_updated']} updated, {d['units_moved']} "
-                f"moved, {d['units_deleted']} deleted), {d['territories_changed']} territory "
-                f"change(s), {d['memberships_added']} membership(s) added, "
-                f"{d['memberships_removed']} removed, in {d['seconds']} s."
+                f"Pushed to {d['target']}: {sent}; {deleted}; {d['territories_changed']} "
+                f"territory change(s), {d['memberships_added']} membership(s) added, "
+                f"{d['memberships_removed']} removed; in {d['seconds']} s."
             )
             if d.get("resumed"):
                 lines.append("Resumed an interrupted push.")
-            if d.get("versions_created") or d.get("versions_published"):
-                lines.append(f"Versions: {d['versions_created']} created, "
-                             f"{d['versions_published']} published centrally.")
+            done = [(d.get(key) or 0, word) for key, word in (
+                ("versions_created", "created"), ("versions_published", "published"),
+                ("versions_deleted", "deleted"))]
+            if any(n for n, _ in done):
+                lines.append("Versions: " + ", ".join(f"{n} {word}" for n, word in done
+                                                      if n or word != "deleted")
+                             + " centrally.")
+            if d.get("versions_not_published"):
+                lines.append(f"Versions: {d['versions_not_published']} published here left a "
+                             "draft centrally (see the notes).")
+            if d.get("versions_held"):
+                lines.append(f"Versions: {d['versions_held']} deleted here kept centrally "
+                             "(see the notes).")
         else:
             lines.append(
                 f"Pulled from {d['target']}: {d['units_inserted']} new, {d['units_updated']} "
                 f"updated, {d['units_moved']} moved, {d['units_deleted']} deleted unit(s), "
-                f"{d['territories_changed']} territory change(s), in {d['seconds']} s."
+                f"{d['territories_changed']} territory change(s), "
+                f"{d.get('groups_changed', 0)} group(s) or group set(s) added or changed, "
+                f"{d.get('memberships_added', 0)} membership(s) added, "
+                f"{d.get('memberships_removed', 0)} removed, in {d['seconds']} s."
             )
+            new = [(d.get(key) or 0, word) for key, word in (
+                ("versions_created", "new"), ("versions_published", "published"))]
+            if any(n for n, _ in new):
+                lines.append("Versions: " + ", ".join(f"{n} {w}" for n, w in new) + " here.")
+            if d.get("types_changed"):
+                lines.append(f"Unit types: {d['types_changed']} added or changed.")
         if d["conflict_count"]:
-            lines.append(
-                f"{d['conflicting_units']} unit(s) changed on both sides — left as they are "
-                f"{'here and held back' if kind == 'push' else 'here'}:"
-            )
-            for c in d["conflicts"]:
-                lines.append(
-                    f"  {c['source']} v{c['version']} {c.get('name') or ''} [{c['uuid']}] "
-                    f"{c['field']}: here {c['local']!r}, central {c['central']!r}"
-                )
-            lines.append(
-                "Resolve by editing one side to match, or choose a side: "
-                "'sync postgis pull --prefer-central' or 'sync postgis push --prefer-local'."
-            )
+            lines += _conflict_lines(d, kind)
         for msg in d["refused"] + d["warnings"]:
             lines.append(f"Note: {msg}")
         return "\n".join(lines)
@@ -119,7 +186,7 @@ def push_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
 
     The central schema is created if needed. An interrupted push continues where it
     stopped. Units also changed centrally since the last pull are not overwritten:
-    they are listed as conflicts and held back.
+    they are listed as conflicts and held back (exit code 0: the rest was sent).
     """
     from sync.postgis_sync import PushJob
 
@@ -138,7 +205,9 @@ def push_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
 @SCHEMA
 @BATCH
 @click.option("--prefer-central", is_flag=True,
-              help="Take the central values of units changed on both sides.")
+              help="Take the central values of units changed on both sides. A version "
+                   "published centrally while edited here becomes the published one here, "
+                   "its edits made here kept in a new draft first.")
 @click.option("--source", "sources", multiple=True,
               help="Only this data source (repeat for several; default: all sources there).")
 @SECRETS
@@ -147,7 +216,9 @@ def pull_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
              secrets_file: str | None, as_json: bool) -> None:
     """Bring back what changed in the central PostGIS since the last pull.
 
-    A unit changed on both sides is listed field by field and left unchanged here.
+    A unit changed on both sides is listed field by field and left unchanged here. A
+    version published centrally while units of it changed here is one version conflict,
+    with the way to keep those edits (a new draft). Exit code 0 with conflicts held too.
     """
     from sync.postgis_sync import PullJob
 
@@ -160,17 +231,27 @@ def pull_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
     emit(as_json, result, _sync_text("pull"))
 
 
+#: ``status --compare`` when the two sides differ (0: equal; 1, 2, 4: the central side
+#: could not be reached, refused the credentials, holds no registry — as for push and pull)
+EXIT_SIDES_DIFFER = 7
+
+
 @command(postgis_group, "status")
 @REG
 @URL
 @TARGET
 @SCHEMA
 @click.option("--compare", is_flag=True,
-              help="Also compare both sides table by table (checksums).")
+              help="Also compare both sides table by table (checksums); exit code 7 when "
+                   "they differ, 1 when the central side cannot be reached.")
 @SECRETS
 def status_cmd(reg: str, url: str | None, target: str | None, schema: str | None,
                compare: bool, secrets_file: str | None, as_json: bool) -> None:
-    """Show where the sync with the central PostGIS stands."""
+    """Show where the sync with the central PostGIS stands.
+
+    With --compare, the exit code says whether both sides are equal (0) or differ (7),
+    for a script or a cron job; the central side not reachable is an error (1).
+    """
     from sync.postgis_sync import status
 
     central_url, central_schema = _central(reg, url, target, schema, secrets_file)
@@ -178,33 +259,66 @@ def status_cmd(reg: str, url: str | None, target: str | None, schema: str | None
         data = status(registry, central_url, central_schema, compare=compare)
 
     def render(d: dict[str, Any]) -> str:
+        if not d["pushed_before"]:
+            pushed = "  never pushed"
+        elif d["last_change_id"] is None:
+            pushed = (f"  no push has finished yet ({d['local_change_log_top']} change(s) in "
+                      "the change log; the next push sends everything"
+                      + (", continuing the interrupted one)" if d["resuming"] else ")"))
+        else:
+            pushed = (f"  pushed up to change {d['last_change_id']} of "
+                      f"{d['local_change_log_top']} ({d['unpushed_changes']} unit change(s) "
+                      "not pushed yet)")
         lines = [
             f"Target {d['target']}",
-            f"  pushed up to change {d['last_change_id']} of {d['local_change_log_top']} "
-            f"({d['unpushed_changes']} unit change(s) not pushed yet)"
-            if d["pushed_before"] else "  never pushed",
+            pushed,
             f"  pulled up to central change {d['last_pull_marker'] or '(never)'}",
             f"  central side: {d['central']}",
         ]
         for v in d.get("versions_not_pushed", []):
             lines.append(f"  {v['source']} v{v['number']} ({v['units']:,} units) has never been "
                          "pushed whole: the next push sends it")
-        if d["held"]:
-            lines.append(f"  {len(d['held'])} unit(s) held back by conflicts (changed on both "
-                         "sides; settle with push --prefer-local or pull --prefer-central):")
-            for h in d.get("held_units", [])[:20]:
+        held = d.get("held_units", [])
+        frozen = [h for h in held if h.get("published_centrally")]
+        if len(d["held"]) > len(frozen):
+            lines.append(f"  {len(d['held']) - len(frozen)} unit(s) held back by conflicts "
+                         "(changed on both sides; settle with push --prefer-local or pull "
+                         "--prefer-central):")
+            for h in [h for h in held if not h.get("published_centrally")][:20]:
                 lines.append(f"    {h['version'] or '?'} {h['name'] or '(deleted here)'} "
-                             f"[{h['uuid'][:8]}…]")
-        if d["resuming"]:
+                             f"[{h['uuid']}]")
+        by_version: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for h in frozen:
+            by_version.setdefault((h["source"], h["number"]), []).append(h)
+        for (source, number), units in sorted(by_version.items()):
+            lines.append(
+                f"  {source} v{number} is published centrally: {len(units)} unit(s) changed "
+                f"here cannot go into it (neither push --prefer-local nor a new push sends "
+                f"them). Keep them in a new draft: georeg version new REG --source "
+                f"{_quoted(source)} --from {number}, then pull (or pull --prefer-central, "
+                "which makes that draft for you):")
+            for h in units[:20]:
+                lines.append(f"    {h['name'] or '(deleted here)'} [{h['uuid']}]")
+        if d["resuming"] and d["last_change_id"] is not None:
             lines.append("  an interrupted push will be resumed")
         if "tables" in d:
             for name, t in d["tables"].items():
                 mark = "=" if t["equal"] else "≠"
                 lines.append(f"  {name:<20} here {t['local']:>8}  central {t['central']:>8}  {mark}")
-            lines.append("  Both sides are equal." if d["equal"] else "  The sides differ.")
+            lines.append("  Both sides are equal." if d["equal"] else
+                         f"  The sides differ (exit code {EXIT_SIDES_DIFFER}).")
         return "\n".join(lines)
 
     emit(as_json, data, render)
+    if compare and not data["equal"]:
+        sys.exit(EXIT_SIDES_DIFFER)
+
+
+def _quoted(word: str) -> str:
+    """A word as a shell takes it (a source name with spaces, quotes)."""
+    import shlex
+
+    return shlex.quote(word)
 
 
 # --- schedule ------------------------------------------------------------------------------

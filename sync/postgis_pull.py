@@ -3,16 +3,18 @@ reported, never overwritten; see ``sync.postgis_sync`` for the model."""
 
 from __future__ import annotations
 
+import shlex
 import time
 import uuid as uuidlib
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from storage.errors import ConflictError, InvalidInput, NotFound
 from storage.jobs import Job
 from storage.registry import Registry
+from storage.versions import create_version
 from sync.postgis_central import _short, central_location, exclusive, open_central, target_name
 from sync.sync_run import (
     ProgressFn,
@@ -44,6 +46,7 @@ from sync.unit_snapshots import (
     _existing_uuids,
     _group_members,
     _groups,
+    _in_rows,
     _is_pg,
     _safe_max,
     _strip,
@@ -156,6 +159,7 @@ def _pull(run: _Run) -> dict[str, Any]:
             if cvid is not None:
                 flags.setdefault(cvid, {}).setdefault(uuid, set()).update(UNIT_ENTITIES)
     pushed_from_here = {(v["source"], v["number"]) for v in state.versions.values()}
+    published_over: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for cmeta in central_versions:
         if run.sources is not None and cmeta["source"] not in run.sources:
             continue
@@ -173,7 +177,20 @@ def _pull(run: _Run) -> dict[str, Any]:
         if lmeta["status"] != "published":
             _pull_groups(run, cmeta["fid"], lmeta["fid"])
         if cflags or cmeta["status"] != lmeta["status"]:
-            _pull_version_changes(run, cmeta, lmeta, cflags)
+            if _pull_version_changes(run, cmeta, lmeta, cflags):
+                published_over.append((cmeta, lmeta))
+    # Versions published centrally while units of them changed here were not sent, with
+    # --prefer-central: those edits are first copied to a new draft (numbered after every
+    # version, central ones included, now all here), then the version takes the central
+    # state — nothing made here is lost by choosing the central side.
+    for cmeta, lmeta in published_over:
+        pending = _pending_local(run, lmeta["fid"])
+        created = create_version(reg, cmeta["source"], copy_from=lmeta["number"],
+                                 description=f"Edits made here to v{lmeta['number']} before "
+                                 "it was published centrally (kept by a pull)",
+                                 origin=SYNC_ORIGIN)
+        _take_central_version(run, cmeta, lmeta, pending, created)
+    name_parents(reg, fig.conflicts, central)
     with run.central.read() as cconn:
         _set_marker(state, cconn, high)
     result = fig.to_dict() | {
@@ -238,11 +255,14 @@ def _pending_local(run: _Run, lvid: int) -> set[str]:
 
 
 def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any],
-                          cflags: dict[str, set[str]]) -> None:
+                          cflags: dict[str, set[str]]) -> bool:
+    """Apply one version's central changes here.  Returns True when the version was
+    published centrally while units of it changed here were not sent, and
+    ``--prefer-central`` asks for the central side: the caller keeps those edits in a new
+    draft first, then :func:`_take_central_version` (versions numbered after every
+    central one, pulled in the same run)."""
     fig = run.fig
-    lvid, cvid = lmeta["fid"], cmeta["fid"]
-    pending = _pending_local(run, lvid)
-    pg = _is_pg(run.reg)
+    lvid = lmeta["fid"]
     if cflags and lmeta["status"] == "published":
         for uuid in sorted(cflags):
             fig.conflicts.append({
@@ -251,7 +271,114 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
                 "central": "changed centrally", "changed_locally": False,
                 "changed_centrally": True,
             })
-        return
+        return False
+    published_there = cmeta["status"] == "published" and lmeta["status"] != "published"
+    pending = _pending_local(run, lvid)
+    if published_there and pending:
+        # the units changed here are settled below, all together, never one by one
+        # (--prefer-central must not overwrite them before they are kept elsewhere)
+        cflags = {u: e for u, e in cflags.items() if u not in pending}
+    _apply_central_units(run, cmeta, lmeta, cflags, run.prefer == "central", pending)
+    if published_there:
+        if not pending:
+            with run.reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
+                _publish(conn, _is_pg(run.reg), lvid, cmeta)
+            fig.versions_published += 1
+            return False
+        kept = _kept_in(run, lmeta)
+        if kept is not None:  # the edits live on in a draft copied from it: nothing lost
+            _take_central_version(run, cmeta, lmeta, pending, kept)
+            return False
+        if run.prefer == "central":
+            return True
+        names = _names(run.reg, lvid, pending)
+        fig.conflicts.append({
+            "source": cmeta["source"], "version": cmeta["number"], "uuid": None,
+            "name": None, "field": "(status)", "kind": "version",
+            "local": f"draft with {len(pending)} unit(s) changed here, not sent",
+            "central": "published", "changed_locally": True, "changed_centrally": True,
+            "units_changed_here": len(pending), "unit_names": names,
+            "remedy": (
+                "It was published centrally while it is a draft here, and a published "
+                "version does not change: 'push --prefer-local' cannot send these units. "
+                "Keep them in a new draft first: georeg version new REG --source "
+                f"{shlex.quote(cmeta['source'])} --from {cmeta['number']}, then pull again "
+                f"(v{cmeta['number']} here becomes the central published version; the new "
+                "draft keeps the edits, for the next push). 'pull --prefer-central' does "
+                "both in one go."),
+        })
+    return False
+
+
+def _names(reg: Registry, lvid: int, uuids: set[str], limit: int = 10) -> list[str]:
+    """Names of some units of a version here (those deleted here: by uuid)."""
+    picked = sorted(uuids)[:limit]
+    with reg.read() as conn:
+        known = {u.uuid: u.values["name"] for u in read_units(reg, conn, lvid, uuids=picked)}
+    return [known.get(u) or f"(deleted here) {u}" for u in picked]
+
+
+def _kept_in(run: _Run, lmeta: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest draft here copied from ``lmeta``'s version after the last edit made
+    here to that version: it holds those edits (as they were, and whatever was done to
+    the draft since), so the version can take the central state without losing them."""
+    with run.reg.read() as conn:
+        drafts = {m["fid"]: m for m in _versions(conn) if m["source"] == lmeta["source"]
+                  and m["copied_from"] == lmeta["number"] and m["status"] != "published"}
+        if not drafts:
+            return None
+        last_edit = conn.execute(
+            text(
+                "SELECT COALESCE(max(fid), 0) FROM change_log WHERE version_id = :v AND "
+                "entity IN ('org_unit', 'territory', 'group_membership') AND NOT "
+                "(origin = 'sync' AND COALESCE(operation, '') LIKE :p)"
+            ),
+            {"v": lmeta["fid"], "p": _pull_like(run.state.target)},
+        ).scalar_one()
+        made = conn.execute(
+            # made here, not pulled (a central copy holds none of the edits made here)
+            text("SELECT version_id, min(fid) AS fid FROM change_log WHERE entity = 'version' "
+                 "AND op = 'create' AND version_id IN :d AND NOT (origin = 'sync' AND "
+                 "COALESCE(operation, '') LIKE :p) GROUP BY version_id")
+            .bindparams(bindparam("d", expanding=True)),
+            {"d": sorted(drafts), "p": _pull_like(run.state.target)},
+        ).all()
+    after = [drafts[int(r.version_id)] for r in made if int(r.fid) > int(last_edit)]
+    return max(after, key=lambda m: int(m["number"])) if after else None
+
+
+def _take_central_version(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any],
+                          pending: set[str], kept: dict[str, Any]) -> None:
+    """A version published centrally, its edits made here kept in draft ``kept``: the
+    units changed here take their central state, the version is published here, and the
+    push counts it as in step (its change-log rows so far are not sent again)."""
+    lvid = lmeta["fid"]
+    names = _names(run.reg, lvid, pending)
+    _apply_central_units(run, cmeta, lmeta, {u: set(UNIT_ENTITIES) for u in pending}, True,
+                         pending)
+    with run.reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
+        _publish(conn, _is_pg(run.reg), lvid, cmeta)
+        high = conn.execute(text("SELECT max(fid) FROM change_log")).scalar()
+    run.fig.versions_published += 1
+    run.state.held = {h for h in run.state.held if h[0] != lvid}
+    info = run.state.versions.setdefault(str(lvid), {"source": cmeta["source"],
+                                                     "number": cmeta["number"]})
+    info["full_at"] = max(int(info.get("full_at") or 0), int(high or 0))
+    shown = ", ".join(names) + (", …" if len(pending) > len(names) else "")
+    run.fig.warnings.append(
+        f"{cmeta['source']} v{cmeta['number']} was published centrally while "
+        f"{len(pending)} unit(s) changed here were not in it ({shown}): v{cmeta['number']} "
+        f"here is now the central published version, and those edits are kept in draft "
+        f"v{kept['number']} (the next push sends it).")
+
+
+def _apply_central_units(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any],
+                         cflags: dict[str, set[str]], prefer_central: bool,
+                         pending: set[str]) -> None:
+    """The central state of the flagged units, written here; units also changed here
+    (``pending``) are conflicts (held), unless ``prefer_central``."""
+    fig = run.fig
+    lvid, cvid = lmeta["fid"], cmeta["fid"]
     uuids = sorted(cflags)
     for part in _chunks(uuids, run.batch_size):
         part_set = set(part)
@@ -279,7 +406,7 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
                     if lu is not None and cu is not None and lu.compared() == cu.compared():
                         skip.add(uuid)
                         continue
-                    if run.prefer == "central":
+                    if prefer_central:
                         ter.add(uuid)
                         grp.add(uuid)
                         continue
@@ -303,23 +430,12 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
             writer = UnitWriter(run.reg, conn, lvid, fig)
             writer.upsert(apply, territory_for=ter | ({u.uuid for u in apply} - part_set),
                           groups_for=grp,
-                          releasable=_released_on(run.central, cvid, run.prefer == "central"))
+                          releasable=_released_on(run.central, cvid, prefer_central))
             writer.delete(gone)
-        if run.prefer == "central":
+        if prefer_central:
             run.state.held = {h for h in run.state.held if not (h[0] == lvid and h[1] in clash)}
         run.tick(phase="pull", version=f"{cmeta['source']} v{cmeta['number']}",
                  message="Pulling changes")
-    if cmeta["status"] == "published" and lmeta["status"] != "published":
-        if _pending_local(run, lvid):
-            fig.conflicts.append({
-                "source": cmeta["source"], "version": cmeta["number"], "uuid": None,
-                "name": None, "field": "(status)", "local": "draft with unpushed changes",
-                "central": "published", "changed_locally": True, "changed_centrally": True,
-            })
-        else:
-            with run.reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
-                _publish(conn, pg, lvid, cmeta)
-            fig.versions_published += 1
 
 
 def _expand_central_deletions(run: _Run, lmeta: dict[str, Any], cvid: int, gone: set[str],
@@ -376,3 +492,37 @@ def _pull_groups(run: _Run, cvid: int, lvid: int) -> None:
     with run.reg.write(origin=SYNC_ORIGIN, operation=run.op()) as conn:
         run.fig.groups_changed += _apply_groups(conn, lvid, snap, delete_extra=False)
         run.fig.memberships_added += _add_group_members(conn, lvid, members)
+
+
+def name_parents(reg: Registry, conflicts: list[dict[str, Any]],
+                 central: Registry | None = None) -> None:
+    """Conflict rows on ``parent`` carry parent uuids (the identity across registries);
+    add the parents' names and refs (``local_parent_name``, ``local_parent_ref``, and the
+    same for ``central``), read here and, when given, centrally — a person reads names,
+    a script keeps the uuids."""
+    rows = [c for c in conflicts if c.get("field") == "parent"]
+    if not rows:
+        return
+    wanted: dict[tuple[str, int], set[str]] = {}
+    for c in rows:
+        wanted.setdefault((c["source"], c["version"]), set()).update(
+            v for v in (c["local"], c["central"]) if isinstance(v, str))
+    sql = ("SELECT u.uuid, u.name, u.source_ref FROM org_unit u JOIN source_version v ON "
+           "v.fid = u.version_id JOIN data_source s ON s.fid = v.source_id WHERE s.name = :s "
+           "AND v.number = :n AND u.uuid IN :u")
+
+    def names(side: Registry) -> dict[tuple[str, int, str], tuple[str, str | None]]:
+        found: dict[tuple[str, int, str], tuple[str, str | None]] = {}
+        with side.read() as conn:
+            for (source, number), uuids in wanted.items():
+                for r in _in_rows(conn, sql, "u", uuids, {"s": source, "n": number}):
+                    found[(source, number, r.uuid)] = (r.name, r.source_ref)
+        return found
+
+    here = names(reg)
+    there = names(central) if central is not None else {}
+    for c in rows:
+        for side, first, second in (("local", here, there), ("central", there, here)):
+            key = (c["source"], c["version"], c[side])
+            name, ref = first.get(key) or second.get(key) or (None, None)
+            c[f"{side}_parent_name"], c[f"{side}_parent_ref"] = name, ref

@@ -59,13 +59,25 @@ from sync.postgis_central import (
     open_central,
     target_name,
 )
-from sync.postgis_pull import pull
-from sync.postgis_push import push
+from sync.postgis_pull import name_parents, pull
+from sync.postgis_push import push as _push
+from sync.sync_run import _pull_like
 from sync.sync_state import SyncState
 from sync.unit_snapshots import MAX_LISTED, _groups, _in_rows, _strip, _types, _versions, read_units
 
 __all__ = ["PullJob", "PushJob", "SyncState", "UpstreamUnavailable", "central_location",
            "checksums", "exclusive", "pull", "push", "status", "target_name"]
+
+
+# --- push ----------------------------------------------------------------------------------
+
+
+def push(reg: Registry, url: str, schema: str | None = None, **options: Any) -> dict[str, Any]:
+    """``sync.postgis_push.push`` (see there), its conflicts on ``parent`` named: the
+    rows keep the parents' uuids (the identity), and add their names for people."""
+    result = _push(reg, url, schema, **options)
+    name_parents(reg, result.get("conflicts") or [])
+    return result
 
 
 # --- checksums and status ------------------------------------------------------------------
@@ -131,10 +143,12 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
     state = SyncState.load(reg, target)
     with reg.read() as conn:
         top = int(conn.execute(text("SELECT COALESCE(max(fid), 0) FROM change_log")).scalar_one())
+        # what our own pulls wrote is not for pushing (the push skips it too)
         unpushed = conn.execute(
             text("SELECT count(*) FROM change_log WHERE fid > :a AND entity IN "
-                 "('org_unit', 'territory', 'group_membership')"),
-            {"a": state.last_change_id or 0},
+                 "('org_unit', 'territory', 'group_membership') AND NOT (origin = 'sync' "
+                 "AND COALESCE(operation, '') LIKE :p)"),
+            {"a": state.last_change_id or 0, "p": _pull_like(target)},
         ).scalar_one()
     out: dict[str, Any] = {
         "target": target,
@@ -151,15 +165,18 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
     # versions never sent whole (a new draft, a DHIS2 pull's new version): their units
     # are not in the change-log count above
     with reg.read() as conn:
-        held_uuids = sorted(u for _, u in state.held)[:MAX_LISTED]
-        held_names = {r.uuid: (r.name, r.source, r.number) for r in _in_rows(
-            conn, "SELECT u.uuid, u.name, s.name AS source, v.number FROM org_unit u "
-            "JOIN source_version v ON v.fid = u.version_id JOIN data_source s ON "
-            "s.fid = v.source_id WHERE u.uuid IN :u", "u", held_uuids)} if held_uuids else {}
+        held = sorted(state.held, key=lambda h: (h[1], h[0]))[:MAX_LISTED]
+        # a uuid is in every version copied from its first one: named in the held one
+        held_rows = {(int(r.version_id), r.uuid): r for r in _in_rows(
+            conn, "SELECT u.version_id, u.uuid, u.name FROM org_unit u WHERE u.uuid IN :u",
+            "u", {u for _, u in held})} if held else {}
+        labels = {m["fid"]: (m["source"], m["number"]) for m in _versions(conn)}
         out["held_units"] = [
-            {"uuid": u, "name": held_names.get(u, (None,))[0],
-             "version": f"{held_names[u][1]} v{held_names[u][2]}" if u in held_names else None}
-            for u in held_uuids]
+            {"uuid": u, "name": held_rows[(v, u)].name if (v, u) in held_rows else None,
+             "version": f"{labels[v][0]} v{labels[v][1]}" if v in labels else None,
+             "source": labels[v][0] if v in labels else None,
+             "number": labels[v][1] if v in labels else None}
+            for v, u in held]
         counts: dict[int, int] = {int(v): int(n) for v, n in conn.execute(text(
             "SELECT version_id, count(*) FROM org_unit GROUP BY version_id"))}
         out["versions_not_pushed"] = [
@@ -167,6 +184,7 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
             for m in _versions(conn) if str(m["fid"]) not in state.versions]
     # the central side itself: reachable, holding a registry (a typo in the URL or the
     # schema shows here rather than as "never pushed")
+    registry_there = False
     try:
         schema_there, registry_there = _probe(location)
         out["central"] = ("holds a registry" if registry_there else
@@ -174,6 +192,19 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
                           "reachable; no such schema yet")
     except GeoregError as error:
         out["central"] = f"not reachable: {error.message}"
+    out["central_reachable"] = not out["central"].startswith("not reachable")
+    # held units of a version published centrally but a draft here: neither --prefer-local
+    # (a published version never changes) nor a unit-by-unit settling applies to them
+    if state.held and registry_there:
+        central, _ = open_central(location, create=False)
+        try:
+            with central.read() as cconn:
+                published = {(m["source"], m["number"]) for m in _versions(cconn)
+                             if m["status"] == "published"}
+        finally:
+            central.close()
+        for h in out["held_units"]:
+            h["published_centrally"] = (h["source"], h["number"]) in published
     if compare:
         central, _ = open_central(location, create=False)
         try:
