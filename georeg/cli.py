@@ -838,15 +838,15 @@ def import_cmd(reg: str, files: tuple[str, ...], source: str, number: int | None
                         fix_geometry=fix_geometry, description=description, origin=ORIGIN)
         try:
             result = run_job(job, as_json)
-        except InvalidInput as error:
+        except GeoregError as error:  # rows refused (InvalidInput), or a cycle among them
             if report_path and error.details.get("rejected"):
                 try:
                     Path(report_path).write_text(json.dumps(error.details, indent=2,
                                                             ensure_ascii=False, default=str))
                 except OSError as failed:
-                    raise InvalidInput(f"{error.message}\n(--report {report_path} could not "
-                                       f"be written: {failed.strerror or failed}.)",
-                                       **error.details) from None
+                    raise type(error)(f"{error.message}\n(--report {report_path} could not "
+                                      f"be written: {failed.strerror or failed}.)",
+                                      **error.details) from None
             raise
     result["format"] = name
     if report_path:

@@ -8,11 +8,17 @@ Two ways in:
   created, updated (only the fields that differ; validation status is kept
   unless the user sets it) or left unchanged, and the report says which.
 
-Every row is validated first (name, coordinates, geometry, dates); problems are
-collected for the whole file so the user sees them all at once, and then the
-import is refused and nothing is written (``skip_invalid`` imports the good
-rows instead).  ``dry_run`` runs everything and rolls it back: the report shows
-exactly what would change.
+Every row is validated first (name, coordinates, geometry, dates, control
+characters — extra fields included); problems are collected for the whole file
+so the user sees them all at once, and then the import is refused and nothing is
+written (``skip_invalid`` imports the good rows instead).  A row the reader could
+not make sense of comes with its ``problem`` (see ``storage.bulk.ROW_PROBLEMS``)
+and is rejected likewise.  The tree's problems (a ref used twice, an unknown
+parent, a cycle) reject their rows and every row below them: into an existing
+draft in ``_Upsert._placeable``, into a new version in the bulk loader's
+``collect`` mode, after its fast load and inside the same transaction.
+``dry_run`` runs everything and rolls it back: the report shows exactly what
+would change.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from sqlalchemy import Connection, text
 
 from storage import geometry
 from storage.bulk import (
+    ROW_PROBLEMS,
     VALIDATION_STATUSES,
     BulkLoader,
     FileRows,
@@ -45,7 +52,13 @@ from storage.bulk import (
 from storage.errors import CycleError, GeoregError, InvalidInput
 from storage.jobs import Job, gc_paused
 from storage.registry import Registry, json_value
-from storage.units import check_degrees, check_no_nul, repaired, set_territory
+from storage.units import (
+    CONTROL_CHARACTERS,
+    check_degrees,
+    check_no_nul,
+    repaired,
+    set_territory,
+)
 from storage.versions import (
     VersionRef,
     ensure_source,
@@ -69,12 +82,18 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
     #: what a new version holds (points, territories, groups …), from the bulk loader
     loaded: dict[str, Any] = field(default_factory=dict)
+    #: rejected rows that are on a cycle of parent refs
+    cycles: int = 0
 
     def add(self, status: str, rec: UnitRecord, **extra: Any) -> None:
+        self.add_row(status, rec.where, rec.source_ref, rec.name, **extra)
+
+    def add_row(self, status: str, where: str, ref: str | None, name: str | None,
+                **extra: Any) -> None:
         setattr(self, status, getattr(self, status) + 1)
         if status != "unchanged" and len(self.rows) < MAX_LISTED:
-            self.rows.append({"status": status, "where": rec.where, "ref": rec.source_ref,
-                              "name": rec.name, **extra})
+            self.rows.append({"status": status, "where": where, "ref": ref, "name": name,
+                              **extra})
 
     def to_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged,
@@ -116,9 +135,12 @@ _CRS_HINT = ("is the file in a projected CRS such as UTM? Give its CRS with --cr
 
 
 #: the text fields of a record that may hold no control character (see
-#: ``storage.units.CONTROL_CHARACTERS``), with the names the formats give them
+#: ``storage.units.CONTROL_CHARACTERS``), with the names the formats give them; the
+#: extra fields (a file's other columns, a JSON object) too, keys and values at any
+#: depth: a NUL kept there would make a later PostGIS push fail
 _TEXT_FIELDS = (("name", "name"), ("source_ref", "ref"), ("parent_ref", "parent_ref"),
-                ("code", "code"), ("type_name", "type"), ("aliases", "aliases"))
+                ("code", "code"), ("type_name", "type"), ("aliases", "aliases"),
+                ("extra_fields", "extra_fields"))
 
 
 def validate(rec: UnitRecord, *, fix_geometry: bool = False,
@@ -133,6 +155,8 @@ def validate(rec: UnitRecord, *, fix_geometry: bool = False,
     (NaN coordinates for an empty point); ``bounds``: the territory's, likewise.
     """
     where = rec.where or f"unit {rec.source_ref or rec.name!r}"
+    if rec.problem is not None:  # found by the reader (a cell that is not WKT …)
+        raise InvalidInput(rec.problem)
     name = rec.name.strip() if isinstance(rec.name, str) else ""
     if not name:
         raise InvalidInput(f"{where}: field 'name' is missing or empty.")
@@ -217,6 +241,26 @@ def _points(locs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _TERRITORY = attrgetter("territory")
+_EXTRA = attrgetter("extra_fields")
+
+
+def _extras_clean(chunk: list[UnitRecord]) -> bool:
+    """Whether no extra field of the chunk holds a control character: the keys and
+    text values of every row's extra fields, joined and searched once (a row with a
+    nested value, a list or an object, is left to :func:`validate`'s exact test — so
+    is every row of a chunk where a control character is found)."""
+    texts: list[str] = []
+    for extra in filter(None, map(_EXTRA, chunk)):
+        texts.extend(extra)
+        for value in extra.values():
+            kind = type(value)
+            if kind is str:
+                texts.append(value)
+            elif kind is dict or kind is list:
+                return False
+    return not texts or CONTROL_CHARACTERS.search("".join(texts)) is None
+
+
 #: the text fields :func:`_printable` checks for a whole chunk at once
 _TEXTS = attrgetter("name", "source_ref", "parent_ref", "code", "type_name")
 
@@ -324,11 +368,14 @@ class _Validated:
         Control characters: a row is plain only when its name, refs, code and type are
         printable (``str.isprintable``, in C, on the chunk's texts joined — see
         :func:`_printable`; the rare texts it doubts, a no-break space or a zero-width
-        joiner, get the exact test in :func:`validate`) and it has no aliases.
+        joiner, get the exact test in :func:`validate`), it has no aliases, no
+        problem from its reader, and extra fields without control characters
+        (:func:`_extras_clean`, one search per chunk).
         Territories' bounds come from one vectorised ``shapely.bounds`` per chunk."""
         kinds_arr, xs_arr, ys_arr = _points([rec.location for rec in chunk])
         bounds = _bounds(list(map(_TERRITORY, chunk)))
         clean = _printable(chunk)
+        extras = _extras_clean(chunk)
         with np.errstate(invalid="ignore"):
             plain_arr = (kinds_arr == -1) | ((kinds_arr == 0) & (np.abs(xs_arr) <= 180)
                                              & (np.abs(ys_arr) <= 90))  # NaN: False
@@ -349,7 +396,8 @@ class _Validated:
                     and (name := name.strip()) and rec.validation_status in statuses
                     and ((od := rec.opening_date) is None or type(od) is str and od in iso)
                     and ((cd := rec.closed_date) is None or type(cd) is str and cd in iso)
-                    and rec.aliases is None and (clean or _printable_row(rec, name))):
+                    and rec.aliases is None and (clean or _printable_row(rec, name))
+                    and rec.problem is None and (extras or rec.extra_fields is None)):
                 rec.name = name
                 if (ref := rec.source_ref) is not None:
                     rec.source_ref = (ref if type(ref) is str else str(ref)).strip() or None
@@ -392,18 +440,25 @@ class ImportJob(Job[dict[str, Any]]):
         report = ImportReport(warnings=list(self.payload.warnings))
         known = len(self.payload.warnings)  # readers may add more while the units stream
         self.report(0, self.payload.total, "Reading")
-        with self.reg.write(origin=self.origin, author=self.author, dry_run=self.dry_run) as conn:
-            if self.number is None:
-                version = self._into_new_version(conn, report)
-            else:
-                version = resolve_version(conn, self.source, self.number)
-                require_draft(version)
-                _Upsert(self, conn, version, report).run()
-            report.warnings.extend(self.payload.warnings[known:])
-            if report.rejected and not self.skip_invalid:
-                raise _rejection_error(report)
-            self.check_cancelled()
-            version = version_by_id(conn, version.id)
+        # a row the reader cannot make sense of comes as a rejected row, not an error
+        # that would stop the read (and --skip-invalid) at the first one
+        rows_judged_here = ROW_PROBLEMS.set(True)
+        try:
+            with self.reg.write(origin=self.origin, author=self.author,
+                                dry_run=self.dry_run) as conn:
+                if self.number is None:
+                    version = self._into_new_version(conn, report)
+                else:
+                    version = resolve_version(conn, self.source, self.number)
+                    require_draft(version)
+                    _Upsert(self, conn, version, report).run()
+                report.warnings.extend(self.payload.warnings[known:])
+                if report.rejected and not self.skip_invalid:
+                    raise _rejection_error(report)
+                self.check_cancelled()
+                version = version_by_id(conn, version.id)
+        finally:
+            ROW_PROBLEMS.reset(rows_judged_here)
         result = {"version": version.to_dict(), "dry_run": self.dry_run, **report.to_dict()}
         if self.dry_run:
             result["version"]["note"] = "dry run: nothing was written"
@@ -414,7 +469,10 @@ class ImportJob(Job[dict[str, Any]]):
         version_id = insert_version(conn, source_id, description=self.description
                                     or self.payload.description or None)
         details = {"from": self.payload.description} if self.payload.description else {}
-        loader = BulkLoader(self.reg, conn, version_id, new_version=True, log_details=details)
+        # ``collect``: a duplicate ref, an unknown parent or a cycle rejects its rows
+        # (and those below them) instead of stopping the load at the first one
+        loader = BulkLoader(self.reg, conn, version_id, new_version=True, log_details=details,
+                            collect=True)
         payload = self.payload
         for t in payload.types:
             loader.add_type(t.name, t.depth, t.short_name)
@@ -426,9 +484,8 @@ class ImportJob(Job[dict[str, Any]]):
         records = _Validated(units, report, fix_geometry=self.fix_geometry,
                              keep_invalid=payload.invalid_geometry == "keep", job=self,
                              total=lambda: payload.total)
-        if self.set_status:
-            records = _with_status(records, self.set_status)  # type: ignore[assignment]
-        loader.add_units(records)
+        loader.add_units(records if not self.set_status
+                         else _with_status(records, self.set_status))
         # A reader may learn types and groups while its units stream (one pass over the
         # file): those it listed since are added now, before memberships are resolved.
         for t in payload.types:
@@ -440,9 +497,21 @@ class ImportJob(Job[dict[str, Any]]):
             loader.add_group_set(gs.ref, gs.name, gs.group_refs, short_name=gs.short_name,
                                  compulsory=gs.compulsory)
         loader.add_memberships(payload.memberships)
+        # the rows rejected here: those below them are rejected by the loader too, and a
+        # row with the same ref (which of the two is right cannot be told)
+        loader.lost({ref: rec.where or f"unit {ref!r}" for rec in records.rejected
+                     if rec.source_ref is not None and (ref := str(rec.source_ref).strip())})
+        # Without --skip-invalid, ``finish`` still runs: the rows' own problems and the
+        # tree's (refs, parents, cycles) are listed in the one error, so a file is fixed
+        # in one round; the transaction is then rolled back.
+        stats = loader.finish()
+        for row in loader.rejected:
+            report.add_row("rejected", row["where"], row["ref"], row["name"],
+                           message=row["message"])
+            if row["kind"] == "cycle":
+                report.cycles += 1
         if report.rejected and not self.skip_invalid:
             raise _rejection_error(report)
-        stats = loader.finish()
         report.created = stats.units
         report.warnings.extend(stats.warnings)
         report.loaded = {k: v for k, v in stats.to_dict().items() if k != "warnings"}
@@ -455,12 +524,22 @@ def _with_status(records: Iterable[UnitRecord], status: str) -> Iterator[UnitRec
         yield rec
 
 
-def _rejection_error(report: ImportReport) -> InvalidInput:
+#: rejected rows shown in the error (all are in its details, up to ``MAX_LISTED``)
+SHOWN = 50
+
+
+def _rejection_error(report: ImportReport) -> InvalidInput | CycleError:
+    """One error listing every rejected row (the first ``SHOWN``, then the count).  A
+    cycle of parent refs makes it a :class:`CycleError` (a conflict, as for edits)."""
     rejected = [r for r in report.rows if r["status"] == "rejected"]
-    shown = "\n".join(f"  - {r['message']}" for r in rejected[:10])
-    more = f"\n  … and {report.rejected - 10} more." if report.rejected > 10 else ""
-    return InvalidInput(
-        f"{report.rejected} row(s) rejected; nothing was imported:\n{shown}{more}\n"
+    shown = "\n".join(f"  - {r['message']}" for r in rejected[:SHOWN])
+    more = (f"\n  … and {report.rejected - SHOWN} more (listed by --report FILE)."
+            if report.rejected > SHOWN else "")
+    cycles = (f" ({report.cycles} units are their own ancestors: a cycle in the parent "
+              "refs)" if report.cycles else "")
+    kind = CycleError if report.cycles else InvalidInput
+    return kind(
+        f"{report.rejected} row(s) rejected{cycles}; nothing was imported:\n{shown}{more}\n"
         "Fix the file, or import the other rows with --skip-invalid.",
         rejected=rejected,
     )

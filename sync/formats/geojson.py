@@ -68,7 +68,7 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from storage import geometry
-from storage.bulk import UnitRecord
+from storage.bulk import ROW_PROBLEMS, UnitRecord
 from storage.errors import InvalidInput
 from storage.jobs import gc_paused
 from sync.exchange import (
@@ -452,6 +452,19 @@ def _record(props: dict[str, Any], where: str,
     )
 
 
+def _refused(props: dict[str, Any], where: str, ref: str | None, problem: str) -> UnitRecord:
+    """A feature this reader cannot make a unit of (its geometry or extra fields): handed
+    over with ``problem``, for the import job to reject the row with the others'
+    problems (``--skip-invalid`` skips it, and the rows below it) instead of stopping the
+    read at the first one."""
+    name, parent = props.get("name"), props.get("parent_ref")
+    return UnitRecord(name=name.strip() if type(name) is str else (_text(name) or ""),
+                      source_ref=ref,
+                      parent_ref=(parent.strip() or None) if type(parent) is str
+                      else _text(parent),
+                      where=where, problem=problem)
+
+
 def _declared_types(path: Path, declared: Any) -> dict[str, TypeDef]:
     """Member ``types``: ``[{name, depth, short_name}]``."""
     types: dict[str, TypeDef] = {}
@@ -613,12 +626,17 @@ class _Reader:
                 where = f"{file}, feature {i} (ref {ref})" if ref else f"{file}, feature {i}"
                 raw = feat.get("geometry")
                 xy = _simple_point(raw) if tr is None else None
-                if xy is not None:  # a plain point: handed over as (x, y), no geometry object
-                    rec = _record(props, where, (xy[0], xy[1]), None)
-                elif (bad := _bad_point(raw)) is not None:
-                    rec = _record(props, where, bad, None)
-                else:
-                    rec = _record(props, where, *_geometry(props, feat, where, tr))
+                try:
+                    if xy is not None:  # a plain point: as (x, y), no geometry object
+                        rec = _record(props, where, (xy[0], xy[1]), None)
+                    elif (bad := _bad_point(raw)) is not None:
+                        rec = _record(props, where, bad, None)
+                    else:
+                        rec = _record(props, where, *_geometry(props, feat, where, tr))
+                except InvalidInput as error:  # a bad geometry or extra_fields: the job
+                    if not ROW_PROBLEMS.get():  # rejects the row (see ROW_PROBLEMS)
+                        raise
+                    rec = _refused(props, where, ref, error.message)
                 if not named:
                     if rec.name:
                         named = True

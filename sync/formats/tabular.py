@@ -95,7 +95,7 @@ from shapely.geometry import Point
 from shapely.geometry.base import BaseGeometry
 
 from storage import geometry
-from storage.bulk import UnitRecord
+from storage.bulk import ROW_PROBLEMS, UnitRecord
 from storage.errors import InvalidInput
 from sync.exchange import ExportUnit, GroupDef, ImportPayload, ReadOptions, TypeDef, VersionData
 
@@ -833,8 +833,14 @@ class _Reader:
                     parent_ref = self._path_ref(parents)
             location = self._point(row)
             territory = None
+            problem = None
             if "wkt" in lay.fields and row.get("wkt"):
-                loc, territory = self._wkt(row.get("wkt"), where, lay.col("wkt"))
+                try:
+                    loc, territory = self._wkt(row.get("wkt"), where, lay.col("wkt"))
+                except InvalidInput as error:  # the job rejects the row (ROW_PROBLEMS)
+                    if not ROW_PROBLEMS.get():
+                        raise
+                    loc, problem = None, error.message
                 location = location or loc
             text = row.get("uuid") or (row.get("iaso_id") if lay.iaso else "")
             uid = _uuid(text) if text else None
@@ -870,6 +876,7 @@ class _Reader:
                 uuid=uid,
                 groups=groups,
                 where=where,
+                problem=problem,
             )
 
     def _path_ref(self, path: tuple[str, ...]) -> str:
