@@ -121,11 +121,41 @@ def render_pull(d: dict[str, Any]) -> str:
                      f"sets; {loaded.get('locations', '?')} points, "
                      f"{loaded.get('territories', '?')} territories")
     lines.append(f"  {d['requests']} HTTP request(s)")
+    lines += _render_conflicts(d)
     for w in imp.get("warnings", [])[:10]:
         lines.append(f"  warning: {w}")
     if len(imp.get("warnings", [])) > 10:
         lines.append(f"  … and {len(imp['warnings']) - 10} more warnings (use --json).")
     return "\n".join(lines)
+
+
+def _render_conflicts(d: dict[str, Any]) -> list[str]:
+    """Units changed both here and in DHIS2, one line per unit: which fields, this side's
+    value and DHIS2's — and what to do about them."""
+    conflicts = d.get("conflicts") or []
+    if not conflicts:
+        return []
+    by_unit: dict[str, list[dict[str, Any]]] = {}
+    for c in conflicts:
+        by_unit.setdefault(str(c["uid"]), []).append(c)
+    if d.get("prefer_remote"):
+        head = (f"  {len(by_unit)} unit(s) changed both here and in DHIS2: DHIS2's values "
+                "replaced this side's (--prefer-remote):")
+    else:
+        head = (f"  {len(by_unit)} unit(s) changed both here and in DHIS2: kept as they are "
+                "here, not overwritten (their other fields took DHIS2's):")
+    lines = [head]
+    for uid, items in list(by_unit.items())[:50]:
+        fields = "; ".join(f"{c['field']}: here {c['here']!r}, DHIS2 {c['dhis2']!r}"
+                           for c in items)
+        lines.append(f"    {items[0]['name']} ({uid})  {fields}")
+    if len(by_unit) > 50:
+        lines.append(f"    … and {len(by_unit) - 50} more (use --json).")
+    if not d.get("prefer_remote"):
+        lines.append("  Send this side's with 'georeg dhis2 push', or take DHIS2's with "
+                     "'georeg dhis2 pull … --since last --prefer-remote'. Until then every "
+                     "incremental pull reads them again and lists them here.")
+    return lines
 
 
 def render_push(d: dict[str, Any]) -> str:
@@ -151,7 +181,8 @@ def render_push(d: dict[str, Any]) -> str:
         what = c["action"] + (" group" if c["kind"] == "group" else "")
         detail = ""
         if c.get("fields"):
-            detail = "; ".join(f"{k}: {_short(val)}" for k, val in c["fields"].items())
+            detail = "; ".join(f"{k}: {_short(val)}" for k, val in c["fields"].items()
+                               if val != [])  # (no member added, or none removed)
         elif c.get("parent"):
             detail = f"under {c['parent']}"
         lines.append(f"    {what:<12} {c['name']} ({c['uid']})" + (f"  {detail}" if detail else ""))
@@ -161,9 +192,26 @@ def render_push(d: dict[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 2 and not any(isinstance(x, list) for x in value):
-        return f"{value[0]} -> {value[1]}"
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    """One field of a push change: ``before -> after`` for a change of value (the report
+    marks those as ``{"before": …, "after": …}``), the names one after the other for a
+    list of group members added or removed — never ``A -> B`` for two members, which
+    would read as a rename."""
+    if isinstance(value, dict) and set(value) == {"before", "after"}:
+        return f"{_cut(value['before'])} -> {_cut(value['after'])}"
+    if isinstance(value, list):
+        if not value:
+            return "none"
+        names = [_cut(v) for v in value]
+        shown = ", ".join(names[:5])
+        return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return _cut(value)
+
+
+def _cut(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                           default=str)
     return text if len(text) < 80 else text[:77] + "..."
 
 
@@ -200,21 +248,28 @@ def info_cmd(url: str, user: str | None, password_stdin: bool, token_stdin: bool
 @click.option("--since", default=None,
               help="Only units DHIS2 changed after this date/time (ISO 8601), or 'last' for "
                    "since the previous pull: upserted into the newest draft.")
+@click.option("--prefer-remote", is_flag=True,
+              help="With --since: for units changed both here (not pushed yet) and in "
+                   "DHIS2, take DHIS2's values (default: keep this side's and list them).")
 @click.option("--description", default=None, help="Description of the new version.")
 def pull_cmd(reg: str, source: str, url: str, user: str | None, password_stdin: bool,
              token_stdin: bool, timeout: float, retries: int, page_size: int,
-             since: str | None, description: str | None, as_json: bool) -> None:
+             since: str | None, prefer_remote: bool, description: str | None,
+             as_json: bool) -> None:
     """Read DHIS2's org units, levels, groups and group sets into a new draft version.
 
     Levels become types, DHIS2 uids become refs; points become locations and
     polygons territories. With --since, only what changed upstream is upserted
-    into the newest draft (a new draft is made when the newest version is published).
+    into the newest draft (a new draft is made when the newest version is published);
+    a field changed here and not pushed yet that DHIS2 changed too is not overwritten
+    (listed as a conflict) unless --prefer-remote.
     """
     from sync.dhis2_sync import Dhis2PullJob
 
     with make_client(url, user, password_stdin, token_stdin, timeout, retries,
                      page_size) as client, open_registry(reg) as registry:
-        job = Dhis2PullJob(registry, client, source, since=since, description=description)
+        job = Dhis2PullJob(registry, client, source, since=since, description=description,
+                           prefer_remote=prefer_remote)
         result = run_job(job, as_json)
     emit(as_json, result, render_pull)
 

@@ -3,7 +3,9 @@
 Built on a :class:`requests.Session` (one connection pool, reused), with
 timeouts on every call and bounded retries with exponential backoff on the
 failures that are worth retrying: refused or dropped connections, timeouts and
-502/503/504/500 answers.  A POST is retried only when the caller says it is
+502/503/504/500 answers.  What cannot heal by asking again is said at once: a TLS
+set-up error (an https:// address on an http-only port, an untrusted certificate),
+401, 403, 404.  A POST is retried only when the caller says it is
 idempotent (a metadata import whose objects all carry their uid is: sending it
 twice creates nothing twice).
 
@@ -282,6 +284,25 @@ def _network_reason(error: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
+def _tls_reason(error: BaseException) -> str:
+    """What went wrong in a TLS set-up, in a few words (OpenSSL's reason, not the stack of
+    wrappers urllib3 puts around it)."""
+    text = str(error)
+    low = text.lower()
+    if "certificate verify failed" in low or "certificate_verify_failed" in low:
+        detail = re.search(r"certificate verify failed: ([^(\])'\"]+)", text)
+        return "the server's certificate is not trusted" + (
+            f" ({detail.group(1).strip()})" if detail else "")
+    if "hostname mismatch" in low or "doesn't match" in low:
+        return "the server's certificate is for another host name"
+    if "wrong_version_number" in low or "wrong version number" in low \
+            or "record layer failure" in low or "packet length too long" in low:
+        return "the server does not speak TLS on this port"
+    found = re.search(r"\[SSL: ([A-Z0-9_]+)\]", text)
+    return f"TLS/SSL error ({found.group(1).lower().replace('_', ' ')})" if found \
+        else "TLS/SSL error"
+
+
 def _web_message(resp: requests.Response) -> str:
     try:
         body = resp.json()
@@ -368,6 +389,15 @@ class Dhis2Client:
                 # export read as "OK, nothing to do"), or drop the credentials on the way
                 resp = self.session.request(method, url, params=params, json=json,
                                             timeout=self.timeout, allow_redirects=False)
+            except requests.exceptions.SSLError as error:
+                # the TLS set-up failed (an https:// address on an http-only port, a
+                # certificate not trusted or for another name): asking again gets the
+                # same answer, so it is said at once instead of after the backoff
+                raise GeoregError(
+                    f"Could not open a secure (TLS) connection to DHIS2 at {self.base_url}: "
+                    f"{_tls_reason(error)}. Check the address (https:// on a server that "
+                    "speaks http?) and the server's certificate.",
+                    url=self.base_url, reason="TLS/SSL error") from None
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as error:
                 last_reason = _network_reason(error)
@@ -435,8 +465,10 @@ class Dhis2Client:
         if self.info is None:
             info = self.get("system/info")
             if not isinstance(info, dict) or "version" not in info:
-                raise GeoregError(f"{self.base_url} does not look like a DHIS2 server "
-                                  "(/api/system/info has no version).")
+                # NotFound (exit 4), as for a root whose /api/system/info is a 404: both
+                # are an address that is not a DHIS2 root (docs/sync-dhis2.md, exit codes)
+                raise NotFound(f"{self.base_url} does not look like a DHIS2 server "
+                               "(/api/system/info has no version). Is the URL the DHIS2 root?")
             self.info = info
         return self.info
 

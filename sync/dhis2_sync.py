@@ -40,13 +40,14 @@ from sqlalchemy import Connection, text
 
 from storage import audit_sql, geometry
 from storage.backends import Backend
+from storage.bulk import UnitRecord
 from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound
 from storage.jobs import Job, Progress
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef, create_version
 from sync.dhis2_client import Dhis2Client, MetadataImportResult, ObjectError, derived_uid, is_uid
 from sync.dhis2_json import Dhis2Payload, to_import_payload
-from sync.exchange import ExportUnit, read_version
+from sync.exchange import ExportUnit, internal_ref, read_version
 from sync.importing import ImportJob
 
 UNIT_FIELDS = "id,name,shortName,code,level,path,parent[id],geometry,openingDate,closedDate"
@@ -187,32 +188,60 @@ def _zone(name: str | None) -> dt.tzinfo:
 
 
 class Dhis2PullJob(Job[dict[str, Any]]):
-    """Read the org-unit tree from DHIS2 into a new draft version (or upsert with ``since``)."""
+    """Read the org-unit tree from DHIS2 into a new draft version (or upsert with ``since``).
+
+    An incremental pull never silently overwrites what was changed here and not pushed
+    yet (see :func:`local_edits`): a unit changed on both sides keeps this side's value of
+    each field changed here that DHIS2 has otherwise — its other fields take DHIS2's — and
+    is listed in ``conflicts``; ``prefer_remote`` takes DHIS2's values anyway.  Units held
+    so are read again by the next incremental pull (by id: DHIS2 may not touch them again
+    in time to be in its ``lastUpdated`` window) until the two sides agree — a push, an
+    edit here, or ``prefer_remote`` settles them.
+    """
 
     title = "DHIS2 pull"
 
     def __init__(self, reg: Registry, client: Dhis2Client, source: str, *,
                  since: str | None = None, description: str | None = None,
+                 prefer_remote: bool = False,
                  origin: str = "dhis2_pull", author: str | None = None) -> None:
         super().__init__()
+        if prefer_remote and since is None:
+            raise InvalidInput("--prefer-remote settles units changed both here and in DHIS2 "
+                               "during an incremental pull: give it with --since (e.g. "
+                               "--since last). A full pull makes a new version and "
+                               "overwrites nothing.")
         self.reg, self.client, self.source = reg, client, source
         self.since = since
         self.description = description
+        self.prefer_remote = prefer_remote
         self.origin, self.author = origin, author
 
     def execute(self) -> dict[str, Any]:
         client = self.client
         start = client.request_count
         info = client.system_info()
-        since = self._resolve_since()
+        last = self._last_pull() if self.since is not None else None
+        since = self._resolve_since(last)
         self.report(0, None, "Reading DHIS2 levels")
         levels = fetch_levels(client)
         pages: list[tuple[str, dict[str, Any]]] = []
         seen = 0
+        read: set[str] = set()
         for page_no, doc in fetch_unit_pages(client, since=since):
             pages.append((f"DHIS2 organisationUnits page {page_no}", doc))
             seen += len(doc["organisationUnits"])
+            read.update(str(u.get("id")) for u in doc["organisationUnits"])
             self.report(seen, (doc.get("pager") or {}).get("total"), "Reading DHIS2 org units")
+        held_before = [str(uid) for uid in (last or {}).get("held") or [] if uid not in read]
+        if since is not None and held_before:
+            # units the previous pull held back (changed on both sides): read again until
+            # settled, whether or not DHIS2 changed them since
+            again = fetch_by_ids(client, "organisationUnits", sorted(held_before), UNIT_FIELDS)
+            if again:
+                pages.append(("DHIS2 organisationUnits held back by the previous pull",
+                              {"organisationUnits": list(again.values())}))
+                seen += len(again)
         self.report(seen, seen, "Reading DHIS2 groups")
         groups = client.get_all("organisationUnitGroups", "organisationUnitGroups",
                                 fields=GROUP_FIELDS)
@@ -228,19 +257,37 @@ class Dhis2PullJob(Job[dict[str, Any]]):
         payload.description = self.description or (
             f"Pulled from DHIS2 {info.get('version')} at {client.base_url} on {when}"
             + (f" (changes since {since})" if since else ""))
-        number: int | None = self._target_draft() if since is not None else None
+        conflicts: list[dict[str, Any]] = []
+        held: list[str] = []
+        protected: set[tuple[int, int]] = set()
+        number: int | None = None
+        if since is not None:
+            newest = self._newest()
+            # what was changed here is read in the newest version — the one upserted into,
+            # or the published one the new draft is copied from (same content)
+            records = list(payload.units)
+            records, conflicts, held, edits = _settle(
+                self.reg, newest[0], records, {"dhis2_pull", self.origin},
+                prefer_remote=self.prefer_remote)
+            payload.units, payload.total = records, len(records)
+            if not self.prefer_remote:
+                protected = edits.memberships
+            number = self._target_draft(newest)
         job = ImportJob(self.reg, payload, source=self.source, number=number,
                         description=payload.description, origin=self.origin, author=self.author)
         job.on_progress(_propagate(self))
         result = job.run()
         version = result["version"]
         with self.reg.write(origin=self.origin, author=self.author) as conn:
-            group_changes = (_sync_groups(conn, version["id"], groups)
+            group_changes = (_sync_groups(conn, version["id"], groups, protected)
                              if since is not None else None)
             summary = {"url": client.base_url, "dhis2_version": info.get("version"),
                        "server_date": info.get("serverDate"), "since": since,
                        "incremental": since is not None, "units": docs.total_units,
                        "groups": len(groups), "group_sets": len(group_sets)}
+            if since is not None:
+                summary |= {"held": held, "conflicts": conflicts[:MAX_LISTED],
+                            "prefer_remote": self.prefer_remote}
             _log(conn, version["id"], "dhis2_pull", "pull", [{"after": summary}])
         return {
             "source": self.source, "version": version, "incremental": since is not None,
@@ -252,13 +299,15 @@ class Dhis2PullJob(Job[dict[str, Any]]):
             "requests": client.request_count - start,
             "import": {k: result[k] for k in ("created", "updated", "unchanged", "rejected",
                                               "rows", "warnings", "loaded")},
+            # units changed both here and in DHIS2: kept as they are here (held), or with
+            # prefer_remote replaced by DHIS2's values; one entry per unit and field
+            "conflicts": conflicts, "conflict_count": len(held),
+            "prefer_remote": self.prefer_remote,
         }
 
-    def _resolve_since(self) -> str | None:
-        if self.since is None:
-            return None
-        if str(self.since).strip().lower() != "last":
-            return parse_since(self.since, self.client.system_info().get("serverTimeZoneId"))
+    def _last_pull(self) -> dict[str, Any] | None:
+        """The summary the previous pull of this source stored (its server date, and the
+        units it held back)."""
         with self.reg.read() as conn:
             row = conn.execute(text(
                 "SELECT c.after FROM change_log c JOIN source_version v ON v.fid = c.version_id "
@@ -266,32 +315,382 @@ class Dhis2PullJob(Job[dict[str, Any]]):
                 "AND c.entity = 'dhis2_pull' ORDER BY c.fid DESC LIMIT 1"),
                 {"s": self.source}).first()
         after = json_value(row[0]) if row else None
-        if not isinstance(after, dict) or not after.get("server_date"):
+        return after if isinstance(after, dict) else None
+
+    def _resolve_since(self, last: dict[str, Any] | None) -> str | None:
+        if self.since is None:
+            return None
+        if str(self.since).strip().lower() != "last":
+            return parse_since(self.since, self.client.system_info().get("serverTimeZoneId"))
+        if not last or not last.get("server_date"):
             raise InvalidInput(f"--since last: no earlier DHIS2 pull of {self.source!r} is "
                                "recorded. Do a full pull first (without --since), or give a date.")
-        return parse_since(str(after["server_date"]))
+        return parse_since(str(last["server_date"]))
 
-    def _target_draft(self) -> int:
-        """The newest version if it is a draft, else a new draft copied from it."""
+    def _newest(self) -> tuple[int, int, str]:
+        """(id, number, status) of the source's newest version."""
         with self.reg.read() as conn:
             newest = conn.execute(text(
-                "SELECT v.number, v.status FROM source_version v JOIN data_source s "
+                "SELECT v.fid, v.number, v.status FROM source_version v JOIN data_source s "
                 "ON s.fid = v.source_id WHERE s.name = :s ORDER BY v.number DESC LIMIT 1"),
                 {"s": self.source}).first()
         if newest is None:
             raise NotFound(f"--since needs a version of {self.source!r} to update; do a full "
                            "pull first (without --since).")
-        if newest[1] == "draft":
-            return int(newest[0])
-        created = create_version(self.reg, self.source, copy_from=int(newest[0]),
+        return int(newest[0]), int(newest[1]), str(newest[2])
+
+    def _target_draft(self, newest: tuple[int, int, str]) -> int:
+        """The newest version if it is a draft, else a new draft copied from it."""
+        if newest[2] == "draft":
+            return newest[1]
+        created = create_version(self.reg, self.source, copy_from=newest[1],
                                  description="Draft for an incremental DHIS2 pull",
                                  origin=self.origin)
         return int(created["number"])
 
 
-def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
+# --- pull: changes made here ------------------------------------------------------------------
+
+#: a unit's change-log snapshot key → the field as compared with DHIS2 (and named to the user)
+_SNAPSHOT_FIELDS = {"name": "name", "code": "code", "parent_key": "parent",
+                    "opening_date": "opening_date", "closed_date": "closed_date",
+                    "extra_fields": "extra_fields", "location": "location"}
+_ALL_FIELDS = frozenset([*_SNAPSHOT_FIELDS.values(), "territory"])
+#: the value before a change made here is not known (the unit was created here)
+NO_BASE = object()
+
+
+@dataclass
+class LocalEdits:
+    """What was changed here in a version and not sent to DHIS2 yet (see local_edits)."""
+
+    #: unit uuid → the fields changed here (name, code, parent, opening_date, closed_date,
+    #: extra_fields, location, territory), each with its value before the first change
+    #: here (as the change log holds it: a parent's key, a geometry's hex) — what DHIS2
+    #: had too, unless DHIS2 changed it since; NO_BASE for a unit created here
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: DHIS2 uid (ref) → name of the units deleted here
+    deleted: dict[str, str] = field(default_factory=dict)
+    #: (group key, unit key) of the memberships set or removed here
+    memberships: set[tuple[int, int]] = field(default_factory=set)
+
+
+def local_edits(reg: Registry, version_id: int, pull_origins: set[str],
+                units: set[str] | None = None) -> LocalEdits:
+    """The units, fields and memberships of a version changed here and not pushed yet.
+
+    Read from the change log: the rows that no DHIS2 pull wrote, of the version and of
+    the versions it was copied from (a draft copied from a published version carries
+    its edits: keys and uuids are kept by a copy), each after the last push that DHIS2
+    took whole (``dhis2_push``/``push``) of that version or of one copied from it — what
+    was changed before such a push is in DHIS2.  The window is not "since the last
+    pull": an edit made before a pull that did not touch its unit is still not in
+    DHIS2, and a later pull must not overwrite it either.
+
+    ``units``: the uuids whose fields matter (those DHIS2 changed); the snapshots of
+    others are not read (a bulk edit logs thousands).  Deletions and memberships are
+    always read."""
+    out = LocalEdits()
+    origins = sorted(pull_origins)
+    marks = ", ".join(f":o{i}" for i in range(len(origins)))
+    with reg.read() as conn:
+        windows = _unpushed_windows(conn, version_id)
+        rows = [row for vid, start in windows for row in conn.execute(text(
+            "SELECT entity, op, unit_uuid, unit_key, before, after FROM change_log "
+            "WHERE version_id = :v AND fid > :start AND entity IN ('org_unit', 'territory', "
+            f"'group_membership') AND origin NOT IN ({marks}) ORDER BY fid"),
+            {"v": vid, "start": start} | {f"o{i}": o for i, o in enumerate(origins)})]
+        for entity, op, uuid_, unit_key, before_raw, after_raw in rows:
+            if entity != "group_membership" and (not uuid_ or (
+                    units is not None and op != "delete" and uuid_ not in units)):
+                continue
+            before, after = _snapshot(before_raw), _snapshot(after_raw)
+            if entity == "group_membership":
+                group = (after or before or {}).get("group_key")
+                if group is not None and unit_key is not None:
+                    out.memberships.add((int(group), int(unit_key)))
+                continue
+            changed = out.fields.setdefault(str(uuid_), {})
+            if entity == "territory":
+                if (before or {}).get("territory") != (after or {}).get("territory"):
+                    changed.setdefault("territory", (before or {}).get("territory"))
+            elif op == "insert":
+                for name in _ALL_FIELDS:
+                    changed.setdefault(name, NO_BASE)
+            elif op == "delete":
+                ref = (before or {}).get("source_ref")
+                if ref:
+                    out.deleted[str(ref)] = str((before or {}).get("name") or ref)
+            else:
+                for key, name in _SNAPSHOT_FIELDS.items():
+                    if (before or {}).get(key) != (after or {}).get(key):
+                        changed.setdefault(name, (before or {}).get(key))
+    return out
+
+
+def _unpushed_windows(conn: Connection, version_id: int) -> list[tuple[int, int]]:
+    """(version id, change-log fid after which its changes are not in DHIS2) for the
+    version and the versions it was copied from, oldest first.  A push of a version
+    sends what it copied from its ancestors too, so the window of each starts after
+    the last push of itself or of any version copied from it."""
+    lineage: list[int] = []
+    current: int | None = version_id
+    while current is not None and current not in lineage and len(lineage) < 100:
+        lineage.append(current)
+        row = conn.execute(text(
+            "SELECT c.after, v.source_id FROM change_log c JOIN source_version v "
+            "ON v.fid = c.version_id WHERE c.version_id = :v AND c.entity = 'version' "
+            "AND c.op = 'create' ORDER BY c.fid LIMIT 1"), {"v": current}).first()
+        after = _snapshot(row[0]) if row else None
+        number = (after or {}).get("copied_from")
+        current = None
+        if row is not None and isinstance(number, int):
+            found = conn.execute(text(
+                "SELECT fid FROM source_version WHERE source_id = :s AND number = :n"),
+                {"s": row[1], "n": number}).scalar()
+            current = int(found) if found is not None else None
+    windows: list[tuple[int, int]] = []
+    start = 0
+    for vid in lineage:  # newest first: a push of a later version covers the earlier ones
+        pushed = conn.execute(text(
+            "SELECT max(fid) FROM change_log WHERE version_id = :v AND entity = 'dhis2_push' "
+            "AND op = 'push'"), {"v": vid}).scalar()
+        start = max(start, int(pushed or 0))
+        windows.append((vid, start))
+    return windows[::-1]
+
+
+def _snapshot(raw: Any) -> dict[str, Any] | None:
+    value = json_value(raw)
+    return value if isinstance(value, dict) else None
+
+
+@dataclass
+class _Here:
+    """A unit as this side has it, in the terms a DHIS2 record is compared in."""
+
+    uuid: str
+    ref: str
+    name: str
+    code: str | None
+    opening_date: str | None
+    closed_date: str | None
+    extra_fields: dict[str, Any] | None
+    parent_ref: str | None  # the parent's ref as the upsert knows it (georeg:<uuid> if none)
+    parent_name: str | None
+    location: BaseGeometry | None
+    territory: BaseGeometry | None
+
+
+def _units_here(reg: Registry, version_id: int, uuids: list[str]) -> dict[str, _Here]:
+    """Units of a version by uuid (read in chunks: an IN list stays short)."""
+    b = reg.backend
+    out: dict[str, _Here] = {}
+    with reg.read() as conn:
+        for i in range(0, len(uuids), ID_CHUNK):
+            chunk = uuids[i : i + ID_CHUNK]
+            marks = ", ".join(f":u{n}" for n in range(len(chunk)))
+            for r in conn.execute(text(
+                    "SELECT u.uuid, u.source_ref, u.name, u.code, u.opening_date, "
+                    "u.closed_date, u.extra_fields, p.source_ref, p.uuid, p.name, "
+                    f"{geometry.select_sql(b, 'u.location')}, "
+                    f"{geometry.select_sql(b, 't.territory')} FROM org_unit u "
+                    "LEFT JOIN org_unit p ON p.version_id = u.version_id "
+                    "AND p.unit_key = u.parent_key "
+                    "LEFT JOIN org_unit_territory t ON t.unit_fid = u.fid "
+                    f"WHERE u.version_id = :v AND u.uuid IN ({marks})"),
+                    {"v": version_id} | {f"u{n}": u for n, u in enumerate(chunk)}):
+                extra = json_value(r[6])
+                out[str(r[0])] = _Here(
+                    uuid=str(r[0]), ref=str(r[1] or internal_ref(str(r[0]))), name=str(r[2]),
+                    code=r[3] or None, opening_date=_day(r[4]), closed_date=_day(r[5]),
+                    extra_fields=extra if isinstance(extra, dict) and extra else None,
+                    parent_ref=(str(r[7]) if r[7] else internal_ref(str(r[8]))) if r[8]
+                    else None, parent_name=r[9],
+                    location=geometry.decode(b, r[10]), territory=geometry.decode(b, r[11]))
+    return out
+
+
+def _settle(reg: Registry, version_id: int, records: list[UnitRecord], pull_origins: set[str],
+            *, prefer_remote: bool
+            ) -> tuple[list[UnitRecord], list[dict[str, Any]], list[str], LocalEdits]:
+    """The DHIS2 records an incremental pull may upsert, the conflicts, the uids held,
+    and what was changed here (:func:`local_edits`).
+
+    A unit changed here and by DHIS2 (it is among ``records``) is a conflict
+    on each field changed here whose value DHIS2 has otherwise.  Unless ``prefer_remote``,
+    the record carries this side's value of those fields (the upsert then keeps them and
+    takes DHIS2's other fields); a unit deleted here is not created again — nor are the
+    new DHIS2 units below it.  A unit deleted here that DHIS2 has closed (what a push
+    does with a deleted unit) is no conflict: it stays deleted."""
+    by_ref = {r.source_ref: r for r in records if r.source_ref}
+    refs: dict[str, str] = {}  # uuid → ref
+    key_refs: dict[int, str] = {}  # unit key → ref (as the upsert knows it)
+    with reg.read() as conn:
+        for uuid_, ref, key in conn.execute(text(
+                "SELECT uuid, source_ref, unit_key FROM org_unit WHERE version_id = :v"),
+                {"v": version_id}):
+            if ref:
+                refs[str(uuid_)] = str(ref)
+            key_refs[int(key)] = str(ref) if ref else internal_ref(str(uuid_))
+    edits = local_edits(reg, version_id, pull_origins,
+                        {uuid_ for uuid_, ref in refs.items() if ref in by_ref})
+    if not edits.fields and not edits.deleted:
+        return records, [], [], edits
+    touched = [uuid_ for uuid_, fields in edits.fields.items()
+               if fields and refs.get(uuid_) in by_ref]
+    here = _units_here(reg, version_id, touched)
+    names = {ref: rec.name for ref, rec in by_ref.items()}
+    conflicts: list[dict[str, Any]] = []
+    held: list[str] = []
+    dropped: dict[str, str] = {}  # ref → why (units not created again, and those below)
+    for uuid_ in touched:
+        unit, rec = here.get(uuid_), by_ref[refs[uuid_]]
+        if unit is None:
+            continue
+        found, mine_only = _differences(reg, unit, rec, edits.fields[uuid_], names, key_refs)
+        if found:
+            held.append(unit.ref)
+        for name, mine, theirs in found:
+            conflicts.append({"uid": unit.ref, "name": unit.name, "field": name,
+                              "here": mine, "dhis2": theirs,
+                              "kept": "dhis2" if prefer_remote else "here"})
+        if not prefer_remote:
+            _keep_here(rec, unit, {name for name, _, _ in found} | mine_only)
+    present = set(refs.values())
+    for ref, name in edits.deleted.items():
+        rec_ = by_ref.get(ref)
+        if rec_ is None or ref in present:
+            continue  # DHIS2 did not change it, or it is here again (same ref)
+        if rec_.closed_date:
+            dropped[ref] = "closed"
+            continue
+        held.append(ref)
+        conflicts.append({"uid": ref, "name": name, "field": "unit", "here": "deleted",
+                          "dhis2": "open, changed", "kept": "dhis2" if prefer_remote else "here"})
+        dropped[ref] = "deleted"
+    if prefer_remote:
+        return records, conflicts, [], edits
+    # new DHIS2 units below a unit not created again cannot be placed: held with it
+    grew = True
+    while grew:
+        grew = False
+        for rec in records:
+            new, parent = rec.source_ref, rec.parent_ref
+            if new and parent and new not in dropped and new not in present \
+                    and parent in dropped:
+                dropped[new] = "below"
+                held.append(new)
+                above = names.get(parent, parent)
+                conflicts.append({"uid": new, "name": rec.name, "field": "parent",
+                                  "here": f"{above} (deleted here)", "dhis2": above,
+                                  "kept": "here"})
+                grew = True
+    kept = [rec for rec in records if rec.source_ref not in dropped]
+    return kept, conflicts, held, edits
+
+
+def _differences(reg: Registry, unit: _Here, rec: UnitRecord, changed: dict[str, Any],
+                 names: dict[str, str], key_refs: dict[int, str]
+                 ) -> tuple[list[tuple[str, str, str]], set[str]]:
+    """Of the fields changed here that the DHIS2 record would overwrite with another
+    value (a value DHIS2 leaves out is not written): the conflicts — (field, here,
+    DHIS2) of those DHIS2 changed too, i.e. it no longer has the value they had before
+    the change here — and the names of the others (changed here only: kept, silently)."""
+    conflicts: list[tuple[str, str, str]] = []
+    mine_only: set[str] = set()
+
+    def sort(name: str, there_as_before: bool, mine: str, theirs: str) -> None:
+        if changed[name] is not NO_BASE and there_as_before:
+            mine_only.add(name)  # DHIS2 still has what this side had: changed here only
+        else:
+            conflicts.append((name, mine, theirs))
+
+    def base(name: str) -> Any:
+        value = changed[name]
+        return None if value is NO_BASE else value
+
+    if "name" in changed and rec.name.strip() != unit.name:
+        sort("name", base("name") == rec.name.strip(), unit.name, rec.name.strip())
+    if "code" in changed and rec.code and rec.code != unit.code:
+        sort("code", base("code") == rec.code, _shown(unit.code), rec.code)
+    for name in ("opening_date", "closed_date"):
+        day = _day(getattr(rec, name))
+        if name in changed and day and day != getattr(unit, name):
+            sort(name, _day(base(name)) == day, _shown(getattr(unit, name)), day)
+    if "parent" in changed and rec.parent_ref != unit.parent_ref:
+        ref = rec.parent_ref
+        old_key = base("parent")
+        old_ref = key_refs.get(int(old_key)) if old_key is not None else None
+        sort("parent", old_ref == ref, _shown(unit.parent_name),
+             _shown(names.get(ref, ref) if ref else None))
+    if "extra_fields" in changed and rec.extra_fields and rec.extra_fields != unit.extra_fields:
+        extra = rec.extra_fields
+        mine = unit.extra_fields or {}
+        keys = sorted(k for k in set(mine) | set(extra) if mine.get(k) != extra.get(k))
+        sort("extra_fields", (json_value(base("extra_fields")) or None) == extra,
+             _shown({k: mine.get(k) for k in keys}, keys),
+             _shown({k: extra.get(k) for k in keys}, keys))
+        if conflicts and conflicts[-1][0] == "extra_fields" and keys == ["shortName"]:
+            conflicts[-1] = ("short name", *conflicts[-1][1:])
+    for name in ("location", "territory"):
+        geom = getattr(rec, name)
+        if isinstance(geom, tuple):
+            geom = shapely.Point(geom)
+        if name in changed and geom is not None and not same_geometry(geom, getattr(unit, name)):
+            old = base(name)
+            before = geometry.decode_audit_hex(reg.backend, old) if isinstance(old, str) else None
+            sort(name, same_geometry(geom, before), _shown_geom(getattr(unit, name)),
+                 _shown_geom(geom))
+    return conflicts, mine_only
+
+
+def _keep_here(rec: UnitRecord, unit: _Here, fields: set[str]) -> None:
+    """Give the DHIS2 record this side's value of ``fields``: the upsert leaves them as
+    they are (a None it reads as "keep", except a parent, where it is this side's root)."""
+    if "name" in fields:
+        rec.name = unit.name
+    if "code" in fields:
+        rec.code = unit.code
+    if "opening_date" in fields:
+        rec.opening_date = unit.opening_date
+    if "closed_date" in fields:
+        rec.closed_date = unit.closed_date
+    if "parent" in fields:
+        rec.parent_ref = unit.parent_ref
+    if fields & {"short name", "extra_fields"}:
+        rec.extra_fields = unit.extra_fields
+    if "location" in fields:
+        rec.location = unit.location
+    if "territory" in fields:
+        rec.territory = unit.territory
+
+
+def _shown(value: Any, keys: list[str] | None = None) -> str:
+    if value is None or value == "":
+        return "(none)"
+    if isinstance(value, dict):
+        if keys == ["shortName"]:
+            return _shown(value.get("shortName"))
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def _shown_geom(geom: BaseGeometry | None) -> str:
+    if geom is None:
+        return "(none)"
+    if geom.geom_type == "Point":
+        return f"point {geom.x:.5f}, {geom.y:.5f}"
+    return f"{geom.geom_type.lower()} of {len(shapely.get_coordinates(geom))} vertices"
+
+
+def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]],
+                 protected: set[tuple[int, int]] = frozenset()  # type: ignore[assignment]
                  ) -> dict[str, int]:
-    """Incremental pull: groups (new, renamed) and their members as DHIS2 has them now."""
+    """Incremental pull: groups (new, renamed) and their members as DHIS2 has them now —
+    but a membership set or removed here and not pushed yet (``protected``: group key,
+    unit key) stays as it is here.  DHIS2 cannot have changed it the other way: a member
+    is in or out, so DHIS2 either agrees already or has not changed."""
     keys = {r[1]: int(r[0]) for r in conn.execute(text(
         "SELECT group_key, source_ref FROM org_unit_group WHERE version_id = :v"),
         {"v": version_id}) if r[1]}
@@ -328,8 +727,10 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
         have = {int(r[0]) for r in conn.execute(text(
             "SELECT unit_key FROM group_membership WHERE version_id = :v AND group_key = :g"),
             {"v": version_id, "g": key})}
-        add = [{"v": version_id, "g": key, "u": u} for u in sorted(want - have)]
-        remove = [{"v": version_id, "g": key, "u": u} for u in sorted(have - want)]
+        add = [{"v": version_id, "g": key, "u": u} for u in sorted(want - have)
+               if (key, u) not in protected]
+        remove = [{"v": version_id, "g": key, "u": u} for u in sorted(have - want)
+                  if (key, u) not in protected]
         if add:
             conn.execute(text("INSERT INTO group_membership (version_id, group_key, unit_key) "
                               "VALUES (:v, :g, :u)"), add)
@@ -342,9 +743,10 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
 
 
 def pull(reg: Registry, client: Dhis2Client, source: str, *, since: str | None = None,
-         **options: Any) -> dict[str, Any]:
+         prefer_remote: bool = False, **options: Any) -> dict[str, Any]:
     """Pull the org-unit tree from DHIS2 (see :class:`Dhis2PullJob`)."""
-    return Dhis2PullJob(reg, client, source, since=since, **options).run()
+    return Dhis2PullJob(reg, client, source, since=since, prefer_remote=prefer_remote,
+                        **options).run()
 
 
 # --- push: the plan ---------------------------------------------------------------------------
@@ -652,11 +1054,12 @@ class Dhis2PushJob(Job[dict[str, Any]]):
             shown = {}
             for k, (a, b) in changes.items():
                 if k == "parent":
-                    shown["parent"] = [names.get(a) if a else None, names.get(b) if b else None]
+                    shown["parent"] = _change(names.get(a) if a else None,
+                                              names.get(b) if b else None)
                 elif k == "geometry":
-                    shown["geometry"] = [_geom_kind(a), _geom_kind(b)]
+                    shown["geometry"] = _change(_geom_kind(a), _geom_kind(b))
                 else:
-                    shown[FIELD_NAMES.get(k, k)] = [a, b]
+                    shown[FIELD_NAMES.get(k, k)] = _change(a, b)
             plan.note_change({"action": "update", "kind": "unit", "uid": uid, "name": u.name,
                               "fields": shown})
         if derived_opening:
@@ -779,7 +1182,7 @@ class Dhis2PushJob(Job[dict[str, Any]]):
             for key, value in (("name", g.name), ("shortName", g.short_name),
                                ("code", g.code)):
                 if value and value != old.get(key):
-                    changed[key] = [old.get(key), value]
+                    changed[key] = _change(old.get(key), value)
                     obj[key] = value
             if not changed:
                 continue
@@ -894,6 +1297,13 @@ class Dhis2PushJob(Job[dict[str, Any]]):
         with self.reg.write(origin=self.origin, author=self.author) as conn:
             _log(conn, version.id, "dhis2_push", "push" if report["ok"] else "push_failed",
                  [{"after": summary}])
+
+
+def _change(before: Any, after: Any) -> dict[str, Any]:
+    """One field's change in a push report, saying what it is: a value ``before`` and
+    ``after`` — unlike a group's ``added``/``removed`` member lists, which are lists of
+    names (two members removed are not a rename from one to the other)."""
+    return {"before": before, "after": after}
 
 
 def _geom_kind(geojson: Any) -> str | None:
