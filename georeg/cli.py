@@ -38,7 +38,7 @@ err_console = Console(stderr=True)
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 bad input, 3 set-up problem, 4 not found, "
     "5 conflict (duplicate, cycle, published version), 6 integrity findings (check), "
-    "130 cancelled."
+    "7 the two sides differ (sync postgis status --compare), 130 cancelled."
 )
 
 
@@ -431,13 +431,18 @@ def version_default_cmd(reg: str, source: str, number: int, as_json: bool) -> No
 @REG
 @SOURCE
 @click.option("--version", "-v", "number", type=int, required=True)
-def version_delete_cmd(reg: str, source: str, number: int, as_json: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Delete a merge's draft even though conflicts were resolved in it (the "
+              "resolutions are lost with it).")
+def version_delete_cmd(reg: str, source: str, number: int, force: bool, as_json: bool) -> None:
     """Delete a draft version (published versions cannot be deleted)."""
     from storage.versions import delete_version
 
     with open_registry(reg) as registry:
-        data = delete_version(registry, source, number, origin=ORIGIN)
+        data = delete_version(registry, source, number, force=force, origin=ORIGIN)
     emit(as_json, data, lambda d: f"Deleted draft version {number} of {source!r}." + (
+        f" {d['resolved_conflicts_lost']} resolved conflict(s) went with it."
+        if d["resolved_conflicts_lost"] else "") + (
         f"\nIt was the default version: {source!r} has none now (the server's phones get no "
         f"units) — choose one with: georeg version default REG --source \"{source}\" -v N"
         if d["was_default"] else ""))

@@ -109,7 +109,9 @@ def render_report(d: dict[str, Any]) -> str:
                 + ".")
         recognised = (f", {c['recognised']} already in the target (not added again)"
                       if c.get("recognised") else "")
-        detail = (f"  {c['matched']} matched{recognised}, {c['added']} added, "
+        deleted_here = (f", {c['deleted_here']} deleted here since (not added again)"
+                        if c.get("deleted_here") else "")
+        detail = (f"  {c['matched']} matched{recognised}, {c['added']} added{deleted_here}, "
                   f"{c['updated']} updated, "
                   f"{c['moved']} moved, {c['deleted']} deleted; {c['unmatched_target']} target "
                   "unit(s) without a link.")
@@ -156,17 +158,22 @@ def render_report(d: dict[str, Any]) -> str:
 @click.option("--rules", "rules_file", default=None, type=click.Path(dir_okay=False),
               help="rules.toml: where each field comes from, what happens to unmatched units "
               "(default: everything from the target, unmatched source units added as new).")
+@click.option("--re-add-deleted", is_flag=True,
+              help="Add again the source units whose unit in TARGET was deleted since an "
+              "earlier merge added it (or a match linked it). Without it they stay deleted and "
+              "the report lists them.")
 @DRY_RUN
 @DESCRIPTION
 @AUTHOR
 def merge_cmd(reg: str, target: str, source: str, links_run: int | None, rules_file: str | None,
-              dry_run: bool, description: str | None, author: str | None, as_json: bool) -> None:
+              re_add_deleted: bool, dry_run: bool, description: str | None, author: str | None,
+              as_json: bool) -> None:
     """Merge a version of another source into TARGET by links and rules (a new draft)."""
     rules = Rules.from_file(rules_file) if rules_file else Rules()
     with open_registry(reg) as registry:
         job = RulesMergeJob(registry, target, source, rules=rules, links_run=links_run,
-                            dry_run=dry_run, description=description, author=author,
-                            origin=ORIGIN)
+                            re_add_deleted=re_add_deleted, dry_run=dry_run,
+                            description=description, author=author, origin=ORIGIN)
         emit(as_json, run_job(job, as_json), render_report)
 
 

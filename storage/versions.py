@@ -534,9 +534,14 @@ def list_versions(reg: Registry, source: str) -> list[dict[str, Any]]:
     ]
 
 
-def delete_version(reg: Registry, source: str, number: int, *, origin: str = "api"
-                   ) -> dict[str, Any]:
+def delete_version(reg: Registry, source: str, number: int, *, force: bool = False,
+                   origin: str = "api") -> dict[str, Any]:
     """Delete a draft version (a published one is refused by the database itself).
+
+    A 3-way merge's draft whose conflicts someone already resolved is refused unless
+    ``force``: its conflicts go with it (ON DELETE CASCADE), and with them the
+    decisions made — deleting the draft to abort the merge must not drop them
+    silently.  The count is returned (``resolved_conflicts_lost``).
 
     A draft with change requests from the field still waiting for review is refused:
     they name it as the version the phone saw and the one an approval writes to, so
@@ -550,6 +555,16 @@ def delete_version(reg: Registry, source: str, number: int, *, origin: str = "ap
         if version.status == "published":
             raise _published(version)
         _refuse_pending_requests(conn, version)
+        resolved = int(conn.execute(
+            text("SELECT count(*) FROM merge_conflict WHERE version_id = :v "
+                 "AND status = 'resolved'"), {"v": version.id}).scalar_one())
+        if resolved and not force:
+            raise ConflictError(
+                f"{version.label} is a merge's draft with {resolved} resolved conflict(s); "
+                "deleting it loses those resolutions with it (they are stored with the draft "
+                f"and no other version has them). List them with georeg conflicts list REG "
+                f"--version \"{version.source}:{version.number}\" --status resolved; to delete "
+                "it anyway (e.g. to start the merge over), give --force.")
         was_default = conn.execute(
             text("UPDATE data_source SET default_version_id = NULL WHERE default_version_id = :v"),
             {"v": version.id},
@@ -557,7 +572,8 @@ def delete_version(reg: Registry, source: str, number: int, *, origin: str = "ap
         conn.execute(text("DELETE FROM source_version WHERE fid = :v"), {"v": version.id})
         log_version(conn, version.id, "delete", {"number": number, "source": version.source})
     # (the default is cleared, not moved: which version phones get is for a person to say)
-    return {"deleted": number, "source": version.source, "was_default": was_default}
+    return {"deleted": number, "source": version.source, "was_default": was_default,
+            "resolved_conflicts_lost": resolved}
 
 
 def _refuse_pending_requests(conn: Connection, version: VersionRef) -> None:

@@ -214,23 +214,38 @@ def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id:
                    "_review_source": review_source, "_rejected": rejected}
 
 
-def earlier_merge_pairs(conn: Connection, target: VersionRef, source: VersionRef
-                        ) -> tuple[dict[str, str], int]:
+def version_line(conn: Connection, version: VersionRef) -> list[int]:
+    """VERSION's id, then the ids of the versions it was copied from, newest first.
+
+    This is the line a draft's content comes from: what an earlier version of the line
+    held and VERSION no longer holds was deleted somewhere along it, i.e. *after* that
+    earlier version was made (a merge's add, a match's link).
+    """
+    line: list[int] = []
+    cur: int | None = version.id
+    while cur is not None and cur not in line:
+        line.append(cur)
+        cur = conn.execute(text("SELECT copied_from_id FROM source_version WHERE fid = :v"),
+                           {"v": cur}).scalar()
+    return line
+
+
+def earlier_merge_pairs(conn: Connection, target: VersionRef, source: VersionRef,
+                        lineage: list[int] | None = None) -> tuple[dict[str, str], int]:
     """Source uuid → target uuid of the units earlier merges of SOURCE's list added.
 
     A rules merge adds the source's unlinked units under new uuids and stores the pairs
     in its ``merge_run`` report (``added_pairs``).  When TARGET is that merge's draft,
     or descends from it (copies of copies), merging the same list again must find those
-    units there instead of adding them a second time.  Also returns how many such
-    merges recorded no pairs (made by an older Georeg): their ref-less units cannot be
+    units there instead of adding them a second time — and a pair whose target unit
+    TARGET no longer holds was deleted since, in TARGET's line (see
+    :func:`deleted_here`).  Later merges come last, so a unit added again (after
+    ``re_add_deleted``) wins over the one deleted.  Also returns how many such merges
+    recorded no pairs (made by an older Georeg): their ref-less units cannot be
     recognised, which the report says.
     """
-    lineage: list[int] = []
-    cur: int | None = target.id
-    while cur is not None and cur not in lineage:
-        lineage.append(cur)
-        cur = conn.execute(text("SELECT copied_from_id FROM source_version WHERE fid = :v"),
-                           {"v": cur}).scalar()
+    if lineage is None:
+        lineage = version_line(conn, target)
     rows = conn.execute(
         text("SELECT m.result_version_id, m.report FROM merge_run m "
              "JOIN source_version sv ON sv.fid = m.source_version_id "
@@ -247,6 +262,47 @@ def earlier_merge_pairs(conn: Connection, target: VersionRef, source: VersionRef
             for s_uuid, t_uuid in data.get("added_pairs") or []:
                 pairs[s_uuid] = t_uuid
     return pairs, unrecorded
+
+
+def deleted_here(conn: Connection, lineage: list[int], target: Snapshot, source: Snapshot,
+                 links: list[tuple[str, str]], earlier: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Source units whose target unit was deleted in TARGET's line since it was paired.
+
+    Source uuid → ``{"uuid": the deleted target unit, "by": "earlier merge" | "link"}``.
+
+    Merging the same list again finds these source units unpaired: the target unit an
+    earlier merge added for them (``earlier``), or the one a link paired them with, is
+    not in TARGET any more.  Without this they would be added again, undoing the
+    officer's delete.  Like a 3-way merge, the newer decision wins: the delete came
+    after the add (the merge's draft is an ancestor of TARGET) or after the link (the
+    unit was in an ancestor of TARGET, so it was deleted on the way).  A link whose
+    target unit was never in TARGET's line is only stale, as before: nothing here says
+    the officer deleted it.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for s_uuid, t_uuid in earlier.items():
+        if s_uuid in source.units and t_uuid not in target.units:
+            out[s_uuid] = {"uuid": t_uuid, "by": "earlier merge"}
+    stale = {t: s for t, s in links
+             if t not in target.units and s in source.units and s not in out}
+    ancestors = lineage[1:]
+    if not stale or not ancestors:
+        return out
+    uuids = list(stale)
+    found: set[str] = set()
+    for i in range(0, len(uuids), 500):  # few in practice: units deleted since the match
+        chunk = uuids[i:i + 500]
+        names = ", ".join(f":u{j}" for j in range(len(chunk)))
+        versions_in = ", ".join(f":v{j}" for j in range(len(ancestors)))
+        found.update(r[0] for r in conn.execute(
+            text(f"SELECT DISTINCT uuid FROM org_unit WHERE uuid IN ({names}) "
+                 f"AND version_id IN ({versions_in})"),
+            {f"u{j}": u for j, u in enumerate(chunk)}
+            | {f"v{j}": v for j, v in enumerate(ancestors)}))
+    for t_uuid in uuids:
+        if t_uuid in found:
+            out[stale[t_uuid]] = {"uuid": t_uuid, "by": "link"}
+    return out
 
 
 def check_links_apply(conn: Connection, links: list[tuple[str, str]], link_info: dict[str, Any],
@@ -299,11 +355,14 @@ class RulesMergeJob(_MergeJob):
 
     def __init__(self, reg: Registry, target: VersionSpec, source: VersionSpec, *,
                  rules: Rules | None = None, links_run: int | None = None,
-                 links: list[tuple[str, str]] | None = None, **kw: Any) -> None:
+                 links: list[tuple[str, str]] | None = None, re_add_deleted: bool = False,
+                 **kw: Any) -> None:
         super().__init__(reg, **kw)
         self.target_spec, self.source_spec = target, source
         self.rules = rules or Rules()
         self.links_run, self.links = links_run, links
+        #: add again the source units whose target unit was deleted since (see deleted_here)
+        self.re_add_deleted = re_add_deleted
 
     def execute(self) -> dict[str, Any]:
         with self.reg.write(origin=self.origin, author=self.author, dry_run=self.dry_run) as conn:
@@ -328,9 +387,12 @@ class RulesMergeJob(_MergeJob):
             in_review: set[str] = link_info.pop("_review_source", set())  # type: ignore[assignment]
             rejected: set[tuple[str, str]] = link_info.pop(  # type: ignore[assignment]
                 "_rejected", set())
-            earlier, unrecorded = earlier_merge_pairs(conn, target, source)
+            lineage = version_line(conn, target)
+            earlier, unrecorded = earlier_merge_pairs(conn, target, source, lineage)
+            gone = deleted_here(conn, lineage, t_snap, s_snap, links, earlier)
             plan = plan_rules_merge(t_snap, s_snap, links, self.rules, also_linked=also,
-                                    earlier=earlier, rejected=rejected)
+                                    earlier=earlier, rejected=rejected, deleted=gone,
+                                    re_add_deleted=self.re_add_deleted)
             if unrecorded and plan.added:
                 plan.warnings.insert(0, (
                     f"{target.label} descends from {unrecorded} earlier merge(s) of "
@@ -354,12 +416,17 @@ class RulesMergeJob(_MergeJob):
                 "source": source.to_dict(),
                 "links": link_info,
                 "rules": self.rules.to_dict(),
+                "re_add_deleted": self.re_add_deleted,
                 "counts": {"matched": plan.matched, "recognised": len(plan.recognised),
-                           "unmatched_target": len(plan.unmatched_target), "conflicts": 0},
+                           "unmatched_target": len(plan.unmatched_target),
+                           "deleted_here": len(plan.deleted_here),
+                           "re_added": len(plan.re_added), "conflicts": 0},
                 "added": plan.added[:MAX_LISTED],
                 "added_pairs": [[a["source_uuid"], a["uuid"]] for a in plan.added],
                 "recognised": plan.recognised[:MAX_LISTED],
+                "deleted_here": plan.deleted_here[:MAX_LISTED],
                 "warnings": _link_warnings(link_info, plan.recognised, target, source)
+                + _deleted_warnings(plan.deleted_here, plan.re_added, target)
                 + plan.warnings,
                 "conflicts": [],
             }
@@ -449,6 +516,34 @@ def _link_warnings(info: dict[str, Any], recognised: list[dict[str, Any]], targe
     return out
 
 
+def _deleted_warnings(deleted: list[dict[str, Any]], re_added: list[dict[str, Any]],
+                      target: VersionRef) -> list[str]:
+    """Units the officer deleted since a merge added them (or since they were matched):
+    not added again — or, with ``re_add_deleted``, added again on purpose."""
+
+    def names(items: list[dict[str, Any]]) -> str:
+        shown = ", ".join(repr(d["name"]) for d in items[:5])
+        return shown + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    out = []
+    by_merge = [d for d in deleted if d["by"] == "earlier merge"]
+    by_link = [d for d in deleted if d["by"] == "link"]
+    if by_merge:
+        out.append(f"{len(by_merge)} unit(s) deleted here since an earlier merge added them: "
+                   f"not added again ({names(by_merge)}).")
+    if by_link:
+        out.append(f"{len(by_link)} unit(s) deleted here since a match linked them to this "
+                   f"list: not added again ({names(by_link)}).")
+    if deleted:
+        out[-1] += (f" They were deleted in {target.label} or a version it was copied from; to "
+                    "bring them back, merge again with --re-add-deleted.")
+    if re_added:
+        out.append(f"{len(re_added)} unit(s) deleted here since an earlier merge added them or "
+                   f"a match linked them were added again, as asked (--re-add-deleted): "
+                   f"{names(re_added)}.")
+    return out
+
+
 def _ref_clash_message(clashes: list[dict[str, Any]], target: VersionRef,
                        source: VersionRef) -> str:
     shown = "; ".join(f"{c['name']!r} (ref {c['source_ref']!r}, used by {c['target_name']!r}, "
@@ -529,7 +624,20 @@ def store_conflicts(conn: Connection, run_id: int, version: VersionRef, conflict
 
 def merge_by_rules(reg: Registry, target: VersionSpec, source: VersionSpec, **kw: Any
                    ) -> dict[str, Any]:
+    """Run a :class:`RulesMergeJob` (keywords: ``rules``, ``links_run``, ``links``,
+    ``re_add_deleted``, ``dry_run``, ``author``, ``description``)."""
     return RulesMergeJob(reg, target, source, **kw).run()
+
+
+def resolved_conflict_count(conn: Connection, version: VersionRef) -> int:
+    """Conflicts of VERSION (a 3-way merge's draft) already resolved by someone.
+
+    Deleting the draft deletes them with it (``ON DELETE CASCADE``): the decisions made
+    there are lost, which whoever deletes it should be told and confirm (``--force``).
+    """
+    return int(conn.execute(
+        text("SELECT count(*) FROM merge_conflict WHERE version_id = :v AND status = 'resolved'"),
+        {"v": version.id}).scalar_one())
 
 
 def merge_three_way(reg: Registry, base: VersionSpec, ours: VersionSpec, theirs: VersionSpec,

@@ -123,6 +123,11 @@ class RulesPlan:
     #: (paired with another source unit, or elsewhere in the tree): the merge stops
     ref_clashes: list[dict[str, Any]] = field(default_factory=list)
     unmatched_target: list[str] = field(default_factory=list)
+    #: source units without a pair whose target unit was deleted since an earlier merge
+    #: added it (or a link paired it): not added again — the newer decision stands
+    deleted_here: list[dict[str, Any]] = field(default_factory=list)
+    #: the same, added again because the merge was asked to (``re_add_deleted``)
+    re_added: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -130,12 +135,22 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
                      rules: Rules, also_linked: set[str] | frozenset[str] = frozenset(),
                      earlier: dict[str, str] | None = None,
                      rejected: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+                     deleted: dict[str, dict[str, str]] | None = None,
+                     re_add_deleted: bool = False,
                      ) -> RulesPlan:
     """The desired state of the new draft: ``target`` with the rules applied.
 
     ``earlier`` pairs source units with the target units earlier merges of this list
     added (source uuid → target uuid); ``rejected`` holds the (target, source) uuid pairs
-    a reviewer said are different places.  Both serve :func:`_recognise`."""
+    a reviewer said are different places.  Both serve :func:`_recognise`.
+
+    ``deleted`` (from :func:`storage.merging.job.deleted_here`) holds the source units
+    whose target unit was deleted in the target's line since a merge added it or a link
+    paired it.  Unless recognised in the target some other way, they are not added
+    again (``plan.deleted_here``): the delete is newer than the add, and re-adding on
+    every merge would undo it without anyone deciding so.  ``re_add_deleted`` adds
+    them like any unpaired unit (``plan.re_added``) — the explicit way back."""
+    deleted = deleted or {}
     desired = dict(target.units)  # a unit is copied before its first change (editable)
     group_defs: dict[int, GroupDef] = dict(target.groups)
     plan = RulesPlan(desired, group_defs)
@@ -159,19 +174,33 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
             return t_of_s.get(value) if value else None
         return value
 
-    _recognise(target, source, t_of_s, also_linked, plan, earlier or {}, rejected)
+    _recognise(target, source, t_of_s, also_linked, plan, earlier or {}, rejected,
+               set() if re_add_deleted else set(deleted))
     linked = dict(t_of_s)
     if rules.unmatched_source == "add_as_new":
         refs = {u.get("source_ref") for u in desired.values() if u.get("source_ref")}
         clashing = {c["source_uuid"] for c in plan.ref_clashes}
+        kept_out: set[str] = set()  # deleted here, not added again
         for s_uuid in depth_order(source.units):
             if s_uuid in t_of_s or s_uuid in also_linked or s_uuid in clashing:
                 continue
             s_unit = source.units[s_uuid]
+            gone = deleted.get(s_uuid)
+            if gone is not None and not re_add_deleted:
+                kept_out.add(s_uuid)
+                plan.deleted_here.append({"source_uuid": s_uuid, "uuid": gone["uuid"],
+                                          "by": gone["by"], "name": s_unit.get("name")})
+                continue
             sp = s_unit.get("parent")
             if sp and sp not in t_of_s:
-                plan.warnings.append(f"{s_unit.get('name')!r}: its source parent was not "
-                                     "placed in the target; not added.")
+                if sp in kept_out:
+                    plan.warnings.append(
+                        f"{s_unit.get('name')!r}: its source parent "
+                        f"{source.units[sp].get('name')!r} was deleted here since it was "
+                        "added or matched; not added (--re-add-deleted brings both back).")
+                else:
+                    plan.warnings.append(f"{s_unit.get('name')!r}: its source parent was not "
+                                         "placed in the target; not added.")
                 continue
             new = UnitState(uuid7(), None, {f: translate(f, s_unit.get(f)) for f in FIELDS})
             new.values["validation_status"] = "new"
@@ -185,6 +214,10 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
             desired[new.uuid] = new
             t_of_s[s_uuid] = new.uuid
             plan.added.append({"source_uuid": s_uuid, "uuid": new.uuid, "name": new.get("name")})
+            if gone is not None:
+                plan.re_added.append({"source_uuid": s_uuid, "uuid": new.uuid,
+                                      "deleted_uuid": gone["uuid"], "by": gone["by"],
+                                      "name": new.get("name")})
     moved_by_rule: dict[str, str | None] = {}
     ref_owner = {u.get("source_ref"): u.uuid for u in desired.values() if u.get("source_ref")}
     for s_uuid, t_uuid in linked.items():
@@ -236,7 +269,8 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
 def _recognise(target: Snapshot, source: Snapshot, t_of_s: dict[str, str],
                also_linked: set[str] | frozenset[str], plan: RulesPlan,
                earlier: dict[str, str],
-               rejected: set[tuple[str, str]] | frozenset[tuple[str, str]]) -> None:
+               rejected: set[tuple[str, str]] | frozenset[tuple[str, str]],
+               kept_out: set[str] | frozenset[str] = frozenset()) -> None:
     """Pair the source units without a link that the target already holds.
 
     A merge adds the source's unlinked units with new uuids and keeps their ref, and
@@ -257,6 +291,9 @@ def _recognise(target: Snapshot, source: Snapshot, t_of_s: dict[str, str],
     paired unit; it is recorded in ``plan.ref_clashes`` and the merge stops rather than
     add a copy without its ref.  Parents come before children, so a recognised
     district places its recognised facilities.
+
+    ``kept_out`` are source units deleted here since (not added again): a ref of theirs
+    used elsewhere is no clash, since nothing is added.
     """
     taken = set(t_of_s.values())
     ref_owner = {u.get("source_ref"): uuid for uuid, u in target.units.items()
@@ -283,6 +320,8 @@ def _recognise(target: Snapshot, source: Snapshot, t_of_s: dict[str, str],
             same_name = (str(t_unit.get("name") or "").strip().casefold()
                          == str(s_unit.get("name") or "").strip().casefold())
             if owner in taken or not (same_parent or same_name):
+                if s_uuid in kept_out:
+                    continue
                 plan.ref_clashes.append({
                     "source_uuid": s_uuid, "name": s_unit.get("name"), "source_ref": ref,
                     "target_uuid": owner, "target_name": t_unit.get("name"),
