@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,21 @@ def _drop(reg: Registry) -> None:
         with reg.engine.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{reg.location.schema}" CASCADE')
     reg.close()
+
+
+@pytest.fixture
+def fake41() -> Iterator[Any]:
+    """The fake DHIS2 answering as 2.41, on 127.0.0.1."""
+    from tests.fake_dhis2 import FakeDhis2
+
+    with FakeDhis2("2.41") as server:
+        yield server
+
+
+@pytest.fixture
+def fake36() -> Iterator[Any]:
+    """The fake DHIS2 answering as 2.36 (bare import reports), on 127.0.0.1."""
+    from tests.fake_dhis2 import FakeDhis2
+
+    with FakeDhis2("2.36") as server:
+        yield server

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from sync.dhis2_data import (
     parse_mapping,
     push_data,
 )
+from tests.dhis2_helpers import client_for
 from tests.fake_dhis2 import FakeDhis2
 
 AGAPE, ADONKIA, BADJIA = "GvFqTavdpGE", "Rp268JB6Ne4", "YuQRtpLP10I"
@@ -45,13 +45,6 @@ EVENTS = {"kind": "events", "program": "eBAyeGv0exc", "programStage": "Zj7UnCAul
           "values": {"sex": {"m": "Male", "f": "Female"}}}
 VALUES = {"kind": "dataValueSets", "period": {"date": "report_date", "type": "Monthly"},
           "dataElements": {"afp_referrals": AFP, "afp_deaths": DEATHS}}
-
-
-def client_for(fake: FakeDhis2, **kw: Any) -> Dhis2Client:
-    options: dict[str, Any] = {"username": "admin", "password": "district", "retries": 2,
-                               "backoff": 0.01, "timeout": (2.0, 10.0)}
-    options.update(kw)
-    return Dhis2Client(fake.url, **options)
 
 
 def unit_uuid(reg: Registry, ref: str) -> str:
@@ -76,18 +69,6 @@ def add_submission(reg: Registry, instance: str, answers: dict[str, Any], *, uni
             f"received_at) VALUES (:i, :f, :x, :m, {cast}, :u, :r)"),
             {"i": instance, "f": form, "x": xml, "m": hashlib.md5(xml).hexdigest(), "d": data,
              "u": unit_uuid(reg, unit) if unit else None, "r": received})
-
-
-@pytest.fixture
-def fake41() -> Iterator[FakeDhis2]:
-    with FakeDhis2("2.41") as server:
-        yield server
-
-
-@pytest.fixture
-def fake36() -> Iterator[FakeDhis2]:
-    with FakeDhis2("2.36") as server:
-        yield server
 
 
 # --- the mapping --------------------------------------------------------------------------

@@ -29,25 +29,13 @@ from storage.registry import Registry, json_value
 from storage.versions import publish_version
 from sync.dhis2_client import Dhis2Client
 from sync.dhis2_sync import pull, push
+from tests.dhis2_helpers import PASSWORD, client_for
 from tests.fake_dhis2 import FakeDhis2
 
-PASSWORD = "district"
 NGELEHUN = "rxc497GUdDt"  # the unit of the reviewer's script
 ADONKIA, AFRO_ARAB, AGAPE, AHAMADYYA = "Rp268JB6Ne4", "cDw53Ej8rju", "GvFqTavdpGE", "plnHVbJR6p4"
 BADJIA, BAOMAHUN = "YuQRtpLP10I", "jNb63DIHuwU"
 CHC_GROUP, CHP_GROUP = "CXw2yu5fodb", "uYxK4wmcPqA"
-
-
-@pytest.fixture
-def fake41() -> Iterator[FakeDhis2]:
-    with FakeDhis2("2.41") as server:
-        yield server
-
-
-def client_for(fake: FakeDhis2, **kw: Any) -> Dhis2Client:
-    options: dict[str, Any] = {"username": "admin", "password": PASSWORD, "retries": 2,
-                               "backoff": 0.01, "timeout": (2.0, 10.0)} | kw
-    return Dhis2Client(fake.url, **options)
 
 
 def in_dhis2(client: Dhis2Client, uid: str, **values: Any) -> None:

@@ -41,12 +41,12 @@ from sync.dhis2_sync import (
 )
 from sync.exchange import ImportPayload, read_version
 from sync.importing import ImportJob
+from tests.dhis2_helpers import PASSWORD, client_for
 from tests.fake_dhis2 import VERSIONS, FakeDhis2
 
 BO, BADJIA, KAKUA = "O6uvpzGd5pu", "YuQRtpLP10I", "U6Kr7Gtpidn"
 ADONKIA, AFRO_ARAB, AGAPE, AHAMADYYA = "Rp268JB6Ne4", "cDw53Ej8rju", "GvFqTavdpGE", "plnHVbJR6p4"
 CHP_GROUP, URBAN_GROUP = "uYxK4wmcPqA", "f25dqv3Y7Z0"
-PASSWORD = "district"
 
 
 @pytest.fixture(params=VERSIONS)
@@ -61,21 +61,6 @@ def paired_fake(backend: str) -> Iterator[FakeDhis2]:
     every backend and every version is covered without running the whole product."""
     with FakeDhis2("2.36" if backend == "spatialite" else "2.41") as server:
         yield server
-
-
-@pytest.fixture
-def fake41() -> Iterator[FakeDhis2]:
-    with FakeDhis2("2.41") as server:
-        yield server
-
-
-def client_for(fake: FakeDhis2, **kw: Any) -> Dhis2Client:
-    options: dict[str, Any] = {"username": "admin", "password": PASSWORD, "retries": 2,
-                               "backoff": 0.01, "timeout": (2.0, 10.0)}
-    options.update(kw)
-    if "token" in kw:
-        options.pop("username"), options.pop("password")
-    return Dhis2Client(fake.url, **options)
 
 
 def metadata_posts(fake: FakeDhis2) -> list[dict[str, Any]]:
