@@ -927,6 +927,26 @@ def export_cmd(reg: str, out: str, source: str, number: int | None, fmt: str | N
     emit(as_json, result, render.export_result)
 
 
+@command(main, "backup")
+@REG
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (once the new copy is "
+              "complete).")
+def backup_cmd(reg: str, out: str, force: bool, as_json: bool) -> None:
+    """Copy a GeoPackage/SpatiaLite registry to OUT, safely while 'georeg serve' runs.
+
+    Copying the file itself can lose recent work: new submissions, photos and users can
+    still be in REG-wal beside it. The backup is the registry as it was at one instant,
+    in one self-contained file, checked, readable by its owner only (it holds the
+    users' password hashes). Writers are not stopped meanwhile. A PostgreSQL registry is
+    backed up with pg_dump."""
+    from storage.backup import backup_job
+
+    data = run_job(backup_job(reg, out, force=force), as_json)
+    emit(as_json, data, lambda d: f"Backed up {d['registry']} to {d['backup']} "
+         f"({d['bytes'] / 1e6:.1f} MB, checked).")
+
+
 def _refuse_overwriting_registry(reg: str, targets: list[Path]) -> None:
     """An export must never replace a registry: the one it reads (or its ``-wal``,
     ``-shm``, ``-journal`` files), nor any other Georeg registry file."""
