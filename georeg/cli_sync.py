@@ -78,29 +78,61 @@ def _value(c: dict[str, Any], side: str) -> str:
 
 
 def _conflict_lines(d: dict[str, Any], kind: str) -> list[str]:
-    """Unit conflicts (field by field, settled by choosing a side) apart from version
-    conflicts (a version published centrally while it was edited here: only a new draft
-    keeps those edits, so the advice differs)."""
+    """Conflicts grouped by what settles them, each group with advice that works for it:
+    units changed on both sides (choose a side, or make them equal); units of a version
+    published here that differ centrally (it cannot change here, so a pull cannot settle
+    them: only ``push --prefer-local`` or the central units made equal); whole versions
+    (deleted here, or published centrally while edited here: each row says what settles
+    it)."""
+    from sync.unit_writer import is_version_conflict
+
     lines: list[str] = []
-    versions = [c for c in d["conflicts"] if c.get("kind") == "version"]
-    units = [c for c in d["conflicts"] if c.get("kind") != "version"]
+    rows = d["conflicts"]
+    all_listed = len(rows) == d["conflict_count"]
+    versions = [c for c in rows if is_version_conflict(c)]
+    frozen = [c for c in rows if not is_version_conflict(c) and c.get("published_here")]
+    units = [c for c in rows if not is_version_conflict(c) and not c.get("published_here")]
+    here_total = int(d.get("conflicting_units_published_here") or 0)
+
+    def count(group: list[dict[str, Any]], total: int) -> int:
+        return len({(c["source"], c["version"], c["uuid"]) for c in group}) if all_listed \
+            else total
+
+    def unit_line(c: dict[str, Any]) -> str:
+        return (f"  {c['source']} v{c['version']} {c.get('name') or ''} [{c['uuid']}] "
+                f"{c['field']}: here {_value(c, 'local')}, central {_value(c, 'central')}")
+
     if units:
-        count = (len({(c["source"], c["version"], c["uuid"]) for c in units})
-                 if len(d["conflicts"]) == d["conflict_count"] else  # all listed
-                 d["conflicting_units"] - len({(c["source"], c["version"]) for c in versions}))
         lines.append(
-            f"{count} unit(s) changed on both sides — left as they are "
-            f"{'here and held back' if kind == 'push' else 'here'}:")
-        for c in units:
-            lines.append(
-                f"  {c['source']} v{c['version']} {c.get('name') or ''} "
-                f"[{c['uuid']}] {c['field']}: here {_value(c, 'local')}, "
-                f"central {_value(c, 'central')}")
+            f"{count(units, int(d['conflicting_units']) - here_total)} unit(s) changed on "
+            f"both sides — left as they are {'here and held back' if kind == 'push' else 'here'}:")
+        lines += [unit_line(c) for c in units]
         lines.append(
             "Resolve by editing one side to match, or choose a side: "
             "'sync postgis pull --prefer-central' or 'sync postgis push --prefer-local'.")
+    if frozen:
+        lines.append(f"{count(frozen, here_total)} unit(s) of a version published here differ "
+                     "centrally — left as they are on both sides:")
+        lines += [unit_line(c) for c in frozen]
+        labels = sorted({(c["source"], c["version"]) for c in frozen
+                         if not c.get("published_centrally")})
+        if labels:
+            lines.append(
+                f"{_labels(labels)} {'is' if len(labels) == 1 else 'are'} published here, so "
+                "nothing can change there: a pull (--prefer-central too) cannot settle these. "
+                "'sync postgis push --prefer-local' sends this registry's values and publishes "
+                "it centrally; or make the central units equal to these, and the next push "
+                "publishes it.")
+        both = sorted({(c["source"], c["version"]) for c in frozen
+                       if c.get("published_centrally")})
+        for source, number in both:
+            lines.append(
+                f"{source} v{number} is published here and centrally, with these units "
+                "different: neither side can change any more. Go on in a new draft: georeg "
+                f"version new REG --source {_quoted(source)} --from {number}, and push it.")
     if versions:
-        lines.append(f"{len(versions)} version(s) in conflict — left as they are here:")
+        lines.append(f"{len(versions)} version(s) in conflict — left as they are "
+                     f"{'on both sides' if kind == 'push' else 'here'}:")
     for c in versions:
         names = c.get("unit_names") or []
         more = int(c.get("units_changed_here") or len(names)) - len(names)
@@ -110,6 +142,11 @@ def _conflict_lines(d: dict[str, Any], kind: str) -> list[str]:
         if c.get("remedy"):
             lines.append(f"  {c['remedy']}")
     return lines
+
+
+def _labels(labels: list[tuple[str, int]]) -> str:
+    """'SL v2' or 'SL v2, SL v3': versions as the messages name them."""
+    return ", ".join(f"{source} v{number}" for source, number in labels)
 
 
 def _sync_text(kind: str) -> Any:
@@ -145,7 +182,7 @@ def _sync_text(kind: str) -> Any:
                              "draft centrally (see the notes).")
             if d.get("versions_held"):
                 lines.append(f"Versions: {d['versions_held']} deleted here kept centrally "
-                             "(see the notes).")
+                             "(changed there; see the version conflicts below).")
         else:
             lines.append(
                 f"Pulled from {d['target']}: {d['units_inserted']} new, {d['units_updated']} "
@@ -280,11 +317,20 @@ def status_cmd(reg: str, url: str | None, target: str | None, schema: str | None
                          "pushed whole: the next push sends it")
         held = d.get("held_units", [])
         frozen = [h for h in held if h.get("published_centrally")]
-        if len(d["held"]) > len(frozen):
-            lines.append(f"  {len(d['held']) - len(frozen)} unit(s) held back by conflicts "
-                         "(changed on both sides; settle with push --prefer-local or pull "
-                         "--prefer-central):")
-            for h in [h for h in held if not h.get("published_centrally")][:20]:
+        mine = [h for h in held if h.get("published_here") and not h.get("published_centrally")]
+        if len(d["held"]) > len(frozen) + len(mine):
+            lines.append(f"  {len(d['held']) - len(frozen) - len(mine)} unit(s) held back by "
+                         "conflicts (changed on both sides; settle with push --prefer-local or "
+                         "pull --prefer-central):")
+            for h in [h for h in held if h not in frozen and h not in mine][:20]:
+                lines.append(f"    {h['version'] or '?'} {h['name'] or '(deleted here)'} "
+                             f"[{h['uuid']}]")
+        if mine:
+            lines.append(f"  {len(mine)} unit(s) of a version published here held back (they "
+                         "differ centrally, so it stays a draft there; a pull cannot change a "
+                         "published version: settle with push --prefer-local, which also "
+                         "publishes it centrally, or make the central units equal):")
+            for h in mine[:20]:
                 lines.append(f"    {h['version'] or '?'} {h['name'] or '(deleted here)'} "
                              f"[{h['uuid']}]")
         by_version: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -299,6 +345,12 @@ def status_cmd(reg: str, url: str | None, target: str | None, schema: str | None
                 "which makes that draft for you):")
             for h in units[:20]:
                 lines.append(f"    {h['name'] or '(deleted here)'} [{h['uuid']}]")
+        for v in d.get("held_versions", []):
+            lines.append(
+                f"  {v['source']} v{v['number']} was deleted here but is kept centrally: units "
+                "of it changed there and were never pulled here. Pull to bring it back with "
+                "those edits (delete it again afterwards if it is not needed), or push "
+                "--prefer-local to delete it centrally anyway.")
         if d["resuming"] and d["last_change_id"] is not None:
             lines.append("  an interrupted push will be resumed")
         if "tables" in d:

@@ -264,13 +264,7 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
     fig = run.fig
     lvid = lmeta["fid"]
     if cflags and lmeta["status"] == "published":
-        for uuid in sorted(cflags):
-            fig.conflicts.append({
-                "source": cmeta["source"], "version": cmeta["number"], "uuid": uuid,
-                "name": None, "field": "(version)", "local": "published here",
-                "central": "changed centrally", "changed_locally": False,
-                "changed_centrally": True,
-            })
+        _report_published_here(run, cmeta, lmeta, cflags)
         return False
     published_there = cmeta["status"] == "published" and lmeta["status"] != "published"
     pending = _pending_local(run, lvid)
@@ -308,6 +302,46 @@ def _pull_version_changes(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any
                 "both in one go."),
         })
     return False
+
+
+def _report_published_here(run: _Run, cmeta: dict[str, Any], lmeta: dict[str, Any],
+                           cflags: dict[str, set[str]]) -> None:
+    """Central changes to a version published here: nothing can be written into it, so
+    they are reported — but only for units whose two states differ.  The change log
+    flags units the central side changed at some time since the last pull, and a later
+    ``push --prefer-local`` (or the ministry putting a value back) may have made the two
+    equal since: reporting those would be a conflict no one can settle.
+
+    The rows are field by field (as for any unit) and marked ``published_here`` — and
+    ``published_centrally`` when the central version is published too — so that the
+    advice is one that works: a pull cannot change a version published here; only a
+    push with --prefer-local (while it is a draft centrally) or making the central units
+    equal settles them.  They are not held here: the push looks at such a version's
+    differing units itself before publishing it centrally."""
+    lvid, cvid = lmeta["fid"], cmeta["fid"]
+    state = run.state
+    for part in _chunks(sorted(cflags), run.batch_size):
+        wanted = set(part)
+        with run.central.read() as cconn, run.reg.read() as conn:
+            central_units = {u.uuid: u for u in read_units(run.central, cconn, cvid,
+                                                           uuids=wanted, everything=True)}
+            local_units = {u.uuid: u for u in read_units(run.reg, conn, lvid, uuids=wanted,
+                                                         everything=True)}
+            for uuid in part:
+                lu, cu = local_units.get(uuid), central_units.get(uuid)
+                if lu is None and cu is None:
+                    continue
+                if lu is not None and cu is not None and lu.compared() == cu.compared():
+                    continue
+                local_changed = _changed_fields(conn, lvid, uuid, state.last_change_id,
+                                                _pull_like(state.target))
+                central_changed = _changed_fields(cconn, cvid, uuid,
+                                                  int(state.last_pull_marker or 0),
+                                                  _own_push_like(state.client_id))
+                for row in _conflict_rows(lmeta, lu, cu, local_changed, central_changed):
+                    row["published_here"] = True
+                    row["published_centrally"] = cmeta["status"] == "published"
+                    run.fig.conflicts.append(row)
 
 
 def _names(reg: Registry, lvid: int, uuids: set[str], limit: int = 10) -> list[str]:

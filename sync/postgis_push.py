@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import shlex
 import time
 import uuid as uuidlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -277,16 +278,20 @@ def _publish_when_settled(run: _Run, meta: dict[str, Any], cvid: int) -> None:
             with run.central.read() as cconn:
                 central_changed = _changed_fields(cconn, cvid, uuid, 0,
                                                   _own_push_like(state.client_id))
-            fig.conflicts.extend(_conflict_rows(meta, lu, cu, local_changed, central_changed))
+            # published here: a pull cannot settle these, only --prefer-local (or the
+            # central units made equal) — the advice shown with them says so
+            fig.conflicts.extend(row | {"published_here": True, "published_centrally": False}
+                                 for row in _conflict_rows(meta, lu, cu, local_changed,
+                                                           central_changed))
     state.held = state.held | {(lvid, u) for u in differing}
     state.save(run.reg)
     fig.versions_not_published += 1
+    # (what settles them is said with the conflict rows, marked published_here)
     fig.refused.append(
         f"{meta['source']} v{meta['number']} not published centrally: {len(differing)} "
-        "unit(s) held (changed centrally, different from here) — settle them first. It is "
-        "published here, so its units cannot change here: push with --prefer-local to send "
-        "this registry's values, or make the central units equal to these. The push after "
-        "that publishes it centrally.")
+        "unit(s) held (changed centrally, different from here). It stays a draft there "
+        "until a push finds both sides equal: push --prefer-local, or make the central "
+        "units equal to these.")
 
 
 def _unsettled(run: _Run, meta: dict[str, Any], cconn: Connection, cvid: int
@@ -425,12 +430,16 @@ def _delete_gone_versions(run: _Run, cconn: Connection, local_versions: list[dic
                     "name": None, "field": "(version)", "kind": "version",
                     "local": "deleted here",
                     "central": f"{what} changed centrally, not pulled here",
-                    "changed_locally": True, "changed_centrally": True})
+                    "changed_locally": True, "changed_centrally": True,
+                    "remedy": (
+                        "Deleting it centrally would destroy those edits, so it was kept "
+                        "there. 'sync postgis pull' brings it back here with them (delete "
+                        "it again afterwards if it is not needed); 'sync postgis push "
+                        "--prefer-local' deletes it centrally anyway.")})
                 fig.refused.append(
                     f"{label} was deleted here, but {what} of it changed centrally and were "
-                    "not pulled here before: it was kept centrally. Pull to bring it back here with those "
-                    "edits (then delete it again if it is not needed), or push with "
-                    "--prefer-local to delete it centrally anyway.")
+                    "not pulled here before: it was kept centrally (its version conflict "
+                    "says what settles it).")
                 continue
         cconn.execute(text("UPDATE data_source SET default_version_id = NULL "
                            "WHERE default_version_id = :v"), {"v": row.fid})
@@ -976,9 +985,12 @@ def _push_version_changes(run: _Run, meta: dict[str, Any], central_version: tupl
     if cstatus == "published":
         fig.refused.append(
             f"{meta['source']} v{meta['number']} is published centrally: "
-            f"{len(units_flags)} changed unit(s) not sent (kept as held: make a new "
-            "version for them)."
-        )
+            f"{len(units_flags)} changed unit(s) not sent (kept as held; a published "
+            "version never changes, so --prefer-local cannot send them either). Keep them "
+            "in a new draft: georeg version new REG --source "
+            f"{shlex.quote(meta['source'])} --from {meta['number']}, then pull (or pull "
+            "--prefer-central, which makes that draft itself); the next push sends the "
+            "draft.")
         return {(lvid, u) for u in units_flags}
     uuids = set(units_flags)
     ter = {u for u, e in units_flags.items() if "territory" in e}

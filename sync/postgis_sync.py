@@ -170,18 +170,32 @@ def status(reg: Registry, url: str, schema: str | None = None, *, compare: bool 
         held_rows = {(int(r.version_id), r.uuid): r for r in _in_rows(
             conn, "SELECT u.version_id, u.uuid, u.name FROM org_unit u WHERE u.uuid IN :u",
             "u", {u for _, u in held})} if held else {}
-        labels = {m["fid"]: (m["source"], m["number"]) for m in _versions(conn)}
+        here = _versions(conn)
+        labels = {m["fid"]: (m["source"], m["number"]) for m in here}
+        published_here = {m["fid"] for m in here if m["status"] == "published"}
+        # a unit of a version published here cannot change here: only push --prefer-local
+        # (or the central unit made equal) settles it — status says so apart
         out["held_units"] = [
             {"uuid": u, "name": held_rows[(v, u)].name if (v, u) in held_rows else None,
              "version": f"{labels[v][0]} v{labels[v][1]}" if v in labels else None,
              "source": labels[v][0] if v in labels else None,
-             "number": labels[v][1] if v in labels else None}
+             "number": labels[v][1] if v in labels else None,
+             "published_here": v in published_here}
             for v, u in held]
         counts: dict[int, int] = {int(v): int(n) for v, n in conn.execute(text(
             "SELECT version_id, count(*) FROM org_unit GROUP BY version_id"))}
         out["versions_not_pushed"] = [
             {"source": m["source"], "number": m["number"], "units": counts.get(m["fid"], 0)}
-            for m in _versions(conn) if str(m["fid"]) not in state.versions]
+            for m in here if str(m["fid"]) not in state.versions]
+    # versions deleted here that a push kept centrally (units of them changed there and
+    # were never pulled: deleting them would destroy those edits) — until a pull brings
+    # them back (then they are here again) or a push --prefer-local deletes them
+    present = {(m["source"], m["number"]) for m in here}
+    out["held_versions"] = sorted(
+        ({"source": str(v["source"]), "number": int(v["number"])}
+         for v in (state.details.get("held_versions") or {}).values()
+         if (v["source"], v["number"]) not in present),
+        key=lambda v: (v["source"], v["number"]))
     # the central side itself: reachable, holding a registry (a typo in the URL or the
     # schema shows here rather than as "never pushed")
     registry_there = False

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import stat
 import threading
@@ -105,7 +106,7 @@ JOB_KINDS: dict[str, JobKind] = {
     "dhis2-pull": JobKind(
         "sync.scheduler:dhis2_pull",
         "Pull org units from a DHIS2 server into a new version.",
-        options=("source", "since", "page_size"),
+        options=("source", "since", "page_size", "prefer"),
         required=("source",),
     ),
     "dhis2-push": JobKind(
@@ -205,7 +206,7 @@ def _checked_option(kind: str, key: str, value: Any) -> Any:
             raise InvalidInput(f"{where}: give a whole number, 1 or more.")
         return text_
     if key == "prefer":
-        wanted = "local" if kind == "postgis-push" else "central"
+        wanted = {"postgis-push": "local", "dhis2-pull": "remote"}.get(kind, "central")
         if text_ != wanted:
             raise InvalidInput(f"{where}: the only choice is prefer={wanted} (or leave it out).")
         return text_
@@ -232,7 +233,8 @@ def dhis2_pull(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
     from sync import dhis2_sync
 
     return dhis2_sync.pull(reg, _dhis2_client(secret, options), str(options["source"]),
-                           since=options.get("since") or None)
+                           since=options.get("since") or None,
+                           prefer_remote=options.get("prefer") == "remote")
 
 
 def dhis2_push(reg: Registry, secret: dict[str, Any], options: dict[str, Any]
@@ -642,6 +644,11 @@ def check_job(
             f"{', '.join(spec.options) or 'no options'}."
         )
     options = {key: _checked_option(kind, key, value) for key, value in options.items()}
+    if kind == "dhis2-pull" and options.get("prefer") and not options.get("since"):
+        raise InvalidInput(
+            "Option prefer=remote of dhis2-pull settles units changed both here and in DHIS2 "
+            "during an incremental pull: give it with since=last. A pull without since makes "
+            "a new version each run and overwrites nothing.")
     if max_retries < 0 or retry_base_seconds <= 0 or retry_max_seconds < retry_base_seconds:
         raise InvalidInput("Retries: need retries ≥ 0 and 0 < retry delay ≤ maximum delay.")
     name = name or (f"{kind}-{target}" if target else kind)
@@ -881,6 +888,62 @@ def job_lock(reg: Registry, name: str) -> Iterator[bool]:
         os.close(fd)
 
 
+def held_note(job: JobDef, figures: dict[str, Any]) -> str | None:
+    """What a run that held conflicts tells the person reading the schedule: how many,
+    and what settles them.  That depends on the job — a DHIS2 pull is settled with
+    DHIS2's commands, not PostGIS's — and, for PostGIS, on the kind of conflict: a
+    ``--prefer-…`` flag settles units changed on both sides, but not the units of a
+    version published here (a pull cannot change it) nor a version published centrally
+    while edited here (a push cannot send into it)."""
+    held = int(figures.get("conflict_count") or 0)
+    if not held:
+        return None
+    if job.kind == "dhis2-pull":  # conflict_count: units held
+        source = shlex.quote(str(job.options.get("source") or "S"))
+        return (f"{held} unit(s) changed both here (not pushed yet) and in DHIS2: kept as "
+                "they are here, not overwritten, and read again by every incremental pull "
+                "until settled (the run's conflicts: 'georeg schedule history --json'). Send "
+                "this side's with 'georeg dhis2 push', or take DHIS2's with 'georeg dhis2 pull "
+                f"REG --source {source} --url … --since last --prefer-remote'.")
+    if not job.kind.startswith("postgis-"):
+        return (f"{held} change(s) on both sides held, not overwritten: the run's conflicts "
+                "('georeg schedule history --json') list them.")
+    frozen = int(figures.get("conflicting_units_published_here") or 0)
+    units = int(figures.get("conflicting_units") or 0) - frozen
+    said: list[str] = []
+    if units > 0:
+        said.append(f"{units} unit(s) changed on both sides held, not overwritten: make both "
+                    "sides equal, or choose one with 'sync postgis push --prefer-local' or "
+                    "'sync postgis pull --prefer-central'.")
+    if frozen:
+        said.append(f"{frozen} unit(s) of a version published here differ centrally: a pull "
+                    "cannot change a published version, so only 'sync postgis push "
+                    "--prefer-local' (or the central units made equal) settles them.")
+    versions = int(figures.get("conflicting_versions") or 0)
+    if versions:
+        said.append(f"{versions} version(s) in conflict:")
+        rows = [c for c in figures.get("conflicts") or []
+                if isinstance(c, dict) and c.get("kind") == "version"]
+        for c in rows[:3]:
+            label = f"{c.get('source')} v{c.get('version')}"
+            if c.get("field") == "(status)":  # published centrally while edited here
+                said.append(
+                    f"{label} was published centrally while units of it changed here; a push "
+                    "cannot send them (--prefer-local neither): keep them in a new draft, "
+                    f"georeg version new REG --source {shlex.quote(str(c.get('source')))} "
+                    f"--from {c.get('version')}, then pull (or 'sync postgis pull "
+                    "--prefer-central', which does both).")
+            else:  # deleted here, changed centrally
+                said.append(
+                    f"{label} was deleted here but changed centrally, and kept there: a pull "
+                    "brings it back with those edits; 'sync postgis push --prefer-local' "
+                    "deletes it anyway.")
+        if len(rows) > 3 or not rows:
+            said.append("The run's conflicts say what settles each.")
+    said.append("'georeg sync postgis status' lists what is held.")
+    return " ".join(said)
+
+
 def execute(
     reg: Registry,
     job: JobDef,
@@ -927,10 +990,7 @@ def execute(
             secret = get_target(secrets_path(location, secrets_file or own_file), job.target)
         figures = _figures(runner(reg, secret, options))
         outcome = "ok"
-        held = int(figures.get("conflict_count") or 0)
-        if held:  # done, but someone must look: say so where the run is shown
-            error = (f"{held} change(s) on both sides held, not overwritten: see 'georeg sync "
-                     "postgis status' and settle them (--prefer-local / --prefer-central).")
+        error = held_note(job, figures)  # done, but someone must look: said where shown
     except GeoregError as failure:
         outcome, error = "failed", failure.message
     except Exception as failure:  # noqa: BLE001 - any failure is recorded and retried

@@ -69,11 +69,24 @@ class Figures:
                           for c in self.conflicts}.values())
         out["conflicts"] = conflicts[:MAX_LISTED]
         out["conflict_count"] = len(conflicts)
-        out["conflicting_units"] = len({(c["source"], c["version"], c["uuid"])
-                                        for c in conflicts})
+        # a version in conflict (deleted here, published centrally while edited here) is
+        # one row without a unit: counted apart, not as a unit (it was counted as one)
+        versions = [c for c in conflicts if is_version_conflict(c)]
+        units = [c for c in conflicts if not is_version_conflict(c)]
+        out["conflicting_units"] = len({(c["source"], c["version"], c["uuid"]) for c in units})
+        out["conflicting_versions"] = len({(c["source"], c["version"]) for c in versions})
+        # units of a version published here that differ centrally: only a push with
+        # --prefer-local (or making the central units equal) settles those
+        out["conflicting_units_published_here"] = len({
+            (c["source"], c["version"], c["uuid"]) for c in units if c.get("published_here")})
         out["refused"] = self.refused[:MAX_LISTED]
         out["warnings"] = self.warnings[:MAX_LISTED]
         return out
+
+
+def is_version_conflict(row: dict[str, Any]) -> bool:
+    """A conflict row about a whole version (no unit: ``uuid`` None, ``kind`` "version")."""
+    return row.get("kind") == "version" or row.get("uuid") is None
 
 
 class UnitWriter:
