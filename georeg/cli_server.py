@@ -162,7 +162,8 @@ def forms_group() -> None:
 @click.option("--project", default=None, metavar="APP_ID", help="Attach to this project.")
 @click.option("--org-unit-field", default=None, metavar="QUESTION",
               help="The question whose answer is the org unit (uuid or source ref), such as "
-              "a select_one_from_file orgunits.csv question.")
+              "a select_one_from_file orgunits.csv question; it must be a question of the "
+              "form (else the form is refused).")
 def forms_add(reg: str, form: str, media: str | None, project: str | None,
               org_unit_field: str | None, as_json: bool) -> None:
     from local_server import forms
@@ -172,9 +173,21 @@ def forms_add(reg: str, form: str, media: str | None, project: str | None,
                              org_unit_field=org_unit_field)
 
     def text(d: dict[str, Any]) -> str:
-        head = (f"{'Added' if d['created'] else 'Unchanged:'} form {d['form_id']} "
-                f"({d['title']}), version {d['version']}")
+        # not "Unchanged" when the org-unit question changed: the user must see that
+        word = ("Added" if d["created"] else
+                "Updated:" if d.get("org_unit_field_changed") else "Unchanged:")
+        head = f"{word} form {d['form_id']} ({d['title']}), version {d['version']}"
         lines = [head + (f", {len(d['media'])} media file(s)." if d["media"] else ".")]
+        if d.get("org_unit_field_changed"):
+            was = d.get("org_unit_field_before")
+            lines.append(f"Org-unit question: {d['org_unit_field']!r}"
+                         + (f" (was {was!r})." if was else " (was none)."))
+        elif d.get("org_unit_field") is None and d.get("org_unit_candidates"):
+            lines.append("Warning: the form picks units from orgunits.csv ("
+                         + ", ".join(d["org_unit_candidates"]) + ") but has no org-unit "
+                         "question: its submissions are stored without a unit and not "
+                         "checked against the collector's area (set it with "
+                         "--org-unit-field QUESTION).")
         if d["missing_media"]:
             lines.append("Warning: the form uses media not supplied: "
                          + ", ".join(d["missing_media"]) + " (add them with --media DIR).")
@@ -210,6 +223,10 @@ def forms_list(reg: str, project: str | None, as_json: bool) -> None:
 def submissions_cmd(reg: str, form: str | None, since: str | None, fmt: str | None,
                     out: str | None, as_json: bool) -> None:
     """List or export submissions (attachments zipped beside the export)."""
+    # (help text kept as docs/cli.md has it) An export writes every matching submission,
+    # oldest first, read in pages so memory stays bounded at any count; answers named
+    # like a fixed column (status, latitude…) become data/<name>; text is never written
+    # as a spreadsheet formula (submissions.export_submissions).
     from local_server import submissions
 
     with open_registry(reg) as r:
@@ -224,9 +241,11 @@ def submissions_cmd(reg: str, form: str | None, since: str | None, fmt: str | No
         if out is None:
             raise InvalidInput("Give --out FILE to export.")
         result = submissions.export_submissions(r, out, fmt=fmt, form=form, since=since)
-    emit(as_json, result, lambda d: f"Wrote {d['submissions']} submission(s) to {d['file']}"
+    emit(as_json, result, lambda d: "\n".join(
+        [f"Wrote {d['submissions']} submission(s) to {d['file']}"
          + (f"; {d['attachments']} attachment(s) in {d['attachments_zip']}."
-            if d["attachments_zip"] else "."))
+            if d["attachments_zip"] else ".")]
+        + [f"Warning: {w}" for w in d.get("warnings", [])]))
 
 
 # --- serve ---------------------------------------------------------------------------------

@@ -89,6 +89,52 @@ def parse_xform(xml: bytes, source: str = "the XForm") -> XFormInfo:
     return XFormInfo(form_id, version, title or form_id, tuple(media))
 
 
+def _xform_parts(xml: bytes) -> tuple[list[str], list[str]]:
+    """The questions of an XForm (the last step of each bind's nodeset, ``meta/`` left
+    out) and, among them, those whose choices come from the org-unit list
+    (``itemset`` on ``instance('orgunits')``): the candidates for ``org_unit_field``."""
+    root = SafeET.fromstring(xml, forbid_dtd=True)
+    names: list[str] = []
+    for bind in root.iter(f"{{{XFORMS_NS}}}bind"):
+        steps = [p for p in (bind.get("nodeset") or "").split("/") if p]
+        if len(steps) >= 2 and "meta" not in steps[1:-1] and steps[-1] not in names:
+            names.append(steps[-1])
+    units: list[str] = []
+    for control in root.iter():
+        ref = control.get("ref") or ""
+        itemset = control.find(f"{{{XFORMS_NS}}}itemset")
+        if ref and itemset is not None and "'orgunits'" in (itemset.get("nodeset") or "")\
+                .replace('"', "'"):
+            name = ref.rstrip("/").rsplit("/", 1)[-1]
+            if name not in units:
+                units.append(name)
+    return names, units
+
+
+def check_org_unit_field(xml: bytes, field: str, source: str) -> None:
+    """Refuse an ``org_unit_field`` the form has no question for.
+
+    Submissions find their unit by this question's answer, and the area check of a
+    restricted collector depends on it: a misspelt name would silently store every
+    submission of the form without a unit — outside every area check and invisible to
+    the area's reviewers."""
+    names, units = _xform_parts(xml)
+    if field in names:
+        return
+    if units:
+        hint = ("its questions on the org-unit list (orgunits.csv) are "
+                + ", ".join(repr(u) for u in units))
+    elif names:
+        shown = names[:20]
+        hint = ("it has no question on the org-unit list (select_one_from_file orgunits.csv); "
+                "its questions are " + ", ".join(repr(n) for n in shown)
+                + (f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""))
+    else:
+        hint = "it has no questions"
+    raise InvalidInput(f"{source}: --org-unit-field {field!r} is not a question of this form; "
+                       f"{hint}.", field="org_unit_field")
+
+
 def convert_xlsform(path: Path) -> bytes:
     from pyxform.errors import PyXFormError
     from pyxform.xls2xform import convert
@@ -134,6 +180,8 @@ def add_form(reg: Registry, path: str | Path, *, media: str | Path | None = None
         raise InvalidInput(f"{path.name}: expected an XLSForm (.xlsx, .xls) or an XForm "
                            "(.xml).")
     info = parse_xform(xform, path.name)
+    if org_unit_field is not None:
+        check_org_unit_field(xform, org_unit_field, path.name)
     from local_server.entities import declared
 
     dataset, _saveto = declared(xform, path.name)
@@ -154,9 +202,13 @@ def add_form(reg: Registry, path: str | Path, *, media: str | Path | None = None
             if project_fid is None:
                 raise NotFound(f"No project with app id {project!r}. Add it with 'georeg "
                                f"projects add REG NAME --app-id {project}'.")
-        row = conn.execute(text("SELECT fid FROM form WHERE form_id = :f"),
+        row = conn.execute(text("SELECT fid, org_unit_field FROM form WHERE form_id = :f"),
                            {"f": info.form_id}).first()
         now = _now()
+        before = None if row is None else row[1]
+        if row is not None and org_unit_field is None and before:
+            # a new version must still have the question the stored setting names
+            check_org_unit_field(xform, str(before), path.name)
         if row is None:
             form_fid = conn.execute(
                 text("INSERT INTO form (form_id, title, project_id, org_unit_field, "
@@ -215,10 +267,20 @@ def add_form(reg: Registry, path: str | Path, *, media: str | Path | None = None
                               "content_type, content, md5) VALUES (:v, :n, :c, :b, :m)"),
                          {"v": version_fid, "n": name, "c": _content_type(name), "b": content,
                           "m": hashlib.md5(content).hexdigest()})
-    missing = [m for m in info.media if m not in files and m != ORG_UNIT_MEDIA]
+        held = {str(n) for (n,) in conn.execute(text(
+            "SELECT filename FROM form_media WHERE form_version_fid = :v"), {"v": version_fid})}
+        generated = set(entity_datasets(conn))
+    # media the stored version already holds (an earlier --media, or carried over) and
+    # the generated lists (org units, entity datasets) are not missing
+    missing = [m for m in info.media if m not in held and m != ORG_UNIT_MEDIA
+               and not (m.endswith(".csv") and m[:-4] in generated)]
+    field = org_unit_field if org_unit_field is not None else before
     return {"form_id": info.form_id, "title": info.title, "version": version, "md5": md5,
             "created": created, "media": sorted(files), "missing_media": missing,
-            "project": project}
+            "project": project, "org_unit_field": field,
+            "org_unit_candidates": _xform_parts(xform)[1],
+            "org_unit_field_before": before,
+            "org_unit_field_changed": row is not None and field != before}
 
 
 def _now() -> str:

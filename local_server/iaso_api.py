@@ -13,7 +13,9 @@ Routes (every call carries ``?app_id=<project app id>``):
   files), in either order, paired by the XML's file name;
 * ``POST /api/mobile/orgunits/`` — units made on the phone: creation requests;
 * ``POST /api/orgunits/changes/`` and ``GET /api/mobile/orgunits/changes/``;
-* ``POST /api/mobile/bulkupload/`` — the zip of all of the above.
+* ``POST /api/mobile/bulkupload/`` — the zip of all of the above, item by item: 204
+  when all is stored, else the refused items listed (``partly_refused``) and the
+  others stored.
 
 Ids: a unit's Iaso ``id`` is its stable ``unit_key`` (the same in every version), a
 type's is its row id, a group's its stable ``group_key``.  Phones see the default
@@ -46,7 +48,7 @@ from local_server.rest_api import json_response, read_json
 from storage import change_requests as cr
 from storage import geometry
 from storage.backends import Backend
-from storage.errors import InvalidInput, NotFound
+from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef
 
@@ -411,8 +413,9 @@ def _type_ref(item: dict[str, Any], *keys: str) -> Any:
 
 
 def create_phone_units(reg: Registry, ctx: Any, user: Any, app_id: str | None,
-                       items: list[Any]) -> list[dict[str, Any]]:
-    """``POST /api/mobile/orgunits/``: each new unit → a creation request (parents first)."""
+                       items: list[Any], first: int = 1) -> list[dict[str, Any]]:
+    """``POST /api/mobile/orgunits/``: each new unit → a creation request (parents first);
+    ``first`` numbers the items in messages (the bulk upload sends them one by one)."""
     def created(item: Any) -> float:
         try:
             return float(item.get("created_at") or 0)
@@ -421,7 +424,7 @@ def create_phone_units(reg: Registry, ctx: Any, user: Any, app_id: str | None,
 
     out = []
     for n, item in enumerate(sorted(items, key=created)):
-        what = f"org unit #{n + 1}"
+        what = f"org unit #{n + first}"
         if not isinstance(item, dict) or not item.get("id"):
             raise InvalidInput(f"{what}: each org unit needs its 'id' (the phone's uuid).")
         with reg.read() as conn:
@@ -492,9 +495,17 @@ def create_phone_change(reg: Registry, ctx: Any, user: Any, app_id: str | None,
     with reg.read() as conn:
         version = glue.mobile_version(conn, ctx, app_id)
         if uuid:
-            done = conn.execute(text("SELECT fid FROM change_request WHERE uuid = :u"),
-                                {"u": str(uuid)}).first()
-            if done is not None:  # Iaso: the same uuid again is a no-op
+            done = conn.execute(text("SELECT fid, created_by FROM change_request "
+                                     "WHERE uuid = :u"), {"u": str(uuid)}).first()
+            if done is not None:
+                # Iaso: the same uuid again is a no-op — but only for the user who sent
+                # it: anyone else gets neither that request (another area's) nor a
+                # success for a request of theirs that would not be stored
+                if done[1] != glue.user_name(user):
+                    raise ConflictError(
+                        f"{what}: the uuid {uuid} is already used by another user's change "
+                        "request; nothing was stored. Send the request with a new uuid.",
+                        field="uuid")
                 return cr.get_change_request(reg, int(done[0])) | {"created": False}
         unit = _unit_uuid(conn, version, body["org_unit_id"], what)
         values: dict[str, Any] = {}
@@ -629,9 +640,23 @@ def instances_post(request: Request, ctx: Any) -> Response:
         if not isinstance(item, dict) or not item.get("file"):
             raise InvalidInput(f"instance #{n + 1}: 'file' (the XML's path on the phone) "
                                "is required.")
-    for item in items:
-        glue.iaso_instance_metadata(ctx, user, _app_id(request), item)
+    refused: list[dict[str, Any]] = []
+    for n, item in enumerate(items):
+        try:  # each item on its own, as in the bulk upload
+            glue.iaso_instance_metadata(ctx, user, _app_id(request), item)
+        except GeoregError as error:
+            if len(items) == 1:
+                raise  # one item: its own error and status
+            refused.append(_refusal("instance", n + 1, item.get("id"), error))
+    if refused:
+        raise PartlyRefused(refused, {"instances": len(items) - len(refused)}, "the list")
     return json_response({"res": "ok"})
+
+
+def _refusal(kind: str, n: int, ident: Any, error: GeoregError) -> dict[str, Any]:
+    """One refused item of an upload, as listed in a ``partly_refused`` answer."""
+    return {"kind": kind, "index": n, "id": None if ident in (None, "") else str(ident),
+            "status": error.http_status, "error": error.code, "message": error.message}
 
 
 def form_upload_post(request: Request, ctx: Any) -> Response:
@@ -704,7 +729,10 @@ def process_bulk_zip(ctx: Any, user: Any, app_id: str | None, data: bytes) -> di
     The zip may unpack to at most the server's body limit (``--max-body-mb``): the same
     as the same submissions sent one by one may weigh, and what bounds the memory of a
     request.  A zip over it (413) or damaged (400) is refused before anything is stored;
-    so is one whose JSON lists are not valid."""
+    so is one whose JSON lists are not valid.  Past those checks each item is stored on
+    its own; the refused ones are collected in ``summary["refused"]`` (kind, position,
+    id, status, reason) — one unit outside the area used to abort the loop and leave every
+    later instance and change request of the zip unstored, on every resend."""
     reg = glue.registry(ctx)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -735,26 +763,79 @@ def process_bulk_zip(ctx: Any, user: Any, app_id: str | None, data: bytes) -> di
     if not all(isinstance(body, dict) for body in changes):
         raise InvalidInput("changeRequests.json: each item must be an object.",
                            field="zip_file")
-    summary: dict[str, Any] = {"org_units": 0, "instances": 0, "change_requests": 0}
-    summary["org_units"] = len(create_phone_units(reg, ctx, user, app_id, org_units))
+    summary: dict[str, Any] = {"org_units": 0, "instances": 0, "change_requests": 0,
+                               "refused": []}
+    refused: list[dict[str, Any]] = summary["refused"]
+
+    def refuse(kind: str, n: int, ident: Any, error: GeoregError) -> None:
+        refused.append(_refusal(kind, n, ident, error))
+
+    def created(item: Any) -> float:
+        try:
+            return float(item.get("created_at") or 0)
+        except (TypeError, ValueError, AttributeError):
+            return 0.0
+
+    # each item in its own transaction, as Iaso: one refused item (a unit outside the
+    # area, a reused uuid …) is reported and the others are still stored
+    for n, unit in enumerate(sorted(org_units, key=created)):
+        try:
+            summary["org_units"] += len(create_phone_units(reg, ctx, user, app_id, [unit],
+                                                           first=n + 1))
+        except GeoregError as error:
+            refuse("org_unit", n + 1, unit.get("id") if isinstance(unit, dict) else None,
+                   error)
     folders: dict[str, list[tuple[str, zipfile.ZipInfo]]] = {}
-    for n, info in names.items():
-        path = PurePosixPath(n)
+    for member, info in names.items():
+        path = PurePosixPath(member)
         if len(path.parts) == 2:
             folders.setdefault(path.parent.name, []).append((path.name, info))
-    for item in instances:
+    for n, item in enumerate(instances):
         files = {name: archive.read(info) for name, info in folders.get(str(item["id"]), [])}
         xml_name = PurePosixPath(str(item["file"]).replace("\\", "/")).name
         xml = files.pop(xml_name, None)
-        glue.iaso_instance_metadata(ctx, user, app_id, item)
-        if xml is None:
+        try:
+            # the metadata first: a refused unit stores nothing of the instance (not an
+            # XML without its unit, which its area's reviewers could not see)
+            glue.iaso_instance_metadata(ctx, user, app_id, item)
+            if xml is None:
+                continue
+            glue.iaso_store_xml(ctx, user, xml_name, xml, files)
+        except GeoregError as error:
+            refuse("instance", n + 1, item["id"], error)
             continue
-        glue.iaso_store_xml(ctx, user, xml_name, xml, files)
         summary["instances"] += 1
-    for body in changes:
-        create_phone_change(reg, ctx, user, app_id, body)
+    for n, body in enumerate(changes):
+        try:
+            create_phone_change(reg, ctx, user, app_id, body)
+        except GeoregError as error:
+            refuse("change_request", n + 1, body.get("uuid"), error)
+            continue
         summary["change_requests"] += 1
     return summary
+
+
+class PartlyRefused(GeoregError):
+    """Some items of an upload (a bulk zip, a metadata list) were refused; every other
+    item was stored.
+
+    The answer is not a 2xx, so the app keeps the data (and its user sees the reasons)
+    rather than marking refused items as sent; sending it again is harmless — what was
+    stored is recognised and not stored twice."""
+
+    code = "partly_refused"
+
+    def __init__(self, refused: list[dict[str, Any]], stored: dict[str, int],
+                 where: str) -> None:
+        statuses = {r["status"] for r in refused}
+        self.http_status = statuses.pop() if len(statuses) == 1 else 400
+        first = refused[0]
+        done = ", ".join(f"{count} {name.replace('_', ' ')}(s)" for name, count in stored.items())
+        super().__init__(
+            f"{len(refused)} item(s) of {where} were refused, the rest was stored ({done}). "
+            f"First: {first['kind'].replace('_', ' ')} "
+            f"{first['id'] or '#' + str(first['index'])}: {first['message']}",
+            refused=refused, stored=stored)
 
 
 def _clean(name: str) -> str:
@@ -768,7 +849,10 @@ def bulk_upload_post(request: Request, ctx: Any) -> Response:
     if upload is None:
         raise InvalidInput("The multipart field 'zip_file' is missing.", field="zip_file")
     data = upload.read()  # the request body is already bounded by --max-body-mb
-    process_bulk_zip(ctx, user, _app_id(request), data)
+    summary = process_bulk_zip(ctx, user, _app_id(request), data)
+    if summary["refused"]:
+        raise PartlyRefused(summary["refused"], {k: summary[k] for k in (
+            "org_units", "instances", "change_requests")}, "the zip")
     return Response(status=204)
 
 

@@ -12,7 +12,9 @@ ignored):
 * ``POST /submission`` — multipart: ``xml_submission_file`` + attachments (by file name),
   ``*isIncomplete*``; 201 (stored, committed) / 202 (already received) with an
   ``OpenRosaResponse``; 400 malformed, 403 outside the user's area, 404 unknown form,
-  409 same instanceID with other XML, 413 too large.
+  409 same instanceID with other XML, 413 too large.  A file resent under the name of
+  one already received, with other bytes, never replaces it: it is kept beside it as
+  ``name (2).ext`` and the 201 message says so (Collect shows it).
 """
 
 from __future__ import annotations
@@ -165,6 +167,14 @@ def submission_post(request: Request, ctx: Any) -> Response:
                "edited": "Thank you: the edited submission was received."}[stored.outcome]
     if incomplete:
         message = "Part of the submission was received; send the rest."
+    if stored.superseded_on_arrival:
+        message += " An edit of it was received before it and stays the current version."
+    if stored.attachments_renamed:
+        # a stored file is never replaced: say where the other one went
+        message += " " + " ".join(
+            f"A different file named {sent!r} was already received for this submission; "
+            f"both are kept, the new one as {kept!r}."
+            for sent, kept in stored.attachments_renamed.items())
     response = openrosa_xml(message, status=201)
     response.headers["Location"] = ctx.url("/submission")
     return response

@@ -17,7 +17,7 @@ from werkzeug.wrappers import Request, Response
 
 from local_server import auth, projects
 from local_server.jwt import InvalidToken, decode, key_path, load_or_create_key
-from storage.errors import GeoregError, InvalidInput, NotFound
+from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound
 from storage.registry import Registry
 from storage.versions import VersionRef, resolve_version
 
@@ -160,28 +160,74 @@ def user_version_paths(conn: Connection, user: Any) -> list[tuple[int, str]] | N
     return out
 
 
+def _creation(conn: Connection, unit_uuid: str) -> Any:
+    """The latest creation request that proposed ``unit_uuid`` (a unit made on a phone)."""
+    return conn.execute(
+        text("SELECT fid, new_parent_uuid, status FROM change_request WHERE unit_uuid = :u "
+             "AND kind = 'creation' ORDER BY CASE status WHEN 'rejected' THEN 1 ELSE 0 END, "
+             "fid DESC LIMIT 1"), {"u": unit_uuid}).first()
+
+
+def unit_place(conn: Connection, version: VersionRef, unit_uuid: str
+               ) -> tuple[str | None, str | None, Any]:
+    """Where a unit lives now, for the area check: ``(path, name, creation)``.
+
+    In order: the version phones download (``version``); else the newest version that
+    holds it — a creation or move approved by a reviewer is written to the draft, which
+    phones see only once it is published, and submissions already tied to the phone's
+    uuid must keep finding it meanwhile; else, for a unit made on a phone whose request
+    is not approved yet, where that request places it (under its parent, found the same
+    way).  ``path`` is None when the unit is nowhere; ``creation`` is then its creation
+    request row, if any (e.g. a rejected one), for a true refusal message."""
+    uuid: str | None = unit_uuid
+    creation = None
+    for _ in range(16):  # pending units under pending units, but never a loop
+        if uuid is None:
+            break
+        row = conn.execute(
+            text("SELECT path, name FROM org_unit WHERE uuid = :u ORDER BY "
+                 "CASE WHEN version_id = :v THEN 0 ELSE 1 END, version_id DESC LIMIT 1"),
+            {"v": version.id, "u": uuid}).first()
+        if row is not None:
+            return str(row[0]), str(row[1]), creation
+        found = _creation(conn, uuid)
+        if found is None or found.status == "rejected":
+            return None, None, found if creation is None else creation
+        creation = creation or found
+        uuid = found.new_parent_uuid
+    return None, None, creation
+
+
 def check_in_area(reg: Registry, user: Any, version: VersionRef, unit_uuid: str | None,
-                  what: str) -> None:
-    """A collector may only create or change units inside their subtree."""
+                  what: str, *, any_version: bool = False) -> None:
+    """A collector may only create, change or submit for units inside their subtree.
+
+    The unit is looked for where it lives now (``unit_place``).  ``any_version`` (for
+    submissions) also accepts a unit inside the area in any version, the rule ODK Collect
+    submissions follow (``users.unit_visible``), so both clients agree.  A refusal says
+    what is true: outside the area (naming the unit), unknown, or a rejected proposal."""
+    from local_server import users as users_mod
+
     with reg.read() as conn:
         paths = user_paths(conn, user, version)
         if paths is None:
             return
         if unit_uuid is None:
             raise auth.Forbidden(f"{what}: you can only add units inside your area (give a parent).")
-        row = conn.execute(
-            text("SELECT path FROM org_unit WHERE version_id = :v AND uuid = :u"),
-            {"v": version.id, "u": unit_uuid}).first()
-        if row is None:
-            pending = conn.execute(
-                text("SELECT new_parent_uuid FROM change_request WHERE unit_uuid = :u AND "
-                     "kind = 'creation' AND status = 'new'"), {"u": unit_uuid}).first()
-            if pending is not None and pending[0]:
-                row = conn.execute(
-                    text("SELECT path FROM org_unit WHERE version_id = :v AND uuid = :u"),
-                    {"v": version.id, "u": pending[0]}).first()
-        if row is None or not any(str(row[0]).startswith(p) for p in paths):
-            raise auth.Forbidden(f"{what}: that unit is outside your area.")
+        if any_version and users_mod.unit_visible(conn, user, unit_uuid):
+            return
+        path, name, creation = unit_place(conn, version, unit_uuid)
+    if path is not None:
+        if any(path.startswith(p) for p in paths):
+            return
+        raise auth.Forbidden(f"{what}: the unit {name!r} ({unit_uuid}) is outside your area.",
+                             unit=unit_uuid)
+    if creation is not None and creation.status == "rejected":
+        raise ConflictError(f"{what}: the unit {unit_uuid} was proposed on a phone and the "
+                            f"proposal was rejected (change request #{creation.fid}); it is not "
+                            "in the registry.", unit=unit_uuid)
+    raise NotFound(f"{what}: no org unit {unit_uuid} in this registry (neither a unit of any "
+                   "version nor one proposed on a phone).", unit=unit_uuid)
 
 
 def device(ctx: Any) -> str | None:
@@ -384,7 +430,8 @@ def iaso_instance_metadata(ctx: Any, user: Any, app_id: str | None, item: dict[s
                     "SELECT uuid FROM org_unit WHERE version_id = :v AND (uuid = :r OR "
                     "source_ref = :r) ORDER BY CASE WHEN uuid = :r THEN 0 ELSE 1 END LIMIT 1"),
                     {"v": version.id, "r": raw}).scalar() or raw
-        check_in_area(reg, user, version, str(uuid), f"instance {item.get('id')}")
+        check_in_area(reg, user, version, str(uuid), f"instance {item.get('id')}",
+                      any_version=True)
         item = item | {"orgUnitId": str(uuid)}
     iaso_uploads.record_metadata(reg, user_name(user), app_id, item, _apply_metadata,
                                  admin=user_role(user) == "admin")

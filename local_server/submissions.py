@@ -5,16 +5,21 @@ attachments, so a submission the server acknowledged is on disk and retries neve
 second row:
 
 * same instanceID, identical XML (byte for byte) → no new row; attachments not yet held
-  are added (the ``*isIncomplete*`` continuation of ODK Collect) → ``duplicate``;
+  are added (the ``*isIncomplete*`` continuation of ODK Collect) → ``duplicate``; a held
+  file is never replaced: other bytes under its name are kept as ``name (2).ext``
+  (:func:`_add_files`);
 * same instanceID, other XML → :class:`~storage.errors.ConflictError` (409);
 * a ``deprecatedID`` (an edit made on the phone) → a new row; the edited submission is
-  marked ``superseded`` and its attachments not sent again are carried over;
+  marked ``superseded`` and its attachments not sent again are carried over; when the
+  edit came first, the original is stored ``superseded`` on arrival
+  (:func:`_edited_before_arrival`);
 * a resend or an edit of a submission is only taken from its sender or an admin
   (anyone else → 403, nothing changes): otherwise an identical XML would let another
   collector replace its photos and signatures.
 
-Restricted users (a subtree) list the submissions whose unit is in their area, and
-among those with no unit only their own.
+Restricted users (a subtree) list the submissions whose unit is in their area — a unit
+made on a phone and waiting for review lies where its creation request puts it — and
+among those with no unit, or a unit the registry does not hold, only their own.
 
 The XML is parsed with defusedxml and any DOCTYPE is refused (so no entity declarations,
 no external references, no XXE and no entity expansion); nesting is capped at
@@ -65,6 +70,11 @@ class Stored:
     instance_id: str
     form_id: str
     attachments_added: list[str] = field(default_factory=list)
+    #: a file sent under the name of one already held with other bytes → the name it was
+    #: kept under (nothing received is ever replaced; the phone is told)
+    attachments_renamed: dict[str, str] = field(default_factory=dict)
+    #: the submission arrived after an edit of it (deprecatedID): stored as superseded
+    superseded_on_arrival: bool = False
 
 
 def safe_filename(name: str) -> str:
@@ -303,7 +313,7 @@ def _store(reg: Registry, xml: bytes, root: Element, files: dict[str, tuple[byte
             if not _may_change(user, existing[4]):
                 raise Forbidden(f"The submission {instance_id} was sent by another user: only "
                                 "its sender (or an admin) can send it again or add files to it.")
-            added = _add_files(conn, int(existing[0]), files)
+            added, renamed = _add_files(conn, int(existing[0]), files)
             outcome = "updated" if added else "duplicate"
             if existing[2] == "incomplete" and not incomplete:
                 conn.execute(text("UPDATE submission SET status = 'complete', updated_at = :n "
@@ -312,7 +322,8 @@ def _store(reg: Registry, xml: bytes, root: Element, files: dict[str, tuple[byte
             elif added:
                 conn.execute(text("UPDATE submission SET updated_at = :n WHERE fid = :f"),
                              {"n": _now(), "f": existing[0]})
-            return Stored(outcome, int(existing[0]), instance_id, str(existing[3]), added)
+            return Stored(outcome, int(existing[0]), instance_id, str(existing[3]), added,
+                          renamed)
         old = None
         if deprecated_id:
             old = conn.execute(text("SELECT fid, status, submitted_by FROM submission "
@@ -323,6 +334,7 @@ def _store(reg: Registry, xml: bytes, root: Element, files: dict[str, tuple[byte
             if old is not None and old[1] == "superseded":
                 raise ConflictError(f"The submission {deprecated_id} was already edited; edit "
                                     "its newest version.")
+        late = _edited_before_arrival(conn, instance_id, author)
         fid = int(conn.execute(text(
             "INSERT INTO submission (instance_id, form_fid, form_id, form_version, "
             "org_unit_uuid, xml, xml_md5, data, longitude, latitude, altitude, accuracy, "
@@ -334,26 +346,59 @@ def _store(reg: Registry, xml: bytes, root: Element, files: dict[str, tuple[byte
              "d": data_json,
              "lon": point[0] if point else None, "lat": point[1] if point else None,
              "alt": point[2] if point else None, "acc": point[3] if point else None,
-             "st": "incomplete" if incomplete else "complete", "enc": encrypted,
+             "st": "superseded" if late is not None else
+             "incomplete" if incomplete else "complete", "enc": encrypted,
              "dep": deprecated_id, "dev": device_id, "by": author, "src": source,
              }).scalar_one())
-        added = _add_files(conn, fid, files)
+        added, renamed = _add_files(conn, fid, files)
         outcome = "created"
-        if entity_xform is not None:
+        if late is not None:
+            # the edit is the newer word: it gets the files it lacks (as an edit made in
+            # order would have carried them over), the entity is not set back to the
+            # original's values
+            _carry_attachments(conn, fid, late)
+        elif entity_xform is not None:
             from local_server.entities import apply_submission
 
             apply_submission(conn, root, entity_xform, fid)
         if old is not None:
-            conn.execute(text(
-                "INSERT INTO attachment (submission_fid, filename, content_type, size, md5, "
-                "content) SELECT :new, filename, content_type, size, md5, content FROM "
-                "attachment a WHERE a.submission_fid = :old AND NOT EXISTS (SELECT 1 FROM "
-                "attachment b WHERE b.submission_fid = :new AND b.filename = a.filename)"),
-                {"new": fid, "old": old[0]})
+            _carry_attachments(conn, int(old[0]), fid)
             conn.execute(text("UPDATE submission SET status = 'superseded', updated_at = :n "
                               "WHERE fid = :f"), {"n": _now(), "f": old[0]})
             outcome = "edited"
-    return Stored(outcome, fid, instance_id, form_id, added)
+    return Stored(outcome, fid, instance_id, form_id, added, renamed, late is not None)
+
+
+def _carry_attachments(conn: Connection, old: int, new: int) -> None:
+    """Copy the files of submission ``old`` that ``new`` (its edit) does not hold."""
+    conn.execute(text(
+        "INSERT INTO attachment (submission_fid, filename, content_type, size, md5, "
+        "content) SELECT :new, filename, content_type, size, md5, content FROM "
+        "attachment a WHERE a.submission_fid = :old AND NOT EXISTS (SELECT 1 FROM "
+        "attachment b WHERE b.submission_fid = :new AND b.filename = a.filename)"),
+        {"new": new, "old": old})
+
+
+def _edited_before_arrival(conn: Connection, instance_id: str,
+                           author: str | None) -> int | None:
+    """The stored edit of a submission arriving only now (its ``deprecatedID`` names it),
+    or None.  Phones queue and retry, the Iaso app uploads in its own order, two workers
+    race: an edit can come first.  The original is then stored as ``superseded`` so
+    lists and exports count the submission once.  Only an edit its sender could have
+    made counts (the same sender, or an admin's edit): anyone else naming a foreign
+    instanceID must not be able to hide the original when it arrives.
+
+    ``deprecated_id`` is indexed (migration 0010): without the index this lookup read
+    every stored XML on each submission (it comes after them in the row), a third of
+    the submissions benchmark's throughput."""
+    for fid, by in conn.execute(text(
+            "SELECT fid, submitted_by FROM submission WHERE deprecated_id = :i "
+            "AND status <> 'deleted' ORDER BY fid"), {"i": instance_id}):
+        if by is None or by == author or author is None or conn.execute(text(
+                "SELECT 1 FROM app_user WHERE name = :n AND role = 'admin'"),
+                {"n": by}).first() is not None:
+            return int(fid)
+    return None
 
 
 def _may_change(user: Any, submitted_by: str | None) -> bool:
@@ -382,24 +427,50 @@ def _write_lock(reg: Registry) -> Iterator[None]:
         yield
 
 
-def _add_files(conn: Connection, fid: int, files: dict[str, tuple[bytes, str]]) -> list[str]:
-    added = []
+def _add_files(conn: Connection, fid: int, files: dict[str, tuple[bytes, str]]
+               ) -> tuple[list[str], dict[str, str]]:
+    """Add the files not yet held; the names added and ``{sent name: kept name}``.
+
+    A file already held is never replaced (as ODK Central keeps the first): the phone
+    was told it was received, and a retry with other bytes under the same name is more
+    often a truncated or re-encoded copy than a correction (a correction is an edit,
+    with a new instanceID).  Such a file is kept beside it as ``name (2).ext``
+    (``(3)``…), so nothing is lost either way, and sending it again adds nothing."""
+    added: list[str] = []
+    renamed: dict[str, str] = {}
     held = {str(r[0]): str(r[1]) for r in conn.execute(
         text("SELECT filename, md5 FROM attachment WHERE submission_fid = :f"), {"f": fid})}
-    for name, (content, ctype) in files.items():
+    for sent, (content, ctype) in files.items():
         md5 = hashlib.md5(content).hexdigest()
-        if held.get(name) == md5:
-            continue
-        if name in held:
-            conn.execute(text("DELETE FROM attachment WHERE submission_fid = :f AND "
-                              "filename = :n"), {"f": fid, "n": name})
+        name = sent
+        if sent in held:
+            copy = None if held[sent] == md5 else _copy_name(sent, md5, held)
+            if copy is None:
+                continue
+            name = renamed[sent] = copy
         conn.execute(text(
             "INSERT INTO attachment (submission_fid, filename, content_type, size, md5, "
             "content) VALUES (:f, :n, :c, :s, :m, :b)"),
             {"f": fid, "n": name, "c": ctype or "application/octet-stream", "s": len(content),
              "m": md5, "b": content})
+        held[name] = md5
         added.append(name)
-    return added
+    return added, renamed
+
+
+def _copy_name(name: str, md5: str, held: dict[str, str]) -> str | None:
+    """The first free ``stem (k).ext`` for another file named ``name``; None when one of
+    them already holds these bytes (a resend of the same other file)."""
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    for k in range(2, 10_000):
+        candidate = f"{stem} ({k}){dot}{ext}"
+        if candidate not in held:
+            return candidate
+        if held[candidate] == md5:
+            return None
+    raise ConflictError(f"Too many different files named {name!r} for one submission.")
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -421,10 +492,8 @@ def _row(row: Any, attachments: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def list_submissions(reg: Registry, *, form: str | None = None, since: str | None = None,
-                     page: int = 1, limit: int = 100, user: Any = None,
-                     include_superseded: bool = False) -> dict[str, Any]:
-    """Submissions, newest first: ``{"count", "page", "limit", "results"}``."""
+def _where(form: str | None, since: str | None, include_superseded: bool = False
+           ) -> tuple[str, dict[str, Any]]:
     cond = ["1=1"]
     params: dict[str, Any] = {}
     if not include_superseded:
@@ -435,7 +504,14 @@ def list_submissions(reg: Registry, *, form: str | None = None, since: str | Non
     if since:
         cond.append("s.received_at >= :since")
         params["since"] = _since(since)
-    where = " AND ".join(cond)
+    return " AND ".join(cond), params
+
+
+def list_submissions(reg: Registry, *, form: str | None = None, since: str | None = None,
+                     page: int = 1, limit: int = 100, user: Any = None,
+                     include_superseded: bool = False) -> dict[str, Any]:
+    """Submissions, newest first: ``{"count", "page", "limit", "results"}``."""
+    where, params = _where(form, since, include_superseded)
     page, limit = max(1, int(page)), max(1, min(int(limit), 100_000))
     with reg.read() as conn:
         if form and conn.execute(text("SELECT 1 FROM form WHERE form_id = :f"),
@@ -444,13 +520,17 @@ def list_submissions(reg: Registry, *, form: str | None = None, since: str | Non
         rows = conn.execute(text(f"SELECT {_COLS} FROM submission s WHERE {where} "
                                  "ORDER BY s.fid DESC"), params).all()
         if user is not None and not user.sees_everything:
-            from local_server.users import unit_visible
+            from local_server.users import unit_known, unit_visible
 
             def visible(r: Any) -> bool:
-                # a submission with no org unit is in nobody's area: only its sender sees it
+                # a submission with no org unit, or with a unit this registry does not
+                # hold (a phone-made unit whose creation was rejected), is in nobody's
+                # area: only its sender sees it
                 if r[4] is None:
                     return bool(r[14] == user.name)
-                return unit_visible(conn, user, r[4])
+                if unit_visible(conn, user, r[4]):
+                    return True
+                return bool(r[14] == user.name) and not unit_known(conn, r[4])
 
             rows = [r for r in rows if visible(r)]
         count = len(rows)
@@ -540,67 +620,163 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 EXPORT_FORMATS = ("csv", "xlsx", "geojson", "json")
 _FIXED = ("instance_id", "form_id", "form_version", "org_unit_uuid", "latitude", "longitude",
           "status", "submitted_by", "device_id", "received_at", "attachments")
+#: what a form answer named like a fixed column (or like an answer already renamed) gets
+#: in front of its name: ``status`` → ``data/status`` — the answer's path under the
+#: instance root, as ODK's own exports name columns by group path
+ANSWER_PREFIX = "data/"
+#: submissions read per query by the export (memory stays bounded at any count)
+EXPORT_PAGE = 1000
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
+
+
+def export_row(sub: dict[str, Any]) -> dict[str, Any]:
+    """One exported row: the fixed columns, then the form's answers (``group/question``).
+
+    An answer never overwrites a fixed column: ``status``, ``latitude``, ``form_version``…
+    are ordinary XLSForm question names, so a colliding answer is kept beside the column
+    as ``data/<name>`` (again prefixed while that name is taken too)."""
+    row = {k: sub[k] for k in _FIXED if k != "attachments"}
+    row["attachments"] = ";".join(a["filename"] for a in sub["attachments"])
+    for key, value in flatten(sub["data"]).items():
+        name = key
+        while name in row:
+            name = ANSWER_PREFIX + name
+        row[name] = value
+    return row
+
+
+def _export_pages(reg: Registry, where: str, params: dict[str, Any], upto: int,
+                  columns: str = _COLS) -> Iterator[list[Any]]:
+    """The matching rows up to fid ``upto``, oldest first, :data:`EXPORT_PAGE` at a time
+    (keyset paging: each page is one short read, nothing is held between pages)."""
+    last = 0
+    while True:
+        with reg.read() as conn:
+            rows: list[Any] = list(conn.execute(text(
+                f"SELECT {columns} FROM submission s WHERE {where} AND s.fid > :last_fid "
+                f"AND s.fid <= :upto ORDER BY s.fid LIMIT {int(EXPORT_PAGE)}"),
+                params | {"last_fid": last, "upto": upto}).all())
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            if columns == _COLS:
+                atts = _attachments(conn, [int(r[0]) for r in rows])
+                rows = [_row(r, atts.get(int(r[0]), [])) for r in rows]
+        yield rows
 
 
 def export_submissions(reg: Registry, out: str | Path, *, fmt: str | None = None,
                        form: str | None = None, since: str | None = None) -> dict[str, Any]:
     """Write submissions to ``out`` (csv, xlsx, geojson or json) and their attachments to
-    ``<out stem>_attachments.zip`` (``<instance>/<file>``)."""
+    ``<out stem>_attachments.zip`` (``<instance>/<file>``).
+
+    Every matching submission is written, oldest first, whatever their number: they are
+    read in pages twice (the columns — the union of every submission's answers — must be
+    known before the first row), both times up to the newest one present when the export
+    began, so a submission arriving meanwhile is in neither pass rather than in half.
+
+    Text cells are written as text, never as formulas: in CSV a cell starting with
+    ``= + - @``, a tab or a CR gets a leading ``'`` (the guard of the org-unit export,
+    ``sync.formats.tabular``; a plain negative number such as ``-3.5`` is left as it
+    is), in XLSX a text starting with ``=`` is stored as a string cell."""
+    from sync.formats.tabular import _GUARDED_FIRST, _csv_value, _write_xlsx
+
     out = Path(out)
     fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"Format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}.")
-    subs = list_submissions(reg, form=form, since=since, limit=100_000)["results"]
-    subs.reverse()
-    rows = []
-    for s in subs:
-        row = {k: s[k] for k in _FIXED if k != "attachments"}
-        row["attachments"] = ";".join(a["filename"] for a in s["attachments"])
-        row.update(flatten(s["data"]))
-        rows.append(row)
+    where, params = _where(form, since)
+    with reg.read() as conn:
+        if form and conn.execute(text("SELECT 1 FROM form WHERE form_id = :f"),
+                                 {"f": form}).first() is None:
+            raise NotFound(f"No form {form!r} on this server.")
+        upto = int(conn.execute(text("SELECT coalesce(max(fid), 0) FROM submission")
+                                ).scalar_one())
     columns: list[str] = list(_FIXED)
-    for row in rows:
-        for key in row:
-            if key not in columns:
-                columns.append(key)
+    if fmt in ("csv", "xlsx"):
+        seen = set(columns)
+        empty: dict[str, Any] = {k: None for k in _FIXED} | {"attachments": []}
+        for page in _export_pages(reg, where, params, upto, "s.fid, s.data"):
+            for r in page:
+                for key in export_row(empty | {"data": json_value(r[1])}):
+                    if key not in seen:
+                        seen.add(key)
+                        columns.append(key)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        with out.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    elif fmt == "xlsx":
-        from openpyxl import Workbook
+    zip_path = out.with_name(out.stem + "_attachments.zip")
+    warnings: list[str] = []
+    counts = {"submissions": 0, "attachments": 0}
+    zf: zipfile.ZipFile | None = None
 
-        wb = Workbook(write_only=True)
-        ws = wb.create_sheet("submissions")
-        ws.append(columns)
-        for row in rows:
-            ws.append([_cell(row.get(c)) for c in columns])
-        wb.save(out)
-    elif fmt == "json":
-        out.write_text(json.dumps(subs, ensure_ascii=False, indent=1, default=str),
-                       encoding="utf-8")
-    else:
-        features = [{"type": "Feature", "properties": row,
-                     "geometry": None if row["longitude"] is None else
-                     {"type": "Point", "coordinates": [row["longitude"], row["latitude"]]}}
-                    for row in rows]
-        out.write_text(json.dumps({"type": "FeatureCollection", "features": features},
-                                  ensure_ascii=False, default=str), encoding="utf-8")
-    zip_path = None
-    n_files = 0
-    if any(s["attachments"] for s in subs):
-        zip_path = out.with_name(out.stem + "_attachments.zip")
-        with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for s in subs:
-                folder = safe_filename(s["instance_id"].replace(":", "_"))
-                for a in s["attachments"]:
-                    content, _ = attachment_content(reg, s["id"], a["filename"])
-                    zf.writestr(f"{folder}/{a['filename']}", content)
-                    n_files += 1
-    return {"file": str(out), "format": fmt, "submissions": len(subs),
-            "attachments_zip": str(zip_path) if zip_path else None, "attachments": n_files}
+    def subs() -> Iterator[dict[str, Any]]:
+        nonlocal zf
+        for page in _export_pages(reg, where, params, upto):
+            for s in page:
+                counts["submissions"] += 1
+                if s["attachments"]:
+                    if zf is None:
+                        zf = zipfile.ZipFile(zip_part, "w", zipfile.ZIP_DEFLATED)
+                    folder = safe_filename(s["instance_id"].replace(":", "_"))
+                    for a in s["attachments"]:
+                        content, _ = attachment_content(reg, s["id"], a["filename"])
+                        zf.writestr(f"{folder}/{a['filename']}", content)
+                        counts["attachments"] += 1
+                yield s
+
+    part = out.with_name(out.name + ".part")
+    zip_part = zip_path.with_name(zip_path.name + ".part")
+    try:
+        if fmt == "csv":
+            with part.open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow([_csv_value(c) for c in columns])
+                for s in subs():
+                    row = export_row(s)
+                    writer.writerow([_csv_text(row.get(c), _csv_value, _GUARDED_FIRST)
+                                     for c in columns])
+        elif fmt == "xlsx":
+            _write_xlsx(part, columns, ([_cell(export_row(s).get(c)) for c in columns]
+                                        for s in subs()), "submissions", warnings)
+        else:
+            with part.open("w", encoding="utf-8") as fh:
+                fh.write("[\n" if fmt == "json" else
+                         '{"type": "FeatureCollection", "features": [\n')
+                for i, s in enumerate(subs()):
+                    if fmt == "json":
+                        item: Any = s
+                    else:
+                        # the submission's own point, never an answer named latitude
+                        point = (None if s["longitude"] is None or s["latitude"] is None
+                                 else {"type": "Point",
+                                       "coordinates": [s["longitude"], s["latitude"]]})
+                        item = {"type": "Feature", "properties": export_row(s),
+                                "geometry": point}
+                    fh.write((",\n" if i else "") + json.dumps(
+                        item, ensure_ascii=False, default=str,
+                        indent=1 if fmt == "json" else None))
+                fh.write("\n]" if fmt == "json" else "\n]}")
+        if zf is not None:
+            zf.close()
+            zip_part.replace(zip_path)
+        part.replace(out)
+    finally:
+        if zf is not None:
+            zf.close()
+        part.unlink(missing_ok=True)
+        zip_part.unlink(missing_ok=True)
+    return {"file": str(out), "format": fmt, "submissions": counts["submissions"],
+            "attachments_zip": str(zip_path) if zf is not None else None,
+            "attachments": counts["attachments"], "warnings": warnings}
+
+
+def _csv_text(value: Any, guard: Any, first: str) -> Any:
+    """A CSV cell: plain negative numbers as they are, anything else through ``guard``
+    (the org-unit export's; ``first``: the characters it may guard)."""
+    if value is None:
+        return ""
+    if type(value) is str and (not value or value[0] not in first or _NUMBER.match(value)):
+        return value  # (most cells: decided without calling the guard)
+    return guard(value)
 
 
 def _cell(value: Any) -> Any:

@@ -220,13 +220,39 @@ def get_user(reg: Registry, name: str) -> User | None:
 
 
 def unit_visible(conn: Connection, user: User, unit_uuid: str | None) -> bool:
-    """Is the unit (by uuid, any version) inside one of the user's subtrees?"""
+    """Is the unit (by uuid, any version) inside one of the user's subtrees?
+
+    A unit made on a phone and still waiting for review is in no version yet: it lies
+    where its creation request puts it (followed up a chain of such units), as for the
+    change requests themselves (``rest_api._in_area``, reused here), so a collector's
+    submission for the unit she just created stays in her list and her reviewer's."""
     if user.sees_everything:
         return True
     if not unit_uuid:
         return False
+    known = False
     for (path,) in conn.execute(text("SELECT DISTINCT path FROM org_unit WHERE uuid = :u"),
                                 {"u": unit_uuid}):
         if user.can_see(str(path)):
             return True
-    return False
+        known = True
+    if known:
+        return False
+    pending = conn.execute(text(
+        "SELECT version_id FROM change_request WHERE unit_uuid = :u AND kind = 'creation' "
+        "AND status = 'new' ORDER BY fid DESC LIMIT 1"), {"u": unit_uuid}).first()
+    if pending is None:
+        return False
+    from local_server.rest_api import _in_area
+
+    version_id = int(pending[0])  # root paths are the same in every version
+    return bool(_in_area(conn, [(version_id, p) for p in user.root_paths], version_id,
+                         unit_uuid))
+
+
+def unit_known(conn: Connection, unit_uuid: str) -> bool:
+    """Is the unit in some version, or waiting for review as a creation?"""
+    return conn.execute(text(
+        "SELECT 1 FROM org_unit WHERE uuid = :u UNION ALL SELECT 1 FROM change_request "
+        "WHERE unit_uuid = :u AND kind = 'creation' AND status = 'new'"),
+        {"u": unit_uuid}).first() is not None

@@ -236,6 +236,9 @@ def test_requests_are_found_by_unit_through_an_index(demo: Registry) -> None:
         return {tuple(i["column_names"]) for i in found}
 
     assert {("unit_uuid",), ("new_parent_uuid",)} <= indexed()
+    with demo.engine.connect() as conn:  # and submissions by the instance an edit replaces
+        assert ["deprecated_id"] in [i["column_names"] for i in inspect(conn).get_indexes(
+            "submission", schema=demo.location.schema if demo.location.url else None)]
     if demo.location.path is not None:
         with demo.read() as conn:
             plan = " ".join(str(r[-1]) for r in conn.execute(text(
