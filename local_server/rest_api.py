@@ -22,6 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from local_server import auth
 from local_server import server_glue as glue
+from local_server.users import in_area
 from storage import change_requests as cr
 from storage import geometry, versions
 from storage.backends import Backend
@@ -449,28 +450,6 @@ def changes_handler(request: Request, ctx: Any) -> Response:
     return json_response(envelope("change_requests", data["results"], data["count"], page, limit))
 
 
-def _in_area(conn: Connection, within: list[tuple[int, str]], version_id: int,
-             uuid: str | None) -> bool | None:
-    """Is the unit inside the area in this version? None when the version has no such
-    unit.  A unit made on a phone and still waiting for review lies where its creation
-    request puts it (followed up a chain of such units)."""
-    for _ in range(100):  # a chain of pending units is short; a loop is not followed
-        if uuid is None:
-            return False
-        row = conn.execute(text("SELECT path FROM org_unit WHERE version_id = :v AND "
-                                "uuid = :u"), {"v": version_id, "u": uuid}).first()
-        if row is not None:
-            return any(vid == version_id and str(row[0]).startswith(path)
-                       for vid, path in within)
-        pending = conn.execute(
-            text("SELECT new_parent_uuid FROM change_request WHERE unit_uuid = :u AND "
-                 "kind = 'creation' AND status = 'new'"), {"u": uuid}).first()
-        if pending is None:
-            return None
-        uuid = pending[0]
-    return False
-
-
 def _visible_change(conn: Connection, user: Any, data: dict[str, Any]) -> None:
     """A restricted user may see (and a reviewer review) a request only when everything
     it touches is inside their area: the unit (for a creation, its parent) — else 404 —
@@ -487,10 +466,10 @@ def _visible_change(conn: Connection, user: Any, data: dict[str, Any]) -> None:
         return
     creation = data["kind"] == "creation"
     anchor = data["new"].get("parent") if creation else data["unit_uuid"]
-    if not _in_area(conn, within, data["version_id"], anchor):
+    if not in_area(conn, within, data["version_id"], anchor):
         raise NotFound(f"No change request {data['id']} in your area.")
     moves = not creation and "parent" in data["new"]
-    if moves and not _in_area(conn, within, data["version_id"], data["new"]["parent"]):
+    if moves and not in_area(conn, within, data["version_id"], data["new"]["parent"]):
         raise auth.Forbidden(_outside_message(data))
     if data["status"] != "new":
         return
@@ -500,8 +479,8 @@ def _visible_change(conn: Connection, user: Any, data: dict[str, Any]) -> None:
         return  # nothing can be approved: the approval says so
     if target.id == data["version_id"]:
         return
-    if _in_area(conn, within, target.id, anchor) is False or (
-            moves and _in_area(conn, within, target.id, data["new"]["parent"]) is False):
+    if in_area(conn, within, target.id, anchor) is False or (
+            moves and in_area(conn, within, target.id, data["new"]["parent"]) is False):
         raise auth.Forbidden(_outside_message(data, target.label))
 
 

@@ -219,12 +219,34 @@ def get_user(reg: Registry, name: str) -> User | None:
     return None if found is None else found[0]
 
 
+def in_area(conn: Connection, within: list[tuple[int, str]], version_id: int,
+            uuid: str | None) -> bool | None:
+    """Is the unit inside the area in this version? None when the version has no such
+    unit.  A unit made on a phone and still waiting for review lies where its creation
+    request puts it (followed up a chain of such units)."""
+    for _ in range(100):  # a chain of pending units is short; a loop is not followed
+        if uuid is None:
+            return False
+        row = conn.execute(text("SELECT path FROM org_unit WHERE version_id = :v AND "
+                                "uuid = :u"), {"v": version_id, "u": uuid}).first()
+        if row is not None:
+            return any(vid == version_id and str(row[0]).startswith(path)
+                       for vid, path in within)
+        pending = conn.execute(
+            text("SELECT new_parent_uuid FROM change_request WHERE unit_uuid = :u AND "
+                 "kind = 'creation' AND status = 'new'"), {"u": uuid}).first()
+        if pending is None:
+            return None
+        uuid = pending[0]
+    return False
+
+
 def unit_visible(conn: Connection, user: User, unit_uuid: str | None) -> bool:
     """Is the unit (by uuid, any version) inside one of the user's subtrees?
 
     A unit made on a phone and still waiting for review is in no version yet: it lies
     where its creation request puts it (followed up a chain of such units), as for the
-    change requests themselves (``rest_api._in_area``, reused here), so a collector's
+    change requests themselves (:func:`in_area`), so a collector's
     submission for the unit she just created stays in her list and her reviewer's."""
     if user.sees_everything:
         return True
@@ -243,10 +265,8 @@ def unit_visible(conn: Connection, user: User, unit_uuid: str | None) -> bool:
         "AND status = 'new' ORDER BY fid DESC LIMIT 1"), {"u": unit_uuid}).first()
     if pending is None:
         return False
-    from local_server.rest_api import _in_area
-
     version_id = int(pending[0])  # root paths are the same in every version
-    return bool(_in_area(conn, [(version_id, p) for p in user.root_paths], version_id,
+    return bool(in_area(conn, [(version_id, p) for p in user.root_paths], version_id,
                          unit_uuid))
 
 

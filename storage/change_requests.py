@@ -422,8 +422,8 @@ def _area_verdicts(conn: Connection, within: list[tuple[int, str]],
     """Is each ``(version_id, uuid)`` unit inside the area?  None: the version has no such
     unit.  A unit made on a phone and still waiting for review lies where its creation
     request puts it (its proposed parent, followed up a chain of such units, at most
-    :data:`PENDING_CHAIN_MAX` steps): the server's ``_in_area`` for many units at once,
-    looked up step by step in batches."""
+    :data:`PENDING_CHAIN_MAX` steps): the server's ``local_server.users.in_area`` for
+    many units at once, looked up step by step in batches."""
     prefixes: dict[int, list[str]] = {}
     for vid, path in within:
         prefixes.setdefault(vid, []).append(path)
