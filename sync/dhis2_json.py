@@ -25,6 +25,10 @@ from storage.registry import Registry
 from sync.exchange import GroupDef, GroupSetDef, ImportPayload, ReadOptions, TypeDef
 from sync.importing import ImportJob
 
+#: The DHIS2 attributes of a unit kept in its ``extra_fields`` (DHIS2 owns them: a pull
+#: replaces them, keeping any other key the registry's unit has).
+DHIS2_EXTRA_KEYS = ("shortName", "description", "url", "contactPerson", "phoneNumber")
+
 
 @dataclass
 class Dhis2Payload:
@@ -133,11 +137,7 @@ def unit_records(payload: Dhis2Payload, level_names: dict[int, str]) -> Iterator
                     f"{where}: field 'geometry' is not valid GeoJSON ({error})."
                 ) from None
             location, territory = geometry.split_location_territory(geom)
-            extra = {
-                k: unit[k]
-                for k in ("shortName", "description", "url", "contactPerson", "phoneNumber")
-                if unit.get(k)
-            }
+            extra = {k: unit[k] for k in DHIS2_EXTRA_KEYS if unit.get(k)}
             yield UnitRecord(
                 name=name.strip(),
                 source_ref=uid.strip(),
@@ -202,6 +202,7 @@ def to_import_payload(payload: Dhis2Payload) -> ImportPayload:
         description="Imported from DHIS2 JSON",
         invalid_geometry="keep",
         blank_clears=True,  # DHIS2 gives each unit whole: no parent is a root
+        owned_extra_keys=DHIS2_EXTRA_KEYS,  # (an upsert keeps the registry's other keys)
     )
 
 

@@ -46,7 +46,7 @@ from storage.jobs import Job, Progress
 from storage.registry import Registry, json_value
 from storage.versions import VersionRef, create_version
 from sync.dhis2_client import Dhis2Client, MetadataImportResult, ObjectError, derived_uid, is_uid
-from sync.dhis2_json import Dhis2Payload, to_import_payload
+from sync.dhis2_json import DHIS2_EXTRA_KEYS, Dhis2Payload, to_import_payload
 from sync.exchange import ExportUnit, internal_ref, read_version
 from sync.importing import ImportJob
 
@@ -253,6 +253,10 @@ class Dhis2PullJob(Job[dict[str, Any]]):
             raise NotFound(f"DHIS2 at {client.base_url} returned no org units: does the user "
                            "see any (its data capture and view org units)?")
         payload = to_import_payload(docs)
+        # of DHIS2's extra fields, the pull reads only those UNIT_FIELDS asks for: an
+        # upsert replaces those and keeps the unit's others (a description set here stays)
+        payload.owned_extra_keys = tuple(k for k in DHIS2_EXTRA_KEYS
+                                         if k in UNIT_FIELDS.split(","))
         when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         payload.description = self.description or (
             f"Pulled from DHIS2 {info.get('version')} at {client.base_url} on {when}"

@@ -95,6 +95,12 @@ class ImportPayload:
     #: False (files people edit: CSV, XLSX, GeoJSON …): it keeps the registry's value,
     #: so a ``ref,name`` sheet renaming facilities never flattens the pyramid
     blank_clears: bool = False
+    #: into an existing version, the ``extra_fields`` keys the source owns (DHIS2: its
+    #: short name, description, url, contact person, phone): those are replaced — a key
+    #: the source no longer sends is removed — and every other key of the registry's
+    #: unit is kept (a "beds" column imported from a survey must survive the nightly
+    #: pull).  None (files): the file's ``extra_fields`` replace the unit's whole.
+    owned_extra_keys: tuple[str, ...] | None = None
 
 
 @dataclass

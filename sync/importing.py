@@ -751,7 +751,16 @@ class _Upsert:
                                or None}
         changes: dict[str, list[Any]] = {}
         sets: dict[str, Any] = {}
+        owned = self.job.payload.owned_extra_keys
+        if owned is not None:  # the source's own keys replaced, the registry's others kept
+            kept = {k: v for k, v in (old["extra_fields"] or {}).items() if k not in owned}
+            merged = (kept | (new.pop("extra_fields") or {})) or None
+            if merged != (old["extra_fields"] or None):
+                changes["extra_fields"] = [old["extra_fields"], merged]
+                sets["extra_fields"] = _json(merged)
         for f in _COMPARED:
+            if f not in new:
+                continue
             value = new[f]
             if value is None and f != "name":
                 continue  # absent in the file: keep what the registry has

@@ -345,3 +345,23 @@ def test_tls_reasons_are_said_in_a_few_words() -> None:
     assert _tls_reason(Exception(plain)) == "the server does not speak TLS on this port"
     assert _tls_reason(Exception("[SSL: TLSV1_ALERT_PROTOCOL_VERSION] x")) == \
         "TLS/SSL error (tlsv1 alert protocol version)"
+
+
+def test_a_nightly_pull_keeps_the_registry_s_own_extra_fields(fake41: FakeDhis2,
+                                                              tmp_path: Any) -> None:
+    """A survey gave Adonkia a bed count and a description (extra fields the pull does not
+    read from DHIS2), pushed long ago. DHIS2 then changes the unit's short name: the
+    nightly pull takes it, and the bed count and description stay (the pull replaced the
+    extra fields whole, so they were lost)."""
+    client = client_for(fake41)
+    with Registry.create(str(tmp_path / "r.gpkg")) as reg:
+        pull(reg, client, "SL")
+        before = here(reg, ADONKIA)["extra_fields"] or {}
+        U.edit_unit(reg, "SL", ADONKIA, number=1,
+                    extra_fields=before | {"beds": 12, "description": "Survey 2026"})
+        push(reg, client, "SL", 1)
+        in_dhis2(client, ADONKIA, shortName="Adonkia CHP (new)")
+        result = pull(reg, client, "SL", since="last")
+        assert result["conflicts"] == []
+        assert here(reg, ADONKIA)["extra_fields"] == {
+            "shortName": "Adonkia CHP (new)", "beds": 12, "description": "Survey 2026"}
