@@ -950,26 +950,18 @@ def backup_cmd(reg: str, out: str, force: bool, as_json: bool) -> None:
 def _refuse_overwriting_registry(reg: str, targets: list[Path]) -> None:
     """An export must never replace a registry: the one it reads (or its ``-wal``,
     ``-shm``, ``-journal`` files), nor any other Georeg registry file."""
-    import os
-
     from storage.backends import Location
     from sync.exchange import is_georeg_registry
 
     try:
-        own = Location.parse(reg).path
+        own: Location | None = Location.parse(reg)
     except GeoregError:
         own = None  # not a registry location: open_registry says so
-    guarded = [Path(f"{own}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")] \
-        if own is not None else []
     for target in targets:
-        for g in guarded:
-            same = target.resolve() == g.resolve()
-            if not same and target.exists() and g.exists():
-                same = os.path.samefile(target, g)
-            if same:
-                raise InvalidInput(f"{target} is the registry being exported ({own}) or one "
-                                   "of its files; choose another output file. Nothing was "
-                                   "written.")
+        if own is not None and own.holds_file(target):
+            raise InvalidInput(f"{target} is the registry being exported ({own.path}) or one "
+                               "of its files; choose another output file. Nothing was "
+                               "written.")
         if target.exists() and is_georeg_registry(target):
             raise InvalidInput(f"{target} is a Georeg registry; export does not overwrite "
                                "registries, even with --force. Choose another output file "

@@ -85,6 +85,21 @@ class Location:
         shown = f"postgresql://{netloc}{parts.path}" + (f"?{query}" if query else "")
         return shown + ("" if self.schema == "public" else f" (schema {self.schema})")
 
+    def holds_file(self, target: Path) -> bool:
+        """Whether ``target`` is this file registry or one of its SQLite companions
+        (``-wal``, ``-shm``, ``-journal``): what a command writing a file (an export, a
+        backup) must never write over."""
+        import os
+
+        if self.path is None:
+            return False
+        for own in (Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm",
+                                                                 "-journal")):
+            if target.resolve() == own.resolve() or (
+                    target.exists() and own.exists() and os.path.samefile(target, own)):
+                return True
+        return False
+
 
 def is_pg_url(text: str | None) -> bool:
     """Whether ``text`` is a PostgreSQL URL (postgres://, postgresql://, +driver)."""

@@ -96,10 +96,9 @@ def backup_job(location: str | Path, out: str | Path, *, force: bool = False) ->
     if not source.is_file():
         raise InvalidInput(f"{source}: no such registry file.")
     target = Path(out)
-    for own in (source, Path(f"{source}-wal"), Path(f"{source}-shm")):
-        if target.resolve() == own.resolve():
-            raise InvalidInput(f"{target} is the registry itself (or one of its files); give "
-                               "the backup another name. Nothing was written.")
+    if where.holds_file(target):
+        raise InvalidInput(f"{target} is the registry itself (or one of its files); give "
+                           "the backup another name. Nothing was written.")
     if target.is_dir():
         raise InvalidInput(f"{target} is a folder; give a file name for the backup.")
     if not target.parent.is_dir():
