@@ -76,6 +76,7 @@ def pull(
     (one row per differing field) and left alone, unless ``prefer="central"``.
     ``sources`` limits the pull to those data sources (default: every source there).
     """
+    started = time.monotonic()  # the figure reported includes opening the central schema
     if prefer not in (None, "central"):
         raise InvalidInput("pull: prefer must be 'central' or nothing.")
     location = central_location(url, schema)
@@ -86,7 +87,7 @@ def pull(
     fig = Figures()
     run = _Run(reg, central, state, fig, max(1, batch_size), prefer, progress, job,
                f"pull:{_short(target)}:{uuidlib.uuid4().hex[:12]}",
-               set(sources) if sources is not None else None)
+               set(sources) if sources is not None else None, started=started)
     try:
         with exclusive(central, client):
             return _pull(run)

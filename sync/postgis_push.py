@@ -105,6 +105,7 @@ def push(
     an empty central version (by COPY; each batch commits, so a push interrupted there
     resumes after the last batch that committed).
     """
+    started = time.monotonic()  # the figure reported includes making the central schema
     if prefer not in (None, "local"):
         raise InvalidInput("push: prefer must be 'local' or nothing.")
     location = central_location(url, schema)
@@ -114,7 +115,8 @@ def push(
     central, created = open_central(location, create=True)
     fig = Figures()
     run = _Run(reg, central, state, fig, max(1, batch_size), prefer, progress, job,
-               f"push:{client}:{uuidlib.uuid4().hex[:12]}", full_batch=max(1, full_batch_size))
+               f"push:{client}:{uuidlib.uuid4().hex[:12]}", full_batch=max(1, full_batch_size),
+               started=started)
     try:
         with exclusive(central, client), gc_paused():
             return _push(run, created)
