@@ -953,6 +953,7 @@ def _push_changes(run: _Run, local_versions: list[dict[str, Any]],
         first_chunk = next(chunks, (start, []))
         chunks = itertools.chain([first_chunk], chunks)
     first = True
+    run.published_skipped = {}
     for pos, rows in chunks:
         _check_cancel(run)
         flags: dict[tuple[int, str], set[str]] = {}
@@ -976,6 +977,16 @@ def _push_changes(run: _Run, local_versions: list[dict[str, Any]],
         state.save(run.reg)
         run.tick(phase="changes", upto=pos, message="Pushing changes")
     state.last_change_id = max(high, state.last_change_id or 0)
+    for lvid, skipped in sorted(run.published_skipped.items()):
+        meta = metas[lvid]  # one note per version, however many batches held its units
+        run.fig.refused.append(
+            f"{meta['source']} v{meta['number']} is published centrally: "
+            f"{len(skipped)} changed unit(s) not sent (kept as held; a published "
+            "version never changes, so --prefer-local cannot send them either). Keep them "
+            "in a new draft: georeg version new REG --source "
+            f"{shlex.quote(meta['source'])} --from {meta['number']}, then pull (or pull "
+            "--prefer-central, which makes that draft itself); the next push sends the "
+            "draft.")
 
 
 def _push_version_changes(run: _Run, meta: dict[str, Any], central_version: tuple[int, str],
@@ -984,15 +995,8 @@ def _push_version_changes(run: _Run, meta: dict[str, Any], central_version: tupl
     fig = run.fig
     lvid = meta["fid"]
     cvid, cstatus = central_version
-    if cstatus == "published":
-        fig.refused.append(
-            f"{meta['source']} v{meta['number']} is published centrally: "
-            f"{len(units_flags)} changed unit(s) not sent (kept as held; a published "
-            "version never changes, so --prefer-local cannot send them either). Keep them "
-            "in a new draft: georeg version new REG --source "
-            f"{shlex.quote(meta['source'])} --from {meta['number']}, then pull (or pull "
-            "--prefer-central, which makes that draft itself); the next push sends the "
-            "draft.")
+    if cstatus == "published":  # said once per version, after the last batch
+        run.published_skipped.setdefault(lvid, set()).update(units_flags)
         return {(lvid, u) for u in units_flags}
     uuids = set(units_flags)
     ter = {u for u, e in units_flags.items() if "territory" in e}

@@ -239,6 +239,8 @@ class _Run:
     held_below: dict[tuple[int, str], set[str]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     batch_no: int = 0
+    #: local version -> its changed units not sent because it is published centrally
+    published_skipped: dict[int, set[str]] = field(default_factory=dict)
 
     def op(self) -> str:
         self.batch_no += 1

@@ -259,3 +259,14 @@ def test_a_draft_pulled_from_central_does_not_count_as_keeping_the_edits(
         result = pull(demo, *central)
         assert [c.get("kind") for c in result["conflicts"]] == ["version"]
     assert get_unit(demo, "SL", FACILITY, number=1)["name"] == "Renamed in the district"
+
+
+def test_a_push_says_once_that_a_published_version_held_its_units(
+        demo: Registry, central: tuple[str, str]) -> None:
+    """Changes read in several batches: one note for the version, counting them all."""
+    added = published_centrally_while_edited_here(demo, central, push_first=False)
+    more_edits(demo, added)
+    result = push(demo, *central, batch_size=1)
+    [note] = result["refused"]
+    assert note.startswith("SL v1 is published centrally: 5 changed unit(s) not sent"), note
+    assert result["held"] == 5 and result["units_sent"] == 0
