@@ -173,6 +173,9 @@ def link_group() -> None:
 
 REVIEWER = click.option("--reviewer", default=None,
                         help="Who decides (default: the logged-in user).")
+FORCE = click.option("--force", is_flag=True,
+                     help="Accept even when a unit already has another accepted partner "
+                          "(refused otherwise: the merge would keep only one of them).")
 
 
 def _decision_text(d: list[dict[str, Any]]) -> str:
@@ -184,10 +187,11 @@ def _decision_text(d: list[dict[str, Any]]) -> str:
 @REG
 @click.argument("link_ids", nargs=-1, type=int, required=True)
 @REVIEWER
-def accept_cmd(reg: str, link_ids: tuple[int, ...], reviewer: str | None,
+@FORCE
+def accept_cmd(reg: str, link_ids: tuple[int, ...], reviewer: str | None, force: bool,
                as_json: bool) -> None:
     """Accept links: the two units are the same place."""
-    _decide(reg, link_ids, "accepted", reviewer, as_json)
+    _decide(reg, link_ids, "accepted", reviewer, as_json, force)
 
 
 @command(link_group, "reject")
@@ -201,12 +205,12 @@ def reject_cmd(reg: str, link_ids: tuple[int, ...], reviewer: str | None,
 
 
 def _decide(reg: str, link_ids: tuple[int, ...], decision: str, reviewer: str | None,
-            as_json: bool) -> None:
+            as_json: bool, force: bool = False) -> None:
     from storage.matching.review import decide
 
     with open_registry(reg) as registry:
         data = decide(registry, list(link_ids), decision, reviewer=reviewer or _whoami(),
-                      origin=ORIGIN)
+                      origin=ORIGIN, force=force)
     emit(as_json, data, _decision_text)
 
 
@@ -216,14 +220,15 @@ def _decide(reg: str, link_ids: tuple[int, ...], decision: str, reviewer: str | 
 @click.option("--right", "right_unit", required=True,
               help="The right unit (uuid or ref) the left unit really is.")
 @REVIEWER
-def relink_cmd(reg: str, link_id: int, right_unit: str, reviewer: str | None,
+@FORCE
+def relink_cmd(reg: str, link_id: int, right_unit: str, reviewer: str | None, force: bool,
                as_json: bool) -> None:
     """Link the left unit of LINK_ID to another right unit (the old link is rejected)."""
     from storage.matching.review import relink
 
     with open_registry(reg) as registry:
         data = relink(registry, link_id, right_unit, reviewer=reviewer or _whoami(),
-                      origin=ORIGIN)
+                      origin=ORIGIN, force=force)
     emit(as_json, [data], _decision_text)
 
 

@@ -14,7 +14,7 @@ import shapely
 from click.testing import CliRunner
 
 from storage.bulk import UnitRecord
-from storage.errors import InvalidInput, NotFound
+from storage.errors import ConflictError, InvalidInput, NotFound
 from storage.matching.assign import assign
 from storage.matching.config import load_config
 from storage.matching.job import MatchJob, match_versions, parse_side
@@ -149,7 +149,9 @@ def test_decisions_are_kept_by_a_new_run(two_lists: Registry) -> None:
     pairs = _pairs(two_lists, first["run"])
     decide(two_lists, [pairs[("a2", "ra2")]["id"]], "rejected", reviewer="fatmata")
     decide(two_lists, [pairs[("b2", "rb2x")]["id"]], "accepted", reviewer="fatmata")
-    moved = relink(two_lists, pairs[("b3", "rb3")]["id"], "rb2x", reviewer="ibrahim")
+    # rb2x now has two accepted partners (b2, b3): only with force (see the test below)
+    moved = relink(two_lists, pairs[("b3", "rb3")]["id"], "rb2x", reviewer="ibrahim",
+                   force=True)
     assert moved["status"] == "accepted" and moved["reviewer"] == "ibrahim"
     second = match_versions(two_lists, "Ministry", "Survey")
     assert second["decisions_carried"] == 4  # rejected, accepted, relink = reject + accept
@@ -167,6 +169,40 @@ def test_decisions_are_kept_by_a_new_run(two_lists: Registry) -> None:
     third = match_versions(two_lists, "Ministry:1", "Survey:2")
     assert third["right"]["number"] == 2 and third["decisions_carried"] == 4
     assert _pairs(two_lists, third["run"])[("a2", "ra2")]["status"] == "rejected"
+
+
+def test_a_unit_gets_a_second_accepted_partner_only_when_the_reviewer_insists(
+        two_lists: Registry) -> None:
+    """Fatmata accepted b2 ↔ rb2x; Ibrahim relinks b3 to rb2x too, or accepts another
+    link to it: refused with the link that already holds it and what to do (a merge would
+    keep one pair and quietly treat the other unit as unmatched)."""
+    run = match_versions(two_lists, "Ministry", "Survey")["run"]
+    pairs = _pairs(two_lists, run)
+    decide(two_lists, [pairs[("b2", "rb2x")]["id"]], "accepted", reviewer="fatmata")
+    held = pairs[("b2", "rb2x")]["id"]
+    with pytest.raises(ConflictError, match=rf"link #{held} already pairs 'Kenema Govt "
+                       rf"Hospital' \(b2\) with .*accepted by fatmata.*georeg link reject "
+                       rf"REG {held}"):
+        relink(two_lists, pairs[("b3", "rb3")]["id"], "rb2x", reviewer="ibrahim")
+    assert list_links(two_lists, run, status="accepted")["links"][0]["id"] == held
+    assert _pairs(two_lists, run)[("b3", "rb3")]["status"] != "rejected"  # nothing written
+    # a split is one left unit with several right units: b2 ↔ rb2 joins b2 ↔ rb2x
+    decide(two_lists, [pairs[("b2", "rb2")]["id"]], "accepted", reviewer="fatmata")
+    # the CLI says it in the same words, exit code 5; --force accepts both
+    from georeg.cli import main
+    from tests.conftest import cli_location
+
+    path = cli_location(two_lists)
+    runner = CliRunner()
+    res = runner.invoke(main, ["link", "relink", path, str(pairs[("b3", "rb3")]["id"]),
+                               "--right", "rb2x", "--reviewer", "ibrahim"])
+    assert res.exit_code == 5 and f"georeg link reject REG {held}" in res.output, res.output
+    res = runner.invoke(main, ["link", "relink", path, str(pairs[("b3", "rb3")]["id"]),
+                               "--right", "rb2x", "--reviewer", "ibrahim", "--force"])
+    assert res.exit_code == 0, res.output
+    accepted = {(lk["left_ref"], lk["right_ref"])
+                for lk in list_links(two_lists, run, status="accepted")["links"]}
+    assert accepted == {("b2", "rb2x"), ("b2", "rb2"), ("b3", "rb2x")}
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from storage.errors import InvalidInput, NotFound
+from storage.errors import ConflictError, InvalidInput, NotFound
 from storage.matching.store import STATUSES
 from storage.registry import Registry, json_value
 from storage.versions import version_by_id
@@ -136,9 +136,37 @@ def _get_link(conn: Connection, link_id: int) -> Any:
     return row
 
 
+def _rival(conn: Connection, run_id: int | None, fid: int, left_uuid: str,
+           right_uuid: str, kind: str) -> Any:
+    """Another accepted link of the run that already pairs one of these two units — with
+    another partner, so that accepting this one gives a unit two partners (the merge then
+    keeps one and treats the other unit as unmatched, which no reviewer asked for).
+    Several left units may share a right unit only through ``merge`` links, several right
+    units a left unit only through ``split`` links."""
+    return conn.execute(text(
+        _LINK_SQL + "WHERE (l.run_id = :run OR (l.run_id IS NULL AND CAST(:run AS bigint) IS "
+        "NULL)) AND l.status = 'accepted' AND l.fid <> :f AND ("
+        "(l.right_unit_uuid = :ru AND l.left_unit_uuid <> :lu AND NOT "
+        "(l.kind = 'merge' AND CAST(:k AS text) = 'merge')) OR "
+        "(l.left_unit_uuid = :lu AND l.right_unit_uuid <> :ru AND NOT "
+        "(l.kind = 'split' AND CAST(:k AS text) = 'split'))) ORDER BY l.fid LIMIT 1"),
+        {"run": run_id, "f": fid, "lu": left_uuid, "ru": right_uuid, "k": kind}).first()
+
+
+def _refuse_rival(rival: Any, what: str) -> None:
+    raise ConflictError(
+        f"{what} would give a unit two partners: link #{rival.fid} already pairs "
+        f"{rival.left_name!r} ({rival.left_ref or rival.left_unit_uuid}) with "
+        f"{rival.right_name!r} ({rival.right_ref or rival.right_unit_uuid}), accepted by "
+        f"{rival.reviewer or 'someone'}; a merge would keep only one of the two. Reject link "
+        f"#{rival.fid} first (georeg link reject REG {rival.fid}), or pass --force to accept "
+        "both anyway.")
+
+
 def decide(reg: Registry, link_ids: list[int], decision: str, *, reviewer: str | None,
-           origin: str = "api") -> list[dict[str, Any]]:
-    """Mark links accepted or rejected, with who and when."""
+           origin: str = "api", force: bool = False) -> list[dict[str, Any]]:
+    """Mark links accepted or rejected, with who and when.  Accepting a link that gives a
+    unit a second accepted partner is refused (:func:`_rival`) unless ``force``."""
     if decision not in ("accepted", "rejected"):
         raise InvalidInput("A decision is 'accepted' or 'rejected'.")
     if not link_ids:
@@ -147,7 +175,13 @@ def decide(reg: Registry, link_ids: list[int], decision: str, *, reviewer: str |
     with reg.write(origin=origin, author=reviewer) as conn:
         at = _now()
         for fid in link_ids:
-            _get_link(conn, fid)
+            link = _get_link(conn, fid)
+            if decision == "accepted" and not force:
+                rival = _rival(conn, link.run_id, fid, link.left_unit_uuid,
+                               link.right_unit_uuid, link.kind)
+                if rival is not None:
+                    _refuse_rival(rival, f"Accepting link #{fid} "
+                                  f"({link.left_name!r} ↔ {link.right_name!r})")
             conn.execute(text("UPDATE link SET status = :s, reviewer = :r, reviewed_at = :t "
                               "WHERE fid = :f"),
                          {"s": decision, "r": reviewer, "t": at, "f": fid})
@@ -156,9 +190,10 @@ def decide(reg: Registry, link_ids: list[int], decision: str, *, reviewer: str |
 
 
 def relink(reg: Registry, link_id: int, right_unit: str, *, reviewer: str | None,
-           origin: str = "api") -> dict[str, Any]:
+           origin: str = "api", force: bool = False) -> dict[str, Any]:
     """The left unit of ``link_id`` is really ``right_unit`` (uuid or ref in the right version):
-    the old link is rejected and a new accepted link is added to the same run."""
+    the old link is rejected and a new accepted link is added to the same run — refused when
+    ``right_unit`` already has another accepted partner (:func:`_rival`), unless ``force``."""
     with reg.write(origin=origin, author=reviewer) as conn:
         old = conn.execute(text("SELECT * FROM link WHERE fid = :f"), {"f": link_id}).first()
         if old is None:
@@ -172,6 +207,11 @@ def relink(reg: Registry, link_id: int, right_unit: str, *, reviewer: str | None
             rv = version_by_id(conn, old.right_version_id)
             raise NotFound(f"No unit {right_unit!r} (uuid or ref) in {rv.label}, the right side "
                            f"of link {link_id}.")
+        if not force:
+            rival = _rival(conn, old.run_id, link_id, old.left_unit_uuid, target.uuid,
+                           "one_to_one")
+            if rival is not None:
+                _refuse_rival(rival, f"Relinking link #{link_id} to {target.name!r}")
         at = _now()
         conn.execute(text("UPDATE link SET status = 'rejected', reviewer = :r, reviewed_at = :t "
                           "WHERE fid = :f"), {"r": reviewer, "t": at, "f": link_id})
