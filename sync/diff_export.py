@@ -18,7 +18,8 @@
   territories per status (new green, modified orange, moved blue, closed grey,
   deleted red), the old outline of changed territories (dashed), and
   ``point_moves``: a line from the old to the new position of every unit whose
-  point changed.
+  point changed; units with neither point nor territory are rows of the
+  ``without_geometry`` table.
 """
 
 from __future__ import annotations
@@ -352,13 +353,19 @@ def _attributes(u: UnitDiff) -> dict[str, Any]:
     }
 
 
-def gpkg_layers(diff: VersionDiff) -> dict[str, tuple[str, list[dict[str, Any]],
-                                                       list[BaseGeometry], str, str]]:
-    """layer name → (geometry type, attribute rows, geometries, colour, style kind)."""
-    layers: dict[str, tuple[str, list[dict[str, Any]], list[BaseGeometry], str, str]] = {}
+#: the table (no geometry) of listed units with neither point nor territory
+NO_GEOMETRY_LAYER = "without_geometry"
 
-    def add(name: str, gtype: str, row: dict[str, Any], geom: BaseGeometry, colour: str,
-            kind: str) -> None:
+
+def gpkg_layers(diff: VersionDiff) -> dict[str, tuple[str, list[dict[str, Any]],
+                                                       list[BaseGeometry | None], str, str]]:
+    """layer name → (geometry type, attribute rows, geometries, colour, style kind); the
+    :data:`NO_GEOMETRY_LAYER` table has no geometry type, geometries or style."""
+    layers: dict[str, tuple[str, list[dict[str, Any]], list[BaseGeometry | None], str,
+                            str]] = {}
+
+    def add(name: str, gtype: str, row: dict[str, Any], geom: BaseGeometry | None,
+            colour: str, kind: str) -> None:
         layers.setdefault(name, (gtype, [], [], colour, kind))
         layers[name][1].append(row)
         layers[name][2].append(geom)
@@ -376,6 +383,10 @@ def gpkg_layers(diff: VersionDiff) -> dict[str, tuple[str, list[dict[str, Any]],
             if ter is not None and not ter.is_empty:
                 add(f"{status}_territories", "MultiPolygon", row,
                     geometry.as_multipolygon(ter), colour, "fill")
+            if (loc is None or loc.is_empty) and (ter is None or ter.is_empty):
+                # no point and no territory to draw: listed in a table of their own, or
+                # a QGIS reviewer would never see them
+                add(NO_GEOMETRY_LAYER, "", row, None, "", "")
             if status != "deleted" and u.change("territory") and u.territory_before is not None:
                 add("territories_before", "MultiPolygon", row,
                     geometry.as_multipolygon(u.territory_before), BEFORE_COLOUR, "outline")
@@ -405,10 +416,13 @@ def write_gpkg(diff: VersionDiff, path: Path) -> dict[str, Any]:
             for col in ("distance_m", "area_change_m2", "hausdorff_m"):
                 frame[col] = frame[col].astype("float64")
             frame["depth"] = frame["depth"].astype("Int64")
+            if not gtype:  # an attribute table (GeoPackage data_type 'attributes')
+                pyogrio.write_dataframe(frame, tmp, layer=name, driver="GPKG")
+                continue
             gdf = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geoms, crs="EPSG:4326"),
                                    crs="EPSG:4326")
             pyogrio.write_dataframe(gdf, tmp, layer=name, driver="GPKG", geometry_type=gtype)
-        _write_styles(tmp, {n: (v[3], v[4], v[0]) for n, v in gpd_layers.items()})
+        _write_styles(tmp, {n: (v[3], v[4], v[0]) for n, v in gpd_layers.items() if v[0]})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -431,6 +431,35 @@ def test_gpkg_layers_and_styles(gpkg_scenario: Registry, tmp_path: Path) -> None
     assert run.returncode == 0 and "ERROR" not in run.stderr, run.stderr
 
 
+def test_units_without_geometry_are_a_table_of_their_own(tmp_path: Path) -> None:
+    """A unit added by a merge without coordinates, or a renamed unit that has no point:
+    a reviewer who opens the diff in QGIS must still see them — as a table."""
+    reg = Registry.create(tmp_path / "reg.gpkg")
+    try:
+        build_scenario(reg)
+        U.add_unit(reg, SRC, number=2, name="Kamba Mamudia MCHP", parent="R1",
+                   type="Facility")
+        diff = diff_versions(reg, f"{SRC}:1", f"{SRC}:2")
+    finally:
+        reg.close()
+    out = tmp_path / "diff.gpkg"
+    layers = export_diff(diff, out)["layers"]
+    assert layers["without_geometry"] == 1 and layers["new_points"] == 1
+    import sqlite3
+
+    conn = sqlite3.connect(out)
+    assert conn.execute("SELECT data_type FROM gpkg_contents WHERE table_name = "
+                        "'without_geometry'").fetchone() == ("attributes",)
+    assert conn.execute("SELECT status, name, parent_after FROM without_geometry").fetchall() \
+        == [("new", "Kamba Mamudia MCHP", "North")]
+    assert "without_geometry" not in {r[0] for r in conn.execute(
+        "SELECT f_table_name FROM layer_styles")}
+    conn.close()
+    run = subprocess.run(["ogrinfo", "-ro", "-so", str(out), "without_geometry"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and "Feature Count: 1" in run.stdout, run.stdout + run.stderr
+
+
 @pytest.mark.qgis
 def test_qgis_opens_the_diff_with_the_stored_styles(gpkg_scenario: Registry,
                                                     tmp_path: Path) -> None:
