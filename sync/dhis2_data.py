@@ -222,6 +222,18 @@ class TableSubmissions:
 
     def submissions(self, form_id: str) -> Iterator[Submission]:
         with self.reg.read() as conn:
+            known = conn.execute(text(
+                "SELECT EXISTS (SELECT 1 FROM form WHERE form_id = :f) OR EXISTS "
+                "(SELECT 1 FROM submission WHERE form_id = :f)"), {"f": form_id}).scalar()
+            if not known:
+                # a typo would otherwise send nothing, every night, and say "ok"
+                forms = sorted(str(f) for f in conn.execute(text(
+                    "SELECT form_id FROM form UNION SELECT DISTINCT form_id FROM submission"
+                )).scalars())
+                raise NotFound(
+                    f"No form {form_id!r} in this registry (no such form and no submission "
+                    f"of it); forms: {', '.join(forms) if forms else 'none'} "
+                    "(georeg forms list REG).")
             rows = conn.execute(text(
                 "SELECT instance_id, form_id, data, xml, org_unit_uuid, received_at "
                 "FROM submission WHERE form_id = :f AND status = 'complete' ORDER BY fid"),
@@ -564,10 +576,10 @@ def push_data(reg: Registry, client: Dhis2Client, form_id: str, mapping: Mapping
     stored there or here.  ``again``: also re-send submissions already exported.
     """
     reader = reader or TableSubmissions(reg)
+    subs = list(reader.submissions(form_id))  # an unknown form: refused before DHIS2 is asked
     requests_before = client.request_count
     target, legacy = export_target(client, mapping.target_suffix)
     kind = KINDS[mapping.kind]
-    subs = list(reader.submissions(form_id))
     if dry_run:
         states = export_states(reg, legacy) | export_states(reg, target)
     else:

@@ -371,6 +371,43 @@ def test_cli_push_data(tmp_path: Path, fake41: FakeDhis2) -> None:
     assert json.loads(result.stdout)["already_exported"] == 1
 
 
+def test_a_form_id_typed_wrong_is_refused_before_dhis2_is_asked(
+        tmp_path: Path, fake41: FakeDhis2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'inpatients' for 'inpatient': before, 0 submissions were sent, exit 0 — every night,
+    as a scheduled job recorded 'ok'."""
+    from sync import scheduler
+    from sync.dhis2_json import import_dhis2_files
+    from tests.conftest import DEMO_FILES
+
+    path = tmp_path / "reg.gpkg"
+    with Registry.create(path) as reg:
+        import_dhis2_files(reg, DEMO_FILES, source="SL")
+        add_submission(reg, "uuid:t1", {"age": 3, "admission_date": "2024-01-02"}, unit=AGAPE)
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps(EVENTS))
+    asked = len(fake41.requests)
+    result = CliRunner().invoke(dhis2_group, [
+        "push-data", str(path), "--form", "inpatients", "--mapping", str(mapping), "--url",
+        fake41.url, "--user", "admin", "--password-stdin", "--retries", "0"], input="district\n")
+    assert result.exit_code == 4, result.output
+    assert "No form 'inpatients' in this registry" in result.output
+    assert "forms: inpatient " in result.output, result.output
+    # the client's sign-in check may ask DHIS2 who we are, but nothing is read or sent
+    assert not [r for r in fake41.requests[asked:] if r.method != "GET" or "event" in r.path
+                or "tracker" in r.path]
+    assert not fake41.state.events
+    # the scheduled job fails (shown as failed, retried), no longer "ok"
+    secrets = tmp_path / "secrets.toml"
+    monkeypatch.setenv(scheduler.SECRETS_ENV, str(secrets))
+    scheduler.save_target(secrets, "dhis2", {"url": fake41.url, "username": "admin",
+                                             "password": "district"})
+    with Registry.open(path) as reg:
+        scheduler.add_job(reg, "dhis2-push-data", every="15m", target="dhis2",
+                          options={"form": "inpatients", "mapping": str(mapping)})
+        [run] = scheduler.run_now(reg, "dhis2-push-data-dhis2")
+    assert run.outcome == "failed" and "No form 'inpatients'" in (run.error or "")
+
+
 # --- as a scheduled job ---------------------------------------------------------------------
 
 
