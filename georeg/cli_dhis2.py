@@ -130,28 +130,33 @@ def render_pull(d: dict[str, Any]) -> str:
 
 
 def _render_conflicts(d: dict[str, Any]) -> list[str]:
-    """Units changed both here and in DHIS2, one line per unit: which fields, this side's
-    value and DHIS2's — and what to do about them."""
+    """Units and groups changed both here and in DHIS2, one line per unit or group: which
+    fields, this side's value and DHIS2's — and what to do about them."""
     conflicts = d.get("conflicts") or []
     if not conflicts:
         return []
-    by_unit: dict[str, list[dict[str, Any]]] = {}
-    for c in conflicts:
-        by_unit.setdefault(str(c["uid"]), []).append(c)
-    if d.get("prefer_remote"):
-        head = (f"  {len(by_unit)} unit(s) changed both here and in DHIS2: DHIS2's values "
-                "replaced this side's (--prefer-remote):")
-    else:
-        head = (f"  {len(by_unit)} unit(s) changed both here and in DHIS2: kept as they are "
-                "here, not overwritten (their other fields took DHIS2's):")
-    lines = [head]
-    for uid, items in list(by_unit.items())[:50]:
-        fields = "; ".join(f"{c['field']}: here {c['here']!r}, DHIS2 {c['dhis2']!r}"
-                           for c in items)
-        lines.append(f"    {items[0]['name']} ({uid})  {fields}")
-    if len(by_unit) > 50:
-        lines.append(f"    … and {len(by_unit) - 50} more (use --json).")
-    if not d.get("prefer_remote"):
+    prefer = bool(d.get("prefer_remote"))
+    lines: list[str] = []
+    for kind, what, kept, replaced in (
+            ("unit", "unit(s) changed", "kept as they are here, not overwritten (their other "
+             "fields took DHIS2's):", "DHIS2's values replaced this side's (--prefer-remote):"),
+            ("group", "group(s) renamed", "kept as they are here, not overwritten:",
+             "DHIS2's names replaced this side's (--prefer-remote):")):
+        by_uid: dict[str, list[dict[str, Any]]] = {}
+        for c in conflicts:
+            if c.get("kind", "unit") == kind:
+                by_uid.setdefault(str(c["uid"]), []).append(c)
+        if not by_uid:
+            continue
+        lines.append(f"  {len(by_uid)} {what} both here and in DHIS2: "
+                     + (replaced if prefer else kept))
+        for uid, items in list(by_uid.items())[:50]:
+            fields = "; ".join(f"{c['field']}: here {c['here']!r}, DHIS2 {c['dhis2']!r}"
+                               for c in items)
+            lines.append(f"    {items[0]['name']} ({uid})  {fields}")
+        if len(by_uid) > 50:
+            lines.append(f"    … and {len(by_uid) - 50} more (use --json).")
+    if not prefer:
         lines.append("  Send this side's with 'georeg dhis2 push', or take DHIS2's with "
                      "'georeg dhis2 pull … --since last --prefer-remote'. Until then every "
                      "incremental pull reads them again and lists them here.")
@@ -249,8 +254,9 @@ def info_cmd(url: str, user: str | None, password_stdin: bool, token_stdin: bool
               help="Only units DHIS2 changed after this date/time (ISO 8601), or 'last' for "
                    "since the previous pull: upserted into the newest draft.")
 @click.option("--prefer-remote", is_flag=True,
-              help="With --since: for units changed both here (not pushed yet) and in "
-                   "DHIS2, take DHIS2's values (default: keep this side's and list them).")
+              help="With --since: for units and groups changed both here (not pushed "
+                   "yet) and in DHIS2, take DHIS2's values (default: keep this side's and "
+                   "list them).")
 @click.option("--description", default=None, help="Description of the new version.")
 def pull_cmd(reg: str, source: str, url: str, user: str | None, password_stdin: bool,
              token_stdin: bool, timeout: float, retries: int, page_size: int,
@@ -261,8 +267,9 @@ def pull_cmd(reg: str, source: str, url: str, user: str | None, password_stdin: 
     Levels become types, DHIS2 uids become refs; points become locations and
     polygons territories. With --since, only what changed upstream is upserted
     into the newest draft (a new draft is made when the newest version is published);
-    a field changed here and not pushed yet that DHIS2 changed too is not overwritten
-    (listed as a conflict) unless --prefer-remote.
+    a field of a unit or group changed here and not pushed yet that DHIS2 changed too
+    is not overwritten (listed as a conflict) unless --prefer-remote. A unit whose
+    geometry cannot be read comes without it (a warning names it).
     """
     from sync.dhis2_sync import Dhis2PullJob
 

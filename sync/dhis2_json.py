@@ -5,18 +5,24 @@ from the API or read by the DHIS2 client), ``/api/filledOrganisationUnitLevels``
 or ``/api/organisationUnitLevels``, and ``/api/organisationUnitGroups`` with
 ``organisationUnits``.  Levels become org-unit types, DHIS2 uids become
 ``source_ref``, points become locations and polygons territories.  The whole
-import is one transaction: a bad page leaves the registry as it was.
+import is one transaction: a bad page leaves the registry as it was — but a unit
+whose geometry cannot be read (a LineString, coordinates that are not degrees …)
+comes without it, with a warning naming it: DHIS2's own apps still show that unit,
+and one bad shape must not stop the pull of thousands.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import shapely
 from shapely.errors import ShapelyError
+from shapely.geometry.base import BaseGeometry
 
 from storage import geometry
 from storage.bulk import UnitRecord
@@ -112,7 +118,58 @@ def _parent_ref(unit: dict[str, Any], where: str) -> str | None:
     return None
 
 
-def unit_records(payload: Dhis2Payload, level_names: dict[int, str]) -> Iterator[UnitRecord]:
+def read_geometry(value: Any) -> tuple[BaseGeometry | None, BaseGeometry | None, str | None]:
+    """A unit's DHIS2 ``geometry`` → (point location, territory, what is wrong with it).
+
+    What cannot be stored as a point or a territory in degrees — not GeoJSON, a
+    LineString, an empty shape, coordinates that are not numbers or not longitude and
+    latitude — comes back as (None, None, why), for the caller to go on without it:
+    the import would otherwise reject the unit, and with it the whole pull.  Invalid
+    polygons (self-intersections …) are not refused here: the import keeps them as
+    DHIS2 has them, with a warning of its own."""
+    try:
+        geom = geometry.from_geojson(value)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+            ShapelyError) as error:  # (an unknown "type": GeometryTypeError)
+        return None, None, f"not valid GeoJSON: {error}"
+    if geom is None:
+        return None, None, None
+    kind = geom.geom_type
+    if geom.is_empty:
+        return None, None, f"an empty {kind}"
+    if kind == "MultiPoint" and len(geom.geoms) == 1:
+        geom, kind = geom.geoms[0], "Point"
+    if kind == "Point":
+        x, y = geom.x, geom.y
+        if not (math.isfinite(x) and math.isfinite(y)):
+            return None, None, "a point whose coordinates are not numbers"
+        if not -90 <= y <= 90:
+            return None, None, (f"latitude {y:g}: a latitude is within -90..90 degrees (are "
+                                "longitude and latitude swapped?)")
+        if not -180 <= x <= 180:
+            return None, None, f"longitude {x:g}: a longitude is within -180..180 degrees"
+        return geom, None, None
+    if kind not in ("Polygon", "MultiPolygon", "GeometryCollection"):
+        return None, None, f"a {kind}, not a point or a polygon"
+    try:
+        territory = geometry.as_multipolygon(geom)
+    except InvalidInput:  # a collection without polygons
+        return None, None, f"a {kind} without a polygon"
+    if territory is None or territory.is_empty:
+        return None, None, f"an empty {kind}"
+    minx, miny, maxx, maxy = shapely.bounds(territory).tolist()
+    if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
+        return None, None, f"a {kind} whose coordinates are not numbers"
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        return None, None, (f"a {kind} with longitudes {minx:g}..{maxx:g} and latitudes "
+                            f"{miny:g}..{maxy:g}: not degrees")
+    return None, territory, None
+
+
+def unit_records(payload: Dhis2Payload, level_names: dict[int, str],
+                 warnings: list[str]) -> Iterator[UnitRecord]:
+    """The units of the pages, as records.  ``warnings``: where to say which units come
+    without their geometry (it cannot be read, see :func:`read_geometry`)."""
     for page_name, page in payload.unit_pages:
         units = page.get("organisationUnits")
         for i, unit in enumerate(units or [], start=1):
@@ -129,14 +186,11 @@ def unit_records(payload: Dhis2Payload, level_names: dict[int, str]) -> Iterator
             level = unit.get("level")
             if level is None and isinstance(unit.get("path"), str):
                 level = len(unit["path"].strip("/").split("/"))
-            try:
-                geom = geometry.from_geojson(unit.get("geometry"))
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError,
-                    ShapelyError) as error:  # (an unknown "type": GeometryTypeError)
-                raise InvalidInput(
-                    f"{where}: field 'geometry' is not valid GeoJSON ({error})."
-                ) from None
-            location, territory = geometry.split_location_territory(geom)
+            location, territory, problem = read_geometry(unit.get("geometry"))
+            if problem is not None:
+                warnings.append(f"DHIS2 org unit {name.strip()!r} (id {uid.strip()}, {page_name}, "
+                                f"item {i}): its geometry cannot be read ({problem}); pulled "
+                                "without it (a unit already here keeps the geometry it has).")
             extra = {k: unit[k] for k in DHIS2_EXTRA_KEYS if unit.get(k)}
             yield UnitRecord(
                 name=name.strip(),
@@ -192,8 +246,10 @@ def to_import_payload(payload: Dhis2Payload) -> ImportPayload:
             [g["id"] for g in gs.get("organisationUnitGroups") or [] if g.get("id")],
             short_name=gs.get("shortName"), compulsory=bool(gs.get("compulsory")),
         ))
+    warnings: list[str] = []  # (filled while the units stream: the import reads it after)
     return ImportPayload(
-        units=unit_records(payload, names),
+        units=unit_records(payload, names, warnings),
+        warnings=warnings,
         types=[TypeDef(name, depth) for depth, name in names.items()],
         groups=groups,
         group_sets=sets,

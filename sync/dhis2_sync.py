@@ -193,10 +193,12 @@ class Dhis2PullJob(Job[dict[str, Any]]):
     An incremental pull never silently overwrites what was changed here and not pushed
     yet (see :func:`local_edits`): a unit changed on both sides keeps this side's value of
     each field changed here that DHIS2 has otherwise — its other fields take DHIS2's — and
-    is listed in ``conflicts``; ``prefer_remote`` takes DHIS2's values anyway.  Units held
-    so are read again by the next incremental pull (by id: DHIS2 may not touch them again
-    in time to be in its ``lastUpdated`` window) until the two sides agree — a push, an
-    edit here, or ``prefer_remote`` settles them.
+    is listed in ``conflicts``; ``prefer_remote`` takes DHIS2's values of those fields.
+    Units held so are read again by the next incremental pull (by id: DHIS2 may not touch
+    them again in time to be in its ``lastUpdated`` window) until the two sides agree — a
+    push, an edit here, or ``prefer_remote`` settles them.  Groups renamed here are kept
+    the same way (see :func:`_sync_groups`; renames leave no change-log row, so each pull
+    and push records the groups' names as DHIS2 has them).
     """
 
     title = "DHIS2 pull"
@@ -282,13 +284,22 @@ class Dhis2PullJob(Job[dict[str, Any]]):
         job.on_progress(_propagate(self))
         result = job.run()
         version = result["version"]
+        known = self._group_bases() if since is not None else {}
         with self.reg.write(origin=self.origin, author=self.author) as conn:
-            group_changes = (_sync_groups(conn, version["id"], groups, protected)
-                             if since is not None else None)
+            synced = (_sync_groups(conn, version["id"], groups, protected, known,
+                                   prefer_remote=self.prefer_remote)
+                      if since is not None else None)
+            group_changes = synced.counts if synced is not None else None
+            if synced is not None:
+                conflicts = conflicts + synced.conflicts
             summary = {"url": client.base_url, "dhis2_version": info.get("version"),
                        "server_date": info.get("serverDate"), "since": since,
                        "incremental": since is not None, "units": docs.total_units,
-                       "groups": len(groups), "group_sets": len(group_sets)}
+                       "groups": len(groups), "group_sets": len(group_sets),
+                       # the groups as DHIS2 had them, for the next pull to tell which side
+                       # renamed a group (renames leave no change-log row)
+                       "group_names": synced.recorded if synced is not None
+                       else {g["id"]: group_values(g) for g in groups if g.get("id")}}
             if since is not None:
                 summary |= {"held": held, "conflicts": conflicts[:MAX_LISTED],
                             "prefer_remote": self.prefer_remote}
@@ -303,9 +314,12 @@ class Dhis2PullJob(Job[dict[str, Any]]):
             "requests": client.request_count - start,
             "import": {k: result[k] for k in ("created", "updated", "unchanged", "rejected",
                                               "rows", "warnings", "loaded")},
-            # units changed both here and in DHIS2: kept as they are here (held), or with
-            # prefer_remote replaced by DHIS2's values; one entry per unit and field
+            # units and groups changed both here and in DHIS2: kept as they are here
+            # (held), or with prefer_remote replaced by DHIS2's values; one entry per unit
+            # or group and field ("kind": "unit" or "group"); conflict_count: units held,
+            # group_conflict_count: groups kept as named here
             "conflicts": conflicts, "conflict_count": len(held),
+            "group_conflict_count": synced.held if synced is not None else 0,
             "prefer_remote": self.prefer_remote,
         }
 
@@ -320,6 +334,27 @@ class Dhis2PullJob(Job[dict[str, Any]]):
                 {"s": self.source}).first()
         after = json_value(row[0]) if row else None
         return after if isinstance(after, dict) else None
+
+    def _group_bases(self) -> dict[str, dict[str, Any]]:
+        """Each group's name, short name and code as DHIS2 had them when this source last
+        met DHIS2: recorded by the last pull (``group_names``), overlaid with what each
+        push DHIS2 took whole since then left there.  A key missing: not known."""
+        source = {"s": self.source}
+        join = ("FROM change_log c JOIN source_version v ON v.fid = c.version_id "
+                "JOIN data_source s ON s.fid = v.source_id WHERE s.name = :s ")
+        with self.reg.read() as conn:
+            last = conn.execute(text(
+                f"SELECT c.fid, c.after {join}AND c.entity = 'dhis2_pull' "
+                "ORDER BY c.fid DESC LIMIT 1"), source).first()
+            pushes = conn.execute(text(
+                f"SELECT c.after {join}AND c.entity = 'dhis2_push' AND c.op = 'push' "
+                "AND c.fid > :f ORDER BY c.fid"), source | {"f": last[0] if last else 0}).all()
+        known: dict[str, dict[str, Any]] = {}
+        for raw in ([last[1]] if last else []) + [r[0] for r in pushes]:
+            recorded = (_snapshot(raw) or {}).get("group_names")
+            if isinstance(recorded, dict):
+                known |= {str(k): v for k, v in recorded.items() if isinstance(v, dict)}
+        return known
 
     def _resolve_since(self, last: dict[str, Any] | None) -> str | None:
         if self.since is None:
@@ -357,8 +392,9 @@ class Dhis2PullJob(Job[dict[str, Any]]):
 
 #: a unit's change-log snapshot key → the field as compared with DHIS2 (and named to the user)
 _SNAPSHOT_FIELDS = {"name": "name", "code": "code", "parent_key": "parent",
-                    "opening_date": "opening_date", "closed_date": "closed_date",
-                    "extra_fields": "extra_fields", "location": "location"}
+                    "type_id": "type", "opening_date": "opening_date",
+                    "closed_date": "closed_date", "extra_fields": "extra_fields",
+                    "location": "location"}
 _ALL_FIELDS = frozenset([*_SNAPSHOT_FIELDS.values(), "territory"])
 #: the value before a change made here is not known (the unit was created here)
 NO_BASE = object()
@@ -368,10 +404,11 @@ NO_BASE = object()
 class LocalEdits:
     """What was changed here in a version and not sent to DHIS2 yet (see local_edits)."""
 
-    #: unit uuid → the fields changed here (name, code, parent, opening_date, closed_date,
-    #: extra_fields, location, territory), each with its value before the first change
-    #: here (as the change log holds it: a parent's key, a geometry's hex) — what DHIS2
-    #: had too, unless DHIS2 changed it since; NO_BASE for a unit created here
+    #: unit uuid → the fields changed here (name, code, parent, type, opening_date,
+    #: closed_date, extra_fields, location, territory), each with its value before the
+    #: first change here (as the change log holds it: a parent's key, a type's id, a
+    #: geometry's hex) — what DHIS2 had too, unless DHIS2 changed it since; NO_BASE for
+    #: a unit created here
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: DHIS2 uid (ref) → name of the units deleted here
     deleted: dict[str, str] = field(default_factory=dict)
@@ -482,6 +519,7 @@ class _Here:
     extra_fields: dict[str, Any] | None
     parent_ref: str | None  # the parent's ref as the upsert knows it (georeg:<uuid> if none)
     parent_name: str | None
+    type_name: str | None
     location: BaseGeometry | None
     territory: BaseGeometry | None
 
@@ -498,9 +536,10 @@ def _units_here(reg: Registry, version_id: int, uuids: list[str]) -> dict[str, _
                     "SELECT u.uuid, u.source_ref, u.name, u.code, u.opening_date, "
                     "u.closed_date, u.extra_fields, p.source_ref, p.uuid, p.name, "
                     f"{geometry.select_sql(b, 'u.location')}, "
-                    f"{geometry.select_sql(b, 't.territory')} FROM org_unit u "
+                    f"{geometry.select_sql(b, 't.territory')}, ty.name FROM org_unit u "
                     "LEFT JOIN org_unit p ON p.version_id = u.version_id "
                     "AND p.unit_key = u.parent_key "
+                    "LEFT JOIN org_unit_type ty ON ty.fid = u.type_id "
                     "LEFT JOIN org_unit_territory t ON t.unit_fid = u.fid "
                     f"WHERE u.version_id = :v AND u.uuid IN ({marks})"),
                     {"v": version_id} | {f"u{n}": u for n, u in enumerate(chunk)}):
@@ -510,7 +549,7 @@ def _units_here(reg: Registry, version_id: int, uuids: list[str]) -> dict[str, _
                     code=r[3] or None, opening_date=_day(r[4]), closed_date=_day(r[5]),
                     extra_fields=extra if isinstance(extra, dict) and extra else None,
                     parent_ref=(str(r[7]) if r[7] else internal_ref(str(r[8]))) if r[8]
-                    else None, parent_name=r[9],
+                    else None, parent_name=r[9], type_name=r[12],
                     location=geometry.decode(b, r[10]), territory=geometry.decode(b, r[11]))
     return out
 
@@ -524,9 +563,11 @@ def _settle(reg: Registry, version_id: int, records: list[UnitRecord], pull_orig
     A unit changed here and by DHIS2 (it is among ``records``) is a conflict
     on each field changed here whose value DHIS2 has otherwise.  Unless ``prefer_remote``,
     the record carries this side's value of those fields (the upsert then keeps them and
-    takes DHIS2's other fields); a unit deleted here is not created again — nor are the
-    new DHIS2 units below it.  A unit deleted here that DHIS2 has closed (what a push
-    does with a deleted unit) is no conflict: it stays deleted."""
+    takes DHIS2's other fields) — and, even with it, of the fields changed here that DHIS2
+    still has as they were (no conflict: only this side changed them); a unit deleted
+    here is not created again — nor are the new DHIS2 units below it.  A unit deleted
+    here that DHIS2 has closed (what a push does with a deleted unit) is no conflict: it
+    stays deleted."""
     by_ref = {r.source_ref: r for r in records if r.source_ref}
     refs: dict[str, str] = {}  # uuid → ref
     key_refs: dict[int, str] = {}  # unit key → ref (as the upsert knows it)
@@ -537,6 +578,8 @@ def _settle(reg: Registry, version_id: int, records: list[UnitRecord], pull_orig
             if ref:
                 refs[str(uuid_)] = str(ref)
             key_refs[int(key)] = str(ref) if ref else internal_ref(str(uuid_))
+        type_names = {int(fid): str(name) for fid, name in conn.execute(text(
+            "SELECT fid, name FROM org_unit_type"))}
     edits = local_edits(reg, version_id, pull_origins,
                         {uuid_ for uuid_, ref in refs.items() if ref in by_ref})
     if not edits.fields and not edits.deleted:
@@ -552,15 +595,18 @@ def _settle(reg: Registry, version_id: int, records: list[UnitRecord], pull_orig
         unit, rec = here.get(uuid_), by_ref[refs[uuid_]]
         if unit is None:
             continue
-        found, mine_only = _differences(reg, unit, rec, edits.fields[uuid_], names, key_refs)
+        found, mine_only = _differences(reg, unit, rec, edits.fields[uuid_], names, key_refs,
+                                        type_names)
         if found:
             held.append(unit.ref)
         for name, mine, theirs in found:
-            conflicts.append({"uid": unit.ref, "name": unit.name, "field": name,
-                              "here": mine, "dhis2": theirs,
+            conflicts.append({"kind": "unit", "uid": unit.ref, "name": unit.name,
+                              "field": name, "here": mine, "dhis2": theirs,
                               "kept": "dhis2" if prefer_remote else "here"})
-        if not prefer_remote:
-            _keep_here(rec, unit, {name for name, _, _ in found} | mine_only)
+        # a field changed here only is kept even with prefer_remote: DHIS2 did not change
+        # it, so there is nothing of DHIS2's to prefer (the push sends it)
+        _keep_here(rec, unit, mine_only if prefer_remote
+                   else {name for name, _, _ in found} | mine_only)
     present = set(refs.values())
     for ref, name in edits.deleted.items():
         rec_ = by_ref.get(ref)
@@ -570,8 +616,9 @@ def _settle(reg: Registry, version_id: int, records: list[UnitRecord], pull_orig
             dropped[ref] = "closed"
             continue
         held.append(ref)
-        conflicts.append({"uid": ref, "name": name, "field": "unit", "here": "deleted",
-                          "dhis2": "open, changed", "kept": "dhis2" if prefer_remote else "here"})
+        conflicts.append({"kind": "unit", "uid": ref, "name": name, "field": "unit",
+                          "here": "deleted", "dhis2": "open, changed",
+                          "kept": "dhis2" if prefer_remote else "here"})
         dropped[ref] = "deleted"
     if prefer_remote:
         return records, conflicts, [], edits
@@ -586,7 +633,8 @@ def _settle(reg: Registry, version_id: int, records: list[UnitRecord], pull_orig
                 dropped[new] = "below"
                 held.append(new)
                 above = names.get(parent, parent)
-                conflicts.append({"uid": new, "name": rec.name, "field": "parent",
+                conflicts.append({"kind": "unit", "uid": new, "name": rec.name,
+                                  "field": "parent",
                                   "here": f"{above} (deleted here)", "dhis2": above,
                                   "kept": "here"})
                 grew = True
@@ -595,7 +643,7 @@ def _settle(reg: Registry, version_id: int, records: list[UnitRecord], pull_orig
 
 
 def _differences(reg: Registry, unit: _Here, rec: UnitRecord, changed: dict[str, Any],
-                 names: dict[str, str], key_refs: dict[int, str]
+                 names: dict[str, str], key_refs: dict[int, str], type_names: dict[int, str]
                  ) -> tuple[list[tuple[str, str, str]], set[str]]:
     """Of the fields changed here that the DHIS2 record would overwrite with another
     value (a value DHIS2 leaves out is not written): the conflicts — (field, here,
@@ -628,6 +676,11 @@ def _differences(reg: Registry, unit: _Here, rec: UnitRecord, changed: dict[str,
         old_ref = key_refs.get(int(old_key)) if old_key is not None else None
         sort("parent", old_ref == ref, _shown(unit.parent_name),
              _shown(names.get(ref, ref) if ref else None))
+    # the type: DHIS2's level name (a unit without a known level brings none: not written)
+    if "type" in changed and rec.type_name and rec.type_name != unit.type_name:
+        old_type = base("type")  # (the type's id, as the change log holds it)
+        before = type_names.get(int(old_type)) if isinstance(old_type, int) else None
+        sort("type", before == rec.type_name, _shown(unit.type_name), rec.type_name)
     if "extra_fields" in changed and rec.extra_fields and rec.extra_fields != unit.extra_fields:
         extra = rec.extra_fields
         mine = unit.extra_fields or {}
@@ -662,6 +715,8 @@ def _keep_here(rec: UnitRecord, unit: _Here, fields: set[str]) -> None:
         rec.closed_date = unit.closed_date
     if "parent" in fields:
         rec.parent_ref = unit.parent_ref
+    if "type" in fields:
+        rec.type_name = unit.type_name  # (None, a type cleared here: kept so too)
     if fields & {"short name", "extra_fields"}:
         rec.extra_fields = unit.extra_fields
     if "location" in fields:
@@ -688,43 +743,112 @@ def _shown_geom(geom: BaseGeometry | None) -> str:
     return f"{geom.geom_type.lower()} of {len(shapely.get_coordinates(geom))} vertices"
 
 
+#: a group's fields a pull brings up to date: DHIS2 property → the field named to the user
+_GROUP_FIELDS = {"name": "name", "shortName": "short name", "code": "code"}
+
+
+def group_values(g: dict[str, Any]) -> dict[str, Any]:
+    """A DHIS2 group's name, short name and code (absent or empty: None), keyed by DHIS2
+    property — what a pull writes, and records as DHIS2's (``group_names``)."""
+    return {"name": g.get("name") or g.get("id"), "shortName": g.get("shortName") or None,
+            "code": g.get("code") or None}
+
+
+@dataclass
+class _GroupSync:
+    """What an incremental pull did to the groups (see :func:`_sync_groups`)."""
+
+    counts: dict[str, int]
+    #: one entry per group and field renamed both here and in DHIS2
+    conflicts: list[dict[str, Any]]
+    #: group uid → DHIS2's values as the next pull compares with them (``group_names``)
+    recorded: dict[str, dict[str, Any]]
+    #: groups kept as they are here although DHIS2 renamed them (not with prefer_remote)
+    held: int
+
+
 def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]],
-                 protected: set[tuple[int, int]] = frozenset()  # type: ignore[assignment]
-                 ) -> dict[str, int]:
+                 protected: set[tuple[int, int]] = frozenset(),  # type: ignore[assignment]
+                 known: dict[str, dict[str, Any]] | None = None, *,
+                 prefer_remote: bool = False) -> _GroupSync:
     """Incremental pull: groups (new, renamed) and their members as DHIS2 has them now —
-    but a membership set or removed here and not pushed yet (``protected``: group key,
-    unit key) stays as it is here.  DHIS2 cannot have changed it the other way: a member
-    is in or out, so DHIS2 either agrees already or has not changed."""
+    but what was changed here and not pushed yet stays as it is here.
+
+    Memberships: one set or removed here (``protected``: group key, unit key) is kept.
+    DHIS2 cannot have changed it the other way: a member is in or out, so DHIS2 either
+    agrees already or has not changed.
+
+    Names, short names and codes: group renames leave no change-log row, so what was
+    changed on which side is told by ``known``, each group's values as DHIS2 had them
+    at the last pull or push (:meth:`Dhis2PullJob._group_bases`).  A field this side
+    still has as DHIS2 had it takes DHIS2's value; one DHIS2 still has as it was was
+    changed here only and is kept (the push sends it); one changed on both sides to
+    different values — or, with nothing known, that differs — is a conflict: kept as it
+    is here (and recorded as DHIS2 had it before, so every pull lists it again until
+    settled), or with ``prefer_remote`` DHIS2's."""
+    known = known or {}
     keys = {r[1]: int(r[0]) for r in conn.execute(text(
         "SELECT group_key, source_ref FROM org_unit_group WHERE version_id = :v"),
         {"v": version_id}) if r[1]}
-    names = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
-        "SELECT source_ref, name, short_name, code FROM org_unit_group WHERE version_id = :v"),
-        {"v": version_id})}
+    names = {r[0]: {"name": r[1], "shortName": r[2] or None, "code": r[3] or None}
+             for r in conn.execute(text(
+                 "SELECT source_ref, name, short_name, code FROM org_unit_group "
+                 "WHERE version_id = :v"), {"v": version_id})}
     units = {r[0]: int(r[1]) for r in conn.execute(text(
         "SELECT source_ref, unit_key FROM org_unit WHERE version_id = :v AND source_ref IS NOT "
         "NULL"), {"v": version_id})}
-    out = {"groups_created": 0, "groups_renamed": 0, "members_added": 0, "members_removed": 0}
+    out = _GroupSync({"groups_created": 0, "groups_renamed": 0, "members_added": 0,
+                      "members_removed": 0}, [], {}, 0)
     for g in groups:
         gid = g.get("id")
         if not gid:
             continue
-        wanted = (g.get("name") or gid, g.get("shortName"), g.get("code"))
+        theirs = group_values(g)
+        recorded = dict(theirs)
         if gid not in keys:
             conn.execute(text(
                 "INSERT INTO org_unit_group (version_id, source_ref, name, short_name, code) "
                 "VALUES (:v, :r, :n, :s, :c)"),
-                {"v": version_id, "r": gid, "n": wanted[0], "s": wanted[1], "c": wanted[2]})
+                {"v": version_id, "r": gid, "n": theirs["name"], "s": theirs["shortName"],
+                 "c": theirs["code"]})
             keys[gid] = int(conn.execute(text(
                 "SELECT group_key FROM org_unit_group WHERE version_id = :v AND source_ref = :r"),
                 {"v": version_id, "r": gid}).scalar_one())
-            out["groups_created"] += 1
-        elif names.get(gid) != wanted:
-            conn.execute(text("UPDATE org_unit_group SET name = :n, short_name = :s, code = :c "
-                              "WHERE version_id = :v AND source_ref = :r"),
-                         {"v": version_id, "r": gid, "n": wanted[0], "s": wanted[1],
-                          "c": wanted[2]})
-            out["groups_renamed"] += 1
+            out.counts["groups_created"] += 1
+        else:
+            mine = names[gid]
+            base = known.get(gid) or {}
+            new = dict(mine)
+            held = False
+            for prop, label in _GROUP_FIELDS.items():
+                if mine[prop] == theirs[prop]:
+                    continue
+                if prop in base and base[prop] == mine[prop]:
+                    new[prop] = theirs[prop]  # renamed in DHIS2 only
+                    continue
+                if prop in base and base[prop] == theirs[prop]:
+                    continue  # renamed here only: kept, the push sends it
+                out.conflicts.append({
+                    "kind": "group", "uid": gid, "name": mine["name"], "field": label,
+                    "here": _shown(mine[prop]), "dhis2": _shown(theirs[prop]),
+                    "kept": "dhis2" if prefer_remote else "here"})
+                if prefer_remote:
+                    new[prop] = theirs[prop]
+                else:
+                    held = True
+                    if prop in base:
+                        recorded[prop] = base[prop]
+                    else:
+                        del recorded[prop]  # still not known: listed again next time
+            out.held += held
+            if new != mine:
+                conn.execute(text(
+                    "UPDATE org_unit_group SET name = :n, short_name = :s, code = :c "
+                    "WHERE version_id = :v AND source_ref = :r"),
+                    {"v": version_id, "r": gid, "n": new["name"], "s": new["shortName"],
+                     "c": new["code"]})
+                out.counts["groups_renamed"] += 1
+        out.recorded[gid] = recorded
         key = keys[gid]
         want = {units[m["id"]] for m in g.get("organisationUnits") or []
                 if isinstance(m, dict) and m.get("id") in units}
@@ -741,8 +865,8 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
         if remove:
             conn.execute(text("DELETE FROM group_membership WHERE version_id = :v AND "
                               "group_key = :g AND unit_key = :u"), remove)
-        out["members_added"] += len(add)
-        out["members_removed"] += len(remove)
+        out.counts["members_added"] += len(add)
+        out.counts["members_removed"] += len(remove)
     return out
 
 
@@ -803,6 +927,9 @@ class _Plan:
         "create": 0, "update": 0, "close": 0, "delete": 0, "groups_create": 0,
         "groups_update": 0, "unchanged": 0, "codes_released": 0})
     notes: list[str] = field(default_factory=list)
+    #: group uid → its name, short name and code as DHIS2 has them once the push is done
+    #: (stored with the push: the next pull compares with them, see _sync_groups)
+    group_names: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def note_change(self, change: dict[str, Any]) -> None:
         if len(self.changes) < MAX_LISTED:
@@ -867,7 +994,7 @@ class Dhis2PushJob(Job[dict[str, Any]]):
         if failure is not None:
             report["failure"] = failure.message
         if not self.dry_run:
-            self._store_report(version, report)
+            self._store_report(version, report, plan.group_names)
         if failure is not None:
             sent = sum(1 for b in report["batches"] if b.get("status") == "OK")
             raise type(failure)(
@@ -1162,6 +1289,7 @@ class Dhis2PushJob(Job[dict[str, Any]]):
                                        "organisationUnits": [{"id": m} for m in want]}
                 if g.code:
                     obj["code"] = g.code
+                plan.group_names[gid] = group_values(obj)
                 plan.groups.append(_Target("organisationUnitGroups", "create", obj,
                                            f"group {g.name!r} (uid {gid})"))
                 plan.counts["groups_create"] += 1
@@ -1188,6 +1316,7 @@ class Dhis2PushJob(Job[dict[str, Any]]):
                 if value and value != old.get(key):
                     changed[key] = _change(old.get(key), value)
                     obj[key] = value
+            plan.group_names[gid] = group_values(obj)
             if not changed:
                 continue
             obj["organisationUnits"] = [{"id": m} for m in new_members]
@@ -1291,13 +1420,16 @@ class Dhis2PushJob(Job[dict[str, Any]]):
             "\nFix them in the version and push again: what already landed is not sent twice.")
         return "\n".join([head, *lines]) + tail
 
-    def _store_report(self, version: VersionRef, report: dict[str, Any]) -> None:
+    def _store_report(self, version: VersionRef, report: dict[str, Any],
+                      group_names: dict[str, dict[str, Any]]) -> None:
         summary = {k: report[k] for k in ("dhis2", "planned", "stats", "uids_stored",
                                           "requests", "ok", "notes")}
         summary["batches"] = report["batches"]
         summary["errors"] = [e["message"] for e in report["errors"][:100]]
         if report.get("failure"):
             summary["failure"] = report["failure"]
+        if report["ok"]:  # (what DHIS2 has after a push that failed part-way is not known)
+            summary["group_names"] = group_names
         with self.reg.write(origin=self.origin, author=self.author) as conn:
             _log(conn, version.id, "dhis2_push", "push" if report["ok"] else "push_failed",
                  [{"after": summary}])
