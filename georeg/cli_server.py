@@ -26,7 +26,10 @@ REG = click.argument("reg", metavar="REG")
 # --- users -------------------------------------------------------------------------------
 
 
-@click.group("users", help="People who sign in to 'georeg serve' (ODK Collect, Iaso, pages).")
+@click.group("users", help="People who sign in to 'georeg serve' (ODK Collect, Iaso, pages)."
+             "\n\nThere is no default user: 'georeg serve' refuses to start before one is "
+             "added. Roles: collector (downloads forms, submits), reviewer (also reviews "
+             "change requests), admin (sees everything); --root limits a user to subtrees.")
 def users_group() -> None:
     pass
 
@@ -61,6 +64,10 @@ def _read_password(password_stdin: bool, generate: bool) -> tuple[str, bool]:
               help="Generate a password and show it once (the default without a terminal).")
 def users_add(reg: str, name: str, role: str, roots: tuple[str, ...], password_stdin: bool,
               generate: bool, as_json: bool) -> None:
+    """Add a user who signs in to the server (password prompted twice).
+
+    Without a terminal (or with --generate) a password is generated and shown once;
+    --password-stdin reads it from standard input (scripts)."""
     from local_server import users
 
     password, generated = _read_password(password_stdin, generate)
@@ -76,6 +83,7 @@ def users_add(reg: str, name: str, role: str, roots: tuple[str, ...], password_s
 @command(users_group, "list")
 @REG
 def users_list(reg: str, as_json: bool) -> None:
+    """List the users, their role and area (never their passwords)."""
     from local_server import users
 
     with open_registry(reg) as r:
@@ -89,6 +97,7 @@ def users_list(reg: str, as_json: bool) -> None:
 @REG
 @click.argument("name")
 def users_remove(reg: str, name: str, as_json: bool) -> None:
+    """Remove a user; a running server refuses them within 5 seconds."""
     from local_server import users
 
     with open_registry(reg) as r:
@@ -103,6 +112,10 @@ def users_remove(reg: str, name: str, as_json: bool) -> None:
 @click.option("--generate", is_flag=True, help="Generate a password and show it once.")
 def users_password(reg: str, name: str, password_stdin: bool, generate: bool,
                    as_json: bool) -> None:
+    """Set a user's password (their phones must sign in again).
+
+    This is how to sign out a lost phone: every token and session cookie issued
+    before is refused within 5 seconds."""
     from local_server import users
 
     password, generated = _read_password(password_stdin, generate)
@@ -118,7 +131,9 @@ def users_password(reg: str, name: str, password_stdin: bool, generate: bool,
 # --- projects ------------------------------------------------------------------------------
 
 
-@click.group("projects", help="Projects of the Iaso app (an app id forms are attached to).")
+@click.group("projects", help="Projects of the Iaso app (an app id forms are attached to)."
+             "\n\nThe Iaso app is set up with a project's app id; it downloads the forms "
+             "attached to that project ('georeg forms add REG FORM --project APP_ID').")
 def projects_group() -> None:
     pass
 
@@ -128,6 +143,7 @@ def projects_group() -> None:
 @click.argument("name")
 @click.option("--app-id", required=True, help="The Iaso app id, such as org.example.survey.")
 def projects_add(reg: str, name: str, app_id: str, as_json: bool) -> None:
+    """Add a project of the Iaso app, NAME, with its app id."""
     from local_server import projects
 
     with open_registry(reg) as r:
@@ -138,6 +154,7 @@ def projects_add(reg: str, name: str, app_id: str, as_json: bool) -> None:
 @command(projects_group, "list")
 @REG
 def projects_list(reg: str, as_json: bool) -> None:
+    """List the projects with their app id and how many forms they hold."""
     from local_server import projects
 
     with open_registry(reg) as r:
@@ -149,7 +166,9 @@ def projects_list(reg: str, as_json: bool) -> None:
 # --- forms ---------------------------------------------------------------------------------
 
 
-@click.group("forms", help="Forms served to ODK Collect and the Iaso app.")
+@click.group("forms", help="Forms served to ODK Collect and the Iaso app."
+             "\n\nA demo form ships in georeg/demo_data/forms/facility_visit.xlsx (question "
+             "'facility' is the unit).")
 def forms_group() -> None:
     pass
 
@@ -166,6 +185,14 @@ def forms_group() -> None:
               "form (else the form is refused).")
 def forms_add(reg: str, form: str, media: str | None, project: str | None,
               org_unit_field: str | None, as_json: bool) -> None:
+    """Add a form (XLSForm or XForm), or a new version of it.
+
+    FORM is an XLSForm (.xlsx, .xls) or a ready XForm (.xml).
+
+    The same file again changes nothing; another 'version' (settings sheet) is a new
+    version phones see as an update. The output says what changed: the org-unit
+    question, or the project the form was attached to. The Iaso app is offered the
+    form on units of every org-unit type."""
     from local_server import forms
 
     with open_registry(reg) as r:
@@ -173,11 +200,23 @@ def forms_add(reg: str, form: str, media: str | None, project: str | None,
                              org_unit_field=org_unit_field)
 
     def text(d: dict[str, Any]) -> str:
-        # not "Unchanged" when the org-unit question changed: the user must see that
-        word = ("Added" if d["created"] else
-                "Updated:" if d.get("org_unit_field_changed") else "Unchanged:")
+        # not "Unchanged" when the org-unit question or the project changed: the user
+        # must see what the re-add did
+        changed = (d.get("org_unit_field_changed") or d.get("project_changed")
+                   or d.get("media_changed"))
+        word = "Added" if d["created"] else "Updated:" if changed else "Unchanged:"
         head = f"{word} form {d['form_id']} ({d['title']}), version {d['version']}"
+        if d["created"] and d.get("project") and not d.get("project_changed"):
+            head += f", in project {d['project']}"
         lines = [head + (f", {len(d['media'])} media file(s)." if d["media"] else ".")]
+        if d.get("media_changed"):
+            lines.append("Media added or replaced in this version: "
+                         + ", ".join(d["media_changed"]) + " (phones download them again).")
+        if d.get("project_changed"):
+            was = d.get("project_before")
+            lines.append(f"Attached to project {d['project']}"
+                         + (f" (was {was})." if was else " (was in no project).")
+                         + " The Iaso app gets it at its next forms download.")
         if d.get("org_unit_field_changed"):
             was = d.get("org_unit_field_before")
             lines.append(f"Org-unit question: {d['org_unit_field']!r}"
@@ -198,8 +237,10 @@ def forms_add(reg: str, form: str, media: str | None, project: str | None,
 
 @command(forms_group, "list")
 @REG
-@click.option("--project", default=None, metavar="APP_ID")
+@click.option("--project", default=None, metavar="APP_ID",
+              help="Only the forms of this Iaso project.")
 def forms_list(reg: str, project: str | None, as_json: bool) -> None:
+    """List the forms, their newest version and submissions."""
     from local_server import forms
 
     with open_registry(reg) as r:
@@ -219,9 +260,12 @@ def forms_list(reg: str, project: str | None, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "xlsx", "geojson", "json"]),
               default=None, help="Output format (default: from --out, else a summary).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Write the submissions here; attachments go to OUT_attachments.zip.")
+              help="Write the submissions here; attachments go to OUT_attachments.zip "
+              "(visits.csv: visits.csv_attachments.zip), one folder per submission.")
+@click.option("--force", is_flag=True,
+              help="Replace OUT and its attachments zip if they exist (else refused, exit 5).")
 def submissions_cmd(reg: str, form: str | None, since: str | None, fmt: str | None,
-                    out: str | None, as_json: bool) -> None:
+                    out: str | None, force: bool, as_json: bool) -> None:
     """List or export submissions (attachments zipped beside the export)."""
     # (help text kept as docs/cli.md has it) An export writes every matching submission,
     # oldest first, read in pages so memory stays bounded at any count; answers named
@@ -240,7 +284,8 @@ def submissions_cmd(reg: str, form: str | None, since: str | None, fmt: str | No
             return
         if out is None:
             raise InvalidInput("Give --out FILE to export.")
-        result = submissions.export_submissions(r, out, fmt=fmt, form=form, since=since)
+        result = submissions.export_submissions(r, out, fmt=fmt, form=form, since=since,
+                                                force=force)
     emit(as_json, result, lambda d: "\n".join(
         [f"Wrote {d['submissions']} submission(s) to {d['file']}"
          + (f"; {d['attachments']} attachment(s) in {d['attachments_zip']}."

@@ -202,10 +202,12 @@ def add_form(reg: Registry, path: str | Path, *, media: str | Path | None = None
             if project_fid is None:
                 raise NotFound(f"No project with app id {project!r}. Add it with 'georeg "
                                f"projects add REG NAME --app-id {project}'.")
-        row = conn.execute(text("SELECT fid, org_unit_field FROM form WHERE form_id = :f"),
-                           {"f": info.form_id}).first()
+        row = conn.execute(text("SELECT fid, org_unit_field, project_id FROM form "
+                                "WHERE form_id = :f"), {"f": info.form_id}).first()
         now = _now()
         before = None if row is None else row[1]
+        project_before = None if row is None or row[2] is None else conn.execute(
+            text("SELECT app_id FROM project WHERE fid = :p"), {"p": row[2]}).scalar()
         if row is not None and org_unit_field is None and before:
             # a new version must still have the question the stored setting names
             check_org_unit_field(xform, str(before), path.name)
@@ -260,7 +262,14 @@ def add_form(reg: Registry, path: str | Path, *, media: str | Path | None = None
                     "content, md5) SELECT :new, filename, content_type, content, md5 "
                     "FROM form_media WHERE form_version_fid = :old"),
                     {"new": version_fid, "old": previous[0]})
+        media_changed: list[str] = []  # files this call added or replaced in the version
         for name, content in files.items():
+            held_md5 = conn.execute(text(
+                "SELECT md5 FROM form_media WHERE form_version_fid = :v AND filename = :n"),
+                {"v": version_fid, "n": name}).scalar()
+            if held_md5 == hashlib.md5(content).hexdigest():
+                continue  # the same bytes again: nothing to do, nothing to report
+            media_changed.append(name)
             conn.execute(text("DELETE FROM form_media WHERE form_version_fid = :v AND "
                               "filename = :n"), {"v": version_fid, "n": name})
             conn.execute(text("INSERT INTO form_media (form_version_fid, filename, "
@@ -275,9 +284,16 @@ def add_form(reg: Registry, path: str | Path, *, media: str | Path | None = None
     missing = [m for m in info.media if m not in held and m != ORG_UNIT_MEDIA
                and not (m.endswith(".csv") and m[:-4] in generated)]
     field = org_unit_field if org_unit_field is not None else before
+    # a re-add that only attaches the form to a project changes what the Iaso app is
+    # served: the caller must not be told "Unchanged"
+    project_changed = (row is not None and project_fid is not None
+                       and row[2] != project_fid)
     return {"form_id": info.form_id, "title": info.title, "version": version, "md5": md5,
             "created": created, "media": sorted(files), "missing_media": missing,
-            "project": project, "org_unit_field": field,
+            "media_changed": [] if created else media_changed,
+            "project": project, "project_changed": project_changed,
+            "project_before": project_before if project_changed else None,
+            "org_unit_field": field,
             "org_unit_candidates": _xform_parts(xform)[1],
             "org_unit_field_before": before,
             "org_unit_field_changed": row is not None and field != before}

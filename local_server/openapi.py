@@ -145,8 +145,9 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     ou_params = [
         *VERSION_PARAMS,
         _q("type", _QSTR, "Only units of this org-unit type (name)."),
-        _q("level", {"type": "integer", "minimum": 0, "maximum": 1000},
-           "Only units at this depth (0 = roots)."),
+        _q("level", {"type": "integer", "minimum": 1, "maximum": 1000},
+           "Only units at this level (the unit's depth): 1 = the roots, 2 = their "
+           "children … Levels start at 1; 0 is refused (400)."),
         _q("parent", _QSTR, "Only the children of this unit (uuid or source ref)."),
         _q("bbox", {"type": "string", "pattern": _BBOX},
            "minlon,minlat,maxlon,maxlat (degrees): units whose point or territory meets the "

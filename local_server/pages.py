@@ -239,7 +239,10 @@ def qr_page(request: Request, ctx: Any, user: Any, bound: str) -> Response:
 
 
 def _territories(ctx: Any, limit: int = 400) -> list[tuple[str, BaseGeometry]]:
-    """The shallowest level that has territories (districts, usually), for the backdrop."""
+    """The shallowest level below the roots that has territories (districts, usually),
+    for the backdrop; the roots' own outline only when no level below has any.  (Levels
+    count from 1 = the roots: the filter was once ``depth > 0``, which is every unit, so
+    the backdrop was the country's outline alone.)"""
     reg = glue.registry(ctx)
     with reg.read() as conn:
         try:
@@ -251,7 +254,7 @@ def _territories(ctx: Any, limit: int = 400) -> list[tuple[str, BaseGeometry]]:
             return []
         depth = conn.execute(text(
             "SELECT min(u.depth) FROM org_unit_territory t JOIN org_unit u ON u.fid = t.unit_fid "
-            "WHERE u.version_id = :v AND u.depth > 0"), {"v": version.id}).scalar()
+            "WHERE u.version_id = :v AND u.depth > 1"), {"v": version.id}).scalar()
         if depth is None:
             depth = conn.execute(text(
                 "SELECT min(u.depth) FROM org_unit_territory t JOIN org_unit u ON "
@@ -344,7 +347,8 @@ def _change_context(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
         point = geometry.decode(reg.backend, blob)
         if point is not None and not point.is_empty:
             siblings.append(MapPoint(point.x, point.y, name, colour="#868e96", radius=2.5))
-    return {"territories": [(ter[0], territory)] if territory is not None else [],
+    return {"territories": ([(ter[0], territory)] if ter is not None and territory is not None
+                            else []),
             "siblings": siblings, "parent": parent.name,
             "territory_name": ter[0] if ter is not None else None, "territory": territory}
 

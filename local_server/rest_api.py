@@ -62,6 +62,18 @@ def int_param(request: Request, name: str, default: int | None = None, *,
     return value
 
 
+def level_param(request: Request) -> int | None:
+    """``level``: a unit's depth, counted from 1 (the roots) as ``georeg tree``, ``unit
+    show`` and ``orgunits.csv`` count it.  0 or less is refused (it once answered an
+    empty list, which reads as "no units" rather than "wrong level")."""
+    level = int_param(request, "level", None, maximum=1000)
+    if level is not None and level < 1:
+        raise InvalidInput(f"Query parameter 'level' must be at least 1 (got {level}): levels "
+                           "start at 1 for the roots (the country), 2 for their children …",
+                           parameter="level")
+    return level
+
+
 def paging(request: Request) -> tuple[int, int]:
     limit = int_param(request, "limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
     page = int_param(request, "page", 1, minimum=1, maximum=10**9)
@@ -236,7 +248,7 @@ def org_units_handler(request: Request, ctx: Any) -> Response:
         version = version_param(conn, request)
         count, units = list_org_units(
             reg, conn, version, type_name=request.args.get("type"),
-            level=int_param(request, "level", None, minimum=0, maximum=1000),
+            level=level_param(request),
             parent=request.args.get("parent"), bbox=bbox_param(request),
             search=request.args.get("q"), status=status,
             paths=glue.user_paths(conn, user, version), page=page, limit=limit,

@@ -288,7 +288,16 @@ _VERSIONS_SQL = (
 
 
 def iaso_forms(ctx: Any, request: Request, app_id: str | None) -> list[dict[str, Any]]:
-    """The project's active forms with their newest version, in Iaso's mobile shape."""
+    """The project's active forms with their newest version, in Iaso's mobile shape.
+
+    ``org_unit_type_ids`` / ``org_unit_types`` list **every** org-unit type of the registry
+    (those ``/api/orgunittypes/`` serves).  In Iaso a form is assigned the unit types it is
+    filled on, and the app opens a form from a chosen org unit; the app learns which forms
+    go with a unit only from this list (the types it downloads do not name their forms),
+    so the empty list served before left the form offered on no unit.  Georeg has no
+    per-form type setting: the form is offered on every unit, and the org-unit question
+    (``forms add --org-unit-field``) and the collector's area still decide what a
+    submission may be tied to."""
     project = project_dict(ctx, app_id)
     where = "f.active AND v.fid = (SELECT max(fid) FROM form_version x WHERE x.form_fid = f.fid)"
     params: dict[str, Any] = {}
@@ -298,13 +307,19 @@ def iaso_forms(ctx: Any, request: Request, app_id: str | None) -> list[dict[str,
     with registry(ctx).read() as conn:
         rows = conn.execute(text(_VERSIONS_SQL + f"WHERE {where} ORDER BY f.title"),
                             params).all()
+        types = [{"id": int(t.fid), "name": t.name, "short_name": t.short_name or t.name,
+                  "depth": t.depth, "created_at": None, "updated_at": None}
+                 for t in conn.execute(text(
+                     "SELECT fid, name, short_name, depth FROM org_unit_type "
+                     "ORDER BY depth, name"))]
     out = []
     for r in rows:
         latest = _form_version_dict(ctx, r)
         out.append({
             "id": int(r.form_fid), "name": r.title, "form_id": r.form_id,
             "created_at": _epoch(r.created_at), "updated_at": _epoch(r.updated_at),
-            "org_unit_type_ids": [], "org_unit_types": [], "period_type": None,
+            "org_unit_type_ids": [t["id"] for t in types],
+            "org_unit_types": [dict(t) for t in types], "period_type": None,
             "single_per_period": False, "periods_before_allowed": 0,
             "periods_after_allowed": 0, "device_field": "deviceid",
             "location_field": "", "label_keys": [], "derived": False,

@@ -665,10 +665,33 @@ def _export_pages(reg: Registry, where: str, params: dict[str, Any], upto: int,
         yield rows
 
 
+def attachments_zip_path(out: str | Path) -> Path:
+    """Where an export's attachments go: ``<OUT>_attachments.zip``, after the *whole* output
+    name (``visits.csv`` → ``visits.csv_attachments.zip``), so ``visits.csv`` and
+    ``visits.xlsx`` beside each other never share — and overwrite — one zip."""
+    out = Path(out)
+    return out.with_name(out.name + "_attachments.zip")
+
+
+def attachment_folder(instance_id: str) -> str:
+    """The zip folder of one submission's files: its instanceID with ``:`` (and any other
+    character unsafe in a file name on Windows or macOS) as ``_`` — ``uuid:1f0c…`` →
+    ``uuid_1f0c…``."""
+    return safe_filename(instance_id.replace(":", "_"))
+
+
 def export_submissions(reg: Registry, out: str | Path, *, fmt: str | None = None,
-                       form: str | None = None, since: str | None = None) -> dict[str, Any]:
+                       form: str | None = None, since: str | None = None,
+                       force: bool = False) -> dict[str, Any]:
     """Write submissions to ``out`` (csv, xlsx, geojson or json) and their attachments to
-    ``<out stem>_attachments.zip`` (``<instance>/<file>``).
+    ``<out>_attachments.zip`` (:func:`attachments_zip_path`; one folder per submission,
+    :func:`attachment_folder`).
+
+    An existing ``out`` or zip is replaced only with ``force`` (:class:`ConflictError`
+    otherwise, as ``georeg export`` refuses): an earlier export — perhaps the only copy of
+    last month's visits — is never overwritten by a repeated command.  With ``force``, a
+    zip left by an earlier export is removed when this one has no attachments, so the
+    files beside ``out`` always belong to it.  ``out`` may never be the registry itself.
 
     Every matching submission is written, oldest first, whatever their number: they are
     read in pages twice (the columns — the union of every submission's answers — must be
@@ -685,6 +708,14 @@ def export_submissions(reg: Registry, out: str | Path, *, fmt: str | None = None
     fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"Format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}.")
+    zip_path = attachments_zip_path(out)
+    _refuse_registry_files(reg, [out, zip_path])
+    existing = [p for p in (out, zip_path) if p.exists()]
+    if existing and not force:
+        raise ConflictError(
+            f"{' and '.join(str(p) for p in existing)} already exist(s) (an earlier export?); "
+            "choose another --out, or pass --force to replace "
+            + ("them." if len(existing) > 1 else "it."))
     where, params = _where(form, since)
     with reg.read() as conn:
         if form and conn.execute(text("SELECT 1 FROM form WHERE form_id = :f"),
@@ -703,10 +734,10 @@ def export_submissions(reg: Registry, out: str | Path, *, fmt: str | None = None
                         seen.add(key)
                         columns.append(key)
     out.parent.mkdir(parents=True, exist_ok=True)
-    zip_path = out.with_name(out.stem + "_attachments.zip")
     warnings: list[str] = []
     counts = {"submissions": 0, "attachments": 0}
     zf: zipfile.ZipFile | None = None
+    folders: set[str] = set()  # two instanceIDs that read alike once made safe stay apart
 
     def subs() -> Iterator[dict[str, Any]]:
         nonlocal zf
@@ -716,7 +747,12 @@ def export_submissions(reg: Registry, out: str | Path, *, fmt: str | None = None
                 if s["attachments"]:
                     if zf is None:
                         zf = zipfile.ZipFile(zip_part, "w", zipfile.ZIP_DEFLATED)
-                    folder = safe_filename(s["instance_id"].replace(":", "_"))
+                    folder = base = attachment_folder(s["instance_id"])
+                    n = 1
+                    while folder in folders:
+                        n += 1
+                        folder = f"{base} ({n})"
+                    folders.add(folder)
                     for a in s["attachments"]:
                         content, _ = attachment_content(reg, s["id"], a["filename"])
                         zf.writestr(f"{folder}/{a['filename']}", content)
@@ -758,6 +794,8 @@ def export_submissions(reg: Registry, out: str | Path, *, fmt: str | None = None
         if zf is not None:
             zf.close()
             zip_part.replace(zip_path)
+        else:  # (only with force: else the zip's existence refused the export above)
+            zip_path.unlink(missing_ok=True)
         part.replace(out)
     finally:
         if zf is not None:
@@ -767,6 +805,19 @@ def export_submissions(reg: Registry, out: str | Path, *, fmt: str | None = None
     return {"file": str(out), "format": fmt, "submissions": counts["submissions"],
             "attachments_zip": str(zip_path) if zf is not None else None,
             "attachments": counts["attachments"], "warnings": warnings}
+
+
+def _refuse_registry_files(reg: Registry, targets: list[Path]) -> None:
+    """An export never writes over the registry or its SQLite companions (``--force``
+    would otherwise replace the registry with a CSV)."""
+    if reg.location.path is None:
+        return
+    base = Path(reg.location.path).resolve()
+    own = {base} | {base.with_name(base.name + s) for s in ("-wal", "-shm", "-journal")}
+    for target in targets:
+        if target.resolve() in own:
+            raise InvalidInput(f"{target} is the registry (or one of its files): choose "
+                               "another --out.")
 
 
 def _csv_text(value: Any, guard: Any, first: str) -> Any:

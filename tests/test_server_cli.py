@@ -87,7 +87,7 @@ def test_projects_forms_and_export(tmp_path: Path) -> None:
     assert "facility" in header and "visit" in header
     geo = json.loads((tmp_path / "subs.geojson").read_text())
     assert geo["features"][0]["geometry"]["coordinates"] == [-13.23, 8.48]
-    with zipfile.ZipFile(tmp_path / "subs_attachments.zip") as zf:
+    with zipfile.ZipFile(tmp_path / "subs.csv_attachments.zip") as zf:  # one zip per OUT
         assert len(zf.namelist()) == 3
     code, out = run("submissions", reg, "--since", "not a date", "--json")
     assert code == 2
