@@ -111,7 +111,9 @@ def render_report(d: dict[str, Any]) -> str:
                       if c.get("recognised") else "")
         deleted_here = (f", {c['deleted_here']} deleted here since (not added again)"
                         if c.get("deleted_here") else "")
-        detail = (f"  {c['matched']} matched{recognised}, {c['added']} added{deleted_here}, "
+        restored = f" ({c['restored']} restored)" if c.get("restored") else ""
+        detail = (f"  {c['matched']} matched{recognised}, {c['added']} added{restored}"
+                  f"{deleted_here}, "
                   f"{c['updated']} updated, "
                   f"{c['moved']} moved, {c['deleted']} deleted; {c['unmatched_target']} target "
                   "unit(s) without a link.")
@@ -159,9 +161,11 @@ def render_report(d: dict[str, Any]) -> str:
               help="rules.toml: where each field comes from, what happens to unmatched units "
               "(default: everything from the target, unmatched source units added as new).")
 @click.option("--re-add-deleted", is_flag=True,
-              help="Add again the source units whose unit in TARGET was deleted since an "
-              "earlier merge added it (or a match linked it). Without it they stay deleted and "
-              "the report lists them.")
+              help="Bring back the source units whose unit in TARGET was deleted since an "
+              "earlier merge added it (or a match linked it): that unit is restored (same "
+              "uuid, as it was when deleted, then merged by the rules); one the change log "
+              "cannot restore is added as new, and the report says which. Without it they "
+              "stay deleted and the report lists them.")
 @DRY_RUN
 @DESCRIPTION
 @AUTHOR

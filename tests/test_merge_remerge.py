@@ -118,17 +118,20 @@ def test_a_unit_added_by_a_merge_and_deleted_since_is_not_added_again(registry: 
 
 
 def test_re_add_deleted_brings_them_back_once(registry: Path) -> None:
-    """The officer deleted the health post by mistake: --re-add-deleted adds it back (with
-    its annex), and the merge after that recognises them instead of adding a third copy."""
-    merge(registry, "MoH:1")  # v2
+    """The officer deleted the health post by mistake: --re-add-deleted brings it back (with
+    its annex: restored, same uuids — tests/test_merge_restores.py), and the merge after
+    that recognises them instead of adding a third copy."""
+    first = merge(registry, "MoH:1")  # v2
     ok("version", "new", str(registry), "-s", "MoH", "--from", "2")  # v3
     ok("unit", "delete", str(registry), "-s", "MoH", "-v", "3", "SV-9", "--recursive")
 
     back = merge(registry, "MoH:3", "--re-add-deleted")  # v4
     assert back["re_add_deleted"] is True
     assert back["counts"]["added"] == 2 and back["counts"]["re_added"] == 2
+    assert back["counts"]["restored"] == 2
+    assert {a["uuid"] for a in back["added"]} == {a["uuid"] for a in first["added"]}
     assert back["counts"]["deleted_here"] == 0 and back["deleted_here"] == []
-    assert any("added again, as asked (--re-add-deleted)" in w for w in back["warnings"])
+    assert any("restored, as asked (--re-add-deleted)" in w for w in back["warnings"])
     merged = names(registry, "MoH", 4)
     assert merged.count("Gbo Health Post") == 1 and merged.count("Gbo Clinic Annex") == 1
 
@@ -192,7 +195,9 @@ def test_a_linked_unit_deleted_since_does_not_come_back_as_new(registry: Path) -
 
     back = merge(registry, "MoH:2", "--re-add-deleted")
     assert back["counts"]["re_added"] == 1 and back["counts"]["added"] == 3
-    assert "Lowomma CHP" in names(registry, "MoH", 4)
+    assert back["counts"]["restored"] == 1  # the ministry's own unit, ref F4, comes back
+    merged = names(registry, "MoH", 4)
+    assert "Lowoma MCHP" in merged and "Lowomma CHP" not in merged
 
 
 def test_a_link_to_a_unit_never_in_the_line_is_only_stale(registry: Path) -> None:

@@ -20,6 +20,7 @@ from storage.diff import parse_version_spec
 from storage.errors import InvalidInput, NotFound
 from storage.jobs import Job
 from storage.merging.apply import Applied, apply_state
+from storage.merging.restore import LineDeletes, gone_from_line, log_restores, restorable_units
 from storage.merging.rules import Rules, plan_rules_merge
 from storage.merging.snapshot import Names, Snapshot, load_snapshot, to_json, unit_to_json
 from storage.merging.three_way import DUPLICATE_DISTANCE_M, Conflict, plan_three_way
@@ -265,7 +266,8 @@ def earlier_merge_pairs(conn: Connection, target: VersionRef, source: VersionRef
 
 
 def deleted_here(conn: Connection, lineage: list[int], target: Snapshot, source: Snapshot,
-                 links: list[tuple[str, str]], earlier: dict[str, str]) -> dict[str, dict[str, str]]:
+                 links: list[tuple[str, str]], earlier: dict[str, str],
+                 line_deletes: LineDeletes | None = None) -> dict[str, dict[str, str]]:
     """Source units whose target unit was deleted in TARGET's line since it was paired.
 
     Source uuid → ``{"uuid": the deleted target unit, "by": "earlier merge" | "link"}``.
@@ -275,7 +277,8 @@ def deleted_here(conn: Connection, lineage: list[int], target: Snapshot, source:
     not in TARGET any more.  Without this they would be added again, undoing the
     officer's delete.  Like a 3-way merge, the newer decision wins: the delete came
     after the add (the merge's draft is an ancestor of TARGET) or after the link (the
-    unit was in an ancestor of TARGET, so it was deleted on the way).  A link whose
+    change log has the unit's delete in TARGET's line, or a version TARGET was copied
+    from holds it: see :func:`storage.merging.restore.gone_from_line`).  A link whose
     target unit was never in TARGET's line is only stale, as before: nothing here says
     the officer deleted it.
     """
@@ -285,42 +288,44 @@ def deleted_here(conn: Connection, lineage: list[int], target: Snapshot, source:
             out[s_uuid] = {"uuid": t_uuid, "by": "earlier merge"}
     stale = {t: s for t, s in links
              if t not in target.units and s in source.units and s not in out}
-    ancestors = lineage[1:]
-    if not stale or not ancestors:
-        return out
-    uuids = list(stale)
-    found: set[str] = set()
-    for i in range(0, len(uuids), 500):  # few in practice: units deleted since the match
-        chunk = uuids[i:i + 500]
-        names = ", ".join(f":u{j}" for j in range(len(chunk)))
-        versions_in = ", ".join(f":v{j}" for j in range(len(ancestors)))
-        found.update(r[0] for r in conn.execute(
-            text(f"SELECT DISTINCT uuid FROM org_unit WHERE uuid IN ({names}) "
-                 f"AND version_id IN ({versions_in})"),
-            {f"u{j}": u for j, u in enumerate(chunk)}
-            | {f"v{j}": v for j, v in enumerate(ancestors)}))
-    for t_uuid in uuids:
-        if t_uuid in found:
-            out[stale[t_uuid]] = {"uuid": t_uuid, "by": "link"}
+    for t_uuid in gone_from_line(conn, lineage, stale, line_deletes):
+        out[stale[t_uuid]] = {"uuid": t_uuid, "by": "link"}
     return out
 
 
 def check_links_apply(conn: Connection, links: list[tuple[str, str]], link_info: dict[str, Any],
-                      target: Snapshot, source: Snapshot) -> None:
+                      target: Snapshot, source: Snapshot, target_line: list[int],
+                      source_line: list[int], target_deletes: LineDeletes | None = None) -> None:
     """Stop when the links no longer describe TARGET and SOURCE; count stale links per side.
 
-    Links name units by uuid.  A link whose unit is not in the version is *stale*.  A
-    few stale links are normal (a unit deleted since the match) and are only counted.
-    But when no link is usable, or when more than half of the links miss their unit on
-    one side, the run was made on another version of that side (a re-import gives new
-    uuids): every unit of that side the links no longer reach would be added as new or
-    left unmatched, so the merge would double the list.  Better to stop and say why.
+    Links name units by uuid.  A link whose unit is not in the version is *stale*, for
+    one of two reasons, told apart by the change log (and the versions it was copied
+    from, see :func:`storage.merging.restore.gone_from_line`):
+
+    * the unit was **deleted** since the match, in the version or its line.  However
+      many (a clean-up of closed facilities is legitimate), these links are dropped and
+      counted (``deleted_target`` / ``deleted_source``): their other unit counts as
+      unmatched, and a source unit whose target unit was deleted is not added again
+      (:func:`deleted_here`);
+    * the uuid **never was** in the version's line: the run was made on another version
+      of that side (a list imported again gets new uuids).  When no link is usable, or
+      more than half of the links not dropped for a delete miss their unit on one side,
+      every unit of that side the links no longer reach would be added as new or left
+      unmatched, so the merge would double the list: better to stop and say why.
     """
-    stale_t = sum(1 for t, _s in links if t not in target.units)
-    stale_s = sum(1 for _t, s in links if s not in source.units)
+    n = len(links)
+    stale_t = [t for t, _s in links if t not in target.units]
+    stale_s = [s for _t, s in links if s not in source.units]
+    gone_t = gone_from_line(conn, target_line, stale_t, target_deletes)
+    gone_s = gone_from_line(conn, source_line, stale_s)
+    deleted_t = sum(1 for t in stale_t if t in gone_t)
+    deleted_s = sum(1 for s in stale_s if s in gone_s)
+    missing_t, missing_s = len(stale_t) - deleted_t, len(stale_s) - deleted_s
     usable = sum(1 for t, s in links if t in target.units and s in source.units)
-    link_info["stale_target"], link_info["stale_source"] = stale_t, stale_s
-    if usable and max(stale_t, stale_s) * 2 <= len(links):
+    link_info["stale_target"], link_info["stale_source"] = len(stale_t), len(stale_s)
+    link_info["deleted_target"], link_info["deleted_source"] = deleted_t, deleted_s
+    if n and (usable or not (missing_t or missing_s)) \
+            and missing_t * 2 <= n - deleted_t and missing_s * 2 <= n - deleted_s:
         return
     run_id = link_info.get("run_id")
     made_on = ""
@@ -332,17 +337,19 @@ def check_links_apply(conn: Connection, links: list[tuple[str, str]], link_info:
                        f"{version_by_id(conn, row[1]).label}.")
     what = f"match run {run_id}" if run_id is not None else "the links"
     sides = [] if links else ["none was given"]
-    if stale_t:
-        sides.append(f"{stale_t} point to units that are not in {target.version.label}")
-    if stale_s:
-        sides.append(f"{stale_s} point to units that are not in {source.version.label}")
     t, s = target.version, source.version
+    for missing, deleted, version in ((missing_t, deleted_t, t), (missing_s, deleted_s, s)):
+        if missing:
+            sides.append(f"{missing} point to units that are not in {version.label}"
+                         + (f" (and {deleted} more to units deleted there since)" if deleted
+                            else ""))
     raise InvalidInput(
-        f"The links of {what} no longer describe these versions: of its {len(links)} "
-        f"link(s), {' and '.join(sides)} ({usable} still usable).{made_on} Merging would add "
-        f"the units the links no longer reach as new (duplicates). Run georeg match again: "
-        f"georeg match REG \"{t.source}:{t.number}\" \"{s.source}:{s.number}\" (then review), "
-        "or pass --links RUN_ID of a run made on these versions.")
+        f"The links of {what} no longer describe these versions: of its {n} "
+        f"link(s), {' and '.join(sides)} ({usable} still usable).{made_on} Those units never "
+        f"were in these versions (nor in the versions they were copied from), so merging "
+        f"would add the units the links no longer reach as new (duplicates). Run georeg "
+        f"match again: georeg match REG \"{t.source}:{t.number}\" \"{s.source}:{s.number}\" "
+        "(then review), or pass --links RUN_ID of a run made on these versions.")
 
 
 # --- the jobs ---------------------------------------------------------------------------
@@ -380,19 +387,24 @@ class RulesMergeJob(_MergeJob):
                 links, link_info = load_links(conn, target, source, self.links_run)
             t_snap = load_snapshot(conn, self.reg.backend, target)
             s_snap = load_snapshot(conn, self.reg.backend, source)
-            check_links_apply(conn, links, link_info, t_snap, s_snap)
+            lineage = version_line(conn, target)
+            line_deletes = LineDeletes(conn, lineage)  # deletes in TARGET's line, looked up once
+            check_links_apply(conn, links, link_info, t_snap, s_snap, lineage,
+                              version_line(conn, source), line_deletes)
             self.check_cancelled()
             self.report(message="Planning")
             also: set[str] = link_info.pop("_also_linked_source", set())  # type: ignore[assignment]
             in_review: set[str] = link_info.pop("_review_source", set())  # type: ignore[assignment]
             rejected: set[tuple[str, str]] = link_info.pop(  # type: ignore[assignment]
                 "_rejected", set())
-            lineage = version_line(conn, target)
             earlier, unrecorded = earlier_merge_pairs(conn, target, source, lineage)
-            gone = deleted_here(conn, lineage, t_snap, s_snap, links, earlier)
+            gone = deleted_here(conn, lineage, t_snap, s_snap, links, earlier, line_deletes)
+            restorable, deletes = ({}, {}) if not (self.re_add_deleted and gone) else \
+                restorable_units(conn, self.reg.backend, lineage, t_snap,
+                                 [g["uuid"] for g in gone.values()], line_deletes)
             plan = plan_rules_merge(t_snap, s_snap, links, self.rules, also_linked=also,
                                     earlier=earlier, rejected=rejected, deleted=gone,
-                                    re_add_deleted=self.re_add_deleted)
+                                    re_add_deleted=self.re_add_deleted, restorable=restorable)
             if unrecorded and plan.added:
                 plan.warnings.insert(0, (
                     f"{target.label} descends from {unrecorded} earlier merge(s) of "
@@ -409,6 +421,8 @@ class RulesMergeJob(_MergeJob):
                 conn, t_snap, f"Merge of {source.label} into {target.label}", "rules")
             applied = apply_state(conn, self.reg.backend, current, plan.desired, plan.group_defs,
                                   self._progress)
+            log_restores(conn, self.reg.backend, version,
+                         [r for r in plan.re_added if r["restored"]], deletes)
             report: dict[str, Any] = {
                 "schema": SCHEMA,
                 "mode": "rules",
@@ -420,11 +434,14 @@ class RulesMergeJob(_MergeJob):
                 "counts": {"matched": plan.matched, "recognised": len(plan.recognised),
                            "unmatched_target": len(plan.unmatched_target),
                            "deleted_here": len(plan.deleted_here),
-                           "re_added": len(plan.re_added), "conflicts": 0},
+                           "re_added": len(plan.re_added),
+                           "restored": sum(1 for r in plan.re_added if r["restored"]),
+                           "conflicts": 0},
                 "added": plan.added[:MAX_LISTED],
                 "added_pairs": [[a["source_uuid"], a["uuid"]] for a in plan.added],
                 "recognised": plan.recognised[:MAX_LISTED],
                 "deleted_here": plan.deleted_here[:MAX_LISTED],
+                "re_added": plan.re_added[:MAX_LISTED],
                 "warnings": _link_warnings(link_info, plan.recognised, target, source)
                 + _deleted_warnings(plan.deleted_here, plan.re_added, target)
                 + plan.warnings,
@@ -504,9 +521,14 @@ def _link_warnings(info: dict[str, Any], recognised: list[dict[str, Any]], targe
                "them twice" if added else "")
             + f". Review them ({listing}), then merge again into {target.label}.")
     if info.get("stale"):
+        deleted_t, deleted_s = info.get("deleted_target", 0), info.get("deleted_source", 0)
+        dropped = (f" Of them, {deleted_t + deleted_s} point to units deleted since the match "
+                   f"({deleted_t} in {target.label} or a version it was copied from, {deleted_s} "
+                   f"in {source.label} or a version it was copied from): dropped."
+                   if deleted_t or deleted_s else "")
         out.append(f"{info['stale']} link(s) are stale ({info.get('stale_target', 0)} miss their "
                    f"unit in {target.label}, {info.get('stale_source', 0)} in {source.label}); "
-                   "their units count as unmatched.")
+                   f"their units count as unmatched.{dropped}")
     if recognised:
         kinds = {k: sum(1 for r in recognised if r["by"] == k)
                  for k in ("earlier merge", "ref", "uuid")}
@@ -537,10 +559,18 @@ def _deleted_warnings(deleted: list[dict[str, Any]], re_added: list[dict[str, An
     if deleted:
         out[-1] += (f" They were deleted in {target.label} or a version it was copied from; to "
                     "bring them back, merge again with --re-add-deleted.")
-    if re_added:
-        out.append(f"{len(re_added)} unit(s) deleted here since an earlier merge added them or "
-                   f"a match linked them were added again, as asked (--re-add-deleted): "
-                   f"{names(re_added)}.")
+    restored = [r for r in re_added if r.get("restored")]
+    renewed = [r for r in re_added if not r.get("restored")]
+    if restored:
+        out.append(f"{len(restored)} unit(s) deleted here since an earlier merge added them or "
+                   "a match linked them were restored, as asked (--re-add-deleted): same uuid, "
+                   "as they were when deleted, then merged by the rules (the change log says "
+                   f"'restore'): {names(restored)}.")
+    if renewed:
+        whys = sorted({str(r.get("why")) for r in renewed})
+        out.append(f"{len(renewed)} unit(s) deleted here since could not be restored "
+                   f"({'; '.join(whys)}) and were added again as new units (new uuids), as "
+                   f"asked (--re-add-deleted): {names(renewed)}.")
     return out
 
 

@@ -126,7 +126,9 @@ class RulesPlan:
     #: source units without a pair whose target unit was deleted since an earlier merge
     #: added it (or a link paired it): not added again — the newer decision stands
     deleted_here: list[dict[str, Any]] = field(default_factory=list)
-    #: the same, added again because the merge was asked to (``re_add_deleted``)
+    #: the same, added again because the merge was asked to (``re_add_deleted``):
+    #: ``restored`` (same uuid, the unit as it was when deleted) or, with ``why``, added
+    #: as a new unit
     re_added: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -137,6 +139,7 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
                      rejected: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
                      deleted: dict[str, dict[str, str]] | None = None,
                      re_add_deleted: bool = False,
+                     restorable: dict[str, UnitState] | None = None,
                      ) -> RulesPlan:
     """The desired state of the new draft: ``target`` with the rules applied.
 
@@ -149,8 +152,19 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
     paired it.  Unless recognised in the target some other way, they are not added
     again (``plan.deleted_here``): the delete is newer than the add, and re-adding on
     every merge would undo it without anyone deciding so.  ``re_add_deleted`` adds
-    them like any unpaired unit (``plan.re_added``) — the explicit way back."""
+    them back (``plan.re_added``) — the explicit way back.
+
+    Bringing back means *restoring*: ``restorable`` (from
+    :func:`storage.merging.restore.restorable_units`) holds the deleted target units as
+    they were when deleted, by uuid.  Such a unit comes back with its uuid (and key), so
+    its history, change requests, submissions and DHIS2 id still point at it, under its
+    old parent when that is in the draft (else under the target-side match of its
+    source parent), and is then merged with its source unit like a matched pair: the
+    rules apply.  A deleted unit that cannot be restored (the change log holds no delete
+    of it, or another source unit already brought that uuid back) is added as a new
+    unit, as before, and ``re_added`` says why."""
     deleted = deleted or {}
+    restorable = restorable or {}
     desired = dict(target.units)  # a unit is copied before its first change (editable)
     group_defs: dict[int, GroupDef] = dict(target.groups)
     plan = RulesPlan(desired, group_defs)
@@ -174,11 +188,15 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
             return t_of_s.get(value) if value else None
         return value
 
+    # units not added again, or restored (with their own ref, dropped when taken since),
+    # are no ref clash: no unit is added under the source's ref for them
     _recognise(target, source, t_of_s, also_linked, plan, earlier or {}, rejected,
-               set() if re_add_deleted else set(deleted))
+               {s for s, g in deleted.items() if not re_add_deleted or g["uuid"] in restorable})
     linked = dict(t_of_s)
+    restored: dict[str, str] = {}  # source uuid → restored target uuid
     if rules.unmatched_source == "add_as_new":
         refs = {u.get("source_ref") for u in desired.values() if u.get("source_ref")}
+        keys = {u.key for u in desired.values() if u.key is not None}
         clashing = {c["source_uuid"] for c in plan.ref_clashes}
         kept_out: set[str] = set()  # deleted here, not added again
         for s_uuid in depth_order(source.units):
@@ -191,8 +209,16 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
                 plan.deleted_here.append({"source_uuid": s_uuid, "uuid": gone["uuid"],
                                           "by": gone["by"], "name": s_unit.get("name")})
                 continue
+            old = restorable.get(gone["uuid"]) if gone is not None else None
+            why = None
+            if gone is not None and old is None:
+                why = "the change log holds no delete of it in this line"
+            elif old is not None and old.uuid in desired:
+                why = "another source unit already brought that uuid back"
+                old = None
             sp = s_unit.get("parent")
-            if sp and sp not in t_of_s:
+            old_parent = old.get("parent") if old is not None else None
+            if old_parent not in desired and sp and sp not in t_of_s:
                 if sp in kept_out:
                     plan.warnings.append(
                         f"{s_unit.get('name')!r}: its source parent "
@@ -201,6 +227,30 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
                 else:
                     plan.warnings.append(f"{s_unit.get('name')!r}: its source parent was not "
                                          "placed in the target; not added.")
+                continue
+            if old is not None and gone is not None:
+                unit = UnitState(old.uuid, old.key if old.key not in keys else None,
+                                 dict(old.values))
+                if old_parent not in desired:
+                    unit.values["parent"] = t_of_s.get(sp) if sp else None
+                ref = unit.get("source_ref")
+                if ref and ref in refs:
+                    plan.warnings.append(
+                        f"{unit.get('name')!r}: restored without its ref {ref!r}, which "
+                        "another unit of the target uses now.")
+                    unit.values["source_ref"] = None
+                elif ref:
+                    refs.add(ref)
+                if unit.key is not None:
+                    keys.add(unit.key)
+                desired[unit.uuid] = unit
+                t_of_s[s_uuid] = unit.uuid
+                restored[s_uuid] = unit.uuid
+                plan.added.append({"source_uuid": s_uuid, "uuid": unit.uuid,
+                                   "name": unit.get("name"), "restored": True})
+                plan.re_added.append({"source_uuid": s_uuid, "uuid": unit.uuid,
+                                      "deleted_uuid": gone["uuid"], "by": gone["by"],
+                                      "name": unit.get("name"), "restored": True})
                 continue
             new = UnitState(uuid7(), None, {f: translate(f, s_unit.get(f)) for f in FIELDS})
             new.values["validation_status"] = "new"
@@ -217,10 +267,11 @@ def plan_rules_merge(target: Snapshot, source: Snapshot, links: list[tuple[str, 
             if gone is not None:
                 plan.re_added.append({"source_uuid": s_uuid, "uuid": new.uuid,
                                       "deleted_uuid": gone["uuid"], "by": gone["by"],
-                                      "name": new.get("name")})
+                                      "name": new.get("name"), "restored": False, "why": why})
     moved_by_rule: dict[str, str | None] = {}
     ref_owner = {u.get("source_ref"): u.uuid for u in desired.values() if u.get("source_ref")}
-    for s_uuid, t_uuid in linked.items():
+    # restored units are merged with their source unit like linked ones
+    for s_uuid, t_uuid in [*linked.items(), *restored.items()]:
         t_unit, s_unit = editable(t_uuid), source.units[s_uuid]
         for name in FIELDS:
             rule = rules.fields[name]
@@ -292,8 +343,9 @@ def _recognise(target: Snapshot, source: Snapshot, t_of_s: dict[str, str],
     add a copy without its ref.  Parents come before children, so a recognised
     district places its recognised facilities.
 
-    ``kept_out`` are source units deleted here since (not added again): a ref of theirs
-    used elsewhere is no clash, since nothing is added.
+    ``kept_out`` are source units deleted here since (not added again, or restored as
+    the deleted unit): a ref of theirs used elsewhere is no clash, since nothing is
+    added under it.
     """
     taken = set(t_of_s.values())
     ref_owner = {u.get("source_ref"): uuid for uuid, u in target.units.items()
