@@ -157,7 +157,14 @@ def history(
     limit: int = 100,
     since_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first.  ``unit`` is a uuid (or, with ``source``, a source ref)."""
+    """Newest first.  ``unit`` is a uuid (or, with ``source``, a source ref).
+
+    ``unit`` with ``source`` and no ``number``: the unit's rows in every version of the
+    source (a ref names one unit per version).  Reading only the default version hid
+    the draft where reviewers had just approved a change from the field (review #16).
+    """
+    if unit is not None and source is not None and number is None:
+        return _history_in_every_version(reg, unit, source, limit, since_id)
     where = ["1 = 1"]
     params: dict[str, Any] = {"limit": limit}
     with reg.read() as conn:
@@ -233,3 +240,30 @@ def history(
                 }
             )
     return out
+
+
+def _history_in_every_version(reg: Registry, unit: str, source: str, limit: int,
+                              since_id: int | None) -> list[dict[str, Any]]:
+    """:func:`history` of ``unit`` in each version of ``source`` that has it (or logged
+    it), merged newest first."""
+    with reg.read() as conn:
+        first = resolve_version(conn, source)
+        numbers = [int(n) for n in conn.execute(
+            text("SELECT number FROM source_version WHERE source_id = :s ORDER BY number"),
+            {"s": first.source_id}).scalars()]
+    rows: list[dict[str, Any]] = []
+    found = False
+    for number in numbers:
+        try:
+            rows += history(reg, unit=unit, source=source, number=number, limit=limit,
+                            since_id=since_id)
+        except NotFound:  # not in this version
+            continue
+        found = True
+    if not found:
+        raise NotFound(
+            f"No unit with uuid or ref {unit.strip()!r} in {first.source!r} (in any of its "
+            "versions), and the change log has no entry for it."
+        )
+    rows.sort(key=lambda r: r["id"], reverse=True)
+    return rows[:limit]

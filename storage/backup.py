@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.backends import Location
-from storage.errors import Cancelled, GeoregError, InvalidInput
+from storage.errors import Cancelled, ConflictError, GeoregError, InvalidInput
 from storage.jobs import Job
 
 #: Pages copied per step (4 MiB with GeoPackage's 4 KiB pages): fine enough for a
@@ -103,7 +103,7 @@ def backup_job(location: str | Path, out: str | Path, *, force: bool = False) ->
         raise InvalidInput(f"{target} is a folder; give a file name for the backup.")
     if not target.parent.is_dir():
         raise InvalidInput(f"{target}: the folder {target.parent} does not exist.")
-    if target.exists() and not force:
-        raise InvalidInput(f"{target} exists; give --force to replace it (the old file is "
+    if target.exists() and not force:  # a conflict (exit code 5), as for export and init
+        raise ConflictError(f"{target} exists; give --force to replace it (the old file is "
                            "replaced only once the new copy is complete).")
     return BackupJob(source, target)

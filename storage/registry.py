@@ -165,7 +165,10 @@ class Registry:
                     conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{loc.schema}" CASCADE')
                 conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{loc.schema}"')
                 if reg._current_revision(conn) is not None:
-                    raise ConflictError(f"{loc.display()} already holds a registry.")
+                    raise ConflictError(
+                        f"{loc.display()} already holds a registry. Choose another schema "
+                        "(?schema=NAME), or pass --force to replace it (the schema is dropped "
+                        "with everything in it).")
         reg.upgrade()
         return reg
 

@@ -163,10 +163,13 @@ def _type_id(conn: Connection, type_name: str | None, where: str) -> int | None:
         text("SELECT fid FROM org_unit_type WHERE name = :n"), {"n": type_name.strip()}
     ).first()
     if row is None:
-        names = [r[0] for r in conn.execute(text("SELECT name FROM org_unit_type ORDER BY depth"))]
+        names = [r[0] for r in conn.execute(text(
+            "SELECT name FROM org_unit_type ORDER BY CASE WHEN depth IS NULL THEN 1 ELSE 0 END, "
+            "depth, name"))]
         raise InvalidInput(
             f"{where}: field 'type': no org-unit type named {type_name!r}"
             + (f" (types: {', '.join(names)})." if names else ".")
+            + f" Add it with: georeg type add REG \"{type_name.strip()}\""
         )
     return int(row[0])
 
@@ -592,8 +595,17 @@ def _group_key(conn: Connection, version: VersionRef, group: str) -> int:
         {"v": version.id, "g": group},
     ).first()
     if row is None:
-        raise NotFound(f"No group {group!r} (by ref or name) in {version.label}.")
+        raise no_group(group, version)
     return int(row[0])
+
+
+def no_group(group: str, version: VersionRef) -> NotFound:
+    """The error for a group a version does not have, with the commands that list and
+    add groups (until they existed, the user could only read what was missing)."""
+    return NotFound(
+        f"No group {group!r} (by ref or name) in {version.label}. List them with "
+        f"'georeg group list REG -s \"{version.source}\" -v {version.number}'; add one with "
+        f"'georeg group add REG \"{group}\" -s \"{version.source}\" -v {version.number}'.")
 
 
 def add_group(

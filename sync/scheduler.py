@@ -632,16 +632,23 @@ def check_job(
                 f"Option {key!r} looks like a credential; credentials go in the secrets file, "
                 "never in the registry."
             )
+    # Unknown keys first: a misspelt key ("sourc=SL") is why a required one ("source")
+    # looks missing, and the message must name the typo (review #25).
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        import difflib
+
+        meant = [f"{key} (did you mean {close[0]}?)" if close else key
+                 for key in sorted(unknown)
+                 for close in [difflib.get_close_matches(key, list(spec.options), n=1)]]
+        raise InvalidInput(
+            f"Option(s) {', '.join(meant)} mean nothing to {kind}; it takes "
+            f"{', '.join(spec.options) or 'no options'}."
+        )
     missing = [key for key in spec.required if options.get(key) in (None, "")]
     if missing:
         raise InvalidInput(
             f"The {kind} job needs " + ", ".join(f"--option {k}=…" for k in missing) + "."
-        )
-    unknown = set(options) - set(spec.options)
-    if unknown:
-        raise InvalidInput(
-            f"Option(s) {', '.join(sorted(unknown))} mean nothing to {kind}; it takes "
-            f"{', '.join(spec.options) or 'no options'}."
         )
     options = {key: _checked_option(kind, key, value) for key, value in options.items()}
     if kind == "dhis2-pull" and options.get("prefer") and not options.get("since"):

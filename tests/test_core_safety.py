@@ -243,9 +243,12 @@ def test_cli_history_says_why_it_has_nothing_to_show(reg: str) -> None:
     cli("unit", "add", reg, "-s", SOURCE, "-v", "2", "--name", "Z one", "--ref", "Z1",
         "--parent", CHIEFDOM)
     cli("unit", "edit", reg, "-s", SOURCE, "-v", "2", "Z1", "--name", "Z one bis")
-    error = cli("history", reg, "--unit", "Z1", "-s", SOURCE, code=4)
+    error = cli("history", reg, "--unit", "Z1", "-s", SOURCE, "-v", "1", code=4)
     assert f"'Z1' is not in {SOURCE} v1 (the default); it is in v2: try --version 2." \
         == error["message"]
+    # without --version, a ref is looked for in every version of the source (review #16)
+    assert [e["op"] for e in cli("history", reg, "--unit", "Z1", "-s", SOURCE)] == \
+        ["update", "insert"]
     log = cli("history", reg, "--unit", "Z1", "-s", SOURCE, "-v", "2")
     assert [e["op"] for e in log] == ["update", "insert"]
 
