@@ -33,7 +33,7 @@ VENV_STAMP  := $(VENV)/.stamp-venv
 PIP_STAMP   := $(VENV)/.stamp-pip
 CONSTRAINTS := $(VENV)/constraints.txt
 
-.PHONY: setup run test lint bench clean distclean
+.PHONY: setup run demo-reset test lint bench clean distclean
 
 setup: $(PIP_STAMP)
 
@@ -102,16 +102,37 @@ $(PIP_STAMP): $(VENV_STAMP) $(CONSTRAINTS) pyproject.toml
 
 # --- everyday targets -------------------------------------------------------
 # The demo registry, a demo form that picks a Sierra Leone facility, a collector with
-# a generated password, then the LAN server (Ctrl-C stops it).
+# a generated password, then the LAN server (Ctrl-C stops it).  A second `make run`
+# keeps $(DEMO) and everything done in it since (drafts, links, users, submissions):
+# the registry is built only when missing, `forms add` leaves a form already there
+# unchanged, and an existing collector keeps its password.  `make demo-reset`
+# starts over.
 run: setup
-	$(VENV)/bin/georeg demo $(DEMO) --force
+	@if [ -e "$(DEMO)" ]; then \
+	  echo "Keeping $(DEMO) and the work in it (to start over: make demo-reset)."; \
+	else \
+	  echo "$(VENV)/bin/georeg demo $(DEMO)"; \
+	  $(VENV)/bin/georeg demo $(DEMO); \
+	fi
 	$(VENV)/bin/georeg tree $(DEMO) --source "$(DEMO_SOURCE)" --max-depth 2
 	$(VENV)/bin/georeg forms add $(DEMO) georeg/demo_data/forms/facility_visit.xlsx \
 	  --org-unit-field facility
-	pw=$$($(VENV)/bin/georeg users add $(DEMO) $(DEMO_USER) --role collector --generate --json \
-	      | $(PY) -c 'import json, sys; print(json.load(sys.stdin)["password"])'); \
-	echo; echo "Demo collector: $(DEMO_USER)   password: $$pw   (shown once; note it now)"; echo; \
+	@if $(VENV)/bin/georeg users list $(DEMO) --json | $(PY) -c 'import json, sys; \
+	    sys.exit(0 if any(u["name"] == "$(DEMO_USER)" for u in json.load(sys.stdin)) else 1)'; then \
+	  echo; echo "Demo collector: $(DEMO_USER)   (already there: its password is the one shown"; \
+	  echo "  the first time; a new one: $(VENV)/bin/georeg users password $(DEMO) $(DEMO_USER) --generate)"; \
+	else \
+	  pw=$$($(VENV)/bin/georeg users add $(DEMO) $(DEMO_USER) --role collector --generate --json \
+	        | $(PY) -c 'import json, sys; print(json.load(sys.stdin)["password"])'); \
+	  echo; echo "Demo collector: $(DEMO_USER)   password: $$pw   (shown once; note it now)"; \
+	fi; echo
 	$(VENV)/bin/georeg serve $(DEMO) --port $(PORT) --user $(DEMO_USER) --qr-png demo-qr.png
+
+# Start the demo over: a fresh $(DEMO) (everything done in the old one is lost).
+# `make run` then adds the form and a collector again.
+demo-reset: setup
+	rm -f $(DEMO) $(DEMO)-journal $(DEMO)-wal $(DEMO)-shm demo-qr.png
+	$(VENV)/bin/georeg demo $(DEMO)
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)
