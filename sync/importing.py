@@ -455,6 +455,11 @@ class ImportJob(Job[dict[str, Any]]):
                 report.warnings.extend(self.payload.warnings[known:])
                 if report.rejected and not self.skip_invalid:
                     raise _rejection_error(report)
+                if report.rejected and not (report.created or report.updated
+                                            or report.unchanged):
+                    # --skip-invalid with no valid row: an empty draft (one more per
+                    # attempt) and exit code 0 would tell a script all went well
+                    raise _rejection_error(report, everything=True)
                 self.check_cancelled()
                 version = version_by_id(conn, version.id)
         finally:
@@ -528,9 +533,11 @@ def _with_status(records: Iterable[UnitRecord], status: str) -> Iterator[UnitRec
 SHOWN = 50
 
 
-def _rejection_error(report: ImportReport) -> InvalidInput | CycleError:
+def _rejection_error(report: ImportReport, *, everything: bool = False
+                     ) -> InvalidInput | CycleError:
     """One error listing every rejected row (the first ``SHOWN``, then the count).  A
-    cycle of parent refs makes it a :class:`CycleError` (a conflict, as for edits)."""
+    cycle of parent refs makes it a :class:`CycleError` (a conflict, as for edits).
+    ``everything``: --skip-invalid was given, but no row was valid."""
     rejected = [r for r in report.rows if r["status"] == "rejected"]
     shown = "\n".join(f"  - {r['message']}" for r in rejected[:SHOWN])
     more = (f"\n  … and {report.rejected - SHOWN} more (listed by --report FILE)."
@@ -538,6 +545,12 @@ def _rejection_error(report: ImportReport) -> InvalidInput | CycleError:
     cycles = (f" ({report.cycles} units are their own ancestors: a cycle in the parent "
               "refs)" if report.cycles else "")
     kind = CycleError if report.cycles else InvalidInput
+    if everything:
+        return kind(
+            f"All {report.rejected} row(s) rejected{cycles}: no row to import, so nothing was "
+            f"imported (and no version made):\n{shown}{more}\nFix the file and import it again.",
+            rejected=rejected,
+        )
     return kind(
         f"{report.rejected} row(s) rejected{cycles}; nothing was imported:\n{shown}{more}\n"
         "Fix the file, or import the other rows with --skip-invalid.",

@@ -126,6 +126,32 @@ def test_skip_invalid_imports_the_rest_and_reports_every_skipped_row(
     assert cli("check", reg, "-s", "S").exit_code in (0, 1)
 
 
+def test_skip_invalid_with_no_valid_row_is_an_error_not_an_empty_draft(
+        reg: str, tmp_path: Path) -> None:
+    """A district file whose parents are in another file: every row refers to a parent
+    that is not there.  Before, each try exited 0 and left one more empty draft."""
+    path = tmp_path / "districts.csv"
+    path.write_text("ref,name,parent_ref\nD1,Bo,SL\nD2,Kenema,SL\nD3,Kailahun,SL\n")
+    before = snapshot(reg)
+    for _attempt in range(2):
+        result = cli("import", reg, path, "-s", "Districts", "--skip-invalid")
+        assert result.exit_code == 2, result.output
+        out = flat(result)
+        assert "All 3 row(s) rejected: no row to import" in out, out
+        assert "no version made" in out and "districts.csv, row 2: " in out
+        assert "parent 'SL' not found" in out
+        assert snapshot(reg) == before  # no empty draft, no new source
+    # into an existing draft: the same (nothing was written there either)
+    country = tmp_path / "country.csv"
+    country.write_text("ref,name,parent_ref\nSL,Sierra Leone,\n")
+    assert cli("import", reg, country, "-s", "Districts").exit_code == 0
+    nowhere = tmp_path / "nowhere.csv"
+    nowhere.write_text("ref,name,parent_ref\nD9,Nowhere,NOPE\n")
+    result = cli("import", reg, nowhere, "-s", "Districts", "-v", "1", "--skip-invalid")
+    assert result.exit_code == 2 and "All 1 row(s) rejected" in flat(result), result.output
+    assert set(units_of(reg, "Districts")) == {"SL"}
+
+
 def test_a_ref_used_again_many_rows_later_skips_both_and_all_below(
         location: str, tmp_path: Path) -> None:
     """The first row was written batches earlier (the fast path writes as it goes):
