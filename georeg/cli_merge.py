@@ -142,9 +142,12 @@ def render_report(d: dict[str, Any]) -> str:
     for f in checks["findings"][:MAX_FINDINGS]:
         lines.append(f"  {f['severity']}: {f['check']}: {f['message']}")
     if len(checks["findings"]) > MAX_FINDINGS:
-        lines.append(f"  … {len(checks['findings']) - MAX_FINDINGS} more "
-                     f"(georeg check REG -s \"{d['version']['source']}\" -v "
-                     f"{d['version']['number']}).")
+        more = len(checks["findings"]) - MAX_FINDINGS
+        if d["dry_run"]:  # the draft was not made: nothing for `check` to read
+            lines.append(f"  … {more} more (all of them with --json).")
+        else:
+            lines.append(f"  … {more} more (georeg check REG -s \"{d['version']['source']}\" "
+                         f"-v {d['version']['number']}).")
     return "\n".join(lines)
 
 

@@ -133,6 +133,12 @@ def test_compare_and_merge_guide_runs_as_written(tmp_path: Path) -> None:
                         f"docs/compare-and-merge.md shows a line the commands did not print "
                         f"(or not in this order):\n  {want}\nThey printed:\n{shown}") from None
 
+    # The dry run made no draft: it must not send the user to `georeg check` one
+    [dry] = [i for i, c in enumerate(all_cmds) if c.startswith("georeg merge ")
+             and "--dry-run" in c]
+    assert "more (all of them with --json)." in outputs[dry], outputs[dry]
+    assert "georeg check REG" not in outputs[dry], outputs[dry]
+
     # And the end state is the one the guide describes.
     versions = subprocess.run(
         ["georeg", "versions", "compare.gpkg", "-s", "Sierra Leone (DHIS2 demo)", "--json"],
