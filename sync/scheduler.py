@@ -903,15 +903,20 @@ def held_note(job: JobDef, figures: dict[str, Any]) -> str | None:
     version published here (a pull cannot change it) nor a version published centrally
     while edited here (a push cannot send into it)."""
     held = int(figures.get("conflict_count") or 0)
-    if not held:
-        return None
-    if job.kind == "dhis2-pull":  # conflict_count: units held
+    if job.kind == "dhis2-pull":  # conflict_count: units held; groups counted apart
+        groups = int(figures.get("group_conflict_count") or 0)
+        if not held and not groups:
+            return None
         source = shlex.quote(str(job.options.get("source") or "S"))
-        return (f"{held} unit(s) changed both here (not pushed yet) and in DHIS2: kept as "
+        what = " and ".join(
+            [f"{held} unit(s) changed"] * bool(held) + [f"{groups} group(s) renamed"] * bool(groups))
+        return (f"{what} both here (not pushed yet) and in DHIS2: kept as "
                 "they are here, not overwritten, and read again by every incremental pull "
                 "until settled (the run's conflicts: 'georeg schedule history --json'). Send "
                 "this side's with 'georeg dhis2 push', or take DHIS2's with 'georeg dhis2 pull "
                 f"REG --source {source} --url … --since last --prefer-remote'.")
+    if not held:
+        return None
     if not job.kind.startswith("postgis-"):
         return (f"{held} change(s) on both sides held, not overwritten: the run's conflicts "
                 "('georeg schedule history --json') list them.")

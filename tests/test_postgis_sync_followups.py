@@ -285,6 +285,26 @@ def pulled_from_dhis2(tmp_path: Path, secrets: Path) -> Any:
         yield reg
 
 
+def test_a_scheduled_dhis2_pull_that_held_only_a_group_rename_says_so(
+        tmp_path: Path, secrets: Path) -> None:
+    """A group renamed both here and in DHIS2, no unit: the run's note is not empty."""
+    from tests.test_dhis2_pull_keeps_local import CHP_GROUP, group_here, group_in_dhis2
+
+    with FakeDhis2("2.41") as server, Registry.create(tmp_path / "d.gpkg") as reg:
+        client = dhis2_client(server)
+        dhis2_sync.pull(reg, client, "SL")
+        save_target(secrets, "play", {"url": server.url, "username": "admin",
+                                      "password": "district"})
+        group_here(reg, CHP_GROUP, name="CHP (district)")
+        group_in_dhis2(client, CHP_GROUP, name="CHP (ministry)")
+        add_job(reg, "dhis2-pull", every="1d", target="play",
+                options={"source": "SL", "since": "last"})
+        [run] = run_now(reg, "dhis2-pull-play")
+    assert run.outcome == "ok" and run.error is not None, run
+    assert run.error.startswith("1 group(s) renamed both here (not pushed yet) and in DHIS2")
+    assert "--since last --prefer-remote" in run.error
+
+
 def test_a_scheduled_dhis2_pull_with_conflicts_gives_dhis2_advice(
         pulled_from_dhis2: Registry) -> None:
     reg = pulled_from_dhis2
