@@ -879,6 +879,9 @@ def _read_options(**kw: Any) -> Any:
 @click.option("--layer", default=None, help="Layer (or sheet) to read.")
 @click.option("--crs", default=None, help="CRS of a file that has none, e.g. EPSG:32628.")
 @click.option("--fix-geometry", is_flag=True, help="Repair invalid polygons instead of refusing.")
+@click.option("--keep-invalid-geometry", is_flag=True,
+              help="Keep invalid polygons as the file has them (warned) instead of refusing: "
+                   "a DHIS2 mirror must push them back unchanged.")
 @click.option("--encoding", default=None, help="Text encoding (default: detected).")
 @click.option("--delimiter", default=None, help="CSV delimiter (default: detected).")
 @click.option("--iaso-headers", is_flag=True, help="CSV/XLSX with Iaso's French headers.")
@@ -894,10 +897,11 @@ def _read_options(**kw: Any) -> Any:
 @click.option("--description", default=None, help="Description of a new version.")
 def import_cmd(reg: str, files: tuple[str, ...], source: str, number: int | None,
                fmt: str | None, mapping: str | None, layer: str | None, crs: str | None,
-               fix_geometry: bool, encoding: str | None, delimiter: str | None,
-               iaso_headers: bool, parent_by_location: bool, data_dict: str | None,
-               set_status: str | None, skip_invalid: bool, dry_run: bool,
-               report_path: str | None, description: str | None, as_json: bool) -> None:
+               fix_geometry: bool, keep_invalid_geometry: bool, encoding: str | None,
+               delimiter: str | None, iaso_headers: bool, parent_by_location: bool,
+               data_dict: str | None, set_status: str | None, skip_invalid: bool,
+               dry_run: bool, report_path: str | None, description: str | None,
+               as_json: bool) -> None:
     """Import FILES into SOURCE: a new draft version, or an upsert by ref into --version N.
 
     Formats: iaso-gpkg, geojson, csv, xlsx, tree-csv, vector (anything GDAL reads) and
@@ -909,6 +913,9 @@ def import_cmd(reg: str, files: tuple[str, ...], source: str, number: int | None
     from sync.exchange import is_georeg_registry
     from sync.importing import ImportJob
 
+    if fix_geometry and keep_invalid_geometry:
+        raise InvalidInput("Give --fix-geometry (repair invalid polygons) or "
+                           "--keep-invalid-geometry (keep them as they are), not both.")
     paths = [Path(f) for f in files]
     for path in paths:
         if not path.exists():
@@ -930,6 +937,8 @@ def import_cmd(reg: str, files: tuple[str, ...], source: str, number: int | None
         payload = reader.read_files(paths, opts)
     else:
         payload = reader.read_file(paths[0], opts)
+    if keep_invalid_geometry:
+        payload.invalid_geometry = "keep"
     with open_registry(reg) as registry:
         job = ImportJob(registry, payload, source=source, number=number, dry_run=dry_run,
                         set_status=set_status, skip_invalid=skip_invalid,

@@ -124,7 +124,8 @@ def _clean_territory(geom: BaseGeometry, where: str, fix: bool,
         if not fix:
             raise InvalidInput(
                 f"{where}: field 'territory' is not a valid polygon ({explain_validity(geom)}); "
-                "fix it, or import with --fix-geometry to repair it."
+                "fix it, or import with --fix-geometry to repair it (or with "
+                "--keep-invalid-geometry to keep it as the file has it, as DHIS2 does)."
             )
         return repaired(geom, where)
     return geom

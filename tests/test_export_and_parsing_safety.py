@@ -309,3 +309,33 @@ def test_a_registry_given_as_import_input_says_export_it_first(reg: Path,
     assert result.exit_code == 2
     flat = err(result)
     assert "is a Georeg registry, not a file to import" in flat and "georeg export" in flat
+
+
+# --- a DHIS2 mirror's invalid polygon through a spreadsheet --------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_a_spreadsheet_export_of_the_demo_loads_back_with_keep_invalid_geometry(
+        tmp_path: Path, suffix: str) -> None:
+    """The demo mirrors DHIS2, whose 'Sittia' polygon is invalid and kept as DHIS2 has it.
+    Exported to CSV/XLSX, edited in a spreadsheet and loaded back, the file was refused
+    with only --fix-geometry (which changes the polygon the next push sends) as a way out."""
+    reg, sl = tmp_path / "demo.gpkg", "Sierra Leone (DHIS2 demo)"
+    ok("demo", reg)
+    out = tmp_path / f"demo{suffix}"
+    ok("export", reg, out, "-s", sl)
+    before = digest(reg)
+    refused = cli("import", reg, out, "-s", "Spreadsheet")
+    assert refused.exit_code == 2 and digest(reg) == before
+    assert "is not a valid polygon (Nested shells" in err(refused)
+    assert "--keep-invalid-geometry to keep it as the file has it" in err(refused)
+    data = ok("import", reg, out, "-s", "Spreadsheet", "--keep-invalid-geometry")
+    assert data["created"] == 1332 and data["rejected"] == 0
+    assert any("kept as the source has it" in w for w in data["warnings"])
+    # into a draft of the demo itself (the edit-and-load-back case): nothing changes
+    ok("version", "new", reg, "-s", sl, "--from", "1")
+    data = ok("import", reg, out, "-s", sl, "-v", "2", "--keep-invalid-geometry")
+    assert (data["created"], data["updated"], data["unchanged"]) == (0, 0, 1332)
+    both = cli("import", reg, out, "-s", sl, "-v", "2", "--keep-invalid-geometry",
+               "--fix-geometry")
+    assert both.exit_code == 2 and "not both" in err(both)
