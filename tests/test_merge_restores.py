@@ -22,8 +22,6 @@ Found in the review of the merge flow:
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,20 +34,8 @@ from storage.matching.job import match_versions
 from storage.matching.review import decide, list_links
 from storage.merging import merge_by_rules
 from storage.registry import Registry
+from tests.test_merge_remerge import cli, ok
 from tests.test_merge_rules_safety import SURVEY_CSV, build_ministry
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "georeg.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
-
-
-def ok(*args: str) -> str:
-    done = cli(*args)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 @pytest.fixture
