@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from shapely.geometry import MultiPolygon, Point, box
 
 from storage import tree
-from storage.bulk import UnitRecord
+from storage.bulk import ROW_PROBLEMS, UnitRecord
 from storage.errors import InvalidInput
 from storage.registry import Registry
 from storage.versions import VersionRef
@@ -147,14 +147,29 @@ def test_decimal_comma_with_semicolons(tmp_path: Path) -> None:
 
 
 def test_bad_coordinates_are_listed_together(tmp_path: Path) -> None:
+    """Read on its own, the file is refused before its first unit, every row with
+    unreadable coordinates listed; in the import job each is a rejected row
+    (tests/test_import_bad_rows.py)."""
     path = write(tmp_path / "bad.csv", "ref,name,latitude,longitude\nA,a,abc,1\nB,b,1,2\n"
                                        "C,c,5,\n")
+    payload = tabular.read_file(path)  # the file itself is readable
     with pytest.raises(InvalidInput) as err:
-        tabular.read_file(path)
+        list(payload.units)
     msg = err.value.message
     assert msg.startswith("2 row(s) of bad.csv have unreadable coordinates")
     assert "bad.csv, row 2: field 'latitude' is 'abc', not a number" in msg
     assert "bad.csv, row 4: field 'longitude' is empty but 'latitude' is given" in msg
+    token = ROW_PROBLEMS.set(True)  # as in the import job: records with their problem
+    try:
+        recs = list(tabular.read_file(path).units)
+    finally:
+        ROW_PROBLEMS.reset(token)
+    assert [(r.source_ref, r.location) for r in recs] == [("A", None), ("B", Point(2, 1)),
+                                                          ("C", None)]
+    assert [r.problem for r in recs] == [
+        "bad.csv, row 2: field 'latitude' is 'abc', not a number (e.g. 12.5 or 12,5).", None,
+        "bad.csv, row 4: field 'longitude' is empty but 'latitude' is given; give both "
+        "coordinates or neither."]
 
 
 @pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\r\n\r\n  \n"])

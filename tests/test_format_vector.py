@@ -21,7 +21,7 @@ import pytest
 import shapely
 from shapely import MultiPolygon, Point, Polygon, box
 
-from storage.bulk import UnitRecord
+from storage.bulk import ROW_PROBLEMS, UnitRecord
 from storage.errors import InvalidInput
 from storage.registry import Registry
 from sync.exchange import ImportPayload, ReadOptions, read_version
@@ -234,11 +234,37 @@ def test_bad_files_are_refused_with_the_file_named(tmp_path: Path) -> None:
         vector.read_file(tmp_path / "zero.gpkg", ReadOptions())
 
 
-def test_lines_are_refused_with_the_row(tmp_path: Path) -> None:
-    path = write(tmp_path / "roads.gpkg", [{"name": "ok"}, {"name": "road"}],
-                 [Point(0, 0), shapely.LineString([(0, 0), (1, 1)])])
-    with pytest.raises(InvalidInput, match="roads.gpkg, row 2: the geometry is a LineString"):
-        vector.read_file(path, ReadOptions())
+def test_lines_and_bad_levels_are_the_rows_problems(tmp_path: Path) -> None:
+    """A line, several points or a level that is no number reject their row in the
+    import job (tests/test_import_bad_rows.py); read on its own, the file is refused
+    before its first unit, every such row listed."""
+    path = write(tmp_path / "roads.gpkg",
+                 [{"name": "ok", "level": "1"}, {"name": "road", "level": "2"},
+                  {"name": "wells", "level": "2"}, {"name": "x", "level": "two"},
+                  {"name": "both", "level": "2.5"}],
+                 [Point(0, 0), shapely.LineString([(0, 0), (1, 1)]),
+                  shapely.MultiPoint([(0, 0), (1, 1)]), Point(1, 1),
+                  shapely.LineString([(0, 0), (2, 2)])])
+    payload = vector.read_file(path, ReadOptions())  # the file itself is readable
+    with pytest.raises(InvalidInput) as err:
+        units(payload)
+    assert err.value.message.splitlines() == [
+        "roads.gpkg, row 2: field 'geometry' is a LineString; a unit takes a Point, a "
+        "Polygon or a MultiPolygon.",
+        "roads.gpkg, row 3: field 'geometry' is a MultiPoint of 2 points; a unit takes a "
+        "Point, a Polygon or a MultiPolygon.",
+        "roads.gpkg, row 4: field 'level' is 'two'; expected a whole number.",
+        "roads.gpkg, row 5: field 'geometry' is a LineString; a unit takes a Point, a "
+        "Polygon or a MultiPolygon. Also field 'level' is '2.5'; expected a whole number."]
+    token = ROW_PROBLEMS.set(True)  # as in the import job: records with their problem
+    try:
+        recs = units(vector.read_file(path, ReadOptions()))
+    finally:
+        ROW_PROBLEMS.reset(token)
+    assert [(r.name, r.location, r.problem is not None) for r in recs] == [
+        ("ok", Point(0, 0), False), ("road", None, True), ("wells", None, True),
+        ("x", None, True), ("both", None, True)]
+    assert recs[3].where == "roads.gpkg, row 4"
 
 
 def test_out_of_range_and_invalid_values_pass_to_the_import_job(tmp_path: Path) -> None:

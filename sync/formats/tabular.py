@@ -64,6 +64,14 @@ job needs before the first unit) and the units then stream in a second pass, so 
 100k-row file is never held in memory.  XLSX files are read with openpyxl in
 read-only mode (cached formula values, first sheet unless ``--layer``).
 
+**A row's bad cells are the row's problem, not the file's.**  Coordinates that cannot
+be read (a latitude that is not a number, a longitude without its latitude) and a
+``wkt`` cell that is not WKT (or not a point or polygon) come to the import job as a
+record with ``problem`` (see ``storage.bulk.ROW_PROBLEMS``): the job lists them with
+the other rows' problems and refuses the file, or with ``--skip-invalid`` imports the
+other rows.  Read outside the job, rows with unreadable coordinates stop the reading
+before the first unit, all listed (a bad ``wkt`` cell: at its row).
+
 **Writing** spools the units to a temporary file first (the parent columns depend on
 the deepest unit), then writes the file under a temporary name and renames it.  CSV
 numbers and WKT are exact (shortest round-trip floats); XLSX numbers carry the 16
@@ -633,6 +641,11 @@ class _Reader:
         #: how the file writes slash dates (31/12/2020): day first unless it shows
         #: otherwise (see ``_date_order``)
         self.day_first = True
+        #: rows whose coordinates cannot be read (a latitude that is not a number, a
+        #: longitude without its latitude): how many, and the first ``MAX_LISTED``
+        #: messages — rows the import job rejects, or a read outside it refuses
+        self.bad_points = 0
+        self.point_problems: list[str] = []
 
     def where(self, n: int) -> str:
         return f"{self.path.name}, row {n}"
@@ -640,8 +653,7 @@ class _Reader:
     # first pass: everything the import needs before the first unit
     def scan(self) -> None:
         lay = self.lay
-        problems: list[str] = []
-        n_problems = extra_cells = orphans = 0
+        extra_cells = orphans = 0
         orphan_rows: list[int] = []
         is_bool = {i: True for i in lay.unknown}
         uuids: dict[str, int] = {}
@@ -660,10 +672,12 @@ class _Reader:
                 extra_cells += 1
             try:
                 self._point(row)
-            except InvalidInput as error:
-                n_problems += 1
-                if len(problems) < MAX_LISTED:
-                    problems.append(error.message)
+                placed = True
+            except InvalidInput as error:  # the row's problem, not the file's (see records)
+                placed = False
+                self.bad_points += 1
+                if len(self.point_problems) < MAX_LISTED:
+                    self.point_problems.append(error.message)
             for i in lay.unknown:
                 if is_bool[i] and row.at(i).casefold() not in _BOOL:
                     is_bool[i] = False
@@ -672,7 +686,7 @@ class _Reader:
                 if len(orphan_rows) < MAX_LISTED:
                     orphan_rows.append(n)
             type_name = row.get("type")
-            if type_name:
+            if type_name and placed:  # (a rejected row's type is not made)
                 self._type(type_name, self._depth(row), n)
             if "groups" in lay.fields:
                 for g in split_list(row.get("groups")):
@@ -693,12 +707,6 @@ class _Reader:
                 own.append((parents + (row.get("name"),), n, row.ref()))
                 for i in range(1, len(parents) + 1):
                     needed.setdefault(parents[:i], n)
-        if problems:
-            listed = "\n".join(f"  - {p}" for p in problems)
-            more = n_problems - len(problems)
-            raise InvalidInput(f"{n_problems} row(s) of {self.path.name} have unreadable "
-                               f"coordinates; nothing was imported:\n{listed}"
-                               + (f"\n  … and {more} more." if more > 0 else ""))
         if self.count == 0:
             raise InvalidInput(f"{self.path.name} has a header but no rows.")
         if slashed:
@@ -810,8 +818,22 @@ class _Reader:
         return point(row.get("latitude"), row.get("longitude"), self.where(row.n), lat_col,
                      lon_col)
 
+    def _refuse_bad_points(self) -> None:
+        """Read outside the import job (whose caller may not look at ``problem``): rows
+        with unreadable coordinates stop the reading, all listed, before the first unit."""
+        listed = "\n".join(f"  - {p}" for p in self.point_problems)
+        more = self.bad_points - len(self.point_problems)
+        raise InvalidInput(f"{self.bad_points} row(s) of {self.path.name} have unreadable "
+                           f"coordinates; nothing was imported:\n{listed}"
+                           + (f"\n  … and {more} more." if more > 0 else ""))
+
     # second pass: the units
     def records(self) -> Iterator[UnitRecord]:
+        """The units; a row whose coordinates or WKT cannot be read comes with its
+        ``problem``, for the import job to reject with the other rows' problems (see
+        ``storage.bulk.ROW_PROBLEMS``)."""
+        if self.bad_points and not ROW_PROBLEMS.get():
+            self._refuse_bad_points()
         lay = self.lay
         seen_uuids: set[str] = set()
         emitted: set[tuple[str, ...]] = set()
@@ -831,16 +853,23 @@ class _Reader:
                 ref = ref or self.row_refs.get(n)
                 if parents:
                     parent_ref = self._path_ref(parents)
-            location = self._point(row)
-            territory = None
             problem = None
+            try:  # (free when nothing is raised)
+                location = self._point(row)
+            except InvalidInput as error:  # the job rejects the row (ROW_PROBLEMS)
+                if not ROW_PROBLEMS.get():
+                    raise
+                location, problem = None, error.message
+            territory = None
             if "wkt" in lay.fields and row.get("wkt"):
                 try:
                     loc, territory = self._wkt(row.get("wkt"), where, lay.col("wkt"))
                 except InvalidInput as error:  # the job rejects the row (ROW_PROBLEMS)
                     if not ROW_PROBLEMS.get():
                         raise
-                    loc, problem = None, error.message
+                    loc = None
+                    problem = (error.message if problem is None else
+                               f"{problem} Also {error.message.removeprefix(where + ': ')}")
                 location = location or loc
             text = row.get("uuid") or (row.get("iaso_id") if lay.iaso else "")
             uid = _uuid(text) if text else None

@@ -28,8 +28,12 @@ the level is known (single file) or the file's stem (one file per level).
 Points become locations, polygons and multipolygons territories, ``Z`` is dropped.
 Values that are wrong for one row — an empty name, a latitude of 200, an invalid
 polygon, a bad date — are left to the import job, which checks every row and
-reports them together; unreadable files, unknown columns, lines instead of
-points/polygons and a missing CRS are refused here.
+reports them together.  So are rows this reader cannot make a unit of — a line (or
+several points) instead of a point or polygon, a ``level`` that is not a whole
+number: each comes to the job as a record with ``problem`` (see
+``storage.bulk.ROW_PROBLEMS``), rejected with the other rows (``--skip-invalid``
+imports the rest).  Unreadable files, unknown columns and a missing CRS are
+refused here, for the whole file.
 
 **Several files** (``read_files``): one file per level, top first (or ``depth`` per
 file in the mapping).  With ``--parent-by-location`` each unit of a level gets as
@@ -84,7 +88,7 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from storage import geometry
-from storage.bulk import UnitRecord
+from storage.bulk import ROW_PROBLEMS, UnitRecord
 from storage.errors import InvalidInput
 from sync.exchange import GroupDef, ImportPayload, ReadOptions, TypeDef, VersionData
 
@@ -133,6 +137,9 @@ class _Level:
     warnings: list[str] = field(default_factory=list)
     #: rows merged into a row of another file (same ref: one has the point, one the polygon)
     merged: set[int] = field(default_factory=set)
+    #: rows this reader cannot make a unit of (a line for geometry, a level that is no
+    #: number) → the message; the import job rejects them (see ``storage.bulk.ROW_PROBLEMS``)
+    problems: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -304,38 +311,51 @@ def _crs(path: Path, label: str, df: Any, opts: ReadOptions, warnings: list[str]
     return df
 
 
-def _split_geometries(level_label: str, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's geometry → (location points, territories); None where absent."""
+def _split_geometries(level_label: str, geoms: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Each row's geometry → (location points, territories, problems); None where absent.
+
+    Vectorised by geometry kind (a point, a one-point MultiPoint, a polygon or a
+    multipolygon costs no Python work per row); only GeometryCollections are looked at
+    one by one.  A row whose geometry no unit can take (a line, several points) is
+    not an error for the file: it is listed in ``problems`` (row index → message),
+    for the import job to reject that row with the others' problems."""
     n = len(geoms)
     locations = np.full(n, None, dtype=object)
     territories = np.full(n, None, dtype=object)
+    problems: dict[int, str] = {}
     if n == 0:
-        return locations, territories
+        return locations, territories, problems
     geoms = np.array(geoms, dtype=object)
     present = ~shapely.is_missing(geoms)
     geoms[~present] = None
     if shapely.has_z(geoms[present]).any():
         geoms[present] = shapely.force_2d(geoms[present])
-    empty = present.copy()
-    empty[present] = shapely.is_empty(geoms[present])
+    live = present.copy()
+    live[present] = ~shapely.is_empty(geoms[present])
     kinds = shapely.get_type_id(geoms)
-    bad: list[str] = []
-    for i in np.flatnonzero(present & ~empty):
-        g, kind = geoms[i], kinds[i]
-        if kind == 0:
-            locations[i] = g
-        elif kind == 4 and len(g.geoms) == 1:
-            locations[i] = g.geoms[0]
-        elif kind in (3, 6):
-            territories[i] = g
-        elif kind == 7 and all(p.geom_type in ("Polygon", "MultiPolygon") for p in g.geoms):
+    taken = live & (kinds == 0)
+    locations[taken] = geoms[taken]
+    multipoint = np.flatnonzero(live & (kinds == 4))
+    if len(multipoint):
+        single = multipoint[shapely.get_num_geometries(geoms[multipoint]) == 1]
+        locations[single] = shapely.get_geometry(geoms[single], 0)
+        taken[single] = True
+    polygons = live & ((kinds == 3) | (kinds == 6))
+    territories[polygons] = geoms[polygons]
+    taken |= polygons
+    for i in np.flatnonzero(live & (kinds == 7)).tolist():
+        g = geoms[i]
+        if all(p.geom_type in ("Polygon", "MultiPolygon") for p in g.geoms):
             territories[i] = geometry.as_multipolygon(g)
-        elif len(bad) < MAX_LISTED:
-            bad.append(f"{level_label}, row {i + 1}: the geometry is a {g.geom_type}; a unit "
+            taken[i] = True
+    for i in np.flatnonzero(live & ~taken).tolist():
+        g = geoms[i]
+        what = (f"a MultiPoint of {len(g.geoms)} points" if g.geom_type == "MultiPoint"
+                else f"a {g.geom_type}")
+        problems[i] = (f"{level_label}, row {i + 1}: field 'geometry' is {what}; a unit "
                        "takes a Point, a Polygon or a MultiPolygon.")
-    if bad:
-        raise InvalidInput("\n".join(bad))
-    return locations, territories
+    return locations, territories, problems
 
 
 def _read_level(path: Path, opts: ReadOptions, *, index: int, several: bool) -> _Level:
@@ -366,7 +386,8 @@ def _read_level(path: Path, opts: ReadOptions, *, index: int, several: bool) -> 
         warnings.append(f"{label}: no ref column; column {cols['code']!r} is used as ref "
                         "and code.")
 
-    locations, territories = _split_geometries(label, np.asarray(df.geometry.values))
+    locations, territories, problems = _split_geometries(label,
+                                                         np.asarray(df.geometry.values))
     n = len(df)
     names = [_text(v) for v in _values(df, cols["name"])]
     refs = [_text(v) for v in _values(df, cols["ref"])]
@@ -384,9 +405,11 @@ def _read_level(path: Path, opts: ReadOptions, *, index: int, several: bool) -> 
             levels.append(None)
         elif isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit()):
             levels.append(int(v))
-        else:
-            raise InvalidInput(f"{label}, row {i + 1}: field 'level' is {v!r}; expected a "
-                               "whole number.")
+        else:  # the row is rejected by the import job, not the file (see _records)
+            levels.append(None)
+            bad_level = f"field {cols['level']!r} is {v!r}; expected a whole number."
+            problems[i] = (f"{problems[i]} Also {bad_level}" if i in problems
+                           else f"{label}, row {i + 1}: {bad_level}")
     fallback = _text(type_const) or (path.stem if several else None)
     types = [_text(t) or fallback or (f"Level {lvl}" if lvl is not None else None)
              for t, lvl in zip(_values(df, cols["type"]), levels, strict=True)]
@@ -421,13 +444,19 @@ def _read_level(path: Path, opts: ReadOptions, *, index: int, several: bool) -> 
     return _Level(path=path, label=label, names=names, refs=refs, parent_refs=parent_refs,
                   types=types, depth=depth, locations=locations, territories=territories,
                   columns=columns, extra=extra, row_depths=row_depths,
-                  warnings=warnings)
+                  warnings=warnings, problems=problems)
 
 
 def _records(level: _Level) -> Iterator[UnitRecord]:
     c = level.columns
+    problems = level.problems
     for i in range(len(level)):
         if i in level.merged:
+            continue
+        if problems and i in problems:  # for the job to reject (see ROW_PROBLEMS)
+            yield UnitRecord(name=level.names[i] or "", source_ref=level.refs[i],
+                             parent_ref=level.parent_refs[i], where=level.where(i),
+                             problem=problems[i])
             continue
         aliases = _str_list(c["aliases"][i])
         groups = _str_list(c["groups"][i])
@@ -455,9 +484,10 @@ def _payload(levels: list[_Level], warnings: list[str]) -> ImportPayload:
     group_refs: dict[str, None] = {}
     for lv in levels:
         warnings.extend(lv.warnings)
+        problems = lv.problems
         for i, (name, depth) in enumerate(zip(lv.types, lv.row_depths, strict=True)):
-            if name is None or i in lv.merged:
-                continue
+            if name is None or i in lv.merged or (problems and i in problems):
+                continue  # (a rejected row's type is not made)
             if name not in types:
                 types[name] = TypeDef(name, depth)
             elif types[name].depth != depth:
@@ -466,6 +496,8 @@ def _payload(levels: list[_Level], warnings: list[str]) -> ImportPayload:
             group_refs.update(dict.fromkeys(_str_list(v)))
 
     def units() -> Iterator[UnitRecord]:
+        if not ROW_PROBLEMS.get():
+            _refuse_problems(levels)
         for lv in levels:
             yield from _records(lv)
 
@@ -477,6 +509,17 @@ def _payload(levels: list[_Level], warnings: list[str]) -> ImportPayload:
         total=sum(len(lv) - len(lv.merged) for lv in levels),
         description="Imported from " + ", ".join(lv.path.name for lv in levels),
     )
+
+
+def _refuse_problems(levels: list[_Level]) -> None:
+    """Read outside the import job (whose caller may not look at ``problem``): rows this
+    reader could not make a unit of stop the reading, all listed (the first
+    ``MAX_LISTED``) — before the first unit, so nothing half-read is used."""
+    found = [m for lv in levels for i, m in sorted(lv.problems.items()) if i not in lv.merged]
+    if found:
+        more = len(found) - MAX_LISTED
+        raise InvalidInput("\n".join(found[:MAX_LISTED])
+                           + (f"\n… and {more} more." if more > 0 else ""))
 
 
 def read_file(path: Path, opts: ReadOptions | None = None) -> ImportPayload:
@@ -520,9 +563,9 @@ def _merge_point_and_polygon_rows(levels: list[_Level]) -> list[str]:
                 first[ref] = (k, i)
                 continue
             j, r = first[ref]
-            if j == k:
-                continue
             keep = levels[j]
+            if j == k or i in lv.problems or r in keep.problems:
+                continue  # (a rejected row's geometry is not taken: the job reports both)
             if keep.locations[r] is None and keep.territories[r] is not None \
                     and lv.locations[i] is not None and lv.territories[i] is None:
                 keep.locations[r] = lv.locations[i]
@@ -680,6 +723,8 @@ def _parents_by_location(levels: list[_Level]) -> list[str]:
         for i in range(len(child)):
             if parent_of[i] >= 0:
                 child.parent_refs[i] = p_refs[parent_of[i]]
+            elif i in child.problems:
+                continue  # a row the import job rejects anyway (no usable geometry)
             elif child.parent_refs[i] is not None and child.locations[i] is None \
                     and child.territories[i] is None:
                 continue  # no geometry: the file's own parent ref stands
