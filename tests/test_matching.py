@@ -203,6 +203,19 @@ def test_a_unit_gets_a_second_accepted_partner_only_when_the_reviewer_insists(
     accepted = {(lk["left_ref"], lk["right_ref"])
                 for lk in list_links(two_lists, run, status="accepted")["links"]}
     assert accepted == {("b2", "rb2x"), ("b2", "rb2"), ("b3", "rb2x")}
+    # the merge keeps one pair for rb2x and says so (it said nothing but a --json count)
+    from storage.merging import merge_by_rules
+
+    report = merge_by_rules(two_lists, "Ministry:1", "Survey:1", links_run=run, dry_run=True)
+    assert report["links"]["ignored_second_links"] >= 1
+    assert any("were not used: they pair a unit already paired by another link" in w
+               for w in report["warnings"]), report["warnings"]
+    # an auto link is used by the merge too: it is a partner like an accepted one
+    auto = pairs[("a2", "ra2")]
+    assert auto["status"] == "auto"
+    with pytest.raises(ConflictError, match=rf"link #{auto['id']} already pairs 'Ngolahun.*"
+                       r"paired automatically \(score \d\.\d\d\).*add the other unit as new"):
+        relink(two_lists, pairs[("a1", "ra1")]["id"], "ra2", reviewer="ibrahim")
 
 
 # --- bad input ------------------------------------------------------------------------------

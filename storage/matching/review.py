@@ -138,27 +138,32 @@ def _get_link(conn: Connection, link_id: int) -> Any:
 
 def _rival(conn: Connection, run_id: int | None, fid: int, left_uuid: str,
            right_uuid: str, kind: str) -> Any:
-    """Another accepted link of the run that already pairs one of these two units — with
-    another partner, so that accepting this one gives a unit two partners (the merge then
-    keeps one and treats the other unit as unmatched, which no reviewer asked for).
+    """Another link of the run the merge uses (accepted, or auto) that already pairs one
+    of these two units with another partner, so that accepting this one gives a unit two
+    partners (the merge then keeps one and treats the other unit as unmatched — added as
+    new, a duplicate — which no reviewer asked for).  Accepted links are ordered first.
     Several left units may share a right unit only through ``merge`` links, several right
     units a left unit only through ``split`` links."""
     return conn.execute(text(
         _LINK_SQL + "WHERE (l.run_id = :run OR (l.run_id IS NULL AND CAST(:run AS bigint) IS "
-        "NULL)) AND l.status = 'accepted' AND l.fid <> :f AND ("
+        "NULL)) AND l.status IN ('accepted', 'auto') AND l.fid <> :f AND ("
         "(l.right_unit_uuid = :ru AND l.left_unit_uuid <> :lu AND NOT "
         "(l.kind = 'merge' AND CAST(:k AS text) = 'merge')) OR "
         "(l.left_unit_uuid = :lu AND l.right_unit_uuid <> :ru AND NOT "
-        "(l.kind = 'split' AND CAST(:k AS text) = 'split'))) ORDER BY l.fid LIMIT 1"),
+        "(l.kind = 'split' AND CAST(:k AS text) = 'split'))) "
+        "ORDER BY CASE WHEN l.status = 'accepted' THEN 0 ELSE 1 END, l.fid LIMIT 1"),
         {"run": run_id, "f": fid, "lu": left_uuid, "ru": right_uuid, "k": kind}).first()
 
 
 def _refuse_rival(rival: Any, what: str) -> None:
+    how = (f"accepted by {rival.reviewer or 'someone'}" if rival.status == "accepted"
+           else "paired automatically" + (f" (score {rival.score:.2f})"
+                                          if rival.score is not None else ""))
     raise ConflictError(
         f"{what} would give a unit two partners: link #{rival.fid} already pairs "
         f"{rival.left_name!r} ({rival.left_ref or rival.left_unit_uuid}) with "
-        f"{rival.right_name!r} ({rival.right_ref or rival.right_unit_uuid}), accepted by "
-        f"{rival.reviewer or 'someone'}; a merge would keep only one of the two. Reject link "
+        f"{rival.right_name!r} ({rival.right_ref or rival.right_unit_uuid}), {how}; a merge "
+        f"would keep only one of the two and add the other unit as new. Reject link "
         f"#{rival.fid} first (georeg link reject REG {rival.fid}), or pass --force to accept "
         "both anyway.")
 

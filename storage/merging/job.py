@@ -529,6 +529,11 @@ def _link_warnings(info: dict[str, Any], recognised: list[dict[str, Any]], targe
         out.append(f"{info['stale']} link(s) are stale ({info.get('stale_target', 0)} miss their "
                    f"unit in {target.label}, {info.get('stale_source', 0)} in {source.label}); "
                    f"their units count as unmatched.{dropped}")
+    if info.get("ignored_second_links"):
+        out.append(f"{info['ignored_second_links']} link(s) were not used: they pair a unit "
+                   "already paired by another link (accepted links first, then by score); "
+                   "their other unit counts as unmatched. Reject the one that is wrong "
+                   "(georeg links REG … --json lists both) and merge again.")
     if recognised:
         kinds = {k: sum(1 for r in recognised if r["by"] == k)
                  for k in ("earlier merge", "ref", "uuid")}
