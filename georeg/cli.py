@@ -8,6 +8,7 @@ in the user's terms with an exit code that says what kind of problem it was
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -783,9 +784,17 @@ def unit_group_cmd(reg: str, source: str | None, number: int | None, unit: str, 
 def history_cmd(reg: str, unit: str | None, source: str | None, number: int | None, limit: int,
                 as_json: bool) -> None:
     """Show the change log, newest first: what changed, before and after, who and from where."""
+    import uuid as uuidlib
+
     from storage.audit import history
 
     with open_registry(reg) as registry:
+        if unit is not None and source is None:
+            try:
+                uuidlib.UUID(unit)
+            except ValueError:  # a ref: it needs the source, unless there is only one
+                with contextlib.suppress(InvalidInput):  # several: history says which
+                    source = the_source(registry, None)
         data = history(registry, unit=unit, source=source, number=number, limit=limit)
     emit(as_json, data, render.history)
 

@@ -211,7 +211,8 @@ def test_export_format_choices_are_the_formats_export_writes() -> None:
 # --- #16: the history of a unit by ref shows the draft too -------------------------------------
 
 
-def test_history_of_a_ref_shows_every_version_of_the_source(demo: str) -> None:
+def test_history_of_a_ref_shows_every_version_of_the_source(demo: str,
+                                                               tmp_path: Path) -> None:
     ok("version", "new", demo, "-s", SOURCE, "--from", "1")
     ok("unit", "edit", demo, "-s", SOURCE, "-v", "2", ALLEN_TOWN, "--name", "Allen Town CHC")
     log = ok("history", demo, "--unit", ALLEN_TOWN, "-s", SOURCE)
@@ -225,6 +226,14 @@ def test_history_of_a_ref_shows_every_version_of_the_source(demo: str) -> None:
     assert len(ok("history", demo, "--unit", ALLEN_TOWN, "-s", SOURCE, "--limit", "1")) == 1
     assert "No unit with uuid or ref 'NOPE'" in refused(4, "history", demo, "--unit", "NOPE",
                                                          "-s", SOURCE)
+    # one source: the ref is enough, as for the other commands; with two, the error says
+    # which source holds it
+    assert ok("history", demo, "--unit", ALLEN_TOWN) == log
+    survey = tmp_path / "survey.csv"
+    survey.write_text("ref,name,parent_ref\nS1,Survey root,\nS2,Survey unit,S1\n")
+    ok("import", demo, str(survey), "-s", "Survey")
+    assert f'Give the source: --source "{SOURCE}"' in refused(2, "history", demo, "--unit",
+                                                                ALLEN_TOWN)
 
 
 # --- #25: errors that send the user the right way ----------------------------------------------
