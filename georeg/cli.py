@@ -59,6 +59,8 @@ def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[...,
     def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
+            global _commands_running
+            _commands_running += 1
             try:
                 try:
                     return fn(*args, **kwargs)
@@ -71,12 +73,27 @@ def command(group: click.Group, name: str, **kw: Any) -> Callable[[Callable[...,
                     if ours is None:
                         raise
                     raise ours from error
+            except KeyboardInterrupt:
+                # Ctrl-C before a job finished (one that finished ignores it, see
+                # run_job): what had begun was rolled back on the way out
+                from storage.errors import Cancelled
+
+                stopped = Cancelled("Cancelled (Ctrl-C); nothing was changed.")
+                if kwargs.get("as_json"):
+                    click.echo(json.dumps(stopped.to_dict(), ensure_ascii=False), err=True)
+                else:
+                    err_console.print(f"[bold red]Error:[/] {escape(stopped.message)}",
+                                      highlight=False)
+                sys.exit(stopped.exit_code)
             except GeoregError as error:
                 if kwargs.get("as_json"):
                     click.echo(json.dumps(error.to_dict(), ensure_ascii=False), err=True)
                 else:
                     err_console.print(f"[bold red]Error:[/] {escape(error.message)}", highlight=False)
                 sys.exit(error.exit_code)
+            finally:
+                _commands_running -= 1
+                _restore_sigint()
 
         run = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(
             run
@@ -105,16 +122,49 @@ def open_registry(reg: str) -> Registry:
     return Registry.open(reg)
 
 
+#: SIGINT's handler before :func:`_finished` ignored it (restored when the command ends)
+_saved_sigint: Any = None
+#: commands running (``command``'s wrapper): only inside one is SIGINT ignored
+_commands_running = 0
+
+
+def _finished() -> None:
+    """A job has committed its work: Ctrl-C from now on (while the result is printed, the
+    files closed) must not say "cancelled, nothing was changed" (exit code 130) — a
+    script would run it again and import a second copy.  The rest of the command is
+    quick, so Ctrl-C is ignored until it ends (then :func:`entry` ignores it while the
+    process exits)."""
+    import signal
+    import threading
+
+    global _saved_sigint
+    if _commands_running and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _saved_sigint is None:
+            _saved_sigint = previous
+
+
+def _restore_sigint() -> None:
+    import signal
+
+    global _saved_sigint
+    if _saved_sigint is not None:
+        signal.signal(signal.SIGINT, _saved_sigint)
+        _saved_sigint = None
+
+
 def run_job(job: Job[Any], as_json: bool) -> Any:
     """Run a job with a progress bar on the terminal (not with --json); Ctrl-C cancels
-    (exit code 130), with or without a terminal."""
+    (exit code 130), with or without a terminal — until the job has finished."""
     if as_json or not sys.stderr.isatty():
         try:
-            return job.run()
+            result = job.run()
         except KeyboardInterrupt:  # (what it had begun is rolled back on the way out)
             from storage.errors import Cancelled
 
             raise Cancelled(f"{job.title}: cancelled (Ctrl-C).") from None
+        _finished()
+        return result
     from rich.progress import (
         BarColumn,
         Progress,
@@ -139,7 +189,9 @@ def run_job(job: Job[Any], as_json: bool) -> Any:
         except KeyboardInterrupt:
             job.cancel()
             bar.update(task, description=f"{job.title}: cancelling …")
-        return job.finalize()
+        result = job.finalize()
+    _finished()
+    return result
 
 
 REG = click.argument("reg", metavar="REG")
@@ -340,23 +392,42 @@ def init_cmd(reg: str, force: bool, as_json: bool) -> None:
               help="Name of the data source to create.")
 def demo_cmd(reg: str, force: bool, source: str, as_json: bool) -> None:
     """Build the Sierra Leone demo registry (DHIS2 demo data, bundled) at REG."""
+    from storage.backends import Location
     from storage.registry import Registry
     from sync.dhis2_json import read_files
     from sync.importing import ImportJob
 
     data_dir = Path(__file__).parent / "demo_data" / "sierra-leone"
     payload = read_files(sorted(data_dir.glob("*.json")))
-    with Registry.create(reg, overwrite=force) as registry:
-        job = ImportJob(registry, payload, source=source,
-                        description="Sierra Leone DHIS2 demo (2.41), bundled with Georeg",
-                        origin=ORIGIN)
-        result = run_job(job, as_json)
-        from storage.versions import publish_version
+    final = Location.parse(reg).path
+    if final is not None and final.exists() and not force:
+        Registry.create(reg)  # (refuses, with the usual words)
+    # A file is built beside REG and renamed into place once whole: Ctrl-C (or a crash)
+    # half-way leaves no half-made registry — one that `make run` would then keep.
+    building = (final.with_name(f".{final.stem}.building{final.suffix}")
+                if final is not None else None)
+    try:
+        with Registry.create(building or reg, overwrite=True if building else force) \
+                as registry:
+            job = ImportJob(registry, payload, source=source,
+                            description="Sierra Leone DHIS2 demo (2.41), bundled with Georeg",
+                            origin=ORIGIN)
+            result = run_job(job, as_json)
+            from storage.versions import publish_version
 
-        publish_version(registry, source, result["version"]["number"], make_default=True,
-                        origin=ORIGIN)
-        result["version"]["status"] = "published"
-        result["registry"] = registry.location.display()
+            publish_version(registry, source, result["version"]["number"], make_default=True,
+                            origin=ORIGIN)
+            result["version"]["status"] = "published"
+        if building is not None and final is not None:
+            for suffix in ("-wal", "-shm", "-journal"):  # an old registry's, with --force
+                Path(f"{final}{suffix}").unlink(missing_ok=True)
+            building.replace(final)
+            building = None
+        result["registry"] = Location.parse(reg).display()
+    finally:
+        if building is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{building}{suffix}").unlink(missing_ok=True)
     emit(as_json, result, render.import_result)
 
 
@@ -1103,8 +1174,23 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
+def entry() -> None:
+    """The ``georeg`` command (console script; ``python -m georeg.cli`` too).
+
+    Once the command is over, Ctrl-C is ignored while the process exits: a
+    KeyboardInterrupt then (modules torn down, files closed) would kill it by SIGINT —
+    exit code 130, "cancelled, nothing was changed" — after an import had committed,
+    and a script would import the file again."""
+    import signal
+
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "__main__":  # pragma: no cover
     # ``python -m georeg.cli``: run the one ``georeg.cli`` the command modules import
-    from georeg.cli import main as _main
+    from georeg.cli import entry as _entry
 
-    _main()
+    _entry()
