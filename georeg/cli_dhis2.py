@@ -151,8 +151,13 @@ def _render_conflicts(d: dict[str, Any]) -> list[str]:
         lines.append(f"  {len(by_uid)} {what} both here and in DHIS2: "
                      + (replaced if prefer else kept))
         for uid, items in list(by_uid.items())[:50]:
-            fields = "; ".join(f"{c['field']}: here {c['here']!r}, DHIS2 {c['dhis2']!r}"
-                               for c in items)
+            fields = "; ".join(
+                f"{c['field']}: here {c['here']!r}, DHIS2 {c['dhis2']!r}"
+                # (a conflict settled otherwise than the heading says: this side's kept
+                # although --prefer-remote, e.g. DHIS2's name is another group's here)
+                + (f" — kept here: {c['reason']}" if c.get("reason")
+                   else " — kept here" if prefer and c.get("kept") == "here" else "")
+                for c in items)
             lines.append(f"    {items[0]['name']} ({uid})  {fields}")
         if len(by_uid) > 50:
             lines.append(f"    … and {len(by_uid) - 50} more (use --json).")

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, text
 
 from storage.errors import ConflictError, InvalidInput, NotFound
 from storage.registry import Registry
-from storage.units import check_no_nul, no_group
+from storage.units import check_no_nul, group_row, same_name
 from storage.versions import VersionRef, require_draft, resolve_version
 
 #: how types are listed everywhere (by level, types without a level last)
@@ -63,6 +63,10 @@ def _type_row(conn: Connection, name: str) -> Any:
     if row is None:
         names = [r[0] for r in conn.execute(text(f"SELECT name FROM org_unit_type ORDER BY "
                                                  f"{TYPE_ORDER}"))]
+        near = same_name(name, names)
+        if near is not None:  # "type add" would refuse it: name the one that exists
+            raise NotFound(f"No org-unit type named {name!r} — did you mean {near!r}? "
+                           "(Type names match exactly.)")
         raise NotFound(f"No org-unit type named {name!r}"
                        + (f" (types: {', '.join(names)})." if names else
                           " (this registry has none yet).")
@@ -71,12 +75,14 @@ def _type_row(conn: Connection, name: str) -> Any:
 
 
 def _refuse_taken_type(conn: Connection, name: str, but: int | None = None) -> None:
-    clash = conn.execute(
-        text("SELECT name FROM org_unit_type WHERE lower(name) = lower(:n) "
-             "AND fid <> :but"), {"n": name, "but": -1 if but is None else but}).first()
+    """Names are unique case aside — compared in Python (:func:`storage.units.folded`),
+    not with SQL ``lower()``, which left "École" next to "école" (types are few)."""
+    clash = same_name(name, [r[0] for r in conn.execute(
+        text("SELECT name FROM org_unit_type WHERE fid <> :but"),
+        {"but": -1 if but is None else but})])
     if clash is not None:
-        same = "" if clash[0] == name else " (the names differ only in case)"
-        raise ConflictError(f"An org-unit type named {clash[0]!r} already exists{same}.")
+        same = "" if clash == name else " (the names differ only in case)"
+        raise ConflictError(f"An org-unit type named {clash!r} already exists{same}.")
 
 
 def _check_level(level: int | None, where: str) -> None:
@@ -155,27 +161,29 @@ def list_groups(reg: Registry, source: str, number: int | None = None) -> dict[s
 
 
 def find_group(conn: Connection, version: VersionRef, group: str) -> Any:
-    """A group of ``version`` by ref, else by name; the error says how to add one."""
-    group = (group or "").strip()
-    row = conn.execute(text(
-        "SELECT group_key, source_ref, name, short_name, code FROM org_unit_group "
-        "WHERE version_id = :v AND (source_ref = :g OR name = :g) "
-        "ORDER BY CASE WHEN source_ref = :g THEN 0 ELSE 1 END LIMIT 1"),
-        {"v": version.id, "g": group}).first()
-    if row is None:
-        raise no_group(group, version)
-    return row
+    """A group of ``version`` by ref, else by name; the error says how to add one (see
+    :func:`storage.units.group_row`)."""
+    return group_row(conn, version, group)
 
 
 def _refuse_taken_group(conn: Connection, version: VersionRef, name: str,
                         but: int | None = None) -> None:
-    clash = conn.execute(text(
-        "SELECT name FROM org_unit_group WHERE version_id = :v AND lower(name) = lower(:n) "
+    """A group's name is unique in its version case aside (compared in Python, see
+    :func:`_refuse_taken_type`), and is no other group's ref: commands that take a group
+    by ref or name try the ref first, so such a name would address the other group."""
+    others = conn.execute(text(
+        "SELECT name, source_ref FROM org_unit_group WHERE version_id = :v "
         "AND group_key <> :but"),
-        {"v": version.id, "n": name, "but": -1 if but is None else but}).first()
+        {"v": version.id, "but": -1 if but is None else but}).all()
+    clash = same_name(name, [r[0] for r in others])
     if clash is not None:
-        same = "" if clash[0] == name else " (the names differ only in case)"
-        raise ConflictError(f"{version.label} already has a group named {clash[0]!r}{same}.")
+        same = "" if clash == name else " (the names differ only in case)"
+        raise ConflictError(f"{version.label} already has a group named {clash!r}{same}.")
+    owner = next((r[0] for r in others if r[1] == name), None)
+    if owner is not None:
+        raise ConflictError(f"{name!r} is the ref of the group {owner!r} in {version.label}: "
+                            "commands that take a group by ref or name would find that one. "
+                            "Choose another name.")
 
 
 def add_group(reg: Registry, source: str, name: str, *, number: int | None = None,
@@ -189,7 +197,7 @@ def add_group(reg: Registry, source: str, name: str, *, number: int | None = Non
         check_no_nul(value, where, field, controls=True)
     with reg.write(origin=origin) as conn:
         version = resolve_version(conn, source, number)
-        require_draft(version)
+        require_draft(version, conn)
         _refuse_taken_group(conn, version, name)
         if ref is not None:
             clash = conn.execute(text("SELECT name FROM org_unit_group WHERE version_id = :v "
@@ -198,6 +206,11 @@ def add_group(reg: Registry, source: str, name: str, *, number: int | None = Non
             if clash is not None:
                 raise ConflictError(f"{where}: ref {ref!r} is already the group {clash[0]!r} "
                                     f"in {version.label}.")
+            if conn.execute(text("SELECT 1 FROM org_unit_group WHERE version_id = :v "
+                                 "AND name = :r"), {"v": version.id, "r": ref}).first():
+                raise ConflictError(f"{where}: ref {ref!r} is the name of another group in "
+                                    f"{version.label}: commands that take a group by ref or "
+                                    "name would find the new group instead.")
         conn.execute(text(
             "INSERT INTO org_unit_group (version_id, source_ref, name, short_name, code) "
             "VALUES (:v, :r, :n, :s, :c)"),
@@ -213,7 +226,7 @@ def rename_group(reg: Registry, source: str, group: str, new_name: str, *,
     """Rename a group (by ref or name) of a draft version; its members stay."""
     with reg.write(origin=origin) as conn:
         version = resolve_version(conn, source, number)
-        require_draft(version)
+        require_draft(version, conn)
         row = find_group(conn, version, group)
         new = _clean_name(new_name, "group", f"Group {row.name!r}")
         if new == row.name:

@@ -12,7 +12,8 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,20 @@ def _unit_dict(reg: Registry, conn: Connection, fid: int) -> dict[str, Any]:
     return data
 
 
+def folded(name: str) -> str:
+    """A type's or group's name as compared for uniqueness ("case aside"): Unicode
+    case folding in Python, the same on every backend — SQL ``lower()`` folds ASCII only
+    on SQLite (and depends on the locale on PostgreSQL), so "école" passed next to
+    "École".  NFC first: an "é" typed as e + accent is the same name as the one-letter "é"."""
+    return unicodedata.normalize("NFC", name.strip()).casefold()
+
+
+def same_name(name: str, names: Iterable[str | None]) -> str | None:
+    """The first of ``names`` that is ``name`` case aside (see :func:`folded`), if any."""
+    key = folded(name)
+    return next((n for n in names if n is not None and folded(n) == key), None)
+
+
 def _type_id(conn: Connection, type_name: str | None, where: str) -> int | None:
     if type_name is None or type_name == "":
         return None
@@ -166,6 +181,10 @@ def _type_id(conn: Connection, type_name: str | None, where: str) -> int | None:
         names = [r[0] for r in conn.execute(text(
             "SELECT name FROM org_unit_type ORDER BY CASE WHEN depth IS NULL THEN 1 ELSE 0 END, "
             "depth, name"))]
+        near = same_name(type_name, names)
+        if near is not None:  # "type add" would refuse it: name the one that exists
+            raise InvalidInput(f"{where}: field 'type': no org-unit type named {type_name!r} "
+                               f"— did you mean {near!r}? (Type names match exactly.)")
         raise InvalidInput(
             f"{where}: field 'type': no org-unit type named {type_name!r}"
             + (f" (types: {', '.join(names)})." if names else ".")
@@ -265,7 +284,7 @@ def _draft(reg: Registry, source: str, number: int | None, origin: str, author: 
     """A write transaction on a draft version (a published one is refused up front)."""
     with reg.write(origin=origin, author=author) as conn:
         version = resolve_version(conn, source, number)
-        require_draft(version)
+        require_draft(version, conn)
         yield conn, version
 
 
@@ -586,22 +605,46 @@ def set_geometry(
         return _unit_dict(reg, conn, handle.fid)
 
 
-def _group_key(conn: Connection, version: VersionRef, group: str) -> int:
-    row = conn.execute(
+def group_row(conn: Connection, version: VersionRef, group: str) -> Any:
+    """A group of ``version`` by ref (first: refs are unique), else by name.  A name two
+    groups share (a DHIS2 pull may bring a group named like one made here) is refused
+    with their refs rather than picking one — an edit would land in the wrong group."""
+    group = (group or "").strip()
+    rows = conn.execute(
         text(
-            "SELECT group_key FROM org_unit_group WHERE version_id = :v AND "
-            "(source_ref = :g OR name = :g) ORDER BY CASE WHEN source_ref = :g THEN 0 ELSE 1 END"
+            "SELECT group_key, source_ref, name, short_name, code FROM org_unit_group "
+            "WHERE version_id = :v AND (source_ref = :g OR name = :g) "
+            "ORDER BY CASE WHEN source_ref = :g THEN 0 ELSE 1 END, group_key"
         ),
         {"v": version.id, "g": group},
-    ).first()
-    if row is None:
-        raise no_group(group, version)
-    return int(row[0])
+    ).all()
+    if not rows:
+        raise no_group(group, version, conn)
+    if rows[0].source_ref != group and len(rows) > 1:
+        refs = ", ".join(repr(r.source_ref) if r.source_ref else "(no ref)" for r in rows)
+        raise ConflictError(
+            f"{len(rows)} groups of {version.label} are named {group!r} (refs: {refs}): "
+            "give the ref, or rename one: georeg group rename REG REF NEW_NAME "
+            f"-s \"{version.source}\" -v {version.number}")
+    return rows[0]
 
 
-def no_group(group: str, version: VersionRef) -> NotFound:
+def _group_key(conn: Connection, version: VersionRef, group: str) -> int:
+    return int(group_row(conn, version, group).group_key)
+
+
+def no_group(group: str, version: VersionRef, conn: Connection | None = None) -> NotFound:
     """The error for a group a version does not have, with the commands that list and
-    add groups (until they existed, the user could only read what was missing)."""
+    add groups (until they existed, the user could only read what was missing) — or,
+    when a group's name or ref is ``group`` case aside, that one (``group add`` would
+    refuse the name: advising it would send the user round in a loop)."""
+    if conn is not None:
+        near = same_name(group, [n for r in conn.execute(text(
+            "SELECT name, source_ref FROM org_unit_group WHERE version_id = :v ORDER BY name"),
+            {"v": version.id}) for n in r])
+        if near is not None:
+            return NotFound(f"No group {group!r} (by ref or name) in {version.label} — did "
+                            f"you mean {near!r}? (Group names and refs match exactly.)")
     return NotFound(
         f"No group {group!r} (by ref or name) in {version.label}. List them with "
         f"'georeg group list REG -s \"{version.source}\" -v {version.number}'; add one with "

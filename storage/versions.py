@@ -89,13 +89,24 @@ def version_by_id(conn: Connection, version_id: int) -> VersionRef:
     return VersionRef(row[0], row[1], row[2], row[3], row[4])
 
 
-def require_draft(version: VersionRef) -> None:
-    """Refuse early, with the command that fixes it, before the database would."""
+def require_draft(version: VersionRef, conn: Connection | None = None) -> None:
+    """Refuse early, with the command that fixes it, before the database would.  Given
+    ``conn``, the error names the source's draft when it has one (see :func:`_published`)."""
     if version.status == "published":
-        raise _published(version)
+        raise _published(version, conn)
 
 
-def _published(version: VersionRef) -> PublishedVersionError:
+def _published(version: VersionRef, conn: Connection | None = None) -> PublishedVersionError:
+    """The error for an edit of a published version.  When the source already has a
+    draft (read through ``conn``), it is the one to edit: advising a new draft would
+    make a second one."""
+    draft = None if conn is None else conn.execute(
+        text("SELECT max(number) FROM source_version WHERE source_id = :s "
+             "AND status = 'draft'"), {"s": version.source_id}).scalar()
+    if draft is not None:
+        return PublishedVersionError(
+            f"{version.label} is published and read-only; draft v{draft} exists: "
+            f"add -v {draft} to edit it.")
     return PublishedVersionError(
         f"{version.label} is published and read-only. Make a new draft to edit it: "
         f"georeg version new REG --source \"{version.source}\" --from {version.number}"
@@ -369,7 +380,7 @@ def _copy_units_sqlite(
         text("SELECT status FROM source_version WHERE fid = :v"), {"v": to_id}
     ).scalar()
     if status == "published":
-        raise _published(version_by_id(conn, to_id))
+        raise _published(version_by_id(conn, to_id), conn)
     bounds = conn.execute(
         text(
             "SELECT min(fid), max(fid), count(*), sum(unit_key IS NULL OR uuid IS NULL "

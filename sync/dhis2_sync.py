@@ -44,6 +44,7 @@ from storage.bulk import UnitRecord
 from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound
 from storage.jobs import Job, Progress
 from storage.registry import Registry, json_value
+from storage.units import folded, same_name
 from storage.versions import VersionRef, create_version
 from sync.dhis2_client import Dhis2Client, MetadataImportResult, ObjectError, derived_uid, is_uid
 from sync.dhis2_json import DHIS2_EXTRA_KEYS, Dhis2Payload, to_import_payload
@@ -276,8 +277,10 @@ class Dhis2PullJob(Job[dict[str, Any]]):
                 self.reg, newest[0], records, {"dhis2_pull", self.origin},
                 prefer_remote=self.prefer_remote)
             payload.units, payload.total = records, len(records)
-            if not self.prefer_remote:
-                protected = edits.memberships
+            # always, even with prefer_remote: a membership is in or out, so DHIS2 cannot
+            # have changed one set or removed here "the other way" — there is nothing of
+            # DHIS2's to prefer, only this side's edit to lose
+            protected = edits.memberships
             number = self._target_draft(newest)
         job = ImportJob(self.reg, payload, source=self.source, number=number,
                         description=payload.description, origin=self.origin, author=self.author)
@@ -313,7 +316,9 @@ class Dhis2PullJob(Job[dict[str, Any]]):
             "group_sets": len(group_sets), "group_changes": group_changes,
             "requests": client.request_count - start,
             "import": {k: result[k] for k in ("created", "updated", "unchanged", "rejected",
-                                              "rows", "warnings", "loaded")},
+                                              "rows", "warnings", "loaded")}
+            | {"warnings": list(result["warnings"])
+               + (synced.warnings if synced is not None else [])},
             # units and groups changed both here and in DHIS2: kept as they are here
             # (held), or with prefer_remote replaced by DHIS2's values; one entry per unit
             # or group and field ("kind": "unit" or "group"); conflict_count: units held,
@@ -763,8 +768,12 @@ class _GroupSync:
     conflicts: list[dict[str, Any]]
     #: group uid → DHIS2's values as the next pull compares with them (``group_names``)
     recorded: dict[str, dict[str, Any]]
-    #: groups kept as they are here although DHIS2 renamed them (not with prefer_remote)
+    #: groups kept as they are here although DHIS2 renamed them (not with prefer_remote;
+    #: with it too when DHIS2's name is another group's here)
     held: int
+    #: groups of the version named alike case aside (a new DHIS2 group named like one
+    #: made here): one line per name, said by every pull until one is renamed
+    warnings: list[str] = field(default_factory=list)
 
 
 def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]],
@@ -776,7 +785,7 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
 
     Memberships: one set or removed here (``protected``: group key, unit key) is kept.
     DHIS2 cannot have changed it the other way: a member is in or out, so DHIS2 either
-    agrees already or has not changed.
+    agrees already or has not changed — which is why ``prefer_remote`` keeps it too.
 
     Names, short names and codes: group renames leave no change-log row, so what was
     changed on which side is told by ``known``, each group's values as DHIS2 had them
@@ -785,7 +794,14 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
     changed here only and is kept (the push sends it); one changed on both sides to
     different values — or, with nothing known, that differs — is a conflict: kept as it
     is here (and recorded as DHIS2 had it before, so every pull lists it again until
-    settled), or with ``prefer_remote`` DHIS2's."""
+    settled), or with ``prefer_remote`` DHIS2's.
+
+    A name DHIS2 gives a group is not taken when another group of the version has it
+    (case aside, see :func:`storage.units.folded`): group names are unique in a version,
+    and commands that take a group by name would hit either.  It is a conflict whatever
+    the side (``kept``: here, with a ``reason``) until the other group here is renamed.  A
+    new DHIS2 group named like a group here is still made — refusing it would drop
+    DHIS2's group and its members — and ``warnings`` says so on every pull until settled."""
     known = known or {}
     keys = {r[1]: int(r[0]) for r in conn.execute(text(
         "SELECT group_key, source_ref FROM org_unit_group WHERE version_id = :v"),
@@ -794,6 +810,9 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
              for r in conn.execute(text(
                  "SELECT source_ref, name, short_name, code FROM org_unit_group "
                  "WHERE version_id = :v"), {"v": version_id})}
+    #: group key → its name now (every group of the version, with a ref or not)
+    taken = {int(r[0]): str(r[1]) for r in conn.execute(text(
+        "SELECT group_key, name FROM org_unit_group WHERE version_id = :v"), {"v": version_id})}
     units = {r[0]: int(r[1]) for r in conn.execute(text(
         "SELECT source_ref, unit_key FROM org_unit WHERE version_id = :v AND source_ref IS NOT "
         "NULL"), {"v": version_id})}
@@ -814,6 +833,7 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
             keys[gid] = int(conn.execute(text(
                 "SELECT group_key FROM org_unit_group WHERE version_id = :v AND source_ref = :r"),
                 {"v": version_id, "r": gid}).scalar_one())
+            taken[keys[gid]] = theirs["name"]
             out.counts["groups_created"] += 1
         else:
             mine = names[gid]
@@ -840,6 +860,31 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
                         recorded[prop] = base[prop]
                     else:
                         del recorded[prop]  # still not known: listed again next time
+            other = (None if new["name"] == mine["name"] else same_name(
+                new["name"], [n for k, n in taken.items() if k != keys[gid]]))
+            if other is not None:
+                # DHIS2's name is another group's here: keep this side's, and say so on
+                # every pull (recorded as DHIS2 had it before) until that one is renamed
+                reason = f"name already used here by group {other!r}"
+                listed = next((c for c in out.conflicts if c["uid"] == gid
+                               and c["field"] == "name"), None)
+                if listed is None:
+                    out.conflicts.append({
+                        "kind": "group", "uid": gid, "name": mine["name"], "field": "name",
+                        "here": _shown(mine["name"]), "dhis2": _shown(theirs["name"]),
+                        "kept": "here", "reason": reason})
+                else:
+                    listed |= {"kept": "here", "reason": reason}
+                out.warnings.append(
+                    f"DHIS2 renamed the group {mine['name']!r} ({gid}) to {theirs['name']!r}, "
+                    f"the name of the group {other!r} here: kept as {mine['name']!r}. Rename "
+                    f"{other!r} here (georeg group rename) and the next pull takes DHIS2's.")
+                new["name"] = mine["name"]
+                held = True
+                if "name" in base:
+                    recorded["name"] = base["name"]
+                else:
+                    recorded.pop("name", None)
             out.held += held
             if new != mine:
                 conn.execute(text(
@@ -848,6 +893,7 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
                     {"v": version_id, "r": gid, "n": new["name"], "s": new["shortName"],
                      "c": new["code"]})
                 out.counts["groups_renamed"] += 1
+                taken[keys[gid]] = new["name"]
         out.recorded[gid] = recorded
         key = keys[gid]
         want = {units[m["id"]] for m in g.get("organisationUnits") or []
@@ -867,6 +913,16 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
                               "group_key = :g AND unit_key = :u"), remove)
         out.counts["members_added"] += len(add)
         out.counts["members_removed"] += len(remove)
+    alike: dict[str, list[str]] = {}
+    for name in taken.values():
+        alike.setdefault(folded(name), []).append(name)
+    out.warnings += [
+        (f"{len(names)} groups are named {names[0]!r}" if len(set(names)) == 1 else
+         f"{len(names)} groups are named alike (case aside): "
+         + ", ".join(repr(n) for n in names))
+        + ": commands that take a group by name cannot tell them apart. Rename one: "
+        "georeg group rename REG REF NEW_NAME (the refs: georeg group list REG)."
+        for names in alike.values() if len(names) > 1]
     return out
 
 
