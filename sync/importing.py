@@ -451,7 +451,7 @@ class ImportJob(Job[dict[str, Any]]):
                     version = self._into_new_version(conn, report)
                 else:
                     version = resolve_version(conn, self.source, self.number)
-                    require_draft(version)
+                    require_draft(version, conn)
                     _Upsert(self, conn, version, report).run()
                 report.warnings.extend(self.payload.warnings[known:])
                 if report.rejected and not self.skip_invalid:

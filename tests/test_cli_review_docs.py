@@ -297,3 +297,13 @@ def test_source_can_be_left_out_when_the_registry_has_one(demo: str) -> None:
     assert ok("tree", demo, "-s", SOURCE, "--max-depth", "1")["total_units"] == 1332
     # import never guesses where a file goes
     assert "Missing option '--source'" in run("import", demo, "x.csv").output
+
+
+def test_an_import_into_the_published_version_names_the_draft(demo: str,
+                                                              tmp_path: Path) -> None:
+    """Advising 'georeg version new' when a draft exists would make a second draft."""
+    ok("version", "new", demo, "-s", SOURCE, "--from", "1")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("ref,name,parent_ref\nNEW1,New CHP,O6uvpzGd5pu\n")
+    message = refused(5, "import", demo, str(rows), "-s", SOURCE, "-v", "1")
+    assert "v1 is published and read-only; draft v2 exists: add -v 2 to edit it." in message
