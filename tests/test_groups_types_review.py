@@ -34,6 +34,7 @@ from storage.versions import create_source, create_version
 from sync.dhis2_client import Dhis2Client
 from tests.dhis2_helpers import PASSWORD, client_for
 from tests.fake_dhis2 import FakeDhis2
+from tests.test_cli_review_docs import ok, refused
 
 SOURCE = "Sierra Leone (DHIS2 demo)"
 FACILITY = "DiszpKrYNg8"  # a facility of the fake DHIS2 and of the demo
@@ -43,18 +44,6 @@ ENV = {"GEOREG_DHIS2_PASSWORD": PASSWORD}
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(main, list(args), env=env)
-
-
-def ok(*args: str) -> Any:
-    result = run(*args, "--json")
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    return json.loads(result.stdout)
-
-
-def refused(code: int, *args: str) -> str:
-    result = run(*args, "--json")
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    return str(json.loads(result.stderr)["message"])
 
 
 def dhis2_pull(fake: FakeDhis2, reg: str, *extra: str) -> Result:
