@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -1070,11 +1071,17 @@ class Dhis2PushJob(Job[dict[str, Any]]):
         if bad or bad_groups:
             shown = ", ".join([f"{u.name!r} (ref {u.source_ref})" for u in bad[:5]]
                               + [f"group {g.name!r} (ref {g.ref})" for g in bad_groups[:5]])
+            # a survey's refs that a merge brought in with the units it added, typically:
+            # the exact commands that clear them (the push then makes their uids)
+            fixes = "; ".join(
+                f"georeg unit edit REG -s {shlex.quote(version.source)} -v {version.number} "
+                f"{u.uuid} --ref ''" for u in bad[:5])
             raise InvalidInput(
                 f"{len(bad) + len(bad_groups)} unit(s)/group(s) of {version.label} have a ref "
                 f"that is not a DHIS2 uid (11 letters/digits, a letter first): {shown}. "
                 "Push a source that mirrors DHIS2 (pulled with 'georeg dhis2 pull'), or clear "
-                "those refs so that uids are generated.")
+                "those refs so that uids are generated"
+                + (f": {fixes}" + (" …" if len(bad) > 5 else "") if bad else "") + ".")
 
     def _known_uids(self) -> tuple[dict[str, str], dict[int, str]]:
         """uids given to units and groups of published versions of this source (change log)."""

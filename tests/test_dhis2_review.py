@@ -367,3 +367,36 @@ def test_a_nightly_pull_keeps_the_registry_s_own_extra_fields(fake41: FakeDhis2,
         assert result["conflicts"] == []
         assert here(reg, ADONKIA)["extra_fields"] == {
             "shortName": "Adonkia CHP (new)", "beds": 12, "description": "Survey 2026"}
+
+
+# --- a survey's refs brought in by a merge: the push says how to clear them -----------------
+
+
+def test_a_ref_that_is_not_a_dhis2_uid_is_refused_with_the_commands_that_clear_it(
+        fake41: FakeDhis2, tmp_path: Any) -> None:
+    """The compare-and-merge story: units a merge added from the survey keep the survey's
+    refs (SRV01333); a push to DHIS2 must refuse them, and say exactly what to run."""
+    from georeg.cli import main
+
+    location = str(tmp_path / "r.gpkg")
+    Registry.create(location).close()
+    conn = ["--url", fake41.url, "--user", "admin"]
+    env = {"GEOREG_DHIS2_PASSWORD": PASSWORD}
+    runner = CliRunner()
+    assert runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn],
+                         env=env).exit_code == 0
+    with Registry.open(location) as reg:
+        added = U.add_unit(reg, "SL", number=1, name="Survey-only CHP", parent=NGELEHUN,
+                           source_ref="SRV01333")
+    refused = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "1", *conn,
+                                          "--dry-run"], env=env)
+    assert refused.exit_code == 2, refused.output
+    message = " ".join(refused.output.split())
+    fix = f"georeg unit edit REG -s SL -v 1 {added['uuid']} --ref ''"
+    assert "'Survey-only CHP' (ref SRV01333)" in message and fix in message, message
+    # the command, as given, clears it; the push then makes its uid
+    args = fix.replace("REG", location).split()[1:-1] + [""]
+    assert runner.invoke(main, args).exit_code == 0
+    sent = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "1", *conn,
+                                       "--dry-run"], env=env)
+    assert sent.exit_code == 0, sent.output
