@@ -234,3 +234,33 @@ def test_empty_and_header_only(tmp_path: Path) -> None:
         read(tmp_path, "")
     with pytest.raises(InvalidInput, match="has a header but no rows"):
         read(tmp_path, HEADER)
+
+
+def test_bad_coordinates_are_the_rows_problem_and_skip_invalid_skips_it(
+        tmp_path: Path, location: str) -> None:
+    """One school typed 'north' for its latitude: the import lists it (with every other
+    problem) and writes nothing; --skip-invalid imports the other schools and their
+    levels.  Before, the reading stopped, and --skip-invalid could not skip it."""
+    from click.testing import CliRunner
+    from sqlalchemy import text
+
+    from georeg.cli import main
+
+    path = tmp_path / "tree.csv"
+    path.write_text(HEADER + "K;D;Z;EP Nord;north;2;S1\nK;D;Z;EP Sud;1.5;2;S2\n"
+                    "K;D;Z2;EP Est;1.6;2.1;S3\n", encoding="utf-8")
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", location]).exit_code == 0
+    args = ["import", location, str(path), "-s", "Schools", "--data-dict", dd(tmp_path),
+            "--json"]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 2, refused.output
+    assert "tree.csv, row 2: field 'lat' is 'north'" in refused.stderr
+    with Registry.open(location) as reg, reg.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM org_unit")).scalar() == 0
+    done = runner.invoke(main, [*args, "--skip-invalid"])
+    assert done.exit_code == 0, done.output
+    data = json.loads(done.stdout)
+    assert (data["created"], data["rejected"]) == (6, 1)  # K, D, Z, Z2 and two schools
+    [row] = [r for r in data["rows"] if r["status"] == "rejected"]
+    assert row["where"] == "tree.csv, row 2" and "'north'" in row["message"]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.bulk import UnitRecord
+from storage.bulk import ROW_PROBLEMS, UnitRecord
 from storage.errors import InvalidInput
 from sync.exchange import ImportPayload, ReadOptions, TypeDef
 from sync.formats.tabular import (
@@ -119,6 +119,9 @@ class _Tree:
         self.taken: set[str] = set()
         self.warnings: list[str] = []
         self.rows = 0
+        #: rows whose coordinates cannot be read (the first ones' messages, and how many)
+        self.point_problems: list[str] = []
+        self.bad_points = 0
 
     def cell(self, cells: list[str], column: str | None) -> str:
         if column is None:
@@ -167,12 +170,8 @@ class _Tree:
                 n_problems += 1
                 if len(problems) < MAX_LISTED:
                     problems.append(error.message)
-        if problems:
-            listed = "\n".join(f"  - {p}" for p in problems)
-            more = n_problems - len(problems)
-            raise InvalidInput(f"{n_problems} row(s) of {self.path.name} have unreadable "
-                               f"coordinates; nothing was imported:\n{listed}"
-                               + (f"\n  … and {more} more." if more > 0 else ""))
+        # unreadable coordinates are the row's problem (see records), not the file's
+        self.point_problems, self.bad_points = problems, n_problems
         if self.rows == 0:
             raise InvalidInput(f"{self.path.name} has a header but no rows.")
         for key in levels_seen:  # after the leaf refs: a level never takes a leaf's ref
@@ -211,6 +210,16 @@ class _Tree:
                      self.where(n), self.dd.latitude, self.dd.longitude)
 
     def records(self) -> Iterator[UnitRecord]:
+        """The level units, then each row's unit.  A row whose coordinates cannot be read
+        comes with its ``problem``, for the import job to reject with the other rows'
+        (``--skip-invalid`` skips it: a leaf, nothing hangs below it); read outside the
+        job, such rows stop the reading, all listed, before the first unit."""
+        if self.bad_points and not ROW_PROBLEMS.get():
+            listed = "\n".join(f"  - {p}" for p in self.point_problems)
+            more = self.bad_points - len(self.point_problems)
+            raise InvalidInput(f"{self.bad_points} row(s) of {self.path.name} have unreadable "
+                               f"coordinates; nothing was imported:\n{listed}"
+                               + (f"\n  … and {more} more." if more > 0 else ""))
         made: set[tuple[int, tuple[str, ...]]] = set()
         for n, cells in data_rows(self.table):
             parent: str | None = None
@@ -225,14 +234,19 @@ class _Tree:
             extra = {h: v for i, h in self.extras.items()
                      if (v := cells[i].strip() if i < len(cells) else "")
                      and v.casefold() != "null"}
+            try:
+                location, problem = self._point(cells, n), None
+            except InvalidInput as error:
+                location, problem = None, error.message
             yield UnitRecord(
                 name=self.cell(cells, self.dd.name),
                 source_ref=self.cell(cells, self.dd.source_ref) or f"row:{n}",
                 parent_ref=parent,
                 type_name=self.leaf_type,
-                location=self._point(cells, n),
+                location=location,
                 extra_fields=extra or None,
                 where=self.where(n),
+                problem=problem,
             )
 
 
