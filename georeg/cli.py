@@ -13,6 +13,7 @@ import functools
 import importlib
 import json
 import pkgutil
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -190,7 +191,7 @@ def run_job(job: Job[Any], as_json: bool) -> Any:
             job.cancel()
             bar.update(task, description=f"{job.title}: cancelling …")
         result = job.finalize()
-    _finished()
+        _finished()  # before the bar closes: a Ctrl-C while it does must not say "cancelled"
     return result
 
 
@@ -844,6 +845,11 @@ def unit_group_cmd(reg: str, source: str | None, number: int | None, unit: str, 
 # --- history and checks ---------------------------------------------------------------
 
 
+#: a uuid as Georeg writes them (8-4-4-4-12 hex digits); anything else given to
+#: ``--unit`` is a ref
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
 @command(main, "history")
 @REG
 @click.option("--unit", default=None, help="Only this unit (uuid; a ref works with --source).")
@@ -855,17 +861,13 @@ def unit_group_cmd(reg: str, source: str | None, number: int | None, unit: str, 
 def history_cmd(reg: str, unit: str | None, source: str | None, number: int | None, limit: int,
                 as_json: bool) -> None:
     """Show the change log, newest first: what changed, before and after, who and from where."""
-    import uuid as uuidlib
-
     from storage.audit import history
 
     with open_registry(reg) as registry:
-        if unit is not None and source is None:
-            try:
-                uuidlib.UUID(unit)
-            except ValueError:  # a ref: it needs the source, unless there is only one
-                with contextlib.suppress(InvalidInput):  # several: history says which
-                    source = the_source(registry, None)
+        if unit is not None and source is None and not _CANONICAL_UUID.fullmatch(unit):
+            # a ref (ODK's 32 hex digits too): it needs the source, unless there is one
+            with contextlib.suppress(InvalidInput):  # several: history says which
+                source = the_source(registry, None)
         data = history(registry, unit=unit, source=source, number=number, limit=limit)
     emit(as_json, data, render.history)
 

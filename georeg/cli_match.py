@@ -174,8 +174,9 @@ def link_group() -> None:
 REVIEWER = click.option("--reviewer", default=None,
                         help="Who decides (default: the logged-in user).")
 FORCE = click.option("--force", is_flag=True,
-                     help="Accept even when a unit already has another accepted partner "
-                          "(refused otherwise: the merge would keep only one of them).")
+                     help="Accept even when a unit already has another partner the merge "
+                          "uses, accepted or auto (refused otherwise: the merge would use "
+                          "only one of the two links).")
 
 
 def _decision_text(d: list[dict[str, Any]]) -> str:

@@ -1071,17 +1071,38 @@ class Dhis2PushJob(Job[dict[str, Any]]):
         if bad or bad_groups:
             shown = ", ".join([f"{u.name!r} (ref {u.source_ref})" for u in bad[:5]]
                               + [f"group {g.name!r} (ref {g.ref})" for g in bad_groups[:5]])
-            # a survey's refs that a merge brought in with the units it added, typically:
-            # the exact commands that clear them (the push then makes their uids)
-            fixes = "; ".join(
-                f"georeg unit edit REG -s {shlex.quote(version.source)} -v {version.number} "
-                f"{u.uuid} --ref ''" for u in bad[:5])
             raise InvalidInput(
                 f"{len(bad) + len(bad_groups)} unit(s)/group(s) of {version.label} have a ref "
                 f"that is not a DHIS2 uid (11 letters/digits, a letter first): {shown}. "
                 "Push a source that mirrors DHIS2 (pulled with 'georeg dhis2 pull'), or clear "
                 "those refs so that uids are generated"
-                + (f": {fixes}" + (" …" if len(bad) > 5 else "") if bad else "") + ".")
+                + (self._ref_fix(version, bad) if bad else "."),
+                units=[{"uuid": u.uuid, "name": u.name, "ref": u.source_ref} for u in bad])
+
+    def _ref_fix(self, version: VersionRef, bad: list[ExportUnit]) -> str:
+        """How to clear the units' refs — a survey's, that a merge brought in with the units
+        it added, typically: in a draft (a published version cannot change), one command
+        per unit, with this registry's own name (the push then makes their uids)."""
+        reg = shlex.quote(self.reg.location.display())
+        src = shlex.quote(version.source)
+        head = ""
+        number: int | str = version.number
+        if version.status == "published":
+            with self.reg.read() as conn:
+                draft = conn.execute(text(
+                    "SELECT max(number) FROM source_version WHERE source_id = :s "
+                    "AND status = 'draft'"), {"s": version.source_id}).scalar()
+            if draft is not None:
+                head, number = f" in draft v{draft} (then push v{draft})", int(draft)
+            else:
+                head, number = (f" in a new draft (georeg version new {reg} -s {src} --from "
+                                f"{version.number}, then push it)", "N")
+        shown = bad[:50]
+        commands = "\n".join(f"  georeg unit edit {reg} -s {src} -v {number} {u.uuid} --ref ''"
+                              for u in shown)
+        more = (f"\n  … and {len(bad) - len(shown)} more (--json lists them all)"
+                if len(bad) > len(shown) else "")
+        return f"{head}:\n{commands}{more}"
 
     def _known_uids(self) -> tuple[dict[str, str], dict[int, str]]:
         """uids given to units and groups of published versions of this source (change log)."""

@@ -549,7 +549,7 @@ def _rejection_error(report: ImportReport, *, everything: bool = False
     if everything:
         return kind(
             f"All {report.rejected} row(s) rejected{cycles}: no row to import, so nothing was "
-            f"imported (and no version made):\n{shown}{more}\nFix the file and import it again.",
+            f"imported:\n{shown}{more}\nFix the file and import it again.",
             rejected=rejected,
         )
     return kind(

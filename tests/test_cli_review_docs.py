@@ -307,3 +307,15 @@ def test_an_import_into_the_published_version_names_the_draft(demo: str,
     rows.write_text("ref,name,parent_ref\nNEW1,New CHP,O6uvpzGd5pu\n")
     message = refused(5, "import", demo, str(rows), "-s", SOURCE, "-v", "1")
     assert "v1 is published and read-only; draft v2 exists: add -v 2 to edit it." in message
+
+
+def test_history_of_a_ref_of_32_hex_digits_needs_no_source(location: str,
+                                                           tmp_path: Path) -> None:
+    """ODK/Kobo ids are 32 hex digits — a ref, not a uuid, although Python's UUID() reads
+    them: with one source, the ref is enough."""
+    ok("init", location)
+    rows = tmp_path / "odk.csv"
+    rows.write_text("ref,name\n0123456789abcdef0123456789abcdef,Alpha\n")
+    ok("import", location, str(rows), "-s", "ODK")
+    [entry] = ok("history", location, "--unit", "0123456789abcdef0123456789abcdef")
+    assert entry["op"] in ("import", "insert"), entry

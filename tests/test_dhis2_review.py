@@ -375,8 +375,12 @@ def test_a_nightly_pull_keeps_the_registry_s_own_extra_fields(fake41: FakeDhis2,
 def test_a_ref_that_is_not_a_dhis2_uid_is_refused_with_the_commands_that_clear_it(
         fake41: FakeDhis2, tmp_path: Any) -> None:
     """The compare-and-merge story: units a merge added from the survey keep the survey's
-    refs (SRV01333); a push to DHIS2 must refuse them, and say exactly what to run."""
+    refs (SRV01333); a push to DHIS2 must refuse them, and say exactly what to run — in a
+    draft when the version is published (it cannot change), with this registry's name."""
+    import shlex
+
     from georeg.cli import main
+    from storage.versions import create_version
 
     location = str(tmp_path / "r.gpkg")
     Registry.create(location).close()
@@ -388,15 +392,25 @@ def test_a_ref_that_is_not_a_dhis2_uid_is_refused_with_the_commands_that_clear_i
     with Registry.open(location) as reg:
         added = U.add_unit(reg, "SL", number=1, name="Survey-only CHP", parent=NGELEHUN,
                            source_ref="SRV01333")
+        publish_version(reg, "SL", 1)
     refused = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "1", *conn,
-                                          "--dry-run"], env=env)
+                                          "--dry-run", "--json"], env=env)
     assert refused.exit_code == 2, refused.output
-    message = " ".join(refused.output.split())
-    fix = f"georeg unit edit REG -s SL -v 1 {added['uuid']} --ref ''"
-    assert "'Survey-only CHP' (ref SRV01333)" in message and fix in message, message
-    # the command, as given, clears it; the push then makes its uid
-    args = fix.replace("REG", location).split()[1:-1] + [""]
-    assert runner.invoke(main, args).exit_code == 0
-    sent = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "1", *conn,
+    error = json.loads(refused.stderr)
+    assert error["details"]["units"] == [
+        {"uuid": added["uuid"], "name": "Survey-only CHP", "ref": "SRV01333"}]
+    assert "'Survey-only CHP' (ref SRV01333)" in error["message"]
+    assert f"in a new draft (georeg version new {shlex.quote(location)} -s SL --from 1" \
+        in error["message"]
+    with Registry.open(location) as reg:
+        create_version(reg, "SL", copy_from=1)
+    refused = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "1", *conn,
+                                          "--dry-run", "--json"], env=env)
+    message = json.loads(refused.stderr)["message"]
+    fix = f"georeg unit edit {shlex.quote(location)} -s SL -v 2 {added['uuid']} --ref ''"
+    assert "in draft v2 (then push v2):" in message and fix in message, message
+    # the command, as given, clears it; the draft's push then makes its uid
+    assert runner.invoke(main, shlex.split(fix)[1:]).exit_code == 0
+    sent = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "2", *conn,
                                        "--dry-run"], env=env)
     assert sent.exit_code == 0, sent.output

@@ -138,7 +138,7 @@ def test_skip_invalid_with_no_valid_row_is_an_error_not_an_empty_draft(
         assert result.exit_code == 2, result.output
         out = flat(result)
         assert "All 3 row(s) rejected: no row to import" in out, out
-        assert "no version made" in out and "districts.csv, row 2: " in out
+        assert "nothing was imported" in out and "districts.csv, row 2: " in out
         assert "parent 'SL' not found" in out
         assert snapshot(reg) == before  # no empty draft, no new source
     # into an existing draft: the same (nothing was written there either)

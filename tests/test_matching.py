@@ -214,7 +214,7 @@ def test_a_unit_gets_a_second_accepted_partner_only_when_the_reviewer_insists(
     auto = pairs[("a2", "ra2")]
     assert auto["status"] == "auto"
     with pytest.raises(ConflictError, match=rf"link #{auto['id']} already pairs 'Ngolahun.*"
-                       r"paired automatically \(score \d\.\d\d\).*add the other unit as new"):
+                       r"paired automatically \(score \d\.\d\d\).*neither updated nor added"):
         relink(two_lists, pairs[("a1", "ra1")]["id"], "ra2", reviewer="ibrahim")
 
 

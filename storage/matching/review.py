@@ -140,8 +140,8 @@ def _rival(conn: Connection, run_id: int | None, fid: int, left_uuid: str,
            right_uuid: str, kind: str) -> Any:
     """Another link of the run the merge uses (accepted, or auto) that already pairs one
     of these two units with another partner, so that accepting this one gives a unit two
-    partners (the merge then keeps one and treats the other unit as unmatched — added as
-    new, a duplicate — which no reviewer asked for).  Accepted links are ordered first.
+    partners (the merge then uses one, and takes the other unit as the same place:
+    neither updated nor added — which no reviewer asked for).  Accepted links are ordered first.
     Several left units may share a right unit only through ``merge`` links, several right
     units a left unit only through ``split`` links."""
     return conn.execute(text(
@@ -163,7 +163,8 @@ def _refuse_rival(rival: Any, what: str) -> None:
         f"{what} would give a unit two partners: link #{rival.fid} already pairs "
         f"{rival.left_name!r} ({rival.left_ref or rival.left_unit_uuid}) with "
         f"{rival.right_name!r} ({rival.right_ref or rival.right_unit_uuid}), {how}; a merge "
-        f"would keep only one of the two and add the other unit as new. Reject link "
+        f"would use only one of the two links, the other unit taken as the same place "
+        f"(neither updated nor added). Reject link "
         f"#{rival.fid} first (georeg link reject REG {rival.fid}), or pass --force to accept "
         "both anyway.")
 

@@ -205,7 +205,9 @@ def load_links(conn: Connection, target: VersionRef, source: VersionRef, run_id:
             t_uuid, s_uuid = ru, lu
         if t_uuid in seen_t or s_uuid in seen_s:
             doubles += 1
-            also_source.add(s_uuid)  # same place as an already-paired unit: never "new"
+            # same place as an already-paired unit (a split's other part too, by the link
+            # a person accepted): never "new"
+            also_source.add(s_uuid)
             continue
         seen_t.add(t_uuid)
         seen_s.add(s_uuid)
@@ -532,8 +534,10 @@ def _link_warnings(info: dict[str, Any], recognised: list[dict[str, Any]], targe
     if info.get("ignored_second_links"):
         out.append(f"{info['ignored_second_links']} link(s) were not used: they pair a unit "
                    "already paired by another link (accepted links first, then by score); "
-                   "their other unit counts as unmatched. Reject the one that is wrong "
-                   "(georeg links REG … --json lists both) and merge again.")
+                   "their other unit is taken as the same place — neither updated nor added "
+                   "(the second part of a split too). If one is a place of its own, reject "
+                   "its link (georeg links REG --status accepted, and --status auto) and "
+                   "merge again: it is then added.")
     if recognised:
         kinds = {k: sum(1 for r in recognised if r["by"] == k)
                  for k in ("earlier merge", "ref", "uuid")}
