@@ -407,9 +407,19 @@ def demo_cmd(reg: str, force: bool, source: str, as_json: bool) -> None:
     # half-way leaves no half-made registry — one that `make run` would then keep.
     building = (final.with_name(f".{final.stem}.building{final.suffix}")
                 if final is not None else None)
+    target = Location.parse(reg)
+    schema_of_its_own = building is None and target.schema not in (None, "public")
+    made_schema = False  # a PostgreSQL schema made by this command, not whole yet
     try:
-        with Registry.create(building or reg, overwrite=True if building else force) \
-                as registry:
+        try:
+            made = Registry.create(building or reg, overwrite=True if building else force)
+        except ConflictError:  # (it holds a registry: not ours to drop)
+            raise
+        except BaseException:
+            made_schema = schema_of_its_own  # interrupted while the schema was being made
+            raise
+        made_schema = schema_of_its_own
+        with made as registry:
             job = ImportJob(registry, payload, source=source,
                             description="Sierra Leone DHIS2 demo (2.41), bundled with Georeg",
                             origin=ORIGIN)
@@ -419,6 +429,7 @@ def demo_cmd(reg: str, force: bool, source: str, as_json: bool) -> None:
             publish_version(registry, source, result["version"]["number"], make_default=True,
                             origin=ORIGIN)
             result["version"]["status"] = "published"
+        made_schema = False
         if building is not None and final is not None:
             for suffix in ("-wal", "-shm", "-journal"):  # an old registry's, with --force
                 Path(f"{final}{suffix}").unlink(missing_ok=True)
@@ -429,7 +440,25 @@ def demo_cmd(reg: str, force: bool, source: str, as_json: bool) -> None:
         if building is not None:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(f"{building}{suffix}").unlink(missing_ok=True)
+        if made_schema:  # PostgreSQL, cancelled half-way: no half-made registry either
+            _drop_schema(target)
     emit(as_json, result, render.import_result)
+
+
+def _drop_schema(loc: Any) -> None:
+    """Drop the schema a cancelled ``georeg demo`` made (never ``public``)."""
+    import signal
+
+    from storage.backends import make_engine
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: still cleaned
+    engine = make_engine(loc)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{loc.schema}" CASCADE')
+    finally:
+        engine.dispose()
+        signal.signal(signal.SIGINT, previous)
 
 
 @command(main, "sources")

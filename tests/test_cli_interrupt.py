@@ -99,3 +99,29 @@ def test_an_import_interrupted_anywhere_is_done_or_not_done(tmp_path: Path) -> N
         else:
             assert rc == 130 and "Traceback" not in err and "Aborted!" not in err, (rc, err)
             assert made == [], (after, made)  # 130: nothing was changed
+
+
+@pytest.mark.parametrize("backend", ["postgis"], indirect=True)
+def test_a_demo_on_postgresql_interrupted_anywhere_is_whole_or_absent(
+        location: str, tmp_path: Path) -> None:
+    """The same on a PostgreSQL schema: a cancelled demo left an empty registry there,
+    and every later 'georeg demo URL' was refused ('already holds a registry')."""
+    total = full_run(["demo", location], tmp_path)
+    subprocess.run([GEOREG, "demo", location, "--force"], check=True, capture_output=True)
+    seen = set()
+    for after in moments(total):
+        run = subprocess.run([GEOREG, "demo", location, "--force"], capture_output=True)
+        assert run.returncode == 0  # (a whole demo to replace, each time)
+        rc, err = interrupted(["demo", location, "--force"], after, tmp_path)
+        seen.add(rc)
+        if rc == 130:
+            assert "Traceback" not in err and "Aborted!" not in err, err
+            # no half-made registry left: a new demo is made without --force
+            again = subprocess.run([GEOREG, "demo", location], capture_output=True, text=True)
+            assert again.returncode == 0, again.stderr
+        else:
+            assert rc == 0, (after, rc, err)
+        with Registry.open(location) as registry:
+            assert [v["number"] for v in list_versions(
+                registry, "Sierra Leone (DHIS2 demo)")] == [1]
+    assert seen <= {0, 130}
