@@ -819,7 +819,16 @@ def _sync_groups(conn: Connection, version_id: int, groups: list[dict[str, Any]]
         "NULL"), {"v": version_id})}
     out = _GroupSync({"groups_created": 0, "groups_renamed": 0, "members_added": 0,
                       "members_removed": 0}, [], {}, 0)
-    for g in groups:
+
+    def takes_a_name_in_use(g: dict[str, Any]) -> bool:
+        wanted = group_values(g)["name"]
+        mine = names.get(g.get("id"))
+        return (mine is None or mine["name"] != wanted) and same_name(
+            wanted, [n for k, n in taken.items() if k != keys.get(g.get("id"))]) is not None
+
+    # Groups whose DHIS2 name is another group's name here come last: DHIS2 may have
+    # renamed that other group too (CHP -> 'CHP old', CHC -> 'CHP'), freeing the name.
+    for g in sorted(groups, key=takes_a_name_in_use):
         gid = g.get("id")
         if not gid:
             continue

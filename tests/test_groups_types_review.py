@@ -268,3 +268,18 @@ def test_a_group_cannot_be_named_after_another_groups_ref(demo: str) -> None:
                                                      "CHP", *draft)
     # a group may keep its own ref as its name
     assert ok("group", "rename", demo, CHC_GROUP, CHC_GROUP, *draft)["name"] == CHC_GROUP
+
+
+def test_dhis2_renames_that_pass_a_name_on_are_applied_both(fake41: FakeDhis2,
+                                                            pulled: str) -> None:
+    """In DHIS2, 'CHP' became 'CHP old' and 'CHC' became 'CHP': the name is free once the
+    first rename is applied, whatever order DHIS2 lists the groups in — no conflict (a
+    false one advised a push, which would have undone DHIS2's renames)."""
+    chp = "uYxK4wmcPqA"
+    client = client_for(fake41)
+    group_in_dhis2(client, chp, name="CHP old")
+    group_in_dhis2(client, CHC_GROUP, name="CHP")
+    result = pull_json(fake41, pulled, "--since", "last")
+    assert result["conflicts"] == [] and result["group_conflict_count"] == 0, result["conflicts"]
+    assert {("CHP old", chp), ("CHP", CHC_GROUP)} <= set(group_names(pulled))
+    assert result["group_changes"]["groups_renamed"] == 2
