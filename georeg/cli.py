@@ -13,7 +13,6 @@ import functools
 import importlib
 import json
 import pkgutil
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -874,11 +873,6 @@ def unit_group_cmd(reg: str, source: str | None, number: int | None, unit: str, 
 # --- history and checks ---------------------------------------------------------------
 
 
-#: a uuid as Georeg writes them (8-4-4-4-12 hex digits); anything else given to
-#: ``--unit`` is a ref
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
-
-
 @command(main, "history")
 @REG
 @click.option("--unit", default=None, help="Only this unit (uuid; a ref works with --source).")
@@ -891,9 +885,10 @@ def history_cmd(reg: str, unit: str | None, source: str | None, number: int | No
                 as_json: bool) -> None:
     """Show the change log, newest first: what changed, before and after, who and from where."""
     from storage.audit import history
+    from storage.ids import CANONICAL_UUID
 
     with open_registry(reg) as registry:
-        if unit is not None and source is None and not _CANONICAL_UUID.fullmatch(unit):
+        if unit is not None and source is None and not CANONICAL_UUID.fullmatch(unit.lower()):
             # a ref (ODK's 32 hex digits too): it needs the source, unless there is one
             with contextlib.suppress(InvalidInput):  # several: history says which
                 source = the_source(registry, None)

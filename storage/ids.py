@@ -8,10 +8,14 @@ still globally unique (74 random bits per millisecond counter value).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
 import numpy as np
+
+#: a uuid as Georeg writes it: 8-4-4-4-12 lowercase hex digits
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 _lock = threading.Lock()
 _last_ms = 0

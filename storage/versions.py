@@ -96,13 +96,18 @@ def require_draft(version: VersionRef, conn: Connection | None = None) -> None:
         raise _published(version, conn)
 
 
+def newest_draft(conn: Connection, source_id: int) -> int | None:
+    """The number of the source's newest draft, if it has one."""
+    number = conn.execute(text("SELECT max(number) FROM source_version WHERE source_id = :s "
+                               "AND status = 'draft'"), {"s": source_id}).scalar()
+    return None if number is None else int(number)
+
+
 def _published(version: VersionRef, conn: Connection | None = None) -> PublishedVersionError:
     """The error for an edit of a published version.  When the source already has a
     draft (read through ``conn``), it is the one to edit: advising a new draft would
     make a second one."""
-    draft = None if conn is None else conn.execute(
-        text("SELECT max(number) FROM source_version WHERE source_id = :s "
-             "AND status = 'draft'"), {"s": version.source_id}).scalar()
+    draft = None if conn is None else newest_draft(conn, version.source_id)
     if draft is not None:
         return PublishedVersionError(
             f"{version.label} is published and read-only; draft v{draft} exists: "

@@ -46,7 +46,7 @@ from storage.errors import ConflictError, GeoregError, InvalidInput, NotFound
 from storage.jobs import Job, Progress
 from storage.registry import Registry, json_value
 from storage.units import folded, same_name
-from storage.versions import VersionRef, create_version
+from storage.versions import VersionRef, create_version, newest_draft
 from sync.dhis2_client import Dhis2Client, MetadataImportResult, ObjectError, derived_uid, is_uid
 from sync.dhis2_json import DHIS2_EXTRA_KEYS, Dhis2Payload, to_import_payload
 from sync.exchange import ExportUnit, internal_ref, read_version
@@ -1098,11 +1098,9 @@ class Dhis2PushJob(Job[dict[str, Any]]):
         number: int | str = version.number
         if version.status == "published":
             with self.reg.read() as conn:
-                draft = conn.execute(text(
-                    "SELECT max(number) FROM source_version WHERE source_id = :s "
-                    "AND status = 'draft'"), {"s": version.source_id}).scalar()
+                draft = newest_draft(conn, version.source_id)
             if draft is not None:
-                head, number = f" in draft v{draft} (then push v{draft})", int(draft)
+                head, number = f" in draft v{draft} (then push v{draft})", draft
             else:
                 head, number = (f" in a new draft (georeg version new {reg} -s {src} --from "
                                 f"{version.number}, then push it)", "N")

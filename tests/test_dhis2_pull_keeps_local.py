@@ -30,7 +30,7 @@ from storage.registry import Registry
 from sync.dhis2_client import Dhis2Client
 from sync.dhis2_json import Dhis2Payload, to_import_payload
 from sync.dhis2_sync import pull, push
-from tests.dhis2_helpers import PASSWORD, client_for
+from tests.dhis2_helpers import PASSWORD, CliPull, client_for
 from tests.fake_dhis2 import FakeDhis2
 
 ADONKIA, AGAPE, AHAMADYYA, NGELEHUN = "Rp268JB6Ne4", "GvFqTavdpGE", "plnHVbJR6p4", "rxc497GUdDt"
@@ -154,32 +154,24 @@ def test_a_group_renamed_here_survives_a_pull_into_a_new_draft(fake41: FakeDhis2
 
 
 def test_cli_lists_a_group_conflict(fake41: FakeDhis2, tmp_path: Any) -> None:
-    location = str(tmp_path / "r.gpkg")
-    Registry.create(location).close()
-    conn = ["--url", fake41.url, "--user", "admin"]
-    env = {"GEOREG_DHIS2_PASSWORD": PASSWORD}
-    runner = CliRunner()
-    assert runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn],
-                         env=env).exit_code == 0
+    pulled = CliPull(fake41, tmp_path)
+    location = pulled.location
     with Registry.open(location) as reg:
         group_here(reg, CHP_GROUP, name="CHP (district)")
     group_in_dhis2(client_for(fake41), CHP_GROUP, name="CHP (ministry)")
-    out = runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn, "--since", "last"],
-                        env=env)
+    out = pulled.dhis2("pull", "-s", "SL", "--since", "last")
     assert out.exit_code == 0, out.output
     assert "1 group(s) renamed both here and in DHIS2: kept as they are here" in out.output
     assert (f"CHP (district) ({CHP_GROUP})  name: here 'CHP (district)', DHIS2 "
             "'CHP (ministry)'" in out.output)
     assert "--prefer-remote" in out.output
-    as_json = runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn, "--since",
-                                          "last", "--json"], env=env)
+    as_json = pulled.dhis2("pull", "-s", "SL", "--since", "last", "--json")
     assert as_json.exit_code == 0, as_json.output
     data = json.loads(as_json.stdout)
     assert [(c["kind"], c["uid"], c["field"], c["kept"]) for c in data["conflicts"]] == [
         ("group", CHP_GROUP, "name", "here")]
     assert data["group_conflict_count"] == 1
-    taken = runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn, "--since",
-                                        "last", "--prefer-remote"], env=env)
+    taken = pulled.dhis2("pull", "-s", "SL", "--since", "last", "--prefer-remote")
     assert taken.exit_code == 0, taken.output
     assert "1 group(s) renamed both here and in DHIS2: DHIS2's names replaced" in taken.output
     with Registry.open(location) as reg:

@@ -29,7 +29,7 @@ from storage.registry import Registry, json_value
 from storage.versions import publish_version
 from sync.dhis2_client import Dhis2Client
 from sync.dhis2_sync import pull, push
-from tests.dhis2_helpers import PASSWORD, client_for
+from tests.dhis2_helpers import PASSWORD, CliPull, client_for
 from tests.fake_dhis2 import FakeDhis2
 
 NGELEHUN = "rxc497GUdDt"  # the unit of the reviewer's script
@@ -206,28 +206,20 @@ def test_group_membership_changed_here_is_kept(fake41: FakeDhis2, tmp_path: Any)
 
 def test_cli_lists_the_conflicts_and_offers_prefer_remote(fake41: FakeDhis2,
                                                           tmp_path: Any) -> None:
-    location = str(tmp_path / "r.gpkg")
-    Registry.create(location).close()
-    conn = ["--url", fake41.url, "--user", "admin"]
-    env = {"GEOREG_DHIS2_PASSWORD": PASSWORD}
-    runner = CliRunner()
-    assert runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn],
-                         env=env).exit_code == 0
+    pulled = CliPull(fake41, tmp_path)
+    location = pulled.location
     with Registry.open(location) as reg:
         U.rename_unit(reg, "SL", NGELEHUN, "District correction", number=1)
     in_dhis2(client_for(fake41), NGELEHUN, name="Changed in DHIS2")
-    out = runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn, "--since", "last"],
-                        env=env)
+    out = pulled.dhis2("pull", "-s", "SL", "--since", "last")
     assert out.exit_code == 0, out.output
     assert "1 unit(s) changed both here and in DHIS2: kept as they are here" in out.output
     assert (f"({NGELEHUN})  name: here 'District correction', DHIS2 'Changed in DHIS2'"
             in out.output)
     assert "--prefer-remote" in out.output
-    taken = runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn, "--since",
-                                        "last", "--prefer-remote"], env=env)
+    taken = pulled.dhis2("pull", "-s", "SL", "--since", "last", "--prefer-remote")
     assert taken.exit_code == 0 and "replaced this side's (--prefer-remote)" in taken.output
-    refused = runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn,
-                                          "--prefer-remote"], env=env)
+    refused = pulled.dhis2("pull", "-s", "SL", "--prefer-remote")
     assert refused.exit_code == 2 and "with --since" in refused.output
 
 
@@ -382,19 +374,13 @@ def test_a_ref_that_is_not_a_dhis2_uid_is_refused_with_the_commands_that_clear_i
     from georeg.cli import main
     from storage.versions import create_version
 
-    location = str(tmp_path / "r.gpkg")
-    Registry.create(location).close()
-    conn = ["--url", fake41.url, "--user", "admin"]
-    env = {"GEOREG_DHIS2_PASSWORD": PASSWORD}
-    runner = CliRunner()
-    assert runner.invoke(dhis2_group, ["pull", location, "-s", "SL", *conn],
-                         env=env).exit_code == 0
+    pulled = CliPull(fake41, tmp_path)
+    location = pulled.location
     with Registry.open(location) as reg:
         added = U.add_unit(reg, "SL", number=1, name="Survey-only CHP", parent=NGELEHUN,
                            source_ref="SRV01333")
         publish_version(reg, "SL", 1)
-    refused = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "1", *conn,
-                                          "--dry-run", "--json"], env=env)
+    refused = pulled.dhis2("push", "-s", "SL", "-v", "1", "--dry-run", "--json")
     assert refused.exit_code == 2, refused.output
     error = json.loads(refused.stderr)
     assert error["details"]["units"] == [
@@ -404,13 +390,11 @@ def test_a_ref_that_is_not_a_dhis2_uid_is_refused_with_the_commands_that_clear_i
         in error["message"]
     with Registry.open(location) as reg:
         create_version(reg, "SL", copy_from=1)
-    refused = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "1", *conn,
-                                          "--dry-run", "--json"], env=env)
+    refused = pulled.dhis2("push", "-s", "SL", "-v", "1", "--dry-run", "--json")
     message = json.loads(refused.stderr)["message"]
     fix = f"georeg unit edit {shlex.quote(location)} -s SL -v 2 {added['uuid']} --ref ''"
     assert "in draft v2 (then push v2):" in message and fix in message, message
     # the command, as given, clears it; the draft's push then makes its uid
-    assert runner.invoke(main, shlex.split(fix)[1:]).exit_code == 0
-    sent = runner.invoke(dhis2_group, ["push", location, "-s", "SL", "-v", "2", *conn,
-                                       "--dry-run"], env=env)
+    assert pulled.runner.invoke(main, shlex.split(fix)[1:]).exit_code == 0
+    sent = pulled.dhis2("push", "-s", "SL", "-v", "2", "--dry-run")
     assert sent.exit_code == 0, sent.output

@@ -50,6 +50,10 @@ def ok(*args: str) -> str:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
+    return reviewed_lists(tmp_path)
+
+
+def reviewed_lists(tmp_path: Path) -> Path:
     """The ministry's list, the survey imported by `georeg import`, matched and reviewed
     (every link accepted), as the merge guide says to do first."""
     path = tmp_path / "reg.gpkg"

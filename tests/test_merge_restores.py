@@ -30,30 +30,17 @@ from sqlalchemy import text
 
 from storage import geometry, units, versions
 from storage.errors import InvalidInput
-from storage.matching.job import match_versions
-from storage.matching.review import decide, list_links
 from storage.merging import merge_by_rules
 from storage.registry import Registry
-from tests.test_merge_remerge import cli, ok
-from tests.test_merge_rules_safety import SURVEY_CSV, build_ministry
+from tests.test_merge_remerge import cli, ok, reviewed_lists
+from tests.test_merge_rules_safety import build_ministry
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
     """The ministry's list, the survey imported by `georeg import`, matched and reviewed
     (every link accepted: 7 links, one per place both lists have)."""
-    path = tmp_path / "reg.gpkg"
-    with Registry.create(path) as reg:
-        build_ministry(reg)
-    (tmp_path / "survey.csv").write_text(SURVEY_CSV, encoding="utf-8")
-    ok("import", str(path), str(tmp_path / "survey.csv"), "-s", "Survey")
-    with Registry.open(path) as reg:
-        run = int(match_versions(reg, "MoH:1", "Survey:1")["run"])
-        pending = [lk["id"] for lk in list_links(reg, run, status="review")["links"]]
-        decide(reg, pending, "accepted", reviewer="A. Kamara")
-    (tmp_path / "rules.toml").write_text(
-        'location = "source"\nparent = "source"\n', encoding="utf-8")
-    return path
+    return reviewed_lists(tmp_path)
 
 
 def merge(path: Path, target: str, *extra: str) -> dict:

@@ -59,6 +59,7 @@ from shapely.geometry.base import BaseGeometry
 from storage import geometry
 from storage.bulk import PLAIN_POINT_HEAD, FileRows, UnitRecord
 from storage.errors import InvalidInput
+from storage.ids import CANONICAL_UUID
 from storage.jobs import gc_paused
 from storage.units import CONTROL_CHARACTERS
 from sync.exchange import (
@@ -83,7 +84,6 @@ OUT_COLUMNS = ("name", "ref", "parent", "parent_ref", "group_refs", "group_names
                "latitude", "aliases", "extra_fields")
 MAX_LISTED = 10  # problems shown in one message
 _INTERNAL = re.compile(r"^iaso[#:](.+)$")
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _GEOREG = re.compile(r"^georeg:([0-9a-fA-F-]{32,36})$")
 
 
@@ -744,7 +744,7 @@ def _chunk_records(path: Path, layer: _Layer, rows: list[tuple[Any, ...]], prese
         if location is None and (lon is not None or lat is not None):
             location = _point_columns(lon, lat, where)
         unit_uuid = None if uuid_text is None else uuid_text \
-            if _CANONICAL_UUID.fullmatch(uuid_text) else _uuid(uuid_text)
+            if CANONICAL_UUID.fullmatch(uuid_text) else _uuid(uuid_text)
         if unit_uuid is None and ref.startswith("georeg:"):
             unit_uuid = _georeg_uuid(ref)
         if unit_uuid is None and uuid_text is not None:
@@ -946,7 +946,7 @@ def _uuid(value: Any) -> str | None:
     text = _text(value)
     if text is None:
         return None
-    if _CANONICAL_UUID.fullmatch(text):
+    if CANONICAL_UUID.fullmatch(text):
         return text
     try:
         return str(uuidlib.UUID(text))
